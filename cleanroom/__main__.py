@@ -1,0 +1,5 @@
+"""``python -m cleanroom`` runs the CLI."""
+
+from cleanroom.cli.main import main
+
+main()

@@ -1,0 +1,211 @@
+"""Commands for operators and data holders: pki, coordinator, node, local."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from cleanroom import local as local_fed
+from cleanroom import pki
+from cleanroom.cli.common import err, handle_errors, out, print_json
+from cleanroom.errors import ConfigError
+from node.state import JobStatus, NodeState
+
+config_option = click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
+                             required=True, help="The TOML config file.")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ------------------------------------------------------------------- pki --
+@click.group("pki")
+def pki_group() -> None:
+    """A federation CA and the certificates of its parties."""
+
+
+@pki_group.command("init")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("pki"),
+              show_default=True)
+@click.option("--federation", default="cleanroom", show_default=True)
+@handle_errors
+def pki_init(directory: Path, federation: str) -> None:
+    """Create the federation CA (ca.crt, ca.key)."""
+    path = pki.init_ca(directory, federation=federation)
+    out.print(f"federation CA written to {path}")
+
+
+@pki_group.command("issue")
+@click.option("--role", type=click.Choice(pki.ROLES), required=True)
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("pki"),
+              show_default=True, help="The CA directory.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None)
+@click.option("--dns", multiple=True, help="Extra DNS name for the certificate.")
+@click.option("--ip", multiple=True, help="Extra IP address for the certificate.")
+@handle_errors
+def pki_issue(role: str, name: str, directory: Path, out_dir: Path | None,
+              dns: tuple[str, ...], ip: tuple[str, ...]) -> None:
+    """Issue a certificate and key for NAME in ROLE."""
+    issued = pki.issue(directory, role, name, out_dir=out_dir, dns=dns, ips=ip)
+    out.print(f"{role} '{name}': {issued.cert_path} and {issued.key_path}")
+
+
+# ------------------------------------------------------------ coordinator --
+@click.group("coordinator")
+def coordinator_group() -> None:
+    """Run the coordinator (the exchange or platform operator)."""
+
+
+@coordinator_group.command("serve")
+@config_option
+@handle_errors
+def coordinator_serve(config: Path) -> None:
+    """Serve the node and analyst APIs until interrupted."""
+    from coordinator.config import CoordinatorConfig
+    from coordinator.server import serve
+
+    _logging()
+    serve(CoordinatorConfig.load(config))
+
+
+# ------------------------------------------------------------------ node --
+@click.group("node")
+def node_group() -> None:
+    """Run a data holder's node and decide on held jobs."""
+
+
+@node_group.command("serve")
+@config_option
+@handle_errors
+def node_serve(config: Path) -> None:
+    """Dial out to the coordinator and serve jobs until interrupted."""
+    from node.agent import NodeAgent
+    from node.config import NodeConfig
+
+    _logging()
+    agent = NodeAgent(NodeConfig.load(config))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop())
+    thread = threading.Thread(target=agent.run, name="agent")
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    agent.close()
+
+
+def _state(config: Path) -> NodeState:
+    from node.config import NodeConfig
+
+    return NodeState.open_existing(NodeConfig.load(config).state_path)
+
+
+@node_group.command("jobs")
+@config_option
+@click.option("--all", "show_all", is_flag=True, help="Not only the jobs waiting for you.")
+@click.option("--show", "show", default=None, metavar="JOB", help="Show one job in full.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def node_jobs(config: Path, show_all: bool, show: str | None, as_json: bool) -> None:
+    """List jobs held for your decision (or all jobs this node saw)."""
+    state = _state(config)
+    if show:
+        job = state.get(show)
+        if as_json:
+            print_json(job.__dict__)
+            return
+        out.print(f"[bold]{job.job_id}[/] {job.job_type} on '{job.dataset}' by {job.analyst}: "
+                  f"{job.status.value} {job.reason}", highlight=False)
+        out.print(job.spec_yaml, highlight=False, markup=False)
+        return
+    jobs = state.list(status=None if show_all else JobStatus.PENDING)
+    if as_json:
+        print_json([j.__dict__ for j in jobs])
+        return
+    table = Table("job", "analyst", "type", "dataset", "purpose", "status", "reason")
+    for j in jobs:
+        table.add_row(j.job_id, j.analyst, j.job_type, j.dataset, j.purpose, j.status.value,
+                      j.reason)
+    out.print(table)
+
+
+@node_group.command("approve")
+@click.argument("job_id")
+@config_option
+@click.option("--reason", default="approved by the data holder")
+@handle_errors
+def node_approve(job_id: str, config: Path, reason: str) -> None:
+    """Approve a held job; the running node reports it and reserves quota."""
+    _state(config).holder_decide(job_id, True, reason)
+    out.print(f"{job_id}: approved")
+
+
+@node_group.command("deny")
+@click.argument("job_id")
+@config_option
+@click.option("--reason", required=True, help="Told to the analyst.")
+@handle_errors
+def node_deny(job_id: str, config: Path, reason: str) -> None:
+    """Refuse a held job with a reason."""
+    _state(config).holder_decide(job_id, False, reason)
+    out.print(f"{job_id}: denied")
+
+
+# ----------------------------------------------------------------- local --
+@click.group("local")
+def local_group() -> None:
+    """A local federation on loopback for trying things out."""
+
+
+def _parse_node(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(f"--node expects NAME=PATH.csv, got '{value}'")
+    return name, Path(path)
+
+
+@local_group.command("up")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".cleanroom"),
+              show_default=True)
+@click.option("--node", "nodes", multiple=True, required=True, metavar="NAME=PATH.csv")
+@click.option("--policy", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Policy YAML for every node (default: the local analyst may run anything).")
+@click.option("--node-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds without contact before a node counts as gone.")
+@handle_errors
+def local_up(workdir: Path, nodes: tuple[str, ...], policy: Path | None,
+             node_timeout: float) -> None:
+    """Start a coordinator and one node per --node; return when all are connected."""
+    started = time.monotonic()
+    with err.status("starting") as status:
+        fed = local_fed.up(workdir=workdir, nodes=[_parse_node(n) for n in nodes],
+                           policy=policy, node_timeout=node_timeout,
+                           progress=lambda msg: status.update(msg))
+    out.print(f"federation up in {time.monotonic() - started:.1f}s: coordinator at "
+              f"{fed.coordinator_address}, nodes {', '.join(fed.nodes)}", highlight=False)
+    out.print(f"federation file: {workdir.resolve() / 'federation.json'}", highlight=False)
+
+
+@local_group.command("status")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".cleanroom"))
+@handle_errors
+def local_status(workdir: Path) -> None:
+    """Show processes and node connections."""
+    print_json(local_fed.status(workdir))
+
+
+@local_group.command("down")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".cleanroom"))
+@handle_errors
+def local_down(workdir: Path) -> None:
+    """Stop the local federation's processes."""
+    stopped = local_fed.down(workdir)
+    out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")

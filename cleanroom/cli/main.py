@@ -1,0 +1,26 @@
+"""The ``cleanroom`` command: one group per role, thin over the Python API."""
+
+from __future__ import annotations
+
+import click
+
+from cleanroom.cli.admin import coordinator_group, local_group, node_group, pki_group
+from cleanroom.cli.jobs import catalog, job_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="cleanroom")
+def cli() -> None:
+    """cleanroom — data usable but not visible.
+
+    Data holders run nodes, an operator runs the coordinator, analysts submit jobs
+    whose released outputs are the only thing that leaves a node.
+    """
+
+
+for command in (pki_group, coordinator_group, node_group, local_group, job_group, catalog):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

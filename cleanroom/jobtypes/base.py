@@ -1,0 +1,121 @@
+"""The job-type interface and registry: each protocol adds its type without
+touching the scheduler, the node or the CLI."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import pandas as pd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cleanroom.catalog import DatasetInfo
+from cleanroom.errors import SpecError
+from cleanroom.jobspec import JobInput, JobSpec
+from protocols.party import SYSTEM_RANDOM, CoordinatorParty, NodeParty, RandomSource
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """Everything a node-side party may use: its own dataset and keys, nothing else."""
+
+    job_id: str
+    spec: JobSpec
+    node: str
+    dataset: str
+    data: pd.DataFrame
+    dataset_hash: str
+    min_group_size: int
+    signing_key: Ed25519PrivateKey
+    parties: tuple[str, ...]
+    peer_signing_keys: Mapping[str, bytes]
+    random: RandomSource = SYSTEM_RANDOM
+
+
+@dataclass(frozen=True)
+class CoordinatorContext:
+    """What the coordinator's party may use: public keys and the spec, never data."""
+
+    job_id: str
+    spec: JobSpec
+    parties: tuple[str, ...]
+    signing_keys: Mapping[str, bytes]
+    random: RandomSource = SYSTEM_RANDOM
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class JobType(ABC):
+    """A kind of job: how its spec is checked and which parties run it."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    units: ClassVar[tuple[str, ...]] = ()
+    """Usage units this job type meters beyond jobs and rows (e.g. ``lookups``)."""
+    min_inputs: ClassVar[int] = 1
+
+    def validate(self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]) -> None:
+        """Check ``spec.params`` against the inputs' schemas; SpecError with the path."""
+        if len(spec.inputs) < self.min_inputs:
+            raise SpecError(
+                "inputs", f"'{self.name}' needs at least {self.min_inputs} inputs"
+            )
+        self.validate_params(spec, catalog)
+
+    @abstractmethod
+    def validate_params(
+        self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]
+    ) -> None:
+        """Job-type specific checks of ``params``."""
+
+    @abstractmethod
+    def columns_used(self, spec: JobSpec) -> frozenset[str]:
+        """Every column the job reads, for the node's column policy."""
+
+    def epsilon(self, spec: JobSpec) -> tuple[float, float]:
+        """The (epsilon, delta) the job spends on each input; (0, 0) without DP."""
+        return (0.0, 0.0)
+
+    def estimate_units(self, spec: JobSpec, rows: int) -> Mapping[str, float]:
+        """The declared units the job will consume on a dataset of ``rows`` rows."""
+        return {}
+
+    @abstractmethod
+    def node_party(self, ctx: NodeContext) -> NodeParty:
+        """The data holder's state machine."""
+
+    @abstractmethod
+    def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
+        """The coordinator's state machine, which assembles the released result."""
+
+
+_REGISTRY: dict[str, JobType] = {}
+
+
+def register(job_type: JobType) -> JobType:
+    """Add a job type; later registrations of the same name are refused."""
+    if job_type.name in _REGISTRY:
+        raise ValueError(f"job type '{job_type.name}' is already registered")
+    _REGISTRY[job_type.name] = job_type
+    return job_type
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group="cleanroom.job_types"):
+        if ep.name not in _REGISTRY:
+            register(ep.load()())
+
+
+def get(name: str) -> JobType:
+    """The registered job type; SpecError naming the known types otherwise."""
+    if name not in _REGISTRY:
+        _load_plugins()
+    if name not in _REGISTRY:
+        raise SpecError("type", f"unknown job type '{name}' (known: {', '.join(names())})")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)

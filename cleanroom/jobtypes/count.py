@@ -1,0 +1,148 @@
+"""The ``count`` job: rows per input, optionally filtered, each released only when it
+reaches the dataset's minimum group size and signed by the node that computed it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from cleanroom.catalog import DatasetInfo
+from cleanroom.errors import InvalidSignature, ProtocolError, SpecError
+from cleanroom.jobspec import JobInput, JobSpec
+from cleanroom.jobtypes import predicates
+from cleanroom.jobtypes.base import CoordinatorContext, JobType, NodeContext
+from cleanroom.keys import sign_statement, verify_statement
+from protocols.party import (
+    COORDINATOR,
+    CoordinatorParty,
+    Inbound,
+    NodeParty,
+    NodeUsage,
+    Outbound,
+)
+
+STAGE_COUNT: Final = "count.report"
+
+
+class CountNode(NodeParty):
+    """Counts matching rows and reports a signed, size-checked statement."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        self._where = predicates.parse_where(ctx.spec.params.get("where"), [])
+        self._done = False
+
+    def start(self) -> list[Outbound]:
+        ctx = self._ctx
+        count = int(predicates.apply(self._where, ctx.data).sum())
+        released = count >= ctx.min_group_size
+        statement: dict[str, Any] = {
+            "job_id": ctx.job_id,
+            "spec_hash": ctx.spec.spec_hash,
+            "node": ctx.node,
+            "dataset": ctx.dataset,
+            "dataset_hash": ctx.dataset_hash,
+            "count": count if released else None,
+            "suppressed": not released,
+        }
+        signature = sign_statement(ctx.signing_key, statement)
+        self._done = True
+        payload = json.dumps({"statement": statement, "signature": signature}).encode()
+        return [Outbound(COORDINATOR, STAGE_COUNT, payload)]
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        raise ProtocolError(f"count expects no messages, got stage '{message.stage}'")
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def usage(self) -> NodeUsage:
+        return NodeUsage(rows_touched=len(self._ctx.data))
+
+
+class CountCoordinator(CoordinatorParty):
+    """Collects every node's signed count and checks it before release."""
+
+    def __init__(self, ctx: CoordinatorContext) -> None:
+        self._ctx = ctx
+        self._reports: dict[str, dict[str, Any]] = {}
+
+    def start(self) -> list[Outbound]:
+        return []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        ctx = self._ctx
+        if message.stage != STAGE_COUNT:
+            raise ProtocolError(f"unexpected stage '{message.stage}'")
+        if message.sender not in ctx.parties:
+            raise ProtocolError(f"'{message.sender}' is not a party of this job")
+        if message.sender in self._reports:
+            raise ProtocolError(f"'{message.sender}' already reported")
+        try:
+            report = json.loads(message.payload)
+            statement, signature = report["statement"], report["signature"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProtocolError("malformed count report") from exc
+        expected = {
+            "job_id": ctx.job_id,
+            "spec_hash": ctx.spec.spec_hash,
+            "node": message.sender,
+            "dataset": ctx.spec.input_for(message.sender).dataset,
+        }
+        if any(statement.get(k) != v for k, v in expected.items()):
+            raise ProtocolError("count report is for another job, node or dataset")
+        try:
+            verify_statement(ctx.signing_keys[message.sender], statement, signature)
+        except InvalidSignature as exc:
+            raise ProtocolError(f"count report from '{message.sender}' is not signed by it") from exc
+        self._reports[message.sender] = {"statement": statement, "signature": signature}
+        return []
+
+    @property
+    def finished(self) -> bool:
+        return len(self._reports) == len(self._ctx.parties)
+
+    def result(self) -> Mapping[str, Any]:
+        counts = [
+            {
+                "node": node,
+                "dataset": self._reports[node]["statement"]["dataset"],
+                "count": self._reports[node]["statement"]["count"],
+                "suppressed": self._reports[node]["statement"]["suppressed"],
+            }
+            for node in self._ctx.parties
+        ]
+        released = [c["count"] for c in counts if not c["suppressed"]]
+        return {
+            "counts": counts,
+            "total": sum(released) if len(released) == len(counts) else None,
+            "attestations": [
+                {"node": node, **self._reports[node]} for node in self._ctx.parties
+            ],
+        }
+
+
+class CountJob(JobType):
+    name = "count"
+    summary = "rows per input, optionally filtered; small counts are suppressed"
+
+    def validate_params(
+        self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]
+    ) -> None:
+        extra = sorted(set(spec.params) - {"where"})
+        if extra:
+            raise SpecError(f"params.{extra[0]}", "unknown parameter (allowed: where)")
+        predicates.parse_where(spec.params.get("where"), list(catalog.values()))
+
+    def columns_used(self, spec: JobSpec) -> frozenset[str]:
+        return frozenset(
+            p.column for p in predicates.parse_where(spec.params.get("where"), [])
+        )
+
+    def node_party(self, ctx: NodeContext) -> NodeParty:
+        return CountNode(ctx)
+
+    def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
+        return CountCoordinator(ctx)

@@ -1,0 +1,1 @@
+"""The coordinator: scheduler, state store, relay, catalog and analyst API."""

@@ -1,0 +1,66 @@
+"""The coordinator's configuration, read from TOML with validated defaults."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cleanroom.errors import ConfigError
+from cleanroom.pki import TlsIdentity
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Where the coordinator listens, keeps state, and how patient it is with nodes."""
+
+    name: str
+    listen: str
+    data_dir: Path
+    cert: Path
+    key: Path
+    ca: Path
+    store_url: str
+    node_timeout: float = 10.0
+    address_file: Path | None = None
+
+    def identity(self) -> TlsIdentity:
+        return TlsIdentity.load(self.cert, self.key, self.ca)
+
+    @classmethod
+    def load(cls, path: Path) -> CoordinatorConfig:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"coordinator config not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        return cls.from_mapping(raw, base=path.parent)
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], *, base: Path) -> CoordinatorConfig:
+        known = {"name", "listen", "data_dir", "store", "node_timeout_seconds",
+                 "address_file", "tls"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"coordinator config: unknown key '{unknown[0]}'")
+        tls = raw.get("tls")
+        if not isinstance(tls, dict) or not {"cert", "key", "ca"} <= set(tls):
+            raise ConfigError("coordinator config: [tls] needs cert, key and ca paths")
+        data_dir = base / str(raw.get("data_dir", "coordinator-data"))
+        timeout = raw.get("node_timeout_seconds", 10.0)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ConfigError("coordinator config: node_timeout_seconds must be > 0")
+        address_file = raw.get("address_file")
+        return cls(
+            name=str(raw.get("name", "coordinator")),
+            listen=str(raw.get("listen", "127.0.0.1:7700")),
+            data_dir=data_dir,
+            cert=base / tls["cert"],
+            key=base / tls["key"],
+            ca=base / tls["ca"],
+            store_url=str(raw.get("store", f"sqlite:///{data_dir / 'coordinator.db'}")),
+            node_timeout=float(timeout),
+            address_file=base / address_file if address_file else None,
+        )

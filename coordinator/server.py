@@ -1,0 +1,84 @@
+"""Starts the coordinator: store, scheduler, gRPC services, health, background sweep."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from cleanroom.transport import secure_server
+from coordinator.config import CoordinatorConfig
+from coordinator.scheduler import Scheduler
+from coordinator.service import AnalystServicer, NodeServicer
+from coordinator.store import open_store
+from proto import cleanroom_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningCoordinator:
+    """A started coordinator; ``stop()`` shuts it down cleanly."""
+
+    server: grpc.Server
+    scheduler: Scheduler
+    port: int
+    _stop: threading.Event
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        self.server.stop(grace).wait()
+        self.scheduler.store.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
+    """Open the store, recover jobs, and serve on ``config.listen``."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    identity = config.identity()
+    store = open_store(config.store_url)
+    scheduler = Scheduler(store, ca_pem=identity.ca_pem, node_timeout=config.node_timeout)
+    scheduler.recover()
+    server, port = secure_server(identity, config.listen)
+    pb_grpc.add_NodeServiceServicer_to_server(
+        NodeServicer(scheduler, heartbeat_seconds=config.node_timeout / 3), server
+    )
+    pb_grpc.add_AnalystServiceServicer_to_server(AnalystServicer(scheduler), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.start()
+    for service in ("", "cleanroom.v1.NodeService", "cleanroom.v1.AnalystService"):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    stop = threading.Event()
+
+    def sweep() -> None:
+        while not stop.wait(0.5):
+            try:
+                scheduler.sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    threading.Thread(target=sweep, name="sweep", daemon=True).start()
+    host = config.listen.rsplit(":", 1)[0]
+    if config.address_file is not None:
+        tmp = config.address_file.with_suffix(".tmp")
+        tmp.write_text(f"{host}:{port}\n")
+        tmp.replace(config.address_file)
+    log.info("coordinator %s serving on %s:%d", config.name, host, port)
+    return RunningCoordinator(server, scheduler, port, stop)
+
+
+def serve(config: CoordinatorConfig) -> None:
+    """Run until SIGTERM or SIGINT."""
+    running = start_coordinator(config=config)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    running.stop()

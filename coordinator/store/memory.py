@@ -1,0 +1,148 @@
+"""An in-memory Store for tests and single-process demos; nothing survives close()."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+from dataclasses import replace
+
+from cleanroom.errors import NotFound, StoreError
+from cleanroom.model import Decision, JobEvent, JobRecord, JobState, NodeRecord
+from coordinator.store.base import Store
+
+
+class MemoryStore(Store):
+    """Dicts behind one lock; records are frozen dataclasses, so sharing is safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, JobRecord] = {}
+        self._decisions: dict[str, dict[str, Decision]] = {}
+        self._results: dict[str, bytes] = {}
+        self._events: dict[str, list[JobEvent]] = {}
+        self._nodes: dict[str, NodeRecord] = {}
+
+    # --- jobs -------------------------------------------------------------
+    def create_job(self, job: JobRecord) -> None:
+        with self._lock:
+            if job.job_id in self._jobs:
+                raise StoreError(f"job {job.job_id!r} already exists")
+            self._jobs[job.job_id] = replace(job, state=JobState(job.state))
+            self._decisions[job.job_id] = {}
+            self._events[job.job_id] = []
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._lock:
+            return self._job(job_id)
+
+    def list_jobs(
+        self, *, analyst: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if analyst in (None, j.analyst)]
+        jobs.sort(key=lambda j: (j.created_at, j.job_id), reverse=True)
+        return jobs[:limit]
+
+    def jobs_in_states(self, states: Collection[JobState]) -> list[JobRecord]:
+        wanted = {JobState(s) for s in states}
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.state in wanted]
+        jobs.sort(key=lambda j: (j.created_at, j.job_id))
+        return jobs
+
+    def transition(
+        self,
+        job_id: str,
+        *,
+        expected: Collection[JobState],
+        new: JobState,
+        reason: str = "",
+        at: float,
+    ) -> JobRecord | None:
+        wanted = {JobState(s) for s in expected}
+        with self._lock:
+            job = self._job(job_id)
+            if job.state not in wanted:
+                return None
+            job = replace(job, state=JobState(new), reason=reason, updated_at=at)
+            self._jobs[job_id] = job
+            return job
+
+    def set_progress(self, job_id: str, progress: str, *, at: float) -> None:
+        with self._lock:
+            job = self._job(job_id)
+            self._jobs[job_id] = replace(job, progress=progress, updated_at=at)
+
+    # --- decisions, results, events -----------------------------------------
+    def record_decision(self, decision: Decision) -> None:
+        with self._lock:
+            self._job(decision.job_id)
+            self._decisions[decision.job_id][decision.node] = decision
+
+    def decisions(self, job_id: str) -> list[Decision]:
+        with self._lock:
+            self._job(job_id)
+            by_node = self._decisions[job_id]
+            return [by_node[node] for node in sorted(by_node)]
+
+    def put_result(self, job_id: str, result: bytes) -> None:
+        with self._lock:
+            self._job(job_id)
+            self._results[job_id] = bytes(result)
+
+    def get_result(self, job_id: str) -> bytes:
+        with self._lock:
+            try:
+                return self._results[job_id]
+            except KeyError:
+                raise NotFound(f"no result for job {job_id!r}") from None
+
+    def append_event(
+        self, job_id: str, kind: str, detail: str, *, at: float
+    ) -> JobEvent:
+        with self._lock:
+            self._job(job_id)
+            history = self._events[job_id]
+            event = JobEvent(job_id, len(history) + 1, at, kind, detail)
+            history.append(event)
+            return event
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        with self._lock:
+            self._job(job_id)
+            return list(self._events[job_id])
+
+    # --- nodes ----------------------------------------------------------------
+    def upsert_node(self, node: NodeRecord) -> None:
+        with self._lock:
+            self._nodes[node.name] = node
+
+    def get_node(self, name: str) -> NodeRecord:
+        with self._lock:
+            return self._node(name)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        with self._lock:
+            return [self._nodes[name] for name in sorted(self._nodes)]
+
+    def touch_node(self, name: str, *, at: float) -> None:
+        with self._lock:
+            self._nodes[name] = replace(self._node(name), last_seen=at)
+
+    def close(self) -> None:
+        """Nothing to release; the data stays until the object is garbage."""
+
+    # --- helpers (caller holds the lock) -------------------------------------
+    def _job(self, job_id: str) -> JobRecord:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFound(f"no job {job_id!r}") from None
+
+    def _node(self, name: str) -> NodeRecord:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise NotFound(f"no node {name!r}") from None

@@ -1,0 +1,131 @@
+"""A node's datasets: read from CSV or Parquet, type-checked on load, hashed, and
+re-checked before every use so a file that changes or vanishes is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cleanroom.catalog import ColumnInfo, DatasetInfo, row_bucket
+from cleanroom.errors import DatasetError
+from node.config import DatasetConfig
+
+
+@dataclass(frozen=True)
+class LoadedDataset:
+    """A dataset as loaded: its rows stay here; only ``info`` leaves the node."""
+
+    config: DatasetConfig
+    frame: pd.DataFrame
+    info: DatasetInfo
+    content_hash: str
+    mtime_ns: int
+    size: int
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _infer(series: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(series):
+        return "bool"
+    if pd.api.types.is_integer_dtype(series):
+        return "int"
+    if pd.api.types.is_float_dtype(series):
+        return "float"
+    return "str"
+
+
+def _coerce(series: pd.Series, declared: str, where: str) -> pd.Series:
+    """Convert a column to its declared type; name the first bad row, never its value."""
+    if declared == "str":
+        return series.astype(str)
+    if declared == "bool":
+        mapping = {"true": True, "false": False, "1": True, "0": False}
+        lowered = series.astype(str).str.strip().str.lower()
+        bad = ~lowered.isin(list(mapping))
+        if bad.any():
+            raise DatasetError(f"{where}: declared bool but row {int(np.argmax(bad.to_numpy())) + 1} is not true/false/0/1")
+        return lowered.map(mapping).astype(bool)
+    numeric = pd.to_numeric(series, errors="coerce")
+    bad = numeric.isna() & series.notna()
+    if bad.any():
+        raise DatasetError(f"{where}: declared {declared} but row {int(np.argmax(bad.to_numpy())) + 1} is not a number")
+    if declared == "int":
+        if numeric.isna().any():
+            raise DatasetError(f"{where}: declared int but has missing values")
+        if not np.all(np.equal(np.mod(numeric.to_numpy(dtype=float), 1), 0)):
+            raise DatasetError(f"{where}: declared int but has non-integer values")
+        return numeric.astype(np.int64)
+    return numeric.astype(float)
+
+
+def load(config: DatasetConfig) -> LoadedDataset:
+    """Read, type-check and hash one dataset."""
+    where = f"dataset '{config.name}' ({config.path})"
+    try:
+        stat = config.path.stat()
+        digest = file_hash(config.path)
+        frame = (pd.read_parquet(config.path) if config.format == "parquet"
+                 else pd.read_csv(config.path))
+    except FileNotFoundError:
+        raise DatasetError(f"{where}: file not found") from None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"{where}: cannot be read as {config.format}: {type(exc).__name__}") from None
+    for column in config.columns:
+        if column not in frame.columns:
+            raise DatasetError(f"{where}: declared column '{column}' is not in the file")
+    if config.id_column and config.id_column not in frame.columns:
+        raise DatasetError(f"{where}: id column '{config.id_column}' is not in the file")
+    columns = []
+    for name in frame.columns:
+        declared = config.columns.get(str(name))
+        if declared:
+            frame[name] = _coerce(frame[name], declared, f"{where}, column '{name}'")
+        columns.append(ColumnInfo(str(name), declared or _infer(frame[name])))
+    info = DatasetInfo(config.name, tuple(columns), row_bucket(len(frame)),
+                       config.id_column, config.description)
+    return LoadedDataset(config, frame, info, digest, stat.st_mtime_ns, stat.st_size)
+
+
+class DatasetRegistry:
+    """The node's loaded datasets, each re-verified against its file before use."""
+
+    def __init__(self, configs: tuple[DatasetConfig, ...]) -> None:
+        self._lock = threading.Lock()
+        self._loaded = {c.name: load(c) for c in configs}
+
+    def infos(self) -> list[DatasetInfo]:
+        return [d.info for d in self._loaded.values()]
+
+    def names(self) -> list[str]:
+        return sorted(self._loaded)
+
+    def fresh(self, name: str) -> LoadedDataset:
+        """The dataset, after checking its file is still the one that was loaded."""
+        with self._lock:
+            if name not in self._loaded:
+                raise DatasetError(f"this node has no dataset '{name}'")
+            loaded = self._loaded[name]
+        path = loaded.config.path
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise DatasetError(f"dataset '{name}': its file {path} has disappeared") from None
+        if (stat.st_mtime_ns, stat.st_size) != (loaded.mtime_ns, loaded.size):
+            if file_hash(path) != loaded.content_hash:
+                raise DatasetError(
+                    f"dataset '{name}': its file changed on disk after the node loaded "
+                    "it; restart the node to load and publish the new version"
+                )
+        return loaded

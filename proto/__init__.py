@@ -1,0 +1,1 @@
+"""The .proto contract and its generated stubs (generated code: never edit by hand)."""

@@ -1,0 +1,1 @@
+"""Pure cryptography and math for cleanroom's protocols: no sockets, files or clocks."""

@@ -1,0 +1,185 @@
+"""SecAgg+ job parameters: parties, threshold, vector shape, ring and neighbour graph."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Final, Literal
+
+import numpy as np
+
+from cleanroom.errors import ConfigError
+from protocols.party import COORDINATOR
+
+GraphKind = Literal["complete", "k-regular"]
+
+MIN_PARTIES: Final = 3
+"""With two parties the sum would reveal each one's input to the other."""
+MAX_PARTIES: Final = 2**16 - 1
+MAX_NAME_BYTES: Final = 255
+MAX_VECTOR_LENGTH: Final = 2**28
+_DIGEST_DOMAIN: Final = b"cleanroom/secagg/v1/config\x00"
+
+
+def default_degree(n: int) -> int:
+    """Bell et al.'s logarithmic neighbourhood: 2*ceil(log2 n) peers, at most n - 1.
+
+    Even, so a circulant (Harary) graph of that degree exists for every n.
+    """
+    return min(n - 1, 2 * math.ceil(math.log2(n)))
+
+
+def default_threshold(neighbourhood_size: int) -> int:
+    """More than two thirds of a closed neighbourhood (Bonawitz et al.'s active bound).
+
+    Above m/2 a malicious server cannot collect both secrets of one party from
+    honest clients; above 2m/3 that still holds if it colludes with fewer than
+    m/3 of the party's neighbours. The price is tolerating < m/3 dropouts per
+    neighbourhood; pass a lower threshold (> m/2) explicitly to trade the other way.
+    """
+    return 2 * neighbourhood_size // 3 + 1
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Validated, immutable parameters every party of one SecAgg+ run must share.
+
+    Build it with :meth:`create`, which sorts the parties and fills defaults. Each
+    party's shares go to its closed neighbourhood (itself plus ``degree`` peers);
+    ``threshold`` of them recover a secret. In a complete graph that is every party,
+    so the sum survives any ``n - threshold`` dropouts.
+    """
+
+    session_id: str
+    parties: tuple[str, ...]
+    threshold: int
+    vector_length: int
+    modulus_bits: Literal[32, 64]
+    graph: GraphKind
+    degree: int
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        session_id: str,
+        parties: Iterable[str],
+        vector_length: int,
+        threshold: int | None = None,
+        modulus_bits: Literal[32, 64] = 64,
+        graph: GraphKind = "complete",
+        degree: int | None = None,
+    ) -> SecAggConfig:
+        """Sort ``parties`` and fill the degree and threshold defaults, then validate."""
+        names = list(parties)
+        if not all(isinstance(p, str) for p in names):
+            raise ConfigError("party names must be strings")
+        if len(set(names)) != len(names):
+            raise ConfigError("party names must be unique")
+        n = len(names)
+        if degree is None:
+            degree = n - 1 if graph == "complete" else default_degree(max(n, 2))
+        if threshold is None:
+            threshold = default_threshold(degree + 1)
+        return cls(
+            session_id=session_id,
+            parties=tuple(sorted(names)),
+            threshold=threshold,
+            vector_length=vector_length,
+            modulus_bits=modulus_bits,
+            graph=graph,
+            degree=degree,
+        )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.session_id, str) or not self.session_id:
+            raise ConfigError("session_id must be a non-empty string")
+        if len(self.session_id.encode()) > MAX_NAME_BYTES:
+            raise ConfigError(f"session_id is longer than {MAX_NAME_BYTES} bytes")
+        self._check_parties()
+        n = len(self.parties)
+        _check_int("vector_length", self.vector_length, 1, MAX_VECTOR_LENGTH)
+        if self.modulus_bits not in (32, 64) or isinstance(self.modulus_bits, bool):
+            raise ConfigError(f"modulus_bits must be 32 or 64, not {self.modulus_bits}")
+        if self.graph not in ("complete", "k-regular"):
+            raise ConfigError(f"graph must be 'complete' or 'k-regular', not {self.graph}")
+        _check_int("degree", self.degree, 2, n - 1)
+        if self.graph == "complete" and self.degree != n - 1:
+            raise ConfigError(f"a complete graph of {n} parties has degree {n - 1}")
+        if (n * self.degree) % 2:
+            raise ConfigError(
+                f"no {self.degree}-regular graph on {n} parties exists (n*k is odd)"
+            )
+        m = self.neighbourhood_size
+        _check_int("threshold", self.threshold, 2, MAX_PARTIES)
+        if not m // 2 < self.threshold <= m:
+            # An honest majority of share holders is what stops a malicious server
+            # from collecting both the self-mask and the mask key of one party.
+            raise ConfigError(
+                f"threshold {self.threshold} must exceed half of the neighbourhood "
+                f"size {m} and be at most {m}"
+            )
+
+    def _check_parties(self) -> None:
+        if not isinstance(self.parties, tuple):
+            raise ConfigError("parties must be a tuple; use SecAggConfig.create")
+        if not MIN_PARTIES <= len(self.parties) <= MAX_PARTIES:
+            raise ConfigError(
+                f"SecAgg needs {MIN_PARTIES}..{MAX_PARTIES} parties, "
+                f"got {len(self.parties)}"
+            )
+        for name in self.parties:
+            if not isinstance(name, str) or not name:
+                raise ConfigError("party names must be non-empty strings")
+            if len(name.encode()) > MAX_NAME_BYTES:
+                raise ConfigError(f"party name {name!r} is over {MAX_NAME_BYTES} bytes")
+            if name == COORDINATOR:
+                raise ConfigError(f"{COORDINATOR!r} names the coordinator, not a party")
+        if list(self.parties) != sorted(set(self.parties)):
+            raise ConfigError("parties must be sorted and unique")
+
+    @property
+    def n(self) -> int:
+        """Number of parties."""
+        return len(self.parties)
+
+    @property
+    def neighbourhood_size(self) -> int:
+        """Share holders per party: the party itself plus its ``degree`` neighbours."""
+        return self.degree + 1
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Vector element type; its wrap-around is arithmetic mod 2^modulus_bits."""
+        return np.dtype(np.uint32 if self.modulus_bits == 32 else np.uint64)
+
+    @property
+    def element_bytes(self) -> int:
+        """Bytes per vector element on the wire."""
+        return self.modulus_bits // 8
+
+    @cached_property
+    def digest(self) -> bytes:
+        """SHA-256 of every parameter; bound into signatures, keys and message headers.
+
+        Two parties holding different configurations therefore fail at the first
+        message rather than computing inconsistent masks.
+        """
+        h = hashlib.sha256(_DIGEST_DOMAIN)
+        for field in (self.session_id, self.graph, *self.parties):
+            raw = field.encode()
+            h.update(len(raw).to_bytes(2, "big") + raw)
+        for number in (self.threshold, self.vector_length, self.modulus_bits):
+            h.update(number.to_bytes(8, "big"))
+        h.update(self.degree.to_bytes(8, "big") + len(self.parties).to_bytes(8, "big"))
+        return h.digest()
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an int, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be in {low}..{high}, got {value}")

@@ -1,0 +1,138 @@
+"""Shamir t-of-n secret sharing of short byte strings over the prime field 2^521 - 1."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from cleanroom.errors import ProtocolAbort, ProtocolError
+from protocols.party import SYSTEM_RANDOM, RandomSource
+
+PRIME: Final = 2**521 - 1
+"""A Mersenne prime: every 64-byte secret (512 bits) fits below it with room to spare."""
+
+MAX_SECRET_BYTES: Final = 64
+MAX_SHARES: Final = 2**16 - 1
+VALUE_BYTES: Final = (PRIME.bit_length() + 7) // 8
+SHARE_BYTES: Final = 2 + 2 + VALUE_BYTES
+"""Wire size of one share: index (u16), threshold (u16), value (big-endian)."""
+
+# A secret is read as the integer of 0x01 || secret so that leading zero bytes survive
+# the round trip and a badly combined value is (very probably) noticed.
+_SENTINEL: Final = b"\x01"
+_PRIME_BITS: Final = PRIME.bit_length()
+
+
+@dataclass(frozen=True)
+class Share:
+    """One point (index, value) of a degree threshold-1 polynomial hiding a secret."""
+
+    index: int
+    threshold: int
+    value: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= MAX_SHARES:
+            raise ProtocolError(f"share index {self.index} is outside 1..{MAX_SHARES}")
+        if not 2 <= self.threshold <= MAX_SHARES:
+            raise ProtocolError(f"share threshold {self.threshold} is out of range")
+        if not 0 <= self.value < PRIME:
+            raise ProtocolError("share value is not a field element")
+
+    def to_bytes(self) -> bytes:
+        """Fixed-size wire form (``SHARE_BYTES`` long)."""
+        return (
+            self.index.to_bytes(2, "big")
+            + self.threshold.to_bytes(2, "big")
+            + self.value.to_bytes(VALUE_BYTES, "big")
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Share:
+        """Parse the wire form; raises ProtocolError on a wrong size or range."""
+        if len(data) != SHARE_BYTES:
+            raise ProtocolError(f"a share is {SHARE_BYTES} bytes, got {len(data)}")
+        return cls(
+            index=int.from_bytes(data[0:2], "big"),
+            threshold=int.from_bytes(data[2:4], "big"),
+            value=int.from_bytes(data[4:], "big"),
+        )
+
+
+def split(
+    secret: bytes, t: int, n: int, random: RandomSource = SYSTEM_RANDOM
+) -> list[Share]:
+    """Split ``secret`` into ``n`` shares, any ``t`` of which recover it.
+
+    Share ``i`` (1-based) is the random polynomial evaluated at ``x = i``. ``t`` must
+    be at least 2: with ``t = 1`` every share *is* the secret.
+    """
+    if not isinstance(secret, bytes | bytearray) or len(secret) > MAX_SECRET_BYTES:
+        raise ProtocolError(f"secrets are byte strings of at most {MAX_SECRET_BYTES}")
+    _check_int("t", t)
+    _check_int("n", n)
+    if not 2 <= t <= n <= MAX_SHARES:
+        raise ProtocolError(f"need 2 <= t <= n <= {MAX_SHARES}, got t={t}, n={n}")
+    coefficients = [int.from_bytes(_SENTINEL + bytes(secret), "big")]
+    coefficients += _random_field_elements(t - 1, random)
+    shares = []
+    for x in range(1, n + 1):
+        y = 0
+        for c in reversed(coefficients):
+            y = (y * x + c) % PRIME
+        shares.append(Share(index=x, threshold=t, value=y))
+    return shares
+
+
+def combine(shares: Sequence[Share]) -> bytes:
+    """Recover the secret from at least ``threshold`` shares with distinct indices.
+
+    Raises ProtocolAbort below the threshold and ProtocolError when the shares
+    disagree on the threshold, repeat an index, or do not decode to a secret.
+    """
+    if not shares:
+        raise ProtocolAbort("no shares to combine")
+    t = shares[0].threshold
+    if any(s.threshold != t for s in shares):
+        raise ProtocolError("shares disagree on the threshold")
+    indices = [s.index for s in shares]
+    if len(set(indices)) != len(indices):
+        raise ProtocolError("shares repeat an index")
+    if len(shares) < t:
+        raise ProtocolAbort(f"only {len(shares)} shares; threshold is {t}")
+    points = shares[:t]
+    value = 0
+    for i, si in enumerate(points):
+        numerator, denominator = 1, 1
+        for j, sj in enumerate(points):
+            if i != j:
+                numerator = numerator * sj.index % PRIME
+                denominator = denominator * (sj.index - si.index) % PRIME
+        value = (value + si.value * numerator * pow(denominator, -1, PRIME)) % PRIME
+    encoded = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    if not encoded.startswith(_SENTINEL):
+        raise ProtocolError("shares are inconsistent: they do not encode a secret")
+    return encoded[1:]
+
+
+def _random_field_elements(count: int, random: RandomSource) -> list[int]:
+    # Uniform on [0, PRIME): take 521 random bits and reject the single value PRIME.
+    out: list[int] = []
+    mask = (1 << _PRIME_BITS) - 1
+    while len(out) < count:
+        needed = count - len(out)
+        data = random(needed * VALUE_BYTES)
+        if len(data) != needed * VALUE_BYTES:
+            raise ProtocolError("the random source returned the wrong number of bytes")
+        for k in range(needed):
+            chunk = data[k * VALUE_BYTES : (k + 1) * VALUE_BYTES]
+            candidate = int.from_bytes(chunk, "big") & mask
+            if candidate < PRIME:
+                out.append(candidate)
+    return out
+
+
+def _check_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{name} must be an int, got {value!r}")

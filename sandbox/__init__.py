@@ -1,0 +1,1 @@
+"""Run approved analyst code beside the data in a locked-down container and vet its output."""
