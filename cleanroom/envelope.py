@@ -56,7 +56,7 @@ __all__ = [
     "verify_message",
 ]
 
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+MAX_PAYLOAD_BYTES = 1024 * 1024 * 1024  # streamed in chunks; 1 GiB bounds memory
 MAX_FIELD_BYTES = 255
 _MAGIC = b"CREV"
 _VERSION = 1

@@ -70,7 +70,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def write_node_config(workdir: Path, name: str, dataset: Path, coordinator: str,
-                      policy_file: Path) -> Path:
+                      policy_file: Path, plugins: Sequence[str] = ()) -> Path:
     node_dir = workdir / "nodes" / name
     node_dir.mkdir(parents=True, exist_ok=True)
     ca = workdir / "pki"
@@ -80,7 +80,8 @@ def write_node_config(workdir: Path, name: str, dataset: Path, coordinator: str,
         f"coordinator = {_toml_str(coordinator)}\n"
         f'coordinator_name = "{COORDINATOR}"\n'
         f'data_dir = "data"\n'
-        f"policy = {_toml_str(policy_file)}\n\n"
+        f"policy = {_toml_str(policy_file)}\n"
+        f"plugins = [{', '.join(_toml_str(p) for p in plugins)}]\n\n"
         "[tls]\n"
         f"cert = {_toml_str(ca / (name + '.crt'))}\n"
         f"key = {_toml_str(ca / (name + '.key'))}\n"
@@ -92,7 +93,7 @@ def write_node_config(workdir: Path, name: str, dataset: Path, coordinator: str,
 
 
 def up(*, workdir: Path, nodes: Sequence[tuple[str, Path]], policy: Path | None = None,
-       node_timeout: float = 5.0, timeout: float = 60.0,
+       node_timeout: float = 5.0, timeout: float = 60.0, plugins: Sequence[str] = (),
        progress: Callable[[str], None] = lambda _: None) -> Federation:
     """Start a coordinator and the nodes; return once every node is connected."""
     workdir = workdir.resolve()
@@ -130,7 +131,8 @@ def up(*, workdir: Path, nodes: Sequence[tuple[str, Path]], policy: Path | None 
     coord_config = coord_dir / "coordinator.toml"
     coord_config.write_text(
         f'name = "{COORDINATOR}"\nlisten = "127.0.0.1:0"\ndata_dir = "data"\n'
-        f'address_file = "address"\nnode_timeout_seconds = {node_timeout}\n\n[tls]\n'
+        f'address_file = "address"\nnode_timeout_seconds = {node_timeout}\n'
+        f"plugins = [{', '.join(_toml_str(p) for p in plugins)}]\n\n[tls]\n"
         f"cert = {_toml_str(workdir / 'pki' / 'coordinator.crt')}\n"
         f"key = {_toml_str(workdir / 'pki' / 'coordinator.key')}\n"
         f"ca = {_toml_str(workdir / 'pki' / 'ca.crt')}\n"
@@ -156,7 +158,8 @@ def up(*, workdir: Path, nodes: Sequence[tuple[str, Path]], policy: Path | None 
         address = address_file.read_text().strip()
         fed = Federation(**{**fed.__dict__, "coordinator_address": address})
         for name, path in nodes:
-            config = write_node_config(workdir, name, path.resolve(), address, policy_file)
+            config = write_node_config(workdir, name, path.resolve(), address, policy_file,
+                                       plugins)
             progress(f"starting node {name} with dataset '{path.stem}'")
             processes[f"node:{name}"] = _spawn(["node", "serve", "--config", str(config)],
                                                workdir / "logs" / f"{name}.log")

@@ -24,6 +24,8 @@ class CoordinatorConfig:
     store_url: str
     node_timeout: float = 10.0
     address_file: Path | None = None
+    plugins: tuple[str, ...] = ()
+    """Modules to import at start; each registers extra job types."""
 
     def identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.cert, self.key, self.ca)
@@ -41,7 +43,7 @@ class CoordinatorConfig:
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], *, base: Path) -> CoordinatorConfig:
         known = {"name", "listen", "data_dir", "store", "node_timeout_seconds",
-                 "address_file", "tls"}
+                 "address_file", "tls", "plugins"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"coordinator config: unknown key '{unknown[0]}'")
@@ -63,4 +65,5 @@ class CoordinatorConfig:
             store_url=str(raw.get("store", f"sqlite:///{data_dir / 'coordinator.db'}")),
             node_timeout=float(timeout),
             address_file=base / address_file if address_file else None,
+            plugins=tuple(raw.get("plugins", ())),
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cleanroom import jobtypes
 from cleanroom.transport import secure_server
 from coordinator.config import CoordinatorConfig
 from coordinator.scheduler import Scheduler
@@ -41,6 +42,7 @@ class RunningCoordinator:
 def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
     """Open the store, recover jobs, and serve on ``config.listen``."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    jobtypes.load_plugins(config.plugins)
     identity = config.identity()
     store = open_store(config.store_url)
     scheduler = Scheduler(store, ca_pem=identity.ca_pem, node_timeout=config.node_timeout)

@@ -40,6 +40,7 @@ class NodeAgent:
         self.config = config
         self._clock = clock
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        jobtypes.load_plugins(config.plugins)
         self.identity = config.identity()
         self.keys = NodeKeys.load_or_create(config.data_dir / "node.keys")
         self.datasets = DatasetRegistry(config.datasets)

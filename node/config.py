@@ -15,7 +15,7 @@ from cleanroom.errors import ConfigError
 from cleanroom.pki import TlsIdentity
 
 _TOP = {"name", "coordinator", "coordinator_name", "data_dir", "policy", "tls",
-        "datasets", "sandbox"}
+        "datasets", "sandbox", "plugins"}
 _DATASET = {"path", "id_column", "description", "format", "columns", "policy"}
 
 
@@ -45,6 +45,8 @@ class NodeConfig:
     datasets: tuple[DatasetConfig, ...]
     policy: Mapping[str, Any]
     sandbox: Mapping[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
+    """Modules to import at start; each registers extra job types the holder accepts."""
 
     def identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.cert, self.key, self.ca)
@@ -103,6 +105,7 @@ class NodeConfig:
             datasets=tuple(datasets),
             policy=policy,
             sandbox=dict(raw.get("sandbox", {})),
+            plugins=tuple(raw.get("plugins", ())),
         )
 
 

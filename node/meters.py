@@ -133,20 +133,18 @@ class Meters:
     def __init__(self, path: Path, *, now: Callable[[], float] = time.time) -> None:
         self._path = Path(path)
         self._now = now
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
         with self._transaction() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
 
     def close(self) -> None:
-        """Close every connection this object opened, in any thread."""
+        """Close the pooled connections; call it once no operation is running."""
         with self._lock:
-            for db in self._connections:
+            for db in self._idle:
                 db.close()
-            self._connections.clear()
-            self._local = threading.local()
+            self._idle.clear()
 
     def reserve(
         self,
@@ -164,7 +162,7 @@ class Meters:
         now = self._now()
         terms = (request.job_id, request.analyst, request.dataset, request.job_type)
         amounts = MappingProxyType(request.amounts())
-        held = Reservation(*terms, _utc_day(now), amounts, now)
+        held = Reservation(*terms, _iso(now)[:10], amounts, now)
         with self._transaction() as db:
             _store_limits(db, request.dataset, limits, budgets)
             existing = _find(db, request.job_id)
@@ -211,9 +209,10 @@ class Meters:
         self, *, analyst: str | None = None, dataset: str | None = None
     ) -> list[UsageRow]:
         """Used and reserved amounts per analyst, dataset and meter, with limits."""
-        day = _utc_day(self._now())
+        day = _iso(self._now())[:10]  # the UTC calendar day
         args = (day, day, analyst, analyst, dataset, dataset)
-        return [_usage_row(row) for row in self._connection().execute(_USAGE_SQL, args)]
+        with self._connection() as db:
+            return [_usage_row(row) for row in db.execute(_USAGE_SQL, args)]
 
     def export_csv(self, out: TextIO, *, since: float | None = None) -> int:
         """Write a billing statement, one row per meter of each closed job.
@@ -221,7 +220,8 @@ class Meters:
         Columns are ``EXPORT_COLUMNS``; ``timestamp`` is when the job was settled
         or released (UTC ISO-8601). Returns the number of data rows written.
         """
-        rows = self._connection().execute(_EXPORT_SQL, (since, since)).fetchall()
+        with self._connection() as db:
+            rows = db.execute(_EXPORT_SQL, (since, since)).fetchall()
         writer = csv.writer(out)
         writer.writerow(EXPORT_COLUMNS)
         for *job, used, status, closed_at, reason in rows:
@@ -244,8 +244,7 @@ class Meters:
                 )
             reserved = dict(db.execute(_AMOUNTS_SQL, (job_id,)))
             if used.get("epsilon", 0.0) > 0 and "delta" in reserved:
-                # Usage reports carry no delta: a mechanism that spent epsilon
-                # spent the delta it declared.
+                # Usage reports carry no delta: spending epsilon spent its delta.
                 used["delta"] = reserved["delta"]
             overruns = [
                 f"{m} {_show(a)} > reserved {_show(reserved.get(m, 0.0))}"
@@ -268,37 +267,40 @@ class Meters:
                 (status.value, self._now(), reason, job_id),
             )
 
-    def _connection(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        # A pool: concurrent threads each hold a connection and contend in SQLite's
+        # locks just as processes do; short-lived job threads leave none behind.
+        with self._lock:
+            db = self._idle.pop() if self._idle else None
         if db is None:
-            # One connection per thread: threads contend in SQLite's locks just as
-            # processes do. We issue BEGIN/COMMIT; close() may run in any thread.
             db = sqlite3.connect(
                 self._path,
-                _BUSY_TIMEOUT_S,
-                isolation_level=None,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT
                 check_same_thread=False,
             )
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
+        try:
+            yield db
+        finally:
             with self._lock:
-                self._connections.append(db)
-                self._local.db = db
-        return db
+                self._idle.append(db)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._connection()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except BaseException as e:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise StoreError(f"meters database {self._path}: {e}") from e
-            raise
+        with self._connection() as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.execute("COMMIT")
+            except BaseException as e:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise StoreError(f"meters database {self._path}: {e}") from e
+                raise
 
 
 def _exceeded(
@@ -385,11 +387,7 @@ def _non_negative(name: str, value: float) -> float:
 
 
 def _exceeds(amount: float, cap: float) -> bool:
-    return amount > cap + _TOLERANCE * max(1.0, abs(cap))
-
-
-def _utc_day(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).date().isoformat()
+    return amount > cap + 1 + _TOLERANCE * max(1.0, abs(cap))
 
 
 def _iso(moment: float) -> str:

@@ -84,7 +84,7 @@ class FixedPoint:
             )
 
     def encode(self, x: npt.ArrayLike) -> MaskVector:
-        """Encode a 1-D real vector; refuses NaN/inf and, unless clipping, |x| > clip."""
+        """Encode a 1-D real vector; refuses NaN/inf and |x| > clip."""
         try:
             values = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as exc:
@@ -114,7 +114,7 @@ class FixedPoint:
         return signed.astype(np.float64) / self._scale
 
     def _signed_limit(self) -> int:
-        return min(2 ** (self.modulus_bits - 1), _EXACT_FLOAT_LIMIT)
+        return min(1 << (self.modulus_bits - 1), _EXACT_FLOAT_LIMIT)
 
     def _to_ring(self, scaled: npt.NDArray[np.int64]) -> MaskVector:
         if self.modulus_bits == 64:

@@ -10,7 +10,7 @@ from cleanroom.errors import ProtocolAbort, ProtocolError
 from protocols.party import SYSTEM_RANDOM, RandomSource
 
 PRIME: Final = 2**521 - 1
-"""A Mersenne prime: every 64-byte secret (512 bits) fits below it with room to spare."""
+"""A Mersenne prime: every 64-byte (512-bit) secret fits below it, with room."""
 
 MAX_SECRET_BYTES: Final = 64
 MAX_SHARES: Final = 2**16 - 1

@@ -1,4 +1,4 @@
-"""Parse sandbox outputs (.json, .csv) into tables, round them, and compare cell values."""
+"""Parse sandbox outputs (.json, .csv) into columns and rows, round them, compare cells."""
 
 from __future__ import annotations
 
@@ -14,91 +14,84 @@ import pandas as pd
 from cleanroom.errors import SandboxError
 
 RELEASABLE_SUFFIXES = (".json", ".csv")
+_MAX_DEPTH = 64
 
 
 @dataclass
-class Table:
-    """One tabular piece of an output file: ``source`` is e.g. ``stats.json:groups``."""
+class ParsedOutput:
+    """One output file seen as data: every scalar by column path, every row, every key.
 
-    source: str
-    frame: pd.DataFrame
+    JSON is flattened so nothing hides in nesting: a column is a key path with
+    list indices dropped (``groups.count``); a row is the scalar leaves of one
+    object (nested objects included) or one list of scalars.
+    """
+
+    name: str
+    document: Any
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    rows: list[list[Any]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
 
 
-def parse_output(name: str, data: bytes) -> tuple[list[Table], Any]:
-    """The file's tables plus its parsed document (kept for re-serialising)."""
+def parse_output(name: str, data: bytes) -> ParsedOutput:
+    """Parse one output file; raises SandboxError if it is not readable JSON or CSV."""
     if name.endswith(".csv"):
         try:
-            frame = pd.read_csv(io.BytesIO(data), dtype_backend="numpy_nullable")
+            frame = pd.read_csv(io.BytesIO(data))
         except Exception as exc:
             raise SandboxError(f"{name}: not a readable CSV table ({exc})") from exc
-        return [Table(name, frame, [str(c) for c in frame.columns])], frame
+        return frame_output(name, frame)
     if name.endswith(".json"):
         try:
             document = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise SandboxError(f"{name}: not valid UTF-8 JSON ({exc})") from exc
-        tables: list[Table] = []
-        _collect_tables(name, document, tables)
-        return tables, document
+        return document_output(name, document)
     raise SandboxError(f"{name}: only {', '.join(RELEASABLE_SUFFIXES)} files are released")
 
 
-def _collect_tables(source: str, node: Any, out: list[Table]) -> None:
-    """Flatten a JSON document: record lists become tables, scalar leaves a one-row one."""
-    if isinstance(node, list):
-        out.append(_list_table(source, node))
-        for item in node:
-            if isinstance(item, dict | list):
-                for key, value in _nested(item):
-                    _collect_tables(f"{source}.{key}", value, out)
-        return
-    if not isinstance(node, dict):
-        out.append(Table(source, pd.DataFrame({"value": [node]})))
-        return
-    scalars: dict[str, Any] = {}
-    keys: list[str] = []
-    _flatten(node, "", scalars, keys, source, out)
-    if scalars or keys:
-        frame = pd.DataFrame([scalars]) if scalars else pd.DataFrame()
-        out.append(Table(source, frame, keys))
+def frame_output(name: str, frame: pd.DataFrame) -> ParsedOutput:
+    parsed = ParsedOutput(name, frame, keys=[str(c) for c in frame.columns])
+    as_objects = frame.astype(object)
+    for column in frame.columns:
+        parsed.columns[str(column)] = as_objects[column].tolist()
+    parsed.rows = as_objects.values.tolist()
+    return parsed
 
 
-def _flatten(
-    node: dict[str, Any],
-    prefix: str,
-    scalars: dict[str, Any],
-    keys: list[str],
-    source: str,
-    out: list[Table],
-) -> None:
-    for key, value in node.items():
-        keys.append(str(key))
-        path = f"{prefix}{key}"
+def document_output(name: str, document: Any) -> ParsedOutput:
+    parsed = ParsedOutput(name, document)
+    _walk(document, "", parsed, 0)
+    return parsed
+
+
+def _walk(node: Any, path: str, out: ParsedOutput, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise SandboxError(f"{out.name}: nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(node, dict):
+        out.rows.append(_object_leaves(node))
+        for key, value in node.items():
+            out.keys.append(str(key))
+            child = f"{path}.{key}" if path else str(key)
+            _walk(value, child, out, depth + 1)
+    elif isinstance(node, list):
+        scalars = [v for v in node if not isinstance(v, dict | list)]
+        if scalars:
+            out.rows.append(scalars)
+        for value in node:
+            _walk(value, path, out, depth + 1)
+    else:
+        out.columns.setdefault(path or "value", []).append(node)
+
+
+def _object_leaves(node: dict[str, Any]) -> list[Any]:
+    leaves: list[Any] = []
+    for value in node.values():
         if isinstance(value, dict):
-            _flatten(value, f"{path}.", scalars, keys, source, out)
-        elif isinstance(value, list):
-            _collect_tables(f"{source}:{path}", value, out)
-        else:
-            scalars[path] = value
-
-
-def _list_table(source: str, items: list[Any]) -> Table:
-    if items and all(isinstance(item, dict) for item in items):
-        rows = [{k: v for k, v in item.items() if not isinstance(v, dict | list)}
-                for item in items]  # fmt: skip
-        keys = sorted({str(k) for item in items for k in item})
-        return Table(source, pd.DataFrame(rows), keys)
-    if items and all(isinstance(item, list) for item in items):
-        rows = [[v for v in item if not isinstance(v, dict | list)] for item in items]
-        return Table(source, pd.DataFrame(rows))
-    scalar = [item for item in items if not isinstance(item, dict | list)]
-    return Table(source, pd.DataFrame({"value": scalar}))
-
-
-def _nested(item: dict[str, Any] | list[Any]) -> list[tuple[str, Any]]:
-    pairs = item.items() if isinstance(item, dict) else enumerate(item)
-    return [(str(k), v) for k, v in pairs if isinstance(v, dict | list)]
+            leaves.extend(_object_leaves(value))
+        elif not isinstance(value, list):
+            leaves.append(value)
+    return leaves
 
 
 def round_document(node: Any, decimals: int | None) -> Any:
@@ -125,21 +118,25 @@ def round_frame(frame: pd.DataFrame, decimals: int | None) -> pd.DataFrame:
     return rounded
 
 
-def serialise(name: str, document: Any, decimals: int | None) -> bytes:
-    """The cleaned bytes that would be released for one output file."""
-    if isinstance(document, pd.DataFrame):
-        return round_frame(document, decimals).to_csv(index=False).encode()
-    cleaned = round_document(document, decimals)
-    return json.dumps(cleaned, ensure_ascii=False, allow_nan=False).encode()
+def cleaned(parsed: ParsedOutput, decimals: int | None) -> tuple[ParsedOutput, bytes]:
+    """The rounded version of an output, parsed, and the bytes that would be released."""
+    if isinstance(parsed.document, pd.DataFrame):
+        frame = round_frame(parsed.document, decimals)
+        return frame_output(parsed.name, frame), frame.to_csv(index=False).encode()
+    document = round_document(parsed.document, decimals)
+    data = json.dumps(document, ensure_ascii=False, allow_nan=False, indent=1).encode()
+    return document_output(parsed.name, document), data
 
 
 def cell_token(value: Any) -> str | None:
     """A canonical form for comparing cells: numbers by value, text case-folded.
 
-    ``1001``, ``1001.0`` and ``"1001"`` compare equal; booleans, blanks and
+    ``1001``, ``1001.0`` and ``" 1001"`` compare equal; booleans, blanks and
     missing values never match anything.
     """
-    if value is None or value is pd.NA or isinstance(value, bool | np.bool_):
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, bool | np.bool_):
         return None
     if isinstance(value, int | np.integer):
         return f"n:{int(value)}"
@@ -158,10 +155,10 @@ def cell_token(value: Any) -> str | None:
     return cell_token(number) if math.isfinite(number) else f"s:{text.casefold()}"
 
 
-def column_tokens(series: pd.Series) -> list[str | None]:
-    """``cell_token`` of every cell of a column (object dtype keeps Python scalars)."""
-    return [cell_token(v) for v in series.astype(object).tolist()]
+def tokens(values: list[Any]) -> list[str]:
+    """The non-empty ``cell_token`` of each value."""
+    return [t for t in (cell_token(v) for v in values) if t is not None]
 
 
-def numeric_token(token: str | None) -> bool:
-    return token is not None and token.startswith("n:")
+def is_numeric_token(token: str) -> bool:
+    return token.startswith("n:")

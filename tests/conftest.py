@@ -157,3 +157,19 @@ def _postgres_free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# ---------------------------------------------------------------- federation PKI --
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A federation CA with a coordinator, two nodes and two analysts (P-256, real size)."""
+    from cleanroom import pki
+
+    directory = tmp_path_factory.mktemp("pki")
+    pki.init_ca(directory, federation="test")
+    pki.issue(directory, "coordinator", "coordinator")
+    for name in ("n1", "n2"):
+        pki.issue(directory, "node", name)
+    for name in ("alice", "bob"):
+        pki.issue(directory, "analyst", name)
+    return directory

@@ -5,6 +5,7 @@ from cleanroom.jobtypes.base import (
     JobType,
     NodeContext,
     get,
+    load_plugins,
     names,
     register,
 )
@@ -12,4 +13,4 @@ from cleanroom.jobtypes.count import CountJob
 
 register(CountJob())
 
-__all__ = ["CoordinatorContext", "JobType", "NodeContext", "get", "names", "register"]
+__all__ = ["CoordinatorContext", "JobType", "NodeContext", "get", "load_plugins", "names", "register"]

@@ -4,7 +4,8 @@ touching the scheduler, the node or the CLI."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+import importlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -13,7 +14,7 @@ import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cleanroom.catalog import DatasetInfo
-from cleanroom.errors import SpecError
+from cleanroom.errors import ConfigError, SpecError
 from cleanroom.jobspec import JobInput, JobSpec
 from protocols.party import SYSTEM_RANDOM, CoordinatorParty, NodeParty, RandomSource
 
@@ -106,6 +107,15 @@ def _load_plugins() -> None:
     for ep in entry_points(group="cleanroom.job_types"):
         if ep.name not in _REGISTRY:
             register(ep.load()())
+
+
+def load_plugins(modules: Sequence[str]) -> None:
+    """Import modules named in a config; each registers its job types on import."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"cannot load job-type plugin '{module}': {exc}") from None
 
 
 def get(name: str) -> JobType:

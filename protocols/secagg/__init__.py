@@ -1,0 +1,25 @@
+"""SecAgg+ secure aggregation: per-party state machines for nodes and coordinator."""
+
+from protocols.secagg.client import SecAggClient
+from protocols.secagg.config import SecAggConfig
+from protocols.secagg.messages import (
+    ADVERTISE_KEYS,
+    MASKED_INPUT,
+    SHARE_KEYS,
+    STAGES,
+    UNMASK,
+)
+from protocols.secagg.server import SecAggServer
+from protocols.secagg.simulate import run_in_process
+
+__all__ = [
+    "ADVERTISE_KEYS",
+    "MASKED_INPUT",
+    "SHARE_KEYS",
+    "STAGES",
+    "UNMASK",
+    "SecAggClient",
+    "SecAggConfig",
+    "SecAggServer",
+    "run_in_process",
+]

@@ -1,4 +1,4 @@
-"""SecAgg+ job parameters: parties, threshold, vector shape, ring and neighbour graph."""
+"""SecAgg+ job parameters: parties, threshold, vector shape, ring, neighbour graph."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class SecAggConfig:
         graph: GraphKind = "complete",
         degree: int | None = None,
     ) -> SecAggConfig:
-        """Sort ``parties`` and fill the degree and threshold defaults, then validate."""
+        """Sort ``parties``, fill the degree and threshold defaults, then validate."""
         names = list(parties)
         if not all(isinstance(p, str) for p in names):
             raise ConfigError("party names must be strings")
@@ -105,7 +105,9 @@ class SecAggConfig:
         if self.modulus_bits not in (32, 64) or isinstance(self.modulus_bits, bool):
             raise ConfigError(f"modulus_bits must be 32 or 64, not {self.modulus_bits}")
         if self.graph not in ("complete", "k-regular"):
-            raise ConfigError(f"graph must be 'complete' or 'k-regular', not {self.graph}")
+            raise ConfigError(
+                f"graph must be 'complete' or 'k-regular', not {self.graph}"
+            )
         _check_int("degree", self.degree, 2, n - 1)
         if self.graph == "complete" and self.degree != n - 1:
             raise ConfigError(f"a complete graph of {n} parties has degree {n - 1}")

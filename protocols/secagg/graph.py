@@ -83,13 +83,3 @@ def _shuffled(names: tuple[str, ...], digest: bytes) -> list[str]:
     keys = expand_mask(seed, len(names), 64)
     ranked = sorted(range(len(names)), key=lambda i: (int(keys[i]), names[i]))
     return [names[i] for i in ranked]
-
-
-def neighbourhood_counts(
-    graph: NeighbourGraph, members: frozenset[str], of: frozenset[str]
-) -> dict[str, int]:
-    """For each party in ``of``: how many of its closed neighbourhood are in ``members``."""
-    return {
-        party: sum(p in members for p in graph.closed_of(party))
-        for party in of
-    }

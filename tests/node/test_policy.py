@@ -116,11 +116,20 @@ def test_unknown_keys_are_refused_with_their_path(
         ({"analysts": ["alice", 3]}, "policy.patients.analysts[1]: expected a non-em"),
         ({"job_types": None, "purposes": 5}, "policy.patients.purposes: expected"),
         ({"columns": {"forbid": "*"}}, "policy.patients.columns.forbid: expected"),
-        ({"min_group_size": 0}, "policy.patients.min_group_size: expected an integer >= 1"),
+        (
+            {"min_group_size": 0},
+            "policy.patients.min_group_size: expected an integer >= 1",
+        ),
         ({"min_group_size": True}, "policy.patients.min_group_size: expected"),
-        ({"approval": "maybe"}, "policy.patients.approval: expected 'auto' or 'manual'"),
+        (
+            {"approval": "maybe"},
+            "policy.patients.approval: expected 'auto' or 'manual'",
+        ),
         ({"quotas": {"jobs": {"total": 2.5}}}, "policy.patients.quotas.jobs.total:"),
-        ({"quotas": {"epsilon": {"total": -1}}}, "policy.patients.quotas.epsilon.total"),
+        (
+            {"quotas": {"epsilon": {"total": -1}}},
+            "policy.patients.quotas.epsilon.total",
+        ),
         ({"quotas": {"cpu": 5}}, "policy.patients.quotas.cpu: expected a mapping"),
         ({"dp": {"epsilon_budget": "lots"}}, "policy.patients.dp.epsilon_budget: exp"),
         ({"dp": {"epsilon_budget": float("inf")}}, "policy.patients.dp.epsilon_budget"),
@@ -166,9 +175,10 @@ def test_a_dataset_entry_must_be_a_mapping() -> None:
 def test_load_reads_yaml_and_keeps_timestamps_strict(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump({"patients": OPEN}))
-    assert PolicySet.load(path).version == PolicySet.from_mapping(
-        {"patients": OPEN}
-    ).version
+    assert (
+        PolicySet.load(path).version
+        == PolicySet.from_mapping({"patients": OPEN}).version
+    )
     path.write_text("patients:\n  valid:\n    until: 2026-01-01\n")
     with pytest.raises(ConfigError, match=r"valid\.until: .*got '2026-01-01'"):
         PolicySet.load(path)

@@ -1,0 +1,309 @@
+"""The SecAgg+ coordinator: relays keys and shares, then unmasks the survivors' sum."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from cleanroom.errors import ConfigError, ProtocolAbort, ProtocolError
+from protocols.party import CoordinatorParty, Inbound, Outbound
+from protocols.prg import MaskVector, add_masks
+from protocols.secagg import keys
+from protocols.secagg.config import SecAggConfig
+from protocols.secagg.graph import build_graph
+from protocols.secagg.messages import (
+    ADVERTISE_KEYS,
+    MASKED_INPUT,
+    SHARE_KEYS,
+    UNMASK,
+    ForwardedShares,
+    KeyAdvertisement,
+    KeySet,
+    MaskedInput,
+    ShareBundles,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from protocols.shamir import Share, combine
+
+_Handler = Callable[[str, bytes], None]
+
+
+class SecAggServer(CoordinatorParty):
+    """Drives the four SecAgg+ stages and releases the sum of the survivors' inputs.
+
+    It never sees an unmasked individual vector: it holds only the running sum of
+    masked vectors, and for each party it reconstructs either the self-mask seed
+    (the party survived) or the mask key (it dropped), never both. A stage ends
+    once every live expected party has answered; ``dropped`` may be called at any
+    time and aborts as soon as too few parties remain to finish.
+    """
+
+    def __init__(
+        self, config: SecAggConfig, signing_keys: Mapping[str, Ed25519PublicKey]
+    ) -> None:
+        missing = [p for p in config.parties if p not in signing_keys]
+        if missing:
+            raise ConfigError(f"no identity key for parties {missing}")
+        self._config = config
+        self._graph = build_graph(config)
+        self._identities = dict(signing_keys)
+        self._started = False
+        self._stage: str | None = ADVERTISE_KEYS
+        self._expected: frozenset[str] = frozenset(config.parties)
+        self._received: set[str] = set()
+        self._gone: set[str] = set()
+        self._adverts: dict[str, KeyAdvertisement] = {}
+        self._key_sets: dict[str, frozenset[str]] = {}
+        self._bundles: dict[str, dict[str, bytes]] = {}
+        self._shared: frozenset[str] = frozenset()
+        self._sum: MaskVector = np.zeros(config.vector_length, dtype=config.dtype)
+        self._survivors: frozenset[str] = frozenset()
+        self._requests: dict[str, UnmaskRequest] = {}
+        self._self_mask_shares: dict[str, list[Share]] = {}
+        self._mask_key_shares: dict[str, list[Share]] = {}
+        self._result: MaskVector | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the sum has been unmasked."""
+        return self._result is not None
+
+    def start(self) -> list[Outbound]:
+        """Nodes speak first (ADVERTISE_KEYS): the coordinator has nothing to send."""
+        if self._started:
+            raise ProtocolError("the coordinator has already started")
+        self._started = True
+        return []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        """Accept one node's message for the current stage, advancing when complete."""
+        sender, stage = message.sender, message.stage
+        if not self._started or self._stage is None:
+            state = "finished" if self._stage is None else "not started"
+            raise ProtocolError(f"the coordinator is {state}; refusing {stage}")
+        if sender not in self._graph.closed:
+            raise ProtocolError(f"{sender!r} is not a party of this session")
+        if sender in self._gone:
+            raise ProtocolError(
+                f"{sender!r} was declared dropped; refusing its {stage}"
+            )
+        if stage != self._stage:
+            raise ProtocolError(
+                f"expected {self._stage} messages, got {stage} from {sender}"
+            )
+        if sender not in self._expected:
+            raise ProtocolError(f"{sender!r} dropped out before {stage}")
+        if sender in self._received:
+            raise ProtocolError(f"{sender!r} already sent its {stage} message")
+        handlers: dict[str, _Handler] = {
+            ADVERTISE_KEYS: self._on_advertisement,
+            SHARE_KEYS: self._on_share_bundles,
+            MASKED_INPUT: self._on_masked_input,
+            UNMASK: self._on_unmask_response,
+        }
+        handlers[stage](sender, message.payload)
+        self._received.add(sender)
+        return self._advance_if_complete()
+
+    def dropped(self, parties: frozenset[str]) -> list[Outbound]:
+        """Mark ``parties`` as gone; abort if the threshold can no longer be met."""
+        unknown = sorted(p for p in parties if p not in self._graph.closed)
+        if unknown:
+            raise ProtocolError(f"unknown parties reported dropped: {unknown}")
+        self._gone |= parties
+        if self._stage is None:
+            return []
+        self._check_threshold()
+        return self._advance_if_complete()
+
+    def sum_vector(self) -> MaskVector:
+        """The survivors' exact sum mod 2^modulus_bits; only valid once finished."""
+        if self._result is None:
+            raise ProtocolError("the sum is not available before the protocol finishes")
+        return self._result.copy()
+
+    def result(self) -> Mapping[str, Any]:
+        """The released result: survivors, dropped parties and the sum as ints."""
+        total = self.sum_vector()
+        return {
+            "survivors": sorted(self._survivors),
+            "dropped": sorted(set(self._config.parties) - self._survivors),
+            "modulus_bits": self._config.modulus_bits,
+            "sum": total.tolist(),
+        }
+
+    def _on_advertisement(self, sender: str, payload: bytes) -> None:
+        advert = KeyAdvertisement.decode(payload, self._config.digest)
+        if advert.party != sender:
+            raise ProtocolError(
+                f"{sender!r} advertised keys in the name of {advert.party!r}"
+            )
+        taken = {k for a in self._adverts.values() for k in (a.c_pk, a.s_pk)}
+        if advert.c_pk == advert.s_pk or {advert.c_pk, advert.s_pk} & taken:
+            raise ProtocolError(f"{sender!r} advertised a public key already in use")
+        keys.verify_advertisement(advert, self._identities[sender], self._config.digest)
+        self._adverts[sender] = advert
+
+    def _on_share_bundles(self, sender: str, payload: bytes) -> None:
+        bundles = dict(ShareBundles.decode(payload, self._config.digest).by_recipient)
+        expected = self._key_sets[sender] - {sender}
+        if set(bundles) != expected:
+            raise ProtocolError(
+                f"{sender!r} must send bundles to exactly {sorted(expected)}, "
+                f"sent {sorted(bundles)}"
+            )
+        self._bundles[sender] = bundles
+
+    def _on_masked_input(self, sender: str, payload: bytes) -> None:
+        masked = MaskedInput.decode(
+            payload,
+            self._config.digest,
+            length=self._config.vector_length,
+            dtype=self._config.dtype,
+        )
+        np.add(self._sum, masked.vector, out=self._sum)
+
+    def _on_unmask_response(self, sender: str, payload: bytes) -> None:
+        response = UnmaskResponse.decode(payload, self._config.digest)
+        request = self._requests[sender]
+        self_mask = dict(response.self_mask_shares)
+        mask_key = dict(response.mask_key_shares)
+        if set(self_mask) != set(request.survivors) or set(mask_key) != set(
+            request.dropped
+        ):
+            raise ProtocolError(f"{sender!r} did not answer the unmask request it got")
+        for owner, share in [*self_mask.items(), *mask_key.items()]:
+            if share.index != self._graph.share_index(owner, sender):
+                raise ProtocolError(
+                    f"{sender!r} sent a share of {owner!r} at a wrong point"
+                )
+            if share.threshold != self._config.threshold:
+                raise ProtocolError(f"{sender!r} sent a share with a wrong threshold")
+        for owner, share in self_mask.items():
+            self._self_mask_shares.setdefault(owner, []).append(share)
+        for owner, share in mask_key.items():
+            self._mask_key_shares.setdefault(owner, []).append(share)
+
+    def _advance_if_complete(self) -> list[Outbound]:
+        if self._expected - self._gone - self._received:
+            return []
+        self._check_threshold()
+        if self._stage == ADVERTISE_KEYS:
+            return self._send_key_sets()
+        if self._stage == SHARE_KEYS:
+            return self._forward_share_bundles()
+        if self._stage == MASKED_INPUT:
+            return self._send_unmask_requests()
+        self._unmask()
+        return []
+
+    def _begin(self, stage: str | None, expected: frozenset[str]) -> None:
+        self._stage = stage
+        self._expected = expected
+        self._received = set()
+
+    def _send_key_sets(self) -> list[Outbound]:
+        advertised = frozenset(self._received - self._gone)
+        out = []
+        for party in sorted(advertised):
+            members = frozenset(self._graph.closed_of(party)) & advertised
+            self._key_sets[party] = members
+            key_set = KeySet(tuple(self._adverts[p] for p in sorted(members)))
+            out.append(Outbound(party, SHARE_KEYS, key_set.encode(self._config.digest)))
+        self._begin(SHARE_KEYS, advertised)
+        return out
+
+    def _forward_share_bundles(self) -> list[Outbound]:
+        self._shared = frozenset(self._received - self._gone)
+        out = []
+        for party in sorted(self._shared):
+            senders = (self._key_sets[party] & self._shared) - {party}
+            forwarded = tuple((s, self._bundles[s][party]) for s in sorted(senders))
+            payload = ForwardedShares(forwarded).encode(self._config.digest)
+            out.append(Outbound(party, MASKED_INPUT, payload))
+        self._bundles.clear()
+        self._begin(MASKED_INPUT, self._shared)
+        return out
+
+    def _send_unmask_requests(self) -> list[Outbound]:
+        # A party that sent its masked input and then vanished still survives: its
+        # vector is in the sum, so its self-mask must be removed.
+        self._survivors = frozenset(self._received)
+        live = self._survivors - self._gone
+        out = []
+        for party in sorted(live):
+            group = frozenset(self._graph.closed_of(party)) & self._shared
+            request = UnmaskRequest(
+                survivors=tuple(sorted(group & self._survivors)),
+                dropped=tuple(sorted(group - self._survivors)),
+            )
+            self._requests[party] = request
+            out.append(Outbound(party, UNMASK, request.encode(self._config.digest)))
+        self._begin(UNMASK, live)
+        return out
+
+    def _unmask(self) -> None:
+        digest = self._config.digest
+        add: list[bytes] = []
+        subtract: list[bytes] = []
+        for party in sorted(self._survivors):
+            subtract.append(self._reconstruct(party, self._self_mask_shares))
+        for party in sorted(self._shared - self._survivors):
+            s_sk = self._reconstruct_mask_key(party)
+            for peer in self._graph.neighbours(party):
+                if peer not in self._survivors:
+                    continue
+                shared = keys.agree(s_sk, self._adverts[peer].s_pk, peer)
+                seed = keys.pair_mask_seed(shared, digest, party, peer)
+                # Undo what the surviving peer applied for this pair.
+                (subtract if keys.adds_pair_mask(peer, party) else add).append(seed)
+        add_masks(self._sum, add=add, subtract=subtract)
+        self._result = self._sum
+        self._begin(None, frozenset())
+
+    def _reconstruct(self, owner: str, shares: Mapping[str, list[Share]]) -> bytes:
+        try:
+            return combine(shares.get(owner, []))
+        except ProtocolAbort as exc:
+            raise ProtocolAbort(
+                f"cannot recover the secrets of {owner!r}: {exc}"
+            ) from None
+        except ProtocolError as exc:
+            raise ProtocolError(f"the shares of {owner!r} are corrupt: {exc}") from None
+
+    def _reconstruct_mask_key(self, owner: str) -> X25519PrivateKey:
+        raw = self._reconstruct(owner, self._mask_key_shares)
+        if len(raw) != keys.KEY_BYTES:
+            raise ProtocolError(
+                f"the recovered mask key of {owner!r} has the wrong size"
+            )
+        s_sk = X25519PrivateKey.from_private_bytes(raw)
+        if keys.public_bytes(s_sk) != self._adverts[owner].s_pk:
+            raise ProtocolError(f"the recovered mask key of {owner!r} does not match")
+        return s_sk
+
+    def _check_threshold(self) -> None:
+        t, n = self._config.threshold, self._config.n
+        live = self._expected - self._gone
+        if self._stage == UNMASK:
+            live |= self._received
+        if len(live) < t:
+            raise ProtocolAbort(
+                f"only {len(live)} of {n} parties remain; threshold is {t}"
+            )
+        # Early stages: every continuing party needs t live share holders. From the
+        # masked input on: every party that shared needs t holders to unmask it.
+        owners = live if self._stage in (ADVERTISE_KEYS, SHARE_KEYS) else self._shared
+        m = self._config.neighbourhood_size
+        for owner in sorted(owners):
+            holders = sum(p in live for p in self._graph.closed_of(owner))
+            if holders < t:
+                raise ProtocolAbort(
+                    f"only {holders} of the {m} parties in {owner!r}'s neighbourhood "
+                    f"remain; threshold is {t}"
+                )

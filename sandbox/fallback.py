@@ -1,0 +1,289 @@
+"""The weaker, opt-in fallback when no Docker engine exists, and picking a runner.
+
+``UnshareSandbox`` runs a job with the node's own Python inside fresh user,
+network, PID and mount namespaces (``unshare``), in a pivot_root jail built by
+``sandbox/jail.py``: no network, read-only /usr, interpreter, /code and /data,
+tmpfs /tmp and a size-capped tmpfs /output, no capabilities, no_new_privs,
+rlimits (address space, CPU seconds, processes, file size) and a wall timeout.
+When the node runs as root, the job runs as ``nobody`` (uid 65534).
+
+It is weaker than the Docker runner and is therefore off unless the holder sets
+``sandbox.allow_unshare_fallback = true``: there is no seccomp filter (the
+whole kernel syscall surface is reachable, including creating further
+namespaces), memory is an address-space rlimit rather than a cgroup limit
+(tmpfs pages are not counted), CPU is capped in seconds rather than shares,
+and the job sees the host's kernel, /usr and Python installation (read-only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from functools import cache
+from pathlib import Path
+from typing import IO, Any
+
+from cleanroom.errors import SandboxError
+from sandbox.executor import DockerSandbox
+from sandbox.image import docker_client, ensure_image
+from sandbox.runner import (
+    MiB,
+    RunReport,
+    SandboxLimits,
+    SandboxRunner,
+    Tail,
+    check_job_dirs,
+    extract_output,
+)
+
+NOBODY = 65534
+NO_ENGINE = (
+    "no Docker engine is available; sandbox jobs are refused "
+    "(set sandbox.allow_unshare_fallback = true to accept the weaker namespace "
+    "fallback)"
+)
+_UNSHARE_FLAGS = ("--user", "--map-root-user", "--net", "--pid", "--fork", "--mount")
+
+
+def engine_available(client: Any = None) -> bool:
+    """True when a Docker engine answers (through ``client`` or the environment)."""
+    try:
+        (client or docker_client()).ping()
+    except Exception:
+        return False
+    return True
+
+
+@cache
+def unshare_available() -> bool:
+    """True when unprivileged user, network, PID and mount namespaces work here."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return False
+    try:
+        result = subprocess.run(
+            [unshare, *_UNSHARE_FLAGS, "true"], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def select_runner(
+    allow_fallback: bool,
+    *,
+    limits: SandboxLimits | None = None,
+    client: Any = None,
+) -> SandboxRunner:
+    """The Docker runner if an engine answers; else the fallback if allowed; else raise."""
+    limits = limits or SandboxLimits()
+    try:
+        client = client or docker_client()
+        client.ping()
+    except Exception:
+        client = None
+    if client is not None:
+        return DockerSandbox(client, ensure_image(client=client, build_if_missing=False),
+                             limits)  # fmt: skip
+    if not allow_fallback:
+        raise SandboxError(NO_ENGINE)
+    if not unshare_available():
+        raise SandboxError(
+            "no Docker engine is available and the unshare fallback cannot create "
+            "user namespaces here; sandbox jobs are refused"
+        )
+    return UnshareSandbox(limits)
+
+
+class UnshareSandbox:
+    """Runs a job in a namespace jail with rlimits; see the module docstring's caveats."""
+
+    def __init__(self, limits: SandboxLimits, *, run_as_uid: int | None = None) -> None:
+        self._limits = limits
+        self._uid = run_as_uid if run_as_uid is not None else (
+            NOBODY if os.geteuid() == 0 else None
+        )  # fmt: skip
+
+    def run(
+        self,
+        code_dir: Path,
+        data_dir: Path,
+        output_dir: Path,
+        *,
+        entrypoint: str = "main.py",
+        timeout_s: float,
+    ) -> RunReport:
+        check_job_dirs(code_dir, data_dir, output_dir, entrypoint)
+        if not (0 < timeout_s < math.inf):
+            raise SandboxError("timeout_s must be a positive number of seconds")
+        unshare = shutil.which("unshare")
+        if unshare is None or not unshare_available():
+            raise SandboxError("the unshare fallback is not usable on this host")
+        sources = {"/code": code_dir, "/data": data_dir}
+        for prefix in _interpreter_roots():
+            sources[prefix] = Path(prefix)
+        # O_PATH descriptors let the jail bind these even when the job's uid
+        # could not walk to them (e.g. a venv below /root).
+        fds = {t: os.open(p, os.O_PATH | os.O_DIRECTORY) for t, p in sources.items()}
+        read_end, write_end = os.pipe()
+        config = self._config(fds, write_end, entrypoint, timeout_s)
+        bootstrap = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else (
+            sys.executable
+        )  # fmt: skip
+        argv = [unshare, *_UNSHARE_FLAGS, "--propagation", "private", "--kill-child",
+                "--", bootstrap, "-I", "-B", "-c", _jail_source(), json.dumps(config)]  # fmt: skip
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(write_end, *fds.values()),
+                start_new_session=True,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                user=self._uid,
+                group=self._uid,
+                extra_groups=[] if self._uid is not None else None,
+            )
+        finally:
+            os.close(write_end)
+            for fd in fds.values():
+                os.close(fd)
+        with os.fdopen(read_end, "rb") as results:
+            return self._supervise(proc, results, output_dir, timeout_s)
+
+    def _config(
+        self, fds: dict[str, int], result_fd: int, entrypoint: str, timeout_s: float
+    ) -> dict[str, Any]:
+        limits = self._limits
+        threads = str(limits.threads)
+        return {
+            "binds": [[f"/proc/self/fd/{fd}", target] for target, fd in fds.items()],
+            "result_fd": result_fd,
+            "tmp_bytes": limits.tmp_mb * MiB,
+            "output_bytes": limits.output_bytes + MiB,
+            "rlimits": {
+                "AS": limits.memory_mb * MiB,
+                "CPU": math.ceil(timeout_s) + 1,
+                "NPROC": limits.pids,
+                "FSIZE": limits.output_bytes + MiB,
+                "CORE": 0,
+                "NOFILE": 1024,
+            },
+            "argv": [sys.executable, "-B", "-E", "-s", f"/code/{entrypoint}"],
+            "env": {
+                "HOME": "/tmp",
+                "LANG": "C.UTF-8",
+                "PATH": "/usr/bin:/bin",
+                "OMP_NUM_THREADS": threads,
+                "OPENBLAS_NUM_THREADS": threads,
+                "JOBLIB_TEMP_FOLDER": "/tmp",
+            },
+        }
+
+    def _supervise(
+        self,
+        proc: subprocess.Popen[bytes],
+        results: IO[bytes],
+        output_dir: Path,
+        timeout_s: float,
+    ) -> RunReport:
+        limits = self._limits
+        stdout, stderr = Tail(limits.tail_bytes), Tail(limits.tail_bytes)
+        spool = tempfile.SpooledTemporaryFile(max_size=8 * MiB)
+        cap = limits.output_bytes + 4 * MiB
+        readers = [
+            threading.Thread(target=_drain, args=(proc.stdout, stdout.feed), daemon=True),
+            threading.Thread(target=_drain, args=(proc.stderr, stderr.feed), daemon=True),
+            threading.Thread(target=_spool, args=(results, spool, cap), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            proc.wait(timeout_s + 5)  # the jail's own setup time is not the job's
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise SandboxError(f"timed out after {timeout_s:g}s; the job was killed") from None
+        for reader in readers:
+            reader.join(10)
+        with spool:
+            spool.seek(0)
+            header_line = spool.readline(4096)
+            try:
+                header = json.loads(header_line)
+            except ValueError:
+                raise SandboxError(
+                    f"the namespace jail failed (exit {proc.returncode}): "
+                    f"{stderr.last_lines(10)}"
+                ) from None
+            self._judge(header, stderr, timeout_s)
+            files = extract_output(spool, output_dir, limits.output_bytes)  # type: ignore[arg-type]
+        total = sum((output_dir / name).stat().st_size for name in files)
+        return RunReport(
+            exit_code=0,
+            duration_s=float(header.get("wall_s", 0.0)),
+            cpu_s=float(header["cpu_s"]),
+            image_id="host-python",
+            stdout_tail=stdout.text(),
+            stderr_tail=stderr.text(),
+            output_files=tuple(files),
+            output_bytes=total,
+            memory_peak_bytes=int(header["memory_peak"]),
+            runner="unshare",
+        )
+
+    def _judge(self, header: dict[str, Any], stderr: Tail, timeout_s: float) -> None:
+        limits = self._limits
+        code = int(header["exit_code"])
+        note = f"; last lines of stderr:\n{stderr.last_lines(20)}"
+        if float(header.get("wall_s", 0.0)) > timeout_s:
+            raise SandboxError(f"timed out after {timeout_s:g}s; the job was killed")
+        if code == -24:  # SIGXCPU
+            raise SandboxError(f"exceeded its CPU time limit ({timeout_s:g}s)")
+        if code != 0 and "MemoryError" in stderr.last_lines(20):
+            raise SandboxError(
+                f"ran out of memory (address-space limit {limits.memory_mb} MiB)" + note
+            )
+        if int(header["output_used"]) > limits.output_bytes:
+            raise SandboxError(f"output exceeds {limits.output_mb} MiB; nothing released")
+        if code != 0:
+            raise SandboxError(f"exited with code {code}" + note)
+
+
+def _interpreter_roots() -> list[str]:
+    """Directories the job's interpreter needs, outermost only, outside /usr."""
+    roots = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
+                                                 sys.exec_prefix, sys.base_exec_prefix)})  # fmt: skip
+    kept: list[str] = []
+    for root in roots:
+        if root == "/usr" or root.startswith("/usr/"):
+            continue
+        if not any(root.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(root)
+    return kept
+
+
+@cache
+def _jail_source() -> str:
+    return (Path(__file__).parent / "jail.py").read_text()
+
+
+def _drain(stream: IO[bytes] | None, feed: Any) -> None:
+    if stream is None:
+        return
+    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
+        feed(chunk)
+
+
+def _spool(source: IO[bytes], sink: IO[bytes], cap: int) -> None:
+    for chunk in iter(lambda: source.read1(65536), b""):  # type: ignore[attr-defined]
+        if sink.tell() + len(chunk) > cap:
+            return  # closing our end makes the jail's writes fail; judged as too big
+        sink.write(chunk)

@@ -1,0 +1,269 @@
+"""A real local federation: coordinator and nodes as separate processes on loopback,
+driven through the CLI exactly as an analyst and data holders would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cleanroom import local
+from cleanroom.client import Client
+from cleanroom.federation import Federation
+
+pytestmark = pytest.mark.integration
+
+COUNT_SPEC = """
+type: count
+inputs:
+  - {node: h1, dataset: h1}
+  - {node: h2, dataset: h2}
+  - {node: h3, dataset: h3}
+params:
+  where:
+    - {column: age, op: ">=", value: 40}
+    - {column: sex, op: "==", value: "F"}
+purpose: research
+"""
+
+
+def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "cleanroom", *args], capture_output=True,
+                          text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def make_csvs(directory: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(7)
+    paths = {}
+    for i, rows in enumerate((120, 200, 80), start=1):
+        frame = pd.DataFrame({
+            "patient_id": [f"p{i}-{k}" for k in range(rows)],
+            "age": rng.integers(18, 90, rows),
+            "sex": rng.choice(["F", "M"], rows),
+            "bmi": rng.normal(26, 4, rows).round(1),
+        })
+        paths[f"h{i}"] = directory / f"h{i}.csv"
+        frame.to_csv(paths[f"h{i}"], index=False)
+    return paths
+
+
+def expected_counts(paths: dict[str, Path]) -> dict[str, int]:
+    out = {}
+    for node, path in paths.items():
+        d = pd.read_csv(path)
+        out[node] = int(((d.age >= 40) & (d.sex == "F")).sum())
+    return out
+
+
+@pytest.fixture()
+def federation(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Path]]]:
+    paths = make_csvs(tmp_path)
+    policy = {
+        "default": {"analysts": ["analyst"], "organisations": "*", "job_types": "*",
+                    "columns": {"allow": "*"}, "purposes": "*", "min_group_size": 5,
+                    "approval": "auto"},
+        # the holder of h1 decides every job on it by hand
+        "h1": {"analysts": ["analyst"], "organisations": "*", "job_types": "*",
+               "columns": {"allow": "*"}, "purposes": "*", "min_group_size": 5,
+               "approval": "manual"},
+    }
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy))
+    workdir = tmp_path / "fed"
+    local.up(workdir=workdir, nodes=list(paths.items()), policy=policy_file, node_timeout=2.0)
+    yield workdir, paths
+    local.down(workdir)
+
+
+def spec_file(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_count_job_end_to_end(tmp_path: Path) -> None:
+    paths = make_csvs(tmp_path)
+    workdir = tmp_path / "fed"
+    up = cli("local", "up", "--workdir", str(workdir),
+             *[arg for n, p in paths.items() for arg in ("--node", f"{n}={p}")], check=True)
+    assert "federation up" in up.stdout
+    try:
+        fed = str(workdir / "federation.json")
+        proc = cli("job", "submit", str(spec_file(tmp_path, COUNT_SPEC)), "--federation", fed,
+                   "--wait", "--json", check=True)
+        doc = json.loads(proc.stdout)
+        assert doc["state"] == "succeeded"
+        counts = {c["node"]: c["count"] for c in doc["result"]["result"]["counts"]}
+        assert counts == expected_counts(paths)
+        status = json.loads(cli("local", "status", "--workdir", str(workdir), check=True).stdout)
+        assert all(n["connected"] for n in status["nodes"].values())
+        listed = json.loads(cli("job", "list", "--federation", fed, "--json", check=True).stdout)
+        assert [j["job_id"] for j in listed] == [doc["job_id"]]
+    finally:
+        cli("local", "down", "--workdir", str(workdir))
+
+
+def test_policy_excluding_the_analyst_refuses(tmp_path: Path) -> None:
+    paths = make_csvs(tmp_path)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"default": {
+        "analysts": ["someone-else"], "organisations": "*", "job_types": "*",
+        "columns": {"allow": "*"}, "purposes": "*", "approval": "auto"}}))
+    workdir = tmp_path / "fed"
+    local.up(workdir=workdir, nodes=list(paths.items()), policy=policy)
+    try:
+        proc = cli("job", "submit", str(spec_file(tmp_path, COUNT_SPEC)), "--federation",
+                   str(workdir / "federation.json"), "--wait", "--json")
+        assert proc.returncode == 1
+        doc = json.loads(proc.stdout)
+        assert doc["state"] == "refused"
+        assert "analyst 'analyst' is not allowed" in doc["reason"]
+    finally:
+        local.down(workdir)
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("type: count\ninputs: [{node: h1, dataset: h1}\npurpose: x", "malformed YAML"),
+        (COUNT_SPEC.replace("type: count", "type: teleport"), "unknown job type 'teleport'"),
+        (COUNT_SPEC.replace("node: h3", "node: h9"), "inputs[2].node: unknown node 'h9'"),
+        (COUNT_SPEC.replace("dataset: h2", "dataset: nope"), "inputs[1].dataset: node 'h2' has no dataset 'nope'"),
+        (COUNT_SPEC.replace("column: age", "column: agee"), "params.where[0].column: dataset"),
+        (COUNT_SPEC.replace('value: "F"', "value: 3"), "params.where[1].value: column is str"),
+    ],
+)
+def test_bad_specs_fail_precisely_and_create_no_job(
+    federation: tuple[Path, dict[str, Path]], tmp_path: Path, spec: str, fragment: str
+) -> None:
+    workdir, _ = federation
+    fed = str(workdir / "federation.json")
+    proc = cli("job", "submit", str(spec_file(tmp_path, spec)), "--federation", fed, "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in " ".join(proc.stderr.split()), proc.stderr
+    assert json.loads(cli("job", "list", "--federation", fed, "--json", check=True).stdout) == []
+
+
+def _node_config(workdir: Path, node: str) -> str:
+    return str(workdir / "nodes" / node / "node.toml")
+
+
+def test_manual_approval_and_denial(federation: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+    workdir, paths = federation
+    fed = str(workdir / "federation.json")
+    spec = spec_file(tmp_path, COUNT_SPEC)
+    with Client.from_federation(fed) as client:
+        job = client.submit(spec.read_text()).job.job_id
+        held = json.loads(cli("node", "jobs", "--config", _node_config(workdir, "h1"), "--json",
+                              check=True).stdout)
+        wait_for(lambda: any(j["job_id"] == job for j in json.loads(
+            cli("node", "jobs", "--config", _node_config(workdir, "h1"), "--json").stdout)),
+            what="the held job to appear on h1")
+        cli("node", "approve", job, "--config", _node_config(workdir, "h1"), check=True)
+        done = client.wait(job, timeout=30)
+        assert done.job.state.value == "succeeded"
+        counts = {c["node"]: c["count"] for c in client.result(job)["result"]["counts"]}
+        assert counts == expected_counts(paths)
+
+        job2 = client.submit(spec.read_text()).job.job_id
+        wait_for(lambda: cli("node", "deny", job2, "--config", _node_config(workdir, "h1"),
+                             "--reason", "not this quarter").returncode == 0,
+                 what="h1 to hold the second job")
+        final = client.wait(job2, timeout=30)
+        assert final.job.state.value == "refused"
+        assert "not this quarter" in final.job.reason
+    assert isinstance(held, list)
+
+
+def test_node_killed_mid_job_fails_it_and_the_node_reconnects(
+    federation: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    workdir, _ = federation
+    fed_file = workdir / "federation.json"
+    fed = Federation.load(fed_file)
+    with Client.from_federation(fed_file) as client:
+        job = client.submit(COUNT_SPEC).job.job_id
+        wait_for(lambda: {d.node: d.decision for d in client.status(job).decisions}.get("h2")
+                 == "approved", what="h2 to approve")
+        os.killpg(fed.processes["node:h2"], signal.SIGKILL)
+        cli("node", "approve", job, "--config", _node_config(workdir, "h1"), check=True)
+        final = client.wait(job, timeout=30)
+        assert final.job.state.value == "failed"
+        assert "h2" in final.job.reason and "lost contact" in final.job.reason
+        # the holder restarts the node; it reconnects by itself
+        local._spawn(["node", "serve", "--config", _node_config(workdir, "h2")],
+                     workdir / "logs" / "h2-restarted.log")
+        wait_for(lambda: {e.node: e.connected for e in client.catalog()}.get("h2") is True,
+                 what="h2 to reconnect")
+
+
+def test_coordinator_restart_keeps_jobs_and_results(
+    federation: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    workdir, paths = federation
+    fed_file = workdir / "federation.json"
+    fed = Federation.load(fed_file)
+    with Client.from_federation(fed_file) as client:
+        finished = client.submit(COUNT_SPEC).job.job_id
+        wait_for(lambda: cli("node", "approve", finished, "--config",
+                             _node_config(workdir, "h1")).returncode == 0, what="held job")
+        assert client.wait(finished, timeout=30).job.state.value == "succeeded"
+        before = client.result(finished)
+        waiting = client.submit(COUNT_SPEC).job.job_id  # held by h1's holder
+    os.killpg(fed.processes["coordinator"], signal.SIGKILL)
+    config = workdir / "coordinator" / "coordinator.toml"
+    text = config.read_text().replace('listen = "127.0.0.1:0"',
+                                      f'listen = "{fed.coordinator_address}"')
+    config.write_text(text)
+    local._spawn(["coordinator", "serve", "--config", str(config)],
+                 workdir / "logs" / "coordinator-restarted.log")
+    with Client.from_federation(fed_file) as client:
+        wait_for(client.healthy, what="the coordinator to come back")
+        assert client.result(finished) == before
+        assert client.status(waiting).job.state.value == "awaiting_approval"
+        wait_for(lambda: all(e.connected for e in client.catalog()), what="nodes to reconnect")
+        cli("node", "approve", waiting, "--config", _node_config(workdir, "h1"), check=True)
+        final = client.wait(waiting, timeout=30)
+        assert final.job.state.value == "succeeded", final.job.reason
+        counts = {c["node"]: c["count"] for c in client.result(waiting)["result"]["counts"]}
+        assert counts == expected_counts(paths)
+
+
+def test_dataset_file_changing_or_vanishing_is_refused(
+    federation: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    workdir, paths = federation
+    spec = COUNT_SPEC.replace("  - {node: h1, dataset: h1}\n", "")
+    with Client.from_federation(workdir / "federation.json") as client:
+        with paths["h3"].open("a") as fh:
+            fh.write("p3-new,50,F,22.0\n")
+        final = client.wait(client.submit(spec).job.job_id, timeout=30)
+        assert final.job.state.value == "refused"
+        assert "h3" in final.job.reason and "changed on disk" in final.job.reason
+        paths["h3"].unlink()
+        final = client.wait(client.submit(spec).job.job_id, timeout=30)
+        assert final.job.state.value == "refused"
+        assert "disappeared" in final.job.reason
+        assert {e.node: e.connected for e in client.catalog()}["h3"] is True
