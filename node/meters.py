@@ -387,7 +387,7 @@ def _non_negative(name: str, value: float) -> float:
 
 
 def _exceeds(amount: float, cap: float) -> bool:
-    return amount > cap + 1 + _TOLERANCE * max(1.0, abs(cap))
+    return amount > cap + _TOLERANCE * max(1.0, abs(cap))
 
 
 def _iso(moment: float) -> str:

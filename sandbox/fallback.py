@@ -166,6 +166,7 @@ class UnshareSandbox:
         return {
             "binds": [[f"/proc/self/fd/{fd}", target] for target, fd in fds.items()],
             "result_fd": result_fd,
+            "timeout_s": timeout_s,
             "tmp_bytes": limits.tmp_mb * MiB,
             "output_bytes": limits.output_bytes + MiB,
             "rlimits": {
@@ -198,15 +199,19 @@ class UnshareSandbox:
         stdout, stderr = Tail(limits.tail_bytes), Tail(limits.tail_bytes)
         spool = tempfile.SpooledTemporaryFile(max_size=8 * MiB)
         cap = limits.output_bytes + 4 * MiB
+        overflow: list[bool] = []
         readers = [
             threading.Thread(target=_drain, args=(proc.stdout, stdout.feed), daemon=True),
             threading.Thread(target=_drain, args=(proc.stderr, stderr.feed), daemon=True),
-            threading.Thread(target=_spool, args=(results, spool, cap), daemon=True),
+            threading.Thread(
+                target=_spool, args=(results, spool, cap, overflow), daemon=True
+            ),
         ]
         for reader in readers:
             reader.start()
         try:
-            proc.wait(timeout_s + 5)  # the jail's own setup time is not the job's
+            # The jail enforces timeout_s on the job; this is the backstop.
+            proc.wait(timeout_s + 10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait()
@@ -224,11 +229,13 @@ class UnshareSandbox:
                     f"{stderr.last_lines(10)}"
                 ) from None
             self._judge(header, stderr, timeout_s)
+            if overflow:
+                raise SandboxError(f"output exceeds {limits.output_mb} MiB")
             files = extract_output(spool, output_dir, limits.output_bytes)  # type: ignore[arg-type]
         total = sum((output_dir / name).stat().st_size for name in files)
         return RunReport(
             exit_code=0,
-            duration_s=float(header.get("wall_s", 0.0)),
+            duration_s=float(header["wall_s"]),
             cpu_s=float(header["cpu_s"]),
             image_id="host-python",
             stdout_tail=stdout.text(),
@@ -243,7 +250,7 @@ class UnshareSandbox:
         limits = self._limits
         code = int(header["exit_code"])
         note = f"; last lines of stderr:\n{stderr.last_lines(20)}"
-        if float(header.get("wall_s", 0.0)) > timeout_s:
+        if float(header["wall_s"]) > timeout_s:
             raise SandboxError(f"timed out after {timeout_s:g}s; the job was killed")
         if code == -24:  # SIGXCPU
             raise SandboxError(f"exceeded its CPU time limit ({timeout_s:g}s)")
@@ -282,8 +289,9 @@ def _drain(stream: IO[bytes] | None, feed: Any) -> None:
         feed(chunk)
 
 
-def _spool(source: IO[bytes], sink: IO[bytes], cap: int) -> None:
+def _spool(source: IO[bytes], sink: IO[bytes], cap: int, overflow: list[bool]) -> None:
     for chunk in iter(lambda: source.read1(65536), b""):  # type: ignore[attr-defined]
-        if sink.tell() + len(chunk) > cap:
-            return  # closing our end makes the jail's writes fail; judged as too big
-        sink.write(chunk)
+        if overflow or sink.tell() + len(chunk) > cap:
+            overflow.append(True)  # keep draining so the jail is never stuck writing
+        else:
+            sink.write(chunk)

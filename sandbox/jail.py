@@ -19,6 +19,7 @@ import resource
 import signal
 import sys
 import tarfile
+import time
 from typing import Any
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -131,11 +132,12 @@ def _reap_all() -> None:
             return
 
 
-def _report(result_fd: int, status: int) -> None:
+def _report(result_fd: int, status: int, wall: float) -> None:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     st = os.statvfs("/output")
     header = {
         "exit_code": os.waitstatus_to_exitcode(status),
+        "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "memory_peak": usage.ru_maxrss * 1024,
         "output_used": (st.f_blocks - st.f_bfree) * st.f_frsize,
@@ -166,9 +168,21 @@ def main() -> None:
         except BaseException as exc:
             print(f"cleanroom-jail: cannot start the job: {exc}", file=sys.stderr)
         os._exit(127)
-    _, status = os.waitpid(child, 0)
+    started = time.monotonic()
+    deadline = started + float(config["timeout_s"])
+    status = None
+    while status is None:
+        pid, raw = os.waitpid(child, os.WNOHANG)
+        if pid:
+            status = raw
+        elif time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            status = os.waitpid(child, 0)[1]
+        else:
+            time.sleep(0.02)
+    wall = time.monotonic() - started
     _reap_all()
-    _report(result_fd, status)
+    _report(result_fd, status, wall)
 
 
 if __name__ == "__main__":

@@ -209,3 +209,17 @@ def local_down(workdir: Path) -> None:
     """Stop the local federation's processes."""
     stopped = local_fed.down(workdir)
     out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@click.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Keep the demo's files here instead of a temporary folder.")
+@handle_errors
+def demo(workdir: Path | None) -> None:
+    """Start a local federation on bundled sample data and run every job type."""
+    import sys
+
+    from cleanroom.demo import run_demo
+
+    if not run_demo(workdir=workdir, console=out):
+        sys.exit(1)

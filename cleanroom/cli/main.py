@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cleanroom.cli.admin import coordinator_group, local_group, node_group, pki_group
+from cleanroom.cli.admin import coordinator_group, demo, local_group, node_group, pki_group
 from cleanroom.cli.jobs import catalog, job_group
 
 
@@ -18,7 +18,8 @@ def cli() -> None:
     """
 
 
-for command in (pki_group, coordinator_group, node_group, local_group, job_group, catalog):
+for command in (pki_group, coordinator_group, node_group, local_group, job_group, catalog,
+                demo):
     cli.add_command(command)
 
 

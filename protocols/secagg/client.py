@@ -203,9 +203,10 @@ class SecAggClient(NodeParty):
             (add if keys.adds_pair_mask(self.name, peer) else subtract).append(seed)
         if self._vector is None:
             raise ProtocolError(f"{self.name} has no input left to mask")
-        masked = self._vector.copy()
+        # The vector is this client's private copy, so it is masked in place and the
+        # plaintext is gone from memory once the masks are applied.
+        masked, self._vector = self._vector, None
         add_masks(masked, add=add, subtract=subtract)
-        self._vector = None
         self._shared_with = frozenset(self._held) | {self.name}
         self._expect = UNMASK
         return [self._send(MASKED_INPUT, MaskedInput(masked).encode(digest))]

@@ -60,17 +60,15 @@ def build_graph(config: SecAggConfig) -> NeighbourGraph:
         everyone = tuple(names)
         return NeighbourGraph(closed=dict.fromkeys(names, everyone))
     order = _shuffled(names, config.digest)
-    offsets = list(range(1, config.degree // 2 + 1))
+    half = config.degree // 2
+    offsets = list(range(-half, half + 1))
     if config.degree % 2:
         # An odd degree needs the "diameter" edge; config validation made n even.
         offsets.append(n // 2)
-    peers: dict[str, set[str]] = {name: {name} for name in names}
-    for position, name in enumerate(order):
-        for offset in offsets:
-            other = order[(position + offset) % n]
-            peers[name].add(other)
-            peers[other].add(name)
-    closed = {name: tuple(sorted(members)) for name, members in peers.items()}
+    closed = {
+        name: tuple(sorted({order[(position + o) % n] for o in offsets}))
+        for position, name in enumerate(order)
+    }
     if any(len(c) != config.degree + 1 for c in closed.values()):
         raise ProtocolError("internal error: neighbour graph is not regular")
     return NeighbourGraph(closed=closed)
@@ -80,6 +78,6 @@ def _shuffled(names: tuple[str, ...], digest: bytes) -> list[str]:
     # Sorting by 64-bit keystream words is a uniform shuffle up to ties, and ties
     # (probability < n^2 / 2^64) fall back to name order, so the result is total.
     seed = hashlib.sha256(_SEED_DOMAIN + digest).digest()
-    keys = expand_mask(seed, len(names), 64)
-    ranked = sorted(range(len(names)), key=lambda i: (int(keys[i]), names[i]))
+    keys = expand_mask(seed, len(names), 64).tolist()
+    ranked = sorted(range(len(names)), key=lambda i: (keys[i], names[i]))
     return [names[i] for i in ranked]

@@ -166,9 +166,8 @@ class MaskedInput:
         width = self.vector.dtype.itemsize
         words = self.vector.astype(self.vector.dtype.newbyteorder("<"), copy=False)
         start = header(MASKED_INPUT, from_coordinator=False, digest=digest)
-        return b"".join(
-            [start, _u32(self.vector.size), bytes([width]), words.tobytes()]
-        )
+        meta = _u32(self.vector.size) + bytes([width])
+        return b"".join([start, meta, np.ascontiguousarray(words).data])
 
     @classmethod
     def decode(

@@ -1,0 +1,6 @@
+"""``cleanroom demo``: a local federation of three hospitals on scikit-learn's bundled
+breast-cancer data; every job type runs and is printed beside its plaintext reference."""
+
+from cleanroom.demo.runner import DemoStep, register_step, run_demo
+
+__all__ = ["DemoStep", "register_step", "run_demo"]
