@@ -181,13 +181,15 @@ class KeyBundle:
             raise CryptoError("malformed key bundle") from None
 
 
-def make_key_bundle(name: str, keys: NodeKeys, tls: TlsIdentity) -> KeyBundle:
-    """Sign ``keys``' public halves for node ``name`` with its TLS certificate key."""
+def make_key_bundle(
+    name: str, keys: NodeKeys, tls: TlsIdentity, *, role: str = "node"
+) -> KeyBundle:
+    """Sign ``keys``' public halves for ``role`` ``name`` with its TLS certificate key."""
     principal = principal_from_cert(tls.cert_pem)
-    if principal.role != "node" or principal.name != name:
+    if principal.role != role or principal.name != name:
         raise ConfigError(
             f"TLS certificate is for {principal.role} {principal.name!r}, "
-            f"not node {name!r}"
+            f"not {role} {name!r}"
         )
     try:
         tls_key = serialization.load_pem_private_key(tls.key_pem, password=None)
@@ -205,9 +207,13 @@ def make_key_bundle(name: str, keys: NodeKeys, tls: TlsIdentity) -> KeyBundle:
 
 
 def verify_key_bundle(
-    bundle: KeyBundle, ca_pem: bytes, *, expected_name: str | None = None
+    bundle: KeyBundle,
+    ca_pem: bytes,
+    *,
+    expected_name: str | None = None,
+    role: str = "node",
 ) -> KeyBundle:
-    """Return ``bundle`` if a CA-issued node certificate for its name signed it.
+    """Return ``bundle`` if a CA-issued ``role`` certificate for its name signed it.
 
     Raises AuthError for a certificate that is not the right node's, and
     InvalidSignature for malformed keys or a signature that does not verify.
@@ -215,8 +221,10 @@ def verify_key_bundle(
     if not isinstance(bundle, KeyBundle):
         raise InvalidSignature("not a key bundle")
     principal = verify_cert(bundle.cert_pem, ca_pem)
-    if principal.role != "node":
-        raise AuthError(f"key bundle certificate is for a {principal.role}, not a node")
+    if principal.role != role:
+        raise AuthError(
+            f"key bundle certificate is for a {principal.role}, not a {role}"
+        )
     if principal.name != bundle.node:
         raise AuthError("key bundle certificate does not belong to the bundle's node")
     if expected_name is not None and bundle.node != expected_name:

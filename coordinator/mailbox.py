@@ -36,11 +36,12 @@ class Mailboxes:
     def discard_job(self, job_id: str, *, keep_stops: bool = True) -> None:
         """Drop queued protocol messages of a finished job (its stop notice stays)."""
         with self._cond:
-            for node, queue in self._queues.items():
-                self._queues[node] = deque(
-                    item for item in queue
-                    if not (item.HasField("message") and item.message.job_id == job_id)
-                )
+            for queue in self._queues.values():
+                # Filter in place: a waiting long poll holds a reference to this deque.
+                kept = [item for item in queue
+                        if not (item.HasField("message") and item.message.job_id == job_id)]
+                queue.clear()
+                queue.extend(kept)
 
 
 class Presence:

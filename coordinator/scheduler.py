@@ -4,6 +4,7 @@ with a state and a human-readable reason."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
@@ -13,13 +14,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cleanroom import errors, jobtypes, serde
+from cleanroom.audit.heads import verify_cosignature
+from cleanroom.audit.log import AuditLog
 from cleanroom.catalog import DatasetInfo
 from cleanroom.envelope import ReplayGuard, verify_message
 from cleanroom.jobspec import JobInput, JobSpec, parse_spec
-from cleanroom.keys import KeyBundle, verify_key_bundle
+from cleanroom.keys import KeyBundle, canonical_json, verify_key_bundle, verify_statement
+from cleanroom.provenance import head_to_dict, output_hash, serialize_result
 from cleanroom.model import ACTIVE_STATES, Decision, JobRecord, JobState, NodeRecord
 from coordinator.mailbox import Mailboxes, Presence
 from coordinator.store.base import Store
+from cleanroom.audit.heads import SignedTreeHead
 from protocols.party import COORDINATOR, CoordinatorParty, Inbound, Outbound
 from proto import cleanroom_pb2 as pb
 
@@ -29,6 +34,16 @@ RESTART_REASON = (
     "the coordinator restarted while the job was running and its protocol state "
     "was lost; resubmit the job"
 )
+
+
+@dataclass
+class _Release:
+    """A finished protocol's result, waiting for every party's signature."""
+
+    document: dict[str, object]
+    output_hash: str
+    head: SignedTreeHead
+    signatures: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +58,7 @@ class _Running:
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     gone: set[str] = field(default_factory=set)
     stage_counts: dict[str, int] = field(default_factory=dict)
+    release: _Release | None = None
 
 
 class Scheduler:
@@ -53,10 +69,14 @@ class Scheduler:
         store: Store,
         *,
         ca_pem: bytes,
+        audit: AuditLog,
+        bundle: KeyBundle,
         node_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.audit = audit
+        self.bundle = bundle
         self.mailboxes = Mailboxes()
         self.presence = Presence(node_timeout, clock=clock)
         self._ca_pem = ca_pem
@@ -95,6 +115,9 @@ class Scheduler:
         with self._lock:
             self._bundles[node] = bundle
         self.presence.seen(node)
+        self.audit.append("node.registered", data={
+            "node": node, "datasets": [d.name for d in datasets],
+            "signing_key": bundle.signing_public.hex()})
         # A node that comes back has lost the protocol state of its running jobs.
         for run in list(self._running.values()):
             if node in run.spec.nodes and node not in run.gone:
@@ -326,6 +349,10 @@ class Scheduler:
             run.gone |= nodes
             names = ", ".join(sorted(nodes))
             self._event(run.job_id, "node.dropped", f"{names}: {why}")
+            if run.release is not None:
+                self._finish(run.job_id, JobState.FAILED,
+                             f"node {names} {why} before signing the release")
+                return
             try:
                 self._dispatch(run, run.party.dropped(frozenset(nodes)))
             except errors.ProtocolError as exc:
@@ -336,18 +363,72 @@ class Scheduler:
             self._maybe_complete(run)
 
     def _maybe_complete(self, run: _Running) -> None:
-        if not run.party.finished:
+        """The protocol finished: ask every remaining party to sign the output."""
+        if not run.party.finished or run.release is not None:
             return
-        document = {
+        document: dict[str, object] = {
             "job_id": run.job_id,
             "type": run.spec.type,
             "spec_hash": run.spec.spec_hash,
             "inputs": [{"node": i.node, "dataset": i.dataset} for i in run.spec.inputs],
             "completed_at": self._clock(),
-            "result": run.party.result(),
+            "result": json.loads(canonical_json(dict(run.party.result()))),
         }
-        self.store.put_result(run.job_id, json.dumps(document, sort_keys=True).encode())
-        self._finish(run.job_id, JobState.SUCCEEDED, "result released")
+        digest = output_hash(document)
+        self._event(run.job_id, "job.output", f"output sha256 {digest}")
+        head = self.audit.tree_head()
+        run.release = _Release(document, digest, head)
+        signers = [n for n in run.spec.nodes if n not in run.gone]
+        request = pb.ReleaseRequest(job_id=run.job_id, output_hash=digest,
+                                    coordinator_head=canonical_json(head_to_dict(head)))
+        for node in signers:
+            self.mailboxes.put(node, pb.WorkItem(release=request))
+        self.store.set_progress(run.job_id, "collecting the nodes' release signatures",
+                                at=self._clock())
+
+    def sign_release(self, node: str, msg: pb.ReleaseSignature) -> None:
+        """A node's provenance signature and co-signature of our audit tree head."""
+        run = self._running.get(msg.job_id)
+        if run is None or run.release is None:
+            raise errors.ProtocolError(f"job {msg.job_id} is not waiting for signatures")
+        if node not in run.spec.nodes or node in run.gone:
+            raise errors.AuthError(f"node '{node}' is not a signer of job {msg.job_id}")
+        release = run.release
+        try:
+            statement = json.loads(msg.statement_json)
+        except ValueError as exc:
+            raise errors.ProtocolError("malformed release statement") from exc
+        bundle = run.bundles[node]
+        verify_statement(bundle.signing_public, statement, msg.signature)
+        expected = {"job_id": run.job_id, "node": node, "spec_hash": run.spec.spec_hash,
+                    "output_hash": release.output_hash,
+                    "dataset": run.spec.input_for(node).dataset,
+                    "coordinator_audit_head": head_to_dict(release.head)}
+        if any(statement.get(k) != v for k, v in expected.items()):
+            raise errors.InvalidSignature("release statement is for another output")
+        cosigned = SignedTreeHead(release.head.owner, release.head.size,
+                                  release.head.root_hash, release.head.timestamp,
+                                  release.head.signature, {node: msg.cosignature})
+        verify_cosignature(cosigned, node, bundle.signing_public)
+        self.audit.add_cosignature(release.head, node, msg.cosignature,
+                                   public_key=bundle.signing_public)
+        with run.lock:
+            release.signatures[node] = {"node": node, "statement": statement,
+                                        "signature": msg.signature}
+            if set(release.signatures) < {n for n in run.spec.nodes if n not in run.gone}:
+                return
+            document = dict(release.document)
+            document["provenance"] = {
+                "output_hash": release.output_hash,
+                "attestations": [release.signatures[n] for n in sorted(release.signatures)],
+                "key_bundles": {n: base64.b64encode(run.bundles[n].to_bytes()).decode()
+                                for n in sorted(release.signatures)},
+                "coordinator_head": head_to_dict(release.head),
+                "coordinator_bundle": base64.b64encode(self.bundle.to_bytes()).decode(),
+            }
+            self.store.put_result(run.job_id, serialize_result(document))
+            self._finish(run.job_id, JobState.SUCCEEDED,
+                         f"result released, signed by {', '.join(sorted(release.signatures))}")
 
     def _finish(self, job_id: str, state: JobState, reason: str) -> None:
         """End a job once, tell its nodes, and forget its protocol state."""
@@ -366,7 +447,9 @@ class Scheduler:
             self.mailboxes.put(node, stop)
 
     def _event(self, job_id: str, kind: str, detail: str) -> None:
+        """Every step goes to the job's history and to the signed audit ledger."""
         self.store.append_event(job_id, kind, detail, at=self._clock())
+        self.audit.append(kind, job_id=job_id, data={"detail": detail})
 
 
 def decisions_view(store: Store, job: JobRecord) -> list[tuple[str, str, str]]:

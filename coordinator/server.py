@@ -11,6 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cleanroom import jobtypes
+from cleanroom.audit.log import AuditLog
+from cleanroom.keys import NodeKeys, make_key_bundle
 from cleanroom.transport import secure_server
 from coordinator.config import CoordinatorConfig
 from coordinator.scheduler import Scheduler
@@ -34,6 +36,7 @@ class RunningCoordinator:
         self._stop.set()
         self.server.stop(grace).wait()
         self.scheduler.store.close()
+        self.scheduler.audit.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -45,7 +48,11 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
     jobtypes.load_plugins(config.plugins)
     identity = config.identity()
     store = open_store(config.store_url)
-    scheduler = Scheduler(store, ca_pem=identity.ca_pem, node_timeout=config.node_timeout)
+    keys = NodeKeys.load_or_create(config.data_dir / "coordinator.keys")
+    audit = AuditLog(config.data_dir / "audit.db", owner=config.name, signing_key=keys.signing)
+    bundle = make_key_bundle(config.name, keys, identity, role="coordinator")
+    scheduler = Scheduler(store, ca_pem=identity.ca_pem, audit=audit, bundle=bundle,
+                          node_timeout=config.node_timeout)
     scheduler.recover()
     server, port = secure_server(identity, config.listen)
     pb_grpc.add_NodeServiceServicer_to_server(

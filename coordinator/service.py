@@ -25,7 +25,8 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
         node = require_role(context, NODE).name
         self._s.register(node, request.key_bundle,
                          [serde.dataset_from_proto(d) for d in request.datasets])
-        return pb.RegisterResponse(heartbeat_seconds=self._heartbeat)
+        return pb.RegisterResponse(heartbeat_seconds=self._heartbeat,
+                                   coordinator_bundle=self._s.bundle.to_bytes())
 
     @servicer_errors
     def PullWork(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
@@ -49,6 +50,13 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
     def ReportFailure(self, request: pb.FailureReport, context: grpc.ServicerContext) -> pb.Ack:
         node = require_role(context, NODE).name
         self._s.failure(node, request.job_id, request.reason)
+        return pb.Ack()
+
+
+    @servicer_errors
+    def SignRelease(self, request: pb.ReleaseSignature, context: grpc.ServicerContext) -> pb.Ack:
+        node = require_role(context, NODE).name
+        self._s.sign_release(node, request)
         return pb.Ack()
 
 

@@ -3,6 +3,7 @@ policy and meters before touching data, runs approved jobs and records it all.""
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -15,13 +16,23 @@ import grpc
 from cleanroom import errors, jobtypes, serde
 from cleanroom.audit.log import AuditLog
 from cleanroom.jobspec import JobSpec, parse_spec
-from cleanroom.keys import KeyBundle, NodeKeys, make_key_bundle
+from cleanroom.audit.heads import cosign, verify_tree_head
+from cleanroom.keys import (
+    KeyBundle,
+    NodeKeys,
+    canonical_json,
+    make_key_bundle,
+    sign_statement,
+    verify_key_bundle,
+)
+from cleanroom.provenance import head_from_dict, head_to_dict, release_statement
 from cleanroom.transport import DEFAULT_DEADLINE, from_chunks, raise_from_rpc, secure_channel
 from node.config import NodeConfig
 from node.datasets import DatasetRegistry
 from node.executor import JobOutcome, JobRunner
 from node.meters import Meters
 from node.policy import JobRequest, Outcome, PolicySet
+from node.sandbox_service import SandboxService
 from node.state import JobStatus, LocalJob, NodeState
 from protocols.party import NodeParty
 from proto import cleanroom_pb2 as pb
@@ -52,9 +63,14 @@ class NodeAgent:
         self.bundle = make_key_bundle(config.name, self.keys, self.identity)
         self.runner = JobRunner(node=config.name, keys=self.keys, ca_pem=self.identity.ca_pem,
                                 send=self._push, on_end=self._job_ended)
+        self.sandbox = SandboxService(config, state=self.state, audit=self.audit,
+                                      policy=self.policy, datasets=self.datasets,
+                                      deliver=self.runner.deliver)
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._stub: pb_grpc.NodeServiceStub | None = None
+        self._coordinator_bundle: KeyBundle | None = None
+        self._dataset_hashes: dict[str, str] = {}
         self._audit_policy_version()
 
     # -------------------------------------------------------------- lifecycle --
@@ -71,11 +87,14 @@ class NodeAgent:
                                      server_name=self.config.coordinator_name)
             try:
                 stub = pb_grpc.NodeServiceStub(channel)
-                stub.Register(pb.RegisterRequest(
+                reply = stub.Register(pb.RegisterRequest(
                     key_bundle=self.bundle.to_bytes(),
                     datasets=[serde.dataset_to_proto(i) for i in self.datasets.infos()],
                     software_version="0.1.0",
                 ), timeout=DEFAULT_DEADLINE)
+                self._coordinator_bundle = verify_key_bundle(
+                    KeyBundle.from_bytes(reply.coordinator_bundle), self.identity.ca_pem,
+                    expected_name=self.config.coordinator_name, role="coordinator")
                 self._stub = stub
                 self.connected.set()
                 backoff = 0.5
@@ -113,6 +132,9 @@ class NodeAgent:
                 self.runner.deliver(item.message)
             elif kind == "stop":
                 self._on_stop(item.stop)
+            elif kind == "release":
+                threading.Thread(target=self._on_release, args=(item.release,),
+                                 daemon=True, name=f"release-{item.release.job_id}").start()
         except errors.CleanroomError as exc:
             job_id = getattr(getattr(item, kind), "job_id", "") if kind else ""
             log.warning("job %s: %s", job_id, exc)
@@ -160,6 +182,7 @@ class NodeAgent:
             self._decide_now(req.job_id, False, str(exc))
             return
         decision = self.policy.evaluate(request, now=now)
+        decision = self.sandbox.admit(req.job_id, spec, decision)
         reasons = "; ".join(decision.reasons)
         self.state.record(record)
         self.audit.append("job.requested", job_id=req.job_id, data={
@@ -209,7 +232,8 @@ class NodeAgent:
                 job_id=job.job_id, approved=job.status in (JobStatus.APPROVED, JobStatus.RUNNING,
                                                            JobStatus.DONE),
                 reason=job.reason), timeout=DEFAULT_DEADLINE)
-            self.state.set_status(job.job_id, job.status, job.reason, reported=True)
+            # Only the flag: the job may have started meanwhile (RUNNING must stay).
+            self.state.mark_reported(job.job_id)
         except grpc.RpcError as exc:
             log.warning("could not report decision on %s: %s", job.job_id,
                         exc.code().name)  # type: ignore[attr-defined]
@@ -217,6 +241,7 @@ class NodeAgent:
     def _report_holder_decisions(self) -> None:
         """Holder decisions are written by the CLI into the node's state; report them."""
         while not self._stop.wait(0.5):
+            self.sandbox.poll_decisions()
             for job in self.state.unreported():
                 if job.decided_by == "holder" and job.status == JobStatus.APPROVED:
                     try:
@@ -247,12 +272,14 @@ class NodeAgent:
         def build(start: pb.StartJob, bundles: dict[str, KeyBundle]) -> NodeParty:
             mine = spec.input_for(self.config.name)
             dataset = self.datasets.fresh(mine.dataset)  # refuses a changed or vanished file
+            self._dataset_hashes[start.job_id] = dataset.content_hash
             ctx = jobtypes.NodeContext(
                 job_id=start.job_id, spec=spec, node=self.config.name, dataset=mine.dataset,
                 data=dataset.frame, dataset_hash=dataset.content_hash,
                 min_group_size=self.policy.for_dataset(mine.dataset).min_group_size,
                 signing_key=self.keys.signing, parties=tuple(start.parties),
                 peer_signing_keys={n: b.signing_public for n, b in bundles.items()},
+                services={"sandbox": self.sandbox},
             )
             return jobtypes.get(spec.type).node_party(ctx)
 
@@ -272,8 +299,10 @@ class NodeAgent:
                           data={"state": stop.state, "reason": stop.reason})
 
     def _job_ended(self, outcome: JobOutcome) -> None:
+        sandbox_cpu = self.sandbox.finished(outcome.job_id)
         if outcome.ok and outcome.usage is not None:
-            self.meters.settle(outcome.job_id, outcome.usage)
+            self.meters.settle(outcome.job_id, outcome.usage,
+                               sandbox_cpu_seconds=sandbox_cpu)
             self.state.set_status(outcome.job_id, JobStatus.DONE, "")
             self.audit.append("job.released", job_id=outcome.job_id, data=_usage(outcome))
             return
@@ -283,6 +312,45 @@ class NodeAgent:
                           data={"reason": outcome.reason, **_usage(outcome)})
         if outcome.reason != "stopped by the coordinator":
             self._report_failure(outcome.job_id, outcome.reason)
+
+    def _on_release(self, req: pb.ReleaseRequest) -> None:
+        """Sign the provenance of a finished job's output and co-sign the coordinator's
+        audit head, after checking our part really finished and the head is genuine."""
+        try:
+            deadline = time.monotonic() + 30
+            local = self.state.get(req.job_id)
+            while local.status == JobStatus.RUNNING and time.monotonic() < deadline:
+                time.sleep(0.05)
+                local = self.state.get(req.job_id)
+            if local.status != JobStatus.DONE or req.job_id not in self._dataset_hashes:
+                raise errors.ProtocolError(f"our part of {req.job_id} did not finish ({local.status})")
+            if self._coordinator_bundle is None:
+                raise errors.AuthError("the coordinator's audit key is not known yet")
+            head = head_from_dict(json.loads(req.coordinator_head))
+            verify_tree_head(head, self._coordinator_bundle.signing_public)
+            spec = parse_spec(local.spec_yaml)
+            self.audit.append("coordinator.head", job_id=req.job_id, data=head_to_dict(head))
+            self.audit.append("job.release_signed", job_id=req.job_id,
+                              data={"output_hash": req.output_hash})
+            statement = release_statement(
+                job_id=req.job_id, spec_hash=spec.spec_hash, node=self.config.name,
+                dataset=local.dataset, dataset_hash=self._dataset_hashes.pop(req.job_id),
+                output=req.output_hash, node_head=self.audit.tree_head(),
+                coordinator_head=head)
+            signature = sign_statement(self.keys.signing, statement)
+            cosignature = cosign(head, self.config.name, self.keys.signing)
+            stub = self._stub
+            if stub is None:
+                raise errors.TransportError("not connected")
+            stub.SignRelease(pb.ReleaseSignature(
+                job_id=req.job_id, statement_json=canonical_json(statement).decode(),
+                signature=signature, cosignature=cosignature), timeout=DEFAULT_DEADLINE)
+        except (errors.CleanroomError, ValueError) as exc:
+            log.warning("job %s: will not sign its release: %s", req.job_id, exc)
+            self._report_failure(req.job_id, f"refused to sign the release: {exc}")
+        except grpc.RpcError as exc:
+            log.warning("job %s: release signature not delivered: %s", req.job_id,
+                        exc.code().name)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------- sends --
     def _push(self, msg: pb.ProtocolMessage) -> None:

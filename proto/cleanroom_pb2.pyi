@@ -151,16 +151,22 @@ class RegisterResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
+    COORDINATOR_BUNDLE_FIELD_NUMBER: _builtins.int
     heartbeat_seconds: _builtins.float
     """how often the node must be seen"""
+    coordinator_bundle: _builtins.bytes
+    """The coordinator's KeyBundle: the Ed25519 key that signs its audit tree heads,
+    signed by its TLS certificate key so nodes can check it against the CA.
+    """
     def __init__(
         self,
         *,
         heartbeat_seconds: _builtins.float = ...,
+        coordinator_bundle: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seconds", b"heartbeat_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_bundle", b"coordinator_bundle", "heartbeat_seconds", b"heartbeat_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -307,6 +313,37 @@ class StopJob(_message.Message):
 Global___StopJob: _TypeAlias = StopJob  # noqa: Y015
 
 @_typing.final
+class ReleaseRequest(_message.Message):
+    """Before a result is released, each node signs a provenance statement over
+    the output hash and co-signs the coordinator's audit tree head.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_HASH_FIELD_NUMBER: _builtins.int
+    COORDINATOR_HEAD_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    output_hash: _builtins.str
+    """SHA-256 hex of the canonical result document"""
+    coordinator_head: _builtins.bytes
+    """the coordinator's signed tree head (JSON)"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        output_hash: _builtins.str = ...,
+        coordinator_head: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_head", b"coordinator_head", "job_id", b"job_id", "output_hash", b"output_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRequest: _TypeAlias = ReleaseRequest  # noqa: Y015
+
+@_typing.final
 class WorkItem(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -314,6 +351,7 @@ class WorkItem(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def approval(self) -> Global___ApprovalRequest: ...
     @_builtins.property
@@ -322,6 +360,8 @@ class WorkItem(_message.Message):
     def message(self) -> Global___ProtocolMessage: ...
     @_builtins.property
     def stop(self) -> Global___StopJob: ...
+    @_builtins.property
+    def release(self) -> Global___ReleaseRequest: ...
     def __init__(
         self,
         *,
@@ -329,12 +369,13 @@ class WorkItem(_message.Message):
         start: Global___StartJob | None = ...,
         message: Global___ProtocolMessage | None = ...,
         stop: Global___StopJob | None = ...,
+        release: Global___ReleaseRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "kind", b"kind", "message", b"message", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "kind", b"kind", "message", b"message", "release", b"release", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "kind", b"kind", "message", b"message", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "kind", b"kind", "message", b"message", "release", b"release", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["approval", "start", "message", "stop"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["approval", "start", "message", "stop", "release"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -386,6 +427,37 @@ class DecisionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecisionRequest: _TypeAlias = DecisionRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseSignature(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATEMENT_JSON_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    COSIGNATURE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    statement_json: _builtins.str
+    """canonical JSON of the provenance statement"""
+    signature: _builtins.str
+    """the node's Ed25519 signature (base64)"""
+    cosignature: _builtins.bytes
+    """the node's co-signature of the coordinator head"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        statement_json: _builtins.str = ...,
+        signature: _builtins.str = ...,
+        cosignature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosignature", b"cosignature", "job_id", b"job_id", "signature", b"signature", "statement_json", b"statement_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseSignature: _TypeAlias = ReleaseSignature  # noqa: Y015
 
 @_typing.final
 class FailureReport(_message.Message):

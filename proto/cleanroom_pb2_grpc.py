@@ -59,6 +59,11 @@ class NodeServiceStub:
                 request_serializer=proto_dot_cleanroom__pb2.FailureReport.SerializeToString,
                 response_deserializer=proto_dot_cleanroom__pb2.Ack.FromString,
                 _registered_method=True)
+        self.SignRelease = channel.unary_unary(
+                '/cleanroom.v1.NodeService/SignRelease',
+                request_serializer=proto_dot_cleanroom__pb2.ReleaseSignature.SerializeToString,
+                response_deserializer=proto_dot_cleanroom__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -96,6 +101,12 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignRelease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +133,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
             'ReportFailure': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportFailure,
                     request_deserializer=proto_dot_cleanroom__pb2.FailureReport.FromString,
+                    response_serializer=proto_dot_cleanroom__pb2.Ack.SerializeToString,
+            ),
+            'SignRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignRelease,
+                    request_deserializer=proto_dot_cleanroom__pb2.ReleaseSignature.FromString,
                     response_serializer=proto_dot_cleanroom__pb2.Ack.SerializeToString,
             ),
     }
@@ -259,6 +275,33 @@ class NodeService:
             target,
             '/cleanroom.v1.NodeService/ReportFailure',
             proto_dot_cleanroom__pb2.FailureReport.SerializeToString,
+            proto_dot_cleanroom__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.NodeService/SignRelease',
+            proto_dot_cleanroom__pb2.ReleaseSignature.SerializeToString,
             proto_dot_cleanroom__pb2.Ack.FromString,
             options,
             channel_credentials,

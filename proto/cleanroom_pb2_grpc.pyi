@@ -45,6 +45,7 @@ class NodeServiceStub:
     """The chunks form one ProtocolMessage."""
     ReportDecision: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.DecisionRequest, _cleanroom_pb2.Ack]
     ReportFailure: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.FailureReport, _cleanroom_pb2.Ack]
+    SignRelease: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.ReleaseSignature, _cleanroom_pb2.Ack]
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -56,6 +57,7 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """The chunks form one ProtocolMessage."""
     ReportDecision: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.DecisionRequest, _cleanroom_pb2.Ack]  # type: ignore[assignment]
     ReportFailure: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.FailureReport, _cleanroom_pb2.Ack]  # type: ignore[assignment]
+    SignRelease: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.ReleaseSignature, _cleanroom_pb2.Ack]  # type: ignore[assignment]
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -92,6 +94,13 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     def ReportFailure(
         self,
         request: _cleanroom_pb2.FailureReport,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cleanroom_pb2.Ack, _abc.Awaitable[_cleanroom_pb2.Ack]]: ...
+
+    @_abc_1.abstractmethod
+    def SignRelease(
+        self,
+        request: _cleanroom_pb2.ReleaseSignature,
         context: _ServicerContext,
     ) -> _typing.Union[_cleanroom_pb2.Ack, _abc.Awaitable[_cleanroom_pb2.Ack]]: ...
 

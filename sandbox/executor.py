@@ -13,7 +13,15 @@ from typing import Any
 
 from cleanroom.errors import SandboxError
 from sandbox.image import SANDBOX_UID
-from sandbox.runner import MiB, RunReport, SandboxLimits, Tail, check_job_dirs, extract_output
+from sandbox.runner import (
+    JOB_TMP,
+    MiB,
+    RunReport,
+    SandboxLimits,
+    Tail,
+    check_job_dirs,
+    extract_output,
+)
 
 _USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
 _LABEL = "cleanroom.sandbox"
@@ -97,7 +105,7 @@ class DockerSandbox:
         return report
 
     def _create(self, code_dir: Path, data_dir: Path) -> Any:
-        import docker.types  # noqa: PLC0415
+        import docker.types
 
         limits = self._limits
         # One MiB of headroom past the limit lets us tell "wrote too much" from
@@ -115,13 +123,17 @@ class DockerSandbox:
                 network_mode="none",
                 read_only=True,
                 tmpfs={
-                    "/tmp": f"{_TMPFS_OPTS},size={limits.tmp_mb}m,mode=1777",
+                    JOB_TMP: f"{_TMPFS_OPTS},size={limits.tmp_mb}m,mode=1777",
                     "/output": f"{_TMPFS_OPTS},size={output_kib}k,"
                     f"uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700",
                 },
                 mounts=[
-                    docker.types.Mount("/code", str(code_dir), type="bind", read_only=True),
-                    docker.types.Mount("/data", str(data_dir), type="bind", read_only=True),
+                    docker.types.Mount(
+                        "/code", str(code_dir), type="bind", read_only=True
+                    ),
+                    docker.types.Mount(
+                        "/data", str(data_dir), type="bind", read_only=True
+                    ),
                 ],
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
@@ -139,16 +151,18 @@ class DockerSandbox:
                 hostname="sandbox",
             )
         except Exception as exc:
-            raise SandboxError(f"could not create the sandbox container: {exc}") from exc
+            raise SandboxError(
+                f"could not create the sandbox container: {exc}"
+            ) from exc
 
     def _environment(self) -> dict[str, str]:
         threads = str(self._limits.threads)
         return {
-            "HOME": "/tmp",
+            "HOME": JOB_TMP,
             "LANG": "C.UTF-8",
             "OMP_NUM_THREADS": threads,
             "OPENBLAS_NUM_THREADS": threads,
-            "JOBLIB_TEMP_FOLDER": "/tmp",
+            "JOBLIB_TEMP_FOLDER": JOB_TMP,
         }
 
     def _run_in(
@@ -189,7 +203,9 @@ class DockerSandbox:
                 + _tail_note(stderr)
             )
         if facts["output_used"] > limits.output_bytes:
-            raise SandboxError(f"output exceeds {limits.output_mb} MiB; nothing released")
+            raise SandboxError(
+                f"output exceeds {limits.output_mb} MiB; nothing released"
+            )
         if exit_code != 0:
             raise SandboxError(f"exited with code {exit_code}" + _tail_note(stderr))
         files, total = self._copy_output(container, output_dir)
@@ -202,7 +218,9 @@ class DockerSandbox:
             stderr_tail=stderr.text(),
             output_files=tuple(files),
             output_bytes=total,
-            memory_peak_bytes=facts["memory_peak"] if facts["memory_peak"] >= 0 else None,
+            memory_peak_bytes=facts["memory_peak"]
+            if facts["memory_peak"] >= 0
+            else None,
             runner="docker",
         )
 
@@ -241,12 +259,12 @@ class DockerSandbox:
             if self._client.api.exec_inspect(exec_id)["ExitCode"] != 0:
                 raise SandboxError(f"could not copy /output: {errors.last_lines(5)}")
             spool.seek(0)
-            files = extract_output(spool, output_dir, limit)  # type: ignore[arg-type]
+            files = extract_output(spool, output_dir, limit)
         total = sum((output_dir / name).stat().st_size for name in files)
         return files, total
 
     def _oom_event(self, container: Any, since: int) -> bool:
-        """Ask the engine's event log; only used when the cgroup counter is unreadable."""
+        """Ask the engine's event log; used only if the cgroup counter is unreadable."""
         events = self._client.events(
             since=since,
             until=int(time.time()) + 1,
@@ -261,7 +279,9 @@ def _remove(container: Any, *, quiet: bool) -> None:
         container.remove(force=True)
     except Exception as exc:
         if not quiet:  # never let this mask the job's own failure
-            raise SandboxError(f"could not remove container {container.id}: {exc}") from exc
+            raise SandboxError(
+                f"could not remove container {container.id}: {exc}"
+            ) from exc
 
 
 def _pump(stream: Any, stdout: Tail, stderr: Tail) -> None:

@@ -5,7 +5,8 @@ network, PID and mount namespaces (``unshare``), in a pivot_root jail built by
 ``sandbox/jail.py``: no network, read-only /usr, interpreter, /code and /data,
 tmpfs /tmp and a size-capped tmpfs /output, no capabilities, no_new_privs,
 rlimits (address space, CPU seconds, processes, file size) and a wall timeout.
-When the node runs as root, the job runs as ``nobody`` (uid 65534).
+When the node runs as root, the job runs as ``nobody`` (uid 65534), so dataset
+files must be readable by others; otherwise it runs as the node's own user.
 
 It is weaker than the Docker runner and is therefore off unless the holder sets
 ``sandbox.allow_unshare_fallback = true``: there is no seccomp filter (the
@@ -20,7 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,7 @@ from cleanroom.errors import SandboxError
 from sandbox.executor import DockerSandbox
 from sandbox.image import docker_client, ensure_image
 from sandbox.runner import (
+    JOB_TMP,
     MiB,
     RunReport,
     SandboxLimits,
@@ -48,7 +52,7 @@ NO_ENGINE = (
     "(set sandbox.allow_unshare_fallback = true to accept the weaker namespace "
     "fallback)"
 )
-_UNSHARE_FLAGS = ("--user", "--map-root-user", "--net", "--pid", "--fork", "--mount")
+_UNSHARE_FLAGS = ("--user", "--net", "--pid", "--fork", "--mount")
 
 
 def engine_available(client: Any = None) -> bool:
@@ -68,7 +72,9 @@ def unshare_available() -> bool:
         return False
     try:
         result = subprocess.run(
-            [unshare, *_UNSHARE_FLAGS, "true"], capture_output=True, timeout=10
+            [unshare, *_UNSHARE_FLAGS, "--map-root-user", "true"],
+            capture_output=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -81,7 +87,7 @@ def select_runner(
     limits: SandboxLimits | None = None,
     client: Any = None,
 ) -> SandboxRunner:
-    """The Docker runner if an engine answers; else the fallback if allowed; else raise."""
+    """Docker if an engine answers, else the fallback if allowed, else raise."""
     limits = limits or SandboxLimits()
     try:
         client = client or docker_client()
@@ -89,8 +95,8 @@ def select_runner(
     except Exception:
         client = None
     if client is not None:
-        return DockerSandbox(client, ensure_image(client=client, build_if_missing=False),
-                             limits)  # fmt: skip
+        tag = ensure_image(client=client, build_if_missing=False)
+        return DockerSandbox(client, tag, limits)
     if not allow_fallback:
         raise SandboxError(NO_ENGINE)
     if not unshare_available():
@@ -102,13 +108,10 @@ def select_runner(
 
 
 class UnshareSandbox:
-    """Runs a job in a namespace jail with rlimits; see the module docstring's caveats."""
+    """Runs a job in a namespace jail with rlimits; mind the module's caveats."""
 
-    def __init__(self, limits: SandboxLimits, *, run_as_uid: int | None = None) -> None:
+    def __init__(self, limits: SandboxLimits) -> None:
         self._limits = limits
-        self._uid = run_as_uid if run_as_uid is not None else (
-            NOBODY if os.geteuid() == 0 else None
-        )  # fmt: skip
 
     def run(
         self,
@@ -125,46 +128,68 @@ class UnshareSandbox:
         unshare = shutil.which("unshare")
         if unshare is None or not unshare_available():
             raise SandboxError("the unshare fallback is not usable on this host")
-        sources = {"/code": code_dir, "/data": data_dir}
-        for prefix in _interpreter_roots():
-            sources[prefix] = Path(prefix)
-        # O_PATH descriptors let the jail bind these even when the job's uid
-        # could not walk to them (e.g. a venv below /root).
-        fds = {t: os.open(p, os.O_PATH | os.O_DIRECTORY) for t, p in sources.items()}
+        binds = [[str(code_dir.resolve()), "/code"], [str(data_dir.resolve()), "/data"]]
+        binds += [[root, root] for root in _interpreter_roots()]
+        as_root = os.geteuid() == 0
         read_end, write_end = os.pipe()
-        config = self._config(fds, write_end, entrypoint, timeout_s)
-        bootstrap = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else (
-            sys.executable
-        )  # fmt: skip
-        argv = [unshare, *_UNSHARE_FLAGS, "--propagation", "private", "--kill-child",
-                "--", bootstrap, "-I", "-B", "-c", _jail_source(), json.dumps(config)]  # fmt: skip
+        ready_r, ready_w = os.pipe() if as_root else (-1, -1)
+        go_r, go_w = os.pipe() if as_root else (-1, -1)
+        config = self._config(binds, write_end, entrypoint, timeout_s)
+        config["handshake"] = [ready_w, go_r] if as_root else None
+        # As root, --keep-caps lets the jail set up mounts before we map its
+        # uid 0 to nobody; otherwise the usual map to our own uid is enough.
+        mapping = ["--keep-caps"] if as_root else ["--map-root-user"]
+        system_python = "/usr/bin/python3"
+        bootstrap = (
+            system_python if os.access(system_python, os.X_OK) else sys.executable
+        )
+        argv = [
+            unshare,
+            *_UNSHARE_FLAGS,
+            *mapping,
+            "--propagation",
+            "private",
+            "--kill-child",
+            "--",
+            bootstrap,
+            "-I",
+            "-B",
+            "-c",
+            _jail_source(),
+            json.dumps(config),
+        ]
+        passed = [fd for fd in (write_end, ready_w, go_r) if fd >= 0]
         try:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(write_end, *fds.values()),
+                pass_fds=passed,
                 start_new_session=True,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                user=self._uid,
-                group=self._uid,
-                extra_groups=[] if self._uid is not None else None,
+                extra_groups=[] if as_root else None,
             )
+        except BaseException:
+            for fd in (read_end, ready_r, go_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise
         finally:
-            os.close(write_end)
-            for fd in fds.values():
+            for fd in passed:
                 os.close(fd)
         with os.fdopen(read_end, "rb") as results:
+            if as_root:
+                _map_to_nobody(proc, ready_r, go_w)
             return self._supervise(proc, results, output_dir, timeout_s)
 
     def _config(
-        self, fds: dict[str, int], result_fd: int, entrypoint: str, timeout_s: float
+        self, binds: list[list[str]], result_fd: int, entrypoint: str, timeout_s: float
     ) -> dict[str, Any]:
         limits = self._limits
         threads = str(limits.threads)
         return {
-            "binds": [[f"/proc/self/fd/{fd}", target] for target, fd in fds.items()],
+            "binds": binds,
             "result_fd": result_fd,
             "timeout_s": timeout_s,
             "tmp_bytes": limits.tmp_mb * MiB,
@@ -179,12 +204,12 @@ class UnshareSandbox:
             },
             "argv": [sys.executable, "-B", "-E", "-s", f"/code/{entrypoint}"],
             "env": {
-                "HOME": "/tmp",
+                "HOME": JOB_TMP,
                 "LANG": "C.UTF-8",
                 "PATH": "/usr/bin:/bin",
                 "OMP_NUM_THREADS": threads,
                 "OPENBLAS_NUM_THREADS": threads,
-                "JOBLIB_TEMP_FOLDER": "/tmp",
+                "JOBLIB_TEMP_FOLDER": JOB_TMP,
             },
         }
 
@@ -201,8 +226,12 @@ class UnshareSandbox:
         cap = limits.output_bytes + 4 * MiB
         overflow: list[bool] = []
         readers = [
-            threading.Thread(target=_drain, args=(proc.stdout, stdout.feed), daemon=True),
-            threading.Thread(target=_drain, args=(proc.stderr, stderr.feed), daemon=True),
+            threading.Thread(
+                target=_drain, args=(proc.stdout, stdout.feed), daemon=True
+            ),
+            threading.Thread(
+                target=_drain, args=(proc.stderr, stderr.feed), daemon=True
+            ),
             threading.Thread(
                 target=_spool, args=(results, spool, cap, overflow), daemon=True
             ),
@@ -213,9 +242,11 @@ class UnshareSandbox:
             # The jail enforces timeout_s on the job; this is the backstop.
             proc.wait(timeout_s + 10)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise SandboxError(f"timed out after {timeout_s:g}s; the job was killed") from None
+            raise SandboxError(
+                f"timed out after {timeout_s:g}s; the job was killed"
+            ) from None
         for reader in readers:
             reader.join(10)
         with spool:
@@ -231,13 +262,13 @@ class UnshareSandbox:
             self._judge(header, stderr, timeout_s)
             if overflow:
                 raise SandboxError(f"output exceeds {limits.output_mb} MiB")
-            files = extract_output(spool, output_dir, limits.output_bytes)  # type: ignore[arg-type]
+            files = extract_output(spool, output_dir, limits.output_bytes)
         total = sum((output_dir / name).stat().st_size for name in files)
         return RunReport(
             exit_code=0,
             duration_s=float(header["wall_s"]),
             cpu_s=float(header["cpu_s"]),
-            image_id="host-python",
+            image_id=f"host:{sys.executable} (Python {sys.version.split()[0]})",
             stdout_tail=stdout.text(),
             stderr_tail=stderr.text(),
             output_files=tuple(files),
@@ -259,15 +290,39 @@ class UnshareSandbox:
                 f"ran out of memory (address-space limit {limits.memory_mb} MiB)" + note
             )
         if int(header["output_used"]) > limits.output_bytes:
-            raise SandboxError(f"output exceeds {limits.output_mb} MiB; nothing released")
+            raise SandboxError(
+                f"output exceeds {limits.output_mb} MiB; nothing released"
+            )
         if code != 0:
             raise SandboxError(f"exited with code {code}" + note)
 
 
+def _map_to_nobody(proc: subprocess.Popen[bytes], ready: int, go: int) -> None:
+    """Map the jail's uid/gid 0 to nobody once its namespaces exist, then let it go."""
+    try:
+        ready_now, _, _ = select.select([ready], [], [], 30)
+        if not ready_now or os.read(ready, 1) != b"r":
+            raise SandboxError("the namespace jail did not start")
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"0 {NOBODY} 1"),
+            ("gid_map", f"0 {NOBODY} 1"),
+        ):
+            Path(f"/proc/{proc.pid}/{name}").write_text(text)
+        os.write(go, b"g")
+    except (OSError, SandboxError) as exc:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise SandboxError(f"could not map the jail's users to nobody: {exc}") from exc
+    finally:
+        os.close(ready)
+        os.close(go)
+
+
 def _interpreter_roots() -> list[str]:
     """Directories the job's interpreter needs, outermost only, outside /usr."""
-    roots = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
-                                                 sys.exec_prefix, sys.base_exec_prefix)})  # fmt: skip
+    prefixes = (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
+    roots = sorted({os.path.realpath(p) for p in prefixes})
     kept: list[str] = []
     for root in roots:
         if root == "/usr" or root.startswith("/usr/"):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -85,7 +86,7 @@ def recipe_digest() -> str:
 
 
 def image_tag() -> str:
-    """The image reference this build recipe produces, e.g. ``cleanroom-sandbox:1a2b…``."""
+    """The image this build recipe produces, e.g. ``cleanroom-sandbox:1a2b…``."""
     return f"{IMAGE_REPOSITORY}:{recipe_digest()[:16]}"
 
 
@@ -99,7 +100,7 @@ def cache_dir() -> Path:
 
 def docker_client() -> Any:
     """A connected Docker client; raises SandboxError when no engine answers."""
-    import docker  # noqa: PLC0415 - the SDK is only needed where an engine is used
+    import docker
 
     try:
         client = docker.from_env(timeout=120)
@@ -144,7 +145,7 @@ def _mirror_in(text: str, *, deb822: bool) -> str | None:
                 return fields["uris"].split()[0]
         return None
     for line in text.splitlines():
-        words = [w for w in line.split("#", 1)[0].split() if not w.startswith("[")]
+        words = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
         if len(words) >= 3 and words[0] == "deb" and words[2] == _SUITE:
             return words[1]
     return None
@@ -211,7 +212,7 @@ def build_image(
 
 
 def _image_exists(client: Any, tag: str) -> bool:
-    import docker.errors  # noqa: PLC0415
+    import docker.errors
 
     try:
         client.images.get(tag)
@@ -254,12 +255,19 @@ def _build_rootfs_tarball(tarball: Path, say: Callable[[str], None]) -> None:
         partial = work / "rootfs.tar"
         _run(
             [
-                "tar", "--numeric-owner", "-C", str(rootfs),
-                "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./dev/*",
-                "-cf", str(partial), ".",
+                "tar",
+                "--numeric-owner",
+                "-C",
+                str(rootfs),
+                "--exclude=./proc/*",
+                "--exclude=./sys/*",
+                "--exclude=./dev/*",
+                "-cf",
+                str(partial),
+                ".",
             ],
             log,
-        )  # fmt: skip
+        )
         partial.replace(tarball)
     finally:
         _unmount_below(work)

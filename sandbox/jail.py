@@ -1,7 +1,8 @@
 """Namespace jail for the unshare fallback: runs as PID 1 inside fresh namespaces.
 
 ``fallback.py`` starts this file's source with ``python3 -I -c`` under
-``unshare --user --map-root-user --net --pid --fork --mount``. It builds a
+``unshare --user --net --pid --fork --mount``; when the host runs as root it
+maps the namespace's root to ``nobody`` instead of to itself. The jail builds a
 new root on a tmpfs (read-only binds of /usr and the interpreter, /code and
 /data read-only, tmpfs /tmp and a size-capped tmpfs /output), pivots into it,
 drops every capability, sets no_new_privs, and runs the job as its child. When
@@ -32,7 +33,8 @@ MNT_DETACH = 2
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 24, 38, 47
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41}
 SYS_CAPSET = {"x86_64": 126, "aarch64": 91, "arm64": 91}
-_ROOT_CANDIDATES = ("/mnt", "/media", "/srv", "/opt", "/tmp")
+# Any existing directory will do to hang the jail's root tmpfs on (ours alone).
+_ROOT_CANDIDATES = ("/mnt", "/media", "/srv", "/opt", "/tmp")  # noqa: S108
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -45,10 +47,15 @@ def _check(result: int, what: str) -> None:
 
 def _mount(source: str, target: str, fstype: str, flags: int, data: str = "") -> None:
     _check(
-        _libc.mount(source.encode(), target.encode(), fstype.encode(), flags,
-                    data.encode() or None),
+        _libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode(),
+            flags,
+            data.encode() or None,
+        ),
         f"mount {source} on {target}",
-    )  # fmt: skip
+    )
 
 
 def _bind(source: str, target: str, *, writable: bool) -> None:
@@ -71,7 +78,7 @@ def _tmpfs(target: str, size: int, mode: str, *, exec_ok: bool = False) -> None:
     _mount("tmpfs", target, "tmpfs", flags, f"size={size},mode={mode}")
 
 
-def _build_root(config: dict[str, Any]) -> str:
+def _build_root(config: dict[str, Any], binds: list[tuple[int, str]]) -> str:
     root = next(p for p in _ROOT_CANDIDATES if os.path.isdir(p))
     _tmpfs(root, 8 * 1024 * 1024, "0755", exec_ok=True)
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
@@ -83,16 +90,21 @@ def _build_root(config: dict[str, Any]) -> str:
     for path in ("/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"):
         if os.path.exists(path):
             _bind(os.path.realpath(path), f"{root}{path}", writable=False)
-    for source, target in config["binds"]:
-        _bind(source, f"{root}{target}", writable=False)
+    for fd, target in binds:
+        _bind(f"/proc/self/fd/{fd}", f"{root}{target}", writable=False)
+        os.close(fd)
     os.makedirs(f"{root}/dev", exist_ok=True)
     for device in ("null", "zero", "random", "urandom"):
         _bind(f"/dev/{device}", f"{root}/dev/{device}", writable=True)
-    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        os.symlink(target, f"{root}/dev/{link}")  # fmt: skip
-    _tmpfs(f"{root}/dev/shm", config["tmp_bytes"], "1777")
-    _tmpfs(f"{root}/tmp", config["tmp_bytes"], "1777")
+    for link, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, f"{root}/dev/{link}")
+    for scratch in ("/dev/shm", "/tmp"):  # noqa: S108 - the jail's own tmpfs mounts
+        _tmpfs(f"{root}{scratch}", config["tmp_bytes"], "1777")
     _tmpfs(f"{root}/output", config["output_bytes"], "0700")
     os.makedirs(f"{root}/proc", exist_ok=True)
     _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -112,7 +124,9 @@ def _drop_privileges() -> None:
     last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
     for cap in range(last_cap + 1):
         _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "drop bounding cap")
-    _libc.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL; old kernels lack it
+    _libc.prctl(
+        PR_CAP_AMBIENT, 4, 0, 0, 0
+    )  # PR_CAP_AMBIENT_CLEAR_ALL; old kernels lack it
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)
     data = (ctypes.c_uint32 * 6)()
     _check(_libc.syscall(SYS_CAPSET[os.uname().machine], header, data), "capset")
@@ -151,7 +165,22 @@ def _report(result_fd: int, status: int, wall: float) -> None:
 def main() -> None:
     config = json.loads(sys.argv[1])
     result_fd = int(config["result_fd"])
-    _pivot(_build_root(config))
+    handshake = config["handshake"]
+    if handshake:  # the host maps our uid 0 to nobody, then says go
+        ready, go = handshake
+        os.write(ready, b"r")
+        if os.read(go, 1) != b"g":
+            raise RuntimeError("the host did not map the namespace's users")
+    # Opened while still the host user, so paths only it can walk (a venv
+    # below /root) can be bound; binding from these fds needs no path walk.
+    binds = []
+    for path, target in config["binds"]:
+        flags = os.O_PATH | (os.O_DIRECTORY if os.path.isdir(path) else 0)
+        binds.append((os.open(path, flags), target))
+    if handshake:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    _pivot(_build_root(config, binds))
     child = os.fork()
     if child == 0:
         try:
@@ -164,7 +193,8 @@ def main() -> None:
                 resource.setrlimit(limit, (value, value))
             _drop_privileges()
             os.chdir("/code")
-            os.execve(config["argv"][0], config["argv"], config["env"])
+            # No shell: argv is the interpreter and the approved entrypoint.
+            os.execve(config["argv"][0], config["argv"], config["env"])  # noqa: S606
         except BaseException as exc:
             print(f"cleanroom-jail: cannot start the job: {exc}", file=sys.stderr)
         os._exit(127)

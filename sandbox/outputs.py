@@ -1,4 +1,4 @@
-"""Parse sandbox outputs (.json, .csv) into columns and rows, round them, compare cells."""
+"""Read sandbox outputs (.json, .csv) as columns and rows; round and compare cells."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class ParsedOutput:
     name: str
     document: Any
     columns: dict[str, list[Any]] = field(default_factory=dict)
-    rows: list[list[Any]] = field(default_factory=list)
+    rows: list[list[tuple[str, Any]]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
 
 
@@ -47,7 +47,9 @@ def parse_output(name: str, data: bytes) -> ParsedOutput:
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise SandboxError(f"{name}: not valid UTF-8 JSON ({exc})") from exc
         return document_output(name, document)
-    raise SandboxError(f"{name}: only {', '.join(RELEASABLE_SUFFIXES)} files are released")
+    raise SandboxError(
+        f"{name}: only {', '.join(RELEASABLE_SUFFIXES)} files are released"
+    )
 
 
 def frame_output(name: str, frame: pd.DataFrame) -> ParsedOutput:
@@ -55,7 +57,10 @@ def frame_output(name: str, frame: pd.DataFrame) -> ParsedOutput:
     as_objects = frame.astype(object)
     for column in frame.columns:
         parsed.columns[str(column)] = as_objects[column].tolist()
-    parsed.rows = as_objects.values.tolist()
+    names = [str(c) for c in frame.columns]
+    parsed.rows = [
+        list(zip(names, row, strict=True)) for row in as_objects.values.tolist()
+    ]
     return parsed
 
 
@@ -69,13 +74,13 @@ def _walk(node: Any, path: str, out: ParsedOutput, depth: int) -> None:
     if depth > _MAX_DEPTH:
         raise SandboxError(f"{out.name}: nested deeper than {_MAX_DEPTH} levels")
     if isinstance(node, dict):
-        out.rows.append(_object_leaves(node))
+        out.rows.append(_object_leaves(node, path))
         for key, value in node.items():
             out.keys.append(str(key))
             child = f"{path}.{key}" if path else str(key)
             _walk(value, child, out, depth + 1)
     elif isinstance(node, list):
-        scalars = [v for v in node if not isinstance(v, dict | list)]
+        scalars = [(path, v) for v in node if not isinstance(v, dict | list)]
         if scalars:
             out.rows.append(scalars)
         for value in node:
@@ -84,13 +89,14 @@ def _walk(node: Any, path: str, out: ParsedOutput, depth: int) -> None:
         out.columns.setdefault(path or "value", []).append(node)
 
 
-def _object_leaves(node: dict[str, Any]) -> list[Any]:
-    leaves: list[Any] = []
-    for value in node.values():
+def _object_leaves(node: dict[str, Any], path: str) -> list[tuple[str, Any]]:
+    leaves: list[tuple[str, Any]] = []
+    for key, value in node.items():
+        child = f"{path}.{key}" if path else str(key)
         if isinstance(value, dict):
-            leaves.extend(_object_leaves(value))
+            leaves.extend(_object_leaves(value, child))
         elif not isinstance(value, list):
-            leaves.append(value)
+            leaves.append((child, value))
     return leaves
 
 
@@ -119,7 +125,7 @@ def round_frame(frame: pd.DataFrame, decimals: int | None) -> pd.DataFrame:
 
 
 def cleaned(parsed: ParsedOutput, decimals: int | None) -> tuple[ParsedOutput, bytes]:
-    """The rounded version of an output, parsed, and the bytes that would be released."""
+    """The rounded output, parsed, and the bytes that would be released."""
     if isinstance(parsed.document, pd.DataFrame):
         frame = round_frame(parsed.document, decimals)
         return frame_output(parsed.name, frame), frame.to_csv(index=False).encode()

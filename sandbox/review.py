@@ -21,7 +21,7 @@ from cleanroom.errors import SandboxError
 MAX_BUNDLE_FILES = 1000
 MAX_BUNDLE_BYTES = 10 * 1024 * 1024
 _DIGEST_DOMAIN = b"cleanroom-code-bundle-v1\n"
-ALLOWED_PATH_ROOTS = ("/data", "/code", "/output", "/tmp")
+ALLOWED_PATH_ROOTS = ("/data", "/code", "/output", "/tmp")  # noqa: S108 - in-sandbox
 
 _NETWORK_MODULES = frozenset(
     {
@@ -34,8 +34,10 @@ _PROCESS_MODULES = frozenset({"subprocess", "pty", "multiprocessing", "signal"})
 _NATIVE_MODULES = frozenset({"ctypes", "cffi", "_ctypes", "mmap"})
 _DYNAMIC_MODULES = frozenset({"importlib", "marshal", "pickle", "shelve", "runpy"})
 _DYNAMIC_CALLS = frozenset({"eval", "exec", "compile", "__import__", "breakpoint"})
-_OS_PROCESS_PREFIXES = ("os.system", "os.popen", "os.exec", "os.spawn", "os.fork",
-                        "os.posix_spawn", "os.kill", "os.killpg", "os.setuid")  # fmt: skip
+_OS_PROCESS_PREFIXES = (
+    "os.system", "os.popen", "os.exec", "os.spawn", "os.fork",
+    "os.posix_spawn", "os.kill", "os.killpg", "os.setuid",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def read_bundle(path: Path) -> dict[str, bytes]:
 
 
 def bundle_digest(path: Path) -> str:
-    """SHA-256 over the sorted relative paths and contents; any changed byte changes it."""
+    """SHA-256 over sorted relative paths and contents; any changed byte changes it."""
     hasher = hashlib.sha256(_DIGEST_DOMAIN)
     for name, data in sorted(read_bundle(path).items()):
         encoded = name.encode()
@@ -184,8 +186,11 @@ class _Scanner(ast.NodeVisitor):
             path == PurePosixPath(root) or path.is_relative_to(root)
             for root in ALLOWED_PATH_ROOTS
         ):
-            self._add(node, "host-path", f"uses path {value!r} outside /data, "
-                      "/code, /output, /tmp")  # fmt: skip
+            self._add(
+                node,
+                "host-path",
+                f"uses path {value!r} outside /data, /code, /output, /tmp",
+            )
 
     def _qualified(self, func: ast.expr) -> str | None:
         parts: list[str] = []
@@ -218,18 +223,26 @@ def _read_tar(archive: Path) -> dict[str, bytes]:
             for member in tar:
                 parts = [p for p in PurePosixPath(member.name).parts if p != "."]
                 if member.name.startswith("/") or ".." in parts:
-                    raise SandboxError(f"bundle entry {member.name!r} escapes the bundle")
+                    raise SandboxError(
+                        f"bundle entry {member.name!r} escapes the bundle"
+                    )
                 if member.isdir() or not parts:
                     continue
                 if not member.isreg():
-                    raise SandboxError(f"bundle entry {member.name!r} is not a plain file")
+                    raise SandboxError(
+                        f"bundle entry {member.name!r} is not a plain file"
+                    )
                 if member.size > MAX_BUNDLE_BYTES:
                     raise SandboxError(f"code bundle exceeds {MAX_BUNDLE_BYTES} bytes")
                 source = tar.extractfile(member)
                 name = "/".join(parts)
                 if source is None or name in files:
-                    raise SandboxError(f"bundle entry {name!r} is unreadable or repeated")
+                    raise SandboxError(
+                        f"bundle entry {name!r} is unreadable or repeated"
+                    )
                 files[name] = source.read()
     except tarfile.TarError as exc:
-        raise SandboxError(f"code bundle {archive} is not a readable tar: {exc}") from exc
+        raise SandboxError(
+            f"code bundle {archive} is not a readable tar: {exc}"
+        ) from exc
     return files

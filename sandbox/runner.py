@@ -13,6 +13,8 @@ from typing import IO, Protocol
 from cleanroom.errors import ConfigError, SandboxError
 
 MiB = 1024 * 1024
+# The job's private scratch tmpfs inside its sandbox, never the host's /tmp.
+JOB_TMP = "/tmp"  # noqa: S108
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class RunReport:
 
 
 class SandboxRunner(Protocol):
-    """Runs ``entrypoint`` from ``code_dir`` against ``data_dir``, fills ``output_dir``."""
+    """Runs ``entrypoint`` from ``code_dir`` on ``data_dir``, fills ``output_dir``."""
 
     def run(
         self,
@@ -77,7 +79,7 @@ class SandboxRunner(Protocol):
 
 
 class Tail:
-    """Keeps only the last ``limit`` bytes of a stream, so chatty code cannot flood us."""
+    """Keeps the last ``limit`` bytes of a stream, so chatty code cannot flood us."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -106,7 +108,7 @@ class Tail:
 def check_job_dirs(
     code_dir: Path, data_dir: Path, output_dir: Path, entrypoint: str
 ) -> None:
-    """Refuse a run whose inputs are not plain directories or whose entrypoint escapes."""
+    """Refuse a run whose directories are missing or whose entrypoint escapes."""
     for label, path in (("code", code_dir), ("data", data_dir), ("output", output_dir)):
         if not path.is_dir():
             raise SandboxError(f"{label} directory {path} does not exist")
@@ -120,7 +122,7 @@ def check_job_dirs(
 
 
 def extract_output(archive: IO[bytes], output_dir: Path, limit: int) -> list[str]:
-    """Unpack a tar of /output into ``output_dir``: regular files only, at most ``limit``.
+    """Unpack a tar of /output into ``output_dir``: plain files, ``limit`` bytes total.
 
     Links, devices and names that climb out are refused rather than skipped, so
     a job cannot smuggle a pointer to a host path past the vetting step.

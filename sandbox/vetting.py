@@ -9,9 +9,10 @@ Rules, each checked on the output as written and as it would be released
 * a column or key that carries identifier values (any text identifier; for
   numeric identifiers, a column named like the identifier or one made mostly
   of identifier values, so that small counts do not trip it);
-* a row reproducing a dataset row: at least ``raw_row_columns`` cells equal to
-  that row's cells, one of them a value fewer than ``min_cell_count`` dataset
-  rows share (so a group-by key like ``(F, smoker, north)`` is not a "row").
+* a row reproducing a dataset row: at least ``raw_row_columns`` cells (count
+  columns aside) equal to that row's cells, one of them a value fewer than
+  ``min_cell_count`` dataset rows share (so a group-by key like
+  ``(F, smoker, north)`` is not a "row").
 
 Reasons name files, columns and rules but never the matching raw values.
 """
@@ -65,7 +66,7 @@ class VettingRules:
 
 @dataclass(frozen=True)
 class VettingResult:
-    """``pass`` with the cleaned bytes to release, or ``held`` with reasons and nothing."""
+    """``pass`` with the cleaned bytes to release, or ``held`` with reasons only."""
 
     status: Literal["pass", "held"]
     reasons: list[str]
@@ -145,14 +146,18 @@ class _RawData:
             if c not in dataset.columns
         ]
         if missing:
-            raise ConfigError(f"vetting rules name columns the dataset lacks: {missing}")
+            raise ConfigError(
+                f"vetting rules name columns the dataset lacks: {missing}"
+            )
         self._count_names = {c.casefold() for c in rules.count_columns}
         as_objects = dataset.astype(object)
         self._matrix = [
             [cell_token(v) for v in as_objects[c].tolist()] for c in dataset.columns
         ]
         columns = [str(c) for c in dataset.columns]
-        self._sensitive = {c: self._column_set(columns.index(c)) for c in rules.sensitive_columns}
+        self._sensitive = {
+            c: self._column_set(columns.index(c)) for c in rules.sensitive_columns
+        }
         self._identifiers = {
             c: self._column_set(columns.index(c)) for c in rules.identifier_columns
         }
@@ -162,7 +167,7 @@ class _RawData:
             frequency = pd.Series(column).value_counts(dropna=True)
             rare = set(frequency[frequency < rules.min_cell_count].index)
             for row, token in enumerate(column):
-                if token in rare:
+                if token is not None and token in rare:
                     self._rare.setdefault(token, set()).add(row)
 
     def _column_set(self, index: int) -> set[str]:
@@ -232,14 +237,18 @@ class _RawData:
         need = self._rules.raw_row_columns
         found = []
         for number, row in enumerate(out.rows, start=1):
-            present = set(tokens(row))
+            # Counts are judged by the count rule; as row cells they would
+            # collide with small raw values (an age of 23, a count of 23).
+            present = set(tokens([v for c, v in row if not self._is_count(c)]))
             if len(present) < need:
                 continue
             candidates: set[int] = set()
             for token in present:
                 candidates |= self._rare.get(token, set())
             for candidate in candidates:
-                matches = sum(1 for column in self._matrix if column[candidate] in present)
+                matches = sum(
+                    1 for column in self._matrix if column[candidate] in present
+                )
                 if matches >= need:
                     found.append(
                         f"{out.name}: row {number} reproduces a dataset row "

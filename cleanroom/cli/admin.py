@@ -112,13 +112,26 @@ def _state(config: Path) -> NodeState:
 @config_option
 @click.option("--all", "show_all", is_flag=True, help="Not only the jobs waiting for you.")
 @click.option("--show", "show", default=None, metavar="JOB", help="Show one job in full.")
+@click.option("--source", is_flag=True, help="With --show: print a sandbox job's code.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def node_jobs(config: Path, show_all: bool, show: str | None, as_json: bool) -> None:
+def node_jobs(config: Path, show_all: bool, show: str | None, source: bool,
+              as_json: bool) -> None:
     """List jobs held for your decision (or all jobs this node saw)."""
+    from cleanroom.cli import sandbox as sandbox_cli
+
     state = _state(config)
     if show:
         job = state.get(show)
+        if job.job_type == "sandbox":
+            if as_json:
+                print_json({**job.__dict__,
+                            "sandbox": sandbox_cli.review_document(job, state)})
+            elif source:
+                sandbox_cli.print_source(job)
+            else:
+                sandbox_cli.print_review(job, state)
+            return
         if as_json:
             print_json(job.__dict__)
             return
@@ -127,13 +140,21 @@ def node_jobs(config: Path, show_all: bool, show: str | None, as_json: bool) -> 
         out.print(job.spec_yaml, highlight=False, markup=False)
         return
     jobs = state.list(status=None if show_all else JobStatus.PENDING)
+    held = {r.job_id: r for r in state.held_outputs()
+            if state.get(r.job_id).status == JobStatus.RUNNING}
+    if not show_all:  # sandbox output held for review waits for the holder too
+        jobs += [state.get(job_id) for job_id in held]
     if as_json:
-        print_json([j.__dict__ for j in jobs])
+        print_json([{**j.__dict__, **({"output_held": list(held[j.job_id].reasons)}
+                                      if j.job_id in held else {})} for j in jobs])
         return
     table = Table("job", "analyst", "type", "dataset", "purpose", "status", "reason")
     for j in jobs:
-        table.add_row(j.job_id, j.analyst, j.job_type, j.dataset, j.purpose, j.status.value,
-                      j.reason)
+        status, reason = j.status.value, j.reason
+        if j.job_id in held:
+            status, reason = "output held", "; ".join(held[j.job_id].reasons)
+        table.add_row(j.job_id, j.analyst, j.job_type, j.dataset, j.purpose, status,
+                      reason)
     out.print(table)
 
 
@@ -141,11 +162,29 @@ def node_jobs(config: Path, show_all: bool, show: str | None, as_json: bool) -> 
 @click.argument("job_id")
 @config_option
 @click.option("--reason", default="approved by the data holder")
+@click.option("--digest", default=None, metavar="SHA256",
+              help="Sandbox jobs: approve only if the code's digest starts with this.")
 @handle_errors
-def node_approve(job_id: str, config: Path, reason: str) -> None:
-    """Approve a held job; the running node reports it and reserves quota."""
-    _state(config).holder_decide(job_id, True, reason)
-    out.print(f"{job_id}: approved")
+def node_approve(job_id: str, config: Path, reason: str, digest: str | None) -> None:
+    """Approve a held job; the running node reports it and reserves quota.
+
+    For a sandbox job this approves its exact code (by SHA-256) for the dataset;
+    changed code has another digest and needs its own approval."""
+    from cleanroom.jobspec import parse_spec
+    from cleanroom.jobtypes.sandbox_job import spec_bundle_digest
+
+    state = _state(config)
+    job = state.get(job_id)
+    code = None
+    if job.job_type == "sandbox":
+        code = spec_bundle_digest(parse_spec(job.spec_yaml))
+        if digest is not None and (len(digest) < 12 or not code.startswith(digest)):
+            raise ConfigError(f"{job_id}: its code's digest is {code}, not "
+                              f"{digest}…; review it again with "
+                              "`cleanroom node jobs --show`")
+    state.holder_decide(job_id, True, reason, sandbox_digest=code)
+    out.print(f"{job_id}: approved" + (f" (code sha256 {code})" if code else ""),
+              highlight=False)
 
 
 @node_group.command("deny")
@@ -157,6 +196,28 @@ def node_deny(job_id: str, config: Path, reason: str) -> None:
     """Refuse a held job with a reason."""
     _state(config).holder_decide(job_id, False, reason)
     out.print(f"{job_id}: denied")
+
+
+@node_group.command("release")
+@click.argument("job_id")
+@config_option
+@click.option("--reason", default="released by the data holder after review")
+@handle_errors
+def node_release(job_id: str, config: Path, reason: str) -> None:
+    """Release a sandbox job's held output to the analyst anyway."""
+    _state(config).decide_output(job_id, True, reason)
+    out.print(f"{job_id}: output released")
+
+
+@node_group.command("reject")
+@click.argument("job_id")
+@config_option
+@click.option("--reason", required=True, help="Told to the analyst.")
+@handle_errors
+def node_reject(job_id: str, config: Path, reason: str) -> None:
+    """Reject a sandbox job's held output; the job fails with your reason."""
+    _state(config).decide_output(job_id, False, reason)
+    out.print(f"{job_id}: output rejected")
 
 
 # ----------------------------------------------------------------- local --

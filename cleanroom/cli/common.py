@@ -15,8 +15,8 @@ from cleanroom import errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 EXIT_FAILED = 1
 """The command ran but its job did not succeed, or an operation failed."""

@@ -114,11 +114,17 @@ def status(job_id: str, federation: Path, as_json: bool) -> None:
 @job_group.command("result")
 @click.argument("job_id")
 @federation_option
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="Save the signed result document (for 'result verify').")
 @handle_errors
-def result(job_id: str, federation: Path) -> None:
-    """Print a finished job's released result (JSON)."""
+def result(job_id: str, federation: Path, out_path: Path | None) -> None:
+    """Print (or save) a finished job's released, signed result document."""
     with Client.from_federation(federation) as client:
-        print_json(client.result(job_id))
+        if out_path is not None:
+            out_path.write_bytes(client.result_bytes(job_id))
+            out.print(f"saved {out_path}", highlight=False)
+        else:
+            print_json(client.result(job_id))
 
 
 @job_group.command("cancel")

@@ -5,6 +5,13 @@ from __future__ import annotations
 import click
 
 from cleanroom.cli.admin import coordinator_group, demo, local_group, node_group, pki_group
+from cleanroom.cli.bench import bench
+from cleanroom.cli.governance import (
+    audit_group,
+    node_usage,
+    result_group,
+    usage_group,
+)
 from cleanroom.cli.jobs import catalog, job_group
 
 
@@ -19,8 +26,9 @@ def cli() -> None:
 
 
 for command in (pki_group, coordinator_group, node_group, local_group, job_group, catalog,
-                demo):
+                demo, audit_group, result_group, usage_group, bench):
     cli.add_command(command)
+node_group.add_command(node_usage)
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ class NodeContext:
     parties: tuple[str, ...]
     peer_signing_keys: Mapping[str, bytes]
     random: RandomSource = SYSTEM_RANDOM
+    services: Mapping[str, Any] = field(default_factory=dict)
+    """Node-side services a job type needs by name (e.g. ``sandbox``)."""
 
 
 @dataclass(frozen=True)

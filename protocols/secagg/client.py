@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +40,6 @@ from protocols.secagg.messages import (
 from protocols.shamir import SHARE_BYTES, Share, split
 
 _Handler = Callable[[bytes], list[Outbound]]
-_RAW_SHARE: Final = SHARE_BYTES
 
 
 class SecAggClient(NodeParty):
@@ -251,10 +249,10 @@ class SecAggClient(NodeParty):
         return [self._send(UNMASK, response.encode(digest))]
 
     def _checked_shares(self, sender: str, plaintext: bytes) -> tuple[Share, Share]:
-        if len(plaintext) != 2 * _RAW_SHARE:
+        if len(plaintext) != 2 * SHARE_BYTES:
             raise ProtocolError(f"the share bundle from {sender!r} has the wrong size")
-        b_share = Share.from_bytes(plaintext[:_RAW_SHARE])
-        s_share = Share.from_bytes(plaintext[_RAW_SHARE:])
+        b_share = Share.from_bytes(plaintext[:SHARE_BYTES])
+        s_share = Share.from_bytes(plaintext[SHARE_BYTES:])
         index = self._graph.share_index(sender, self.name)
         for share in (b_share, s_share):
             if share.index != index or share.threshold != self._config.threshold:

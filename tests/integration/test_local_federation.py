@@ -6,67 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
+from helpers.federation import COUNT_SPEC, cli, expected_counts, make_csvs, wait_for
 
 from cleanroom import local
 from cleanroom.client import Client
 from cleanroom.federation import Federation
 
 pytestmark = pytest.mark.integration
-
-COUNT_SPEC = """
-type: count
-inputs:
-  - {node: h1, dataset: h1}
-  - {node: h2, dataset: h2}
-  - {node: h3, dataset: h3}
-params:
-  where:
-    - {column: age, op: ">=", value: 40}
-    - {column: sex, op: "==", value: "F"}
-purpose: research
-"""
-
-
-def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "cleanroom", *args], capture_output=True,
-                          text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def make_csvs(directory: Path) -> dict[str, Path]:
-    rng = np.random.default_rng(7)
-    paths = {}
-    for i, rows in enumerate((120, 200, 80), start=1):
-        frame = pd.DataFrame({
-            "patient_id": [f"p{i}-{k}" for k in range(rows)],
-            "age": rng.integers(18, 90, rows),
-            "sex": rng.choice(["F", "M"], rows),
-            "bmi": rng.normal(26, 4, rows).round(1),
-        })
-        paths[f"h{i}"] = directory / f"h{i}.csv"
-        frame.to_csv(paths[f"h{i}"], index=False)
-    return paths
-
-
-def expected_counts(paths: dict[str, Path]) -> dict[str, int]:
-    out = {}
-    for node, path in paths.items():
-        d = pd.read_csv(path)
-        out[node] = int(((d.age >= 40) & (d.sex == "F")).sum())
-    return out
-
 
 @pytest.fixture()
 def federation(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Path]]]:
@@ -92,15 +43,6 @@ def spec_file(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_count_job_end_to_end(tmp_path: Path) -> None:

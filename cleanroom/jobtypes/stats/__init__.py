@@ -1,0 +1,1 @@
+"""The machinery of the ``secure_stats`` job (``cleanroom.jobtypes.secure_stats``)."""

@@ -1,0 +1,419 @@
+"""The sandbox job type: spec building and checks, digest pinning, and its parties
+in one process (the sandbox itself is faked here; the integration test runs it)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cleanroom import jobtypes
+from cleanroom.audit.log import AuditLog
+from cleanroom.catalog import ColumnInfo, DatasetInfo
+from cleanroom.errors import ConfigError, ProtocolError, SandboxError, SpecError
+from cleanroom.jobspec import JobInput, parse_spec
+from cleanroom.jobtypes import sandbox_job
+from cleanroom.jobtypes.sandbox_job import (
+    STAGE_DECISION,
+    STAGE_HELD,
+    STAGE_OUTPUT,
+    SandboxOutcome,
+    make_spec,
+    spec_bundle_digest,
+)
+from cleanroom.keys import verify_statement
+from node import sandbox_service
+from node.config import DatasetConfig, NodeConfig
+from node.datasets import DatasetRegistry
+from node.policy import Outcome, PolicyDecision, PolicySet
+from node.sandbox_service import SandboxService, SandboxSettings, public_reason
+from node.state import JobStatus, LocalJob, NodeState
+from protocols.party import COORDINATOR, Inbound
+from sandbox import NO_ENGINE, bundle_digest
+
+TRAIN = "import pandas as pd\nprint(len(pd.read_csv('/data/data.csv')))\n"
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
+    directory = tmp_path / "code"
+    (directory / "lib").mkdir(parents=True)
+    (directory / "main.py").write_text(TRAIN)
+    (directory / "lib" / "util.py").write_text("X = 1\n")
+    return directory
+
+
+def _spec(code: Path, **kwargs: Any) -> str:
+    return make_spec(code, inputs=[("n1", "d")], purpose="research", **kwargs)
+
+
+def _with_params(text: str, **params: Any) -> str:
+    doc = yaml.safe_load(text)
+    doc["params"].update(params)
+    return yaml.safe_dump(doc, sort_keys=False, width=1 << 30)
+
+
+def _validate(text: str, catalog: Mapping[JobInput, DatasetInfo] | None = None) -> None:
+    spec = parse_spec(text)
+    jobtypes.get("sandbox").validate(spec, catalog or {})
+
+
+# ------------------------------------------------------------ spec building --
+def test_make_spec_round_trips_and_pins_the_code(code: Path) -> None:
+    text = _spec(code, timeout_seconds=30, outputs={"metrics.json": "accuracy"})
+    spec = parse_spec(text)
+    assert spec.type == "sandbox" and spec.inputs == (JobInput("n1", "d"),)
+    assert spec.params["entrypoint"] == "main.py"
+    assert spec.params["timeout_seconds"] == 30
+    assert spec_bundle_digest(spec) == bundle_digest(code)
+    assert _spec(code, timeout_seconds=30, outputs={"metrics.json": "accuracy"}) == text
+    review = sandbox_job.review(spec)
+    assert [name for name, _ in review.files] == ["lib/util.py", "main.py"]
+    assert review.findings == ()
+
+
+def test_one_changed_byte_is_a_different_digest(code: Path) -> None:
+    before = spec_bundle_digest(parse_spec(_spec(code)))
+    (code / "lib" / "util.py").write_text("X = 2\n")
+    assert spec_bundle_digest(parse_spec(_spec(code))) != before
+
+
+def test_static_findings_are_shown_for_review(code: Path) -> None:
+    (code / "main.py").write_text("import socket\nopen('/etc/passwd')\n")
+    rules = {f.rule for f in sandbox_job.review(parse_spec(_spec(code))).findings}
+    assert rules == {"network", "host-path"}
+
+
+def test_exactly_one_input(code: Path) -> None:
+    doc = yaml.safe_load(_spec(code))
+    doc["inputs"].append({"node": "n2", "dataset": "d"})
+    with pytest.raises(SpecError) as caught:
+        _validate(yaml.safe_dump(doc, width=1 << 30))
+    assert caught.value.path == "inputs" and "exactly one dataset" in str(caught.value)
+    with pytest.raises(SpecError, match="exactly one dataset"):
+        make_spec(code, inputs=[("a", "d"), ("b", "d")], purpose="x")
+
+
+@pytest.mark.parametrize(
+    ("params", "path", "fragment"),
+    [
+        ({"bundle": "not base64!"}, "params.bundle", "base64"),
+        ({"bundle": base64.b64encode(b"plain").decode()}, "params.bundle", "tar.gz"),
+        ({"entrypoint": "/etc/main.py"}, "params.entrypoint", "relative .py"),
+        ({"entrypoint": "../main.py"}, "params.entrypoint", "relative .py"),
+        ({"entrypoint": "other.py"}, "params.entrypoint", "not in the bundle"),
+        ({"timeout_seconds": 0}, "params.timeout_seconds", "seconds"),
+        ({"timeout_seconds": True}, "params.timeout_seconds", "seconds"),
+        ({"timeout_seconds": "10"}, "params.timeout_seconds", "seconds"),
+        ({"outputs": 3}, "params.outputs", "text"),
+        ({"columns": []}, "params.columns", "non-empty"),
+        ({"network": True}, "params.network", "unknown parameter"),
+    ],
+)
+def test_bad_params_name_the_field(
+    code: Path, params: dict[str, Any], path: str, fragment: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        _validate(_with_params(_spec(code), **params))
+    assert caught.value.path == path
+    assert fragment in caught.value.problem
+
+
+def test_columns_are_checked_against_the_catalog(code: Path) -> None:
+    info = DatasetInfo("d", (ColumnInfo("age", "int"),), "<100", "", "")
+    text = _with_params(_spec(code), columns=["age", "salary"])
+    with pytest.raises(SpecError, match="has no column 'salary'"):
+        _validate(text, {JobInput("n1", "d"): info})
+    _validate(_with_params(_spec(code), columns=["age"]), {JobInput("n1", "d"): info})
+    assert jobtypes.get("sandbox").columns_used(parse_spec(text)) == {"age", "salary"}
+
+
+def test_a_compressed_bomb_is_refused_without_inflating_it(code: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("main.py")
+        info.size = 64 * 1024 * 1024
+        tar.addfile(info, io.BytesIO(b"\0" * info.size))
+    bomb = base64.b64encode(gzip.compress(raw.getvalue())).decode()
+    assert len(bomb) < 1 << 20
+    with pytest.raises(SpecError, match="exceeds"):
+        _validate(_with_params(_spec(code), bundle=bomb))
+
+
+def test_specs_over_one_mib_are_refused(code: Path) -> None:
+    (code / "blob.py").write_bytes(base64.b64encode(bytes(range(256)) * 4096 * 2))
+    (code / "noise.py").write_text(repr(__import__("os").urandom(900_000)))
+    with pytest.raises(SpecError, match="limited to 1 MiB"):
+        _spec(code)
+
+
+def test_the_sandbox_cpu_is_reserved_up_to_the_timeout(code: Path) -> None:
+    spec = parse_spec(_spec(code, timeout_seconds=42))
+    assert jobtypes.get("sandbox").estimate_units(spec, 10) == {
+        "sandbox_cpu_seconds": 42.0
+    }
+
+
+# --------------------------------------------------------------- parties --
+class FakeHost:
+    def __init__(self, outcome: SandboxOutcome) -> None:
+        self.outcome = outcome
+        self.decision: tuple[str, str] | None = None
+
+    def execute(self, ctx: jobtypes.NodeContext) -> SandboxOutcome:
+        return self.outcome
+
+    def output_decision(self, job_id: str) -> tuple[str, str] | None:
+        return self.decision
+
+
+def _raw(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _parties(code: Path, host: FakeHost) -> tuple[Any, Any, bytes]:
+    spec = parse_spec(_spec(code))
+    key = Ed25519PrivateKey.generate()
+    publics = {"n1": _raw(key)}
+    job = jobtypes.get("sandbox")
+    frame = pd.DataFrame({"a": range(20)})
+    node = job.node_party(
+        jobtypes.NodeContext(
+            "j1", spec, "n1", "d", frame, "dhash", 5, key, spec.nodes, publics,
+            services={"sandbox": host},
+        )
+    )  # fmt: skip
+    coord = job.coordinator_party(
+        jobtypes.CoordinatorContext("j1", spec, spec.nodes, publics)
+    )
+    return node, coord, publics["n1"]
+
+
+def _outcome(status: str, reasons: tuple[str, ...] = ()) -> SandboxOutcome:
+    files = {
+        "metrics.json": b'{"accuracy": 0.9412, "n_train": 120}',
+        "table.csv": b"group,count\na,12\nb,30\n",
+    }
+    return SandboxOutcome(status, files, reasons, "d" * 64, "img:1", "docker", 1.5)  # type: ignore[arg-type]
+
+
+def test_vetted_output_is_signed_and_collected(code: Path) -> None:
+    node, coord, public = _parties(code, FakeHost(_outcome("pass")))
+    (out,) = node.start()
+    assert (out.recipient, out.stage) == (COORDINATOR, STAGE_OUTPUT)
+    assert node.finished and node.usage().rows_touched == 20
+    coord.receive(Inbound("n1", out.stage, out.payload))
+    assert coord.finished
+    result = dict(coord.result())
+    assert result["outputs"] == {
+        "metrics.json": {"accuracy": 0.9412, "n_train": 120},
+        "table.csv": [{"group": "a", "count": 12}, {"group": "b", "count": 30}],
+    }
+    assert result["bundle_digest"] == "d" * 64 and result["released_by"] == "vetting"
+    (attestation,) = result["attestations"]
+    verify_statement(public, attestation["statement"], attestation["signature"])
+
+
+def test_held_output_waits_for_the_holder_then_is_released(code: Path) -> None:
+    host = FakeHost(_outcome("held", ("table.csv: row 1 reproduces a dataset row",)))
+    node, coord, _ = _parties(code, host)
+    (notice,) = node.start()
+    assert notice.stage == STAGE_HELD and not node.finished
+    assert coord.receive(Inbound("n1", notice.stage, notice.payload)) == []
+    assert not coord.finished
+    assert node.receive(Inbound(COORDINATOR, STAGE_DECISION, b"")) == []
+    host.decision = ("released", "fine")
+    (out,) = node.receive(Inbound(COORDINATOR, STAGE_DECISION, b""))
+    coord.receive(Inbound("n1", out.stage, out.payload))
+    result = dict(coord.result())
+    assert result["released_by"] == "holder"
+    assert result["vetting"] == ["table.csv: row 1 reproduces a dataset row"]
+
+
+def test_rejected_output_fails_the_job_with_the_reason(code: Path) -> None:
+    host = FakeHost(_outcome("held", ("copies rows",)))
+    node, _, _ = _parties(code, host)
+    node.start()
+    host.decision = ("rejected", "raw rows, not a model")
+    with pytest.raises(
+        SandboxError, match="rejected the output: raw rows, not a model"
+    ):
+        node.receive(Inbound(COORDINATOR, STAGE_DECISION, b""))
+    with pytest.raises(ProtocolError):
+        node.receive(Inbound(COORDINATOR, "sandbox.other", b""))
+
+
+def test_the_coordinator_refuses_altered_output(code: Path) -> None:
+    node, coord, _ = _parties(code, FakeHost(_outcome("pass")))
+    (out,) = node.start()
+    payload = json.loads(out.payload)
+    payload["files"]["metrics.json"] = base64.b64encode(b'{"accuracy": 1}').decode()
+    with pytest.raises(ProtocolError, match="do not match the signed hashes"):
+        coord.receive(Inbound("n1", out.stage, json.dumps(payload).encode()))
+    payload = json.loads(out.payload)
+    payload["statement"]["image"] = "other"
+    with pytest.raises(ProtocolError, match="not signed by it"):
+        coord.receive(Inbound("n1", out.stage, json.dumps(payload).encode()))
+
+
+# -------------------------------------------------- the node's sandbox service --
+POLICY = {
+    "d": {"analysts": ["alice"], "organisations": "*", "job_types": "*",
+          "purposes": "*", "columns": {"allow": "*", "forbid": ["ssn"]},
+          "approval": "auto", "min_group_size": 5},
+}  # fmt: skip
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Any:
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"pid": [f"p{i}" for i in range(30)], "age": range(30),
+                  "ssn": range(30)}).to_csv(data, index=False)  # fmt: skip
+    datasets = (DatasetConfig("d", data, id_column="pid"),)
+    config = NodeConfig(
+        "n1", "localhost:1", "coordinator", tmp_path, tmp_path / "c", tmp_path / "k",
+        tmp_path / "ca", datasets, POLICY, {"max_timeout_seconds": 600},
+    )  # fmt: skip
+    state = NodeState(tmp_path / "node.db")
+    audit = AuditLog(tmp_path / "audit.db", owner="n1",
+                     signing_key=Ed25519PrivateKey.generate())  # fmt: skip
+    svc = SandboxService(
+        config, state=state, audit=audit, policy=PolicySet.from_mapping(POLICY),
+        datasets=DatasetRegistry(datasets), deliver=lambda m: None,
+    )  # fmt: skip
+    svc.test_state, svc.test_audit = state, audit  # type: ignore[attr-defined]
+    yield svc
+    state.close()
+    audit.close()
+
+
+APPROVE = PolicyDecision(Outcome.APPROVE, ("ok",), "v1")
+
+
+def _record(state: NodeState, job_id: str, text: str) -> None:
+    state.record(LocalJob(job_id, "alice", "sandbox", "d", "research", text,
+                          JobStatus.PENDING, "", "", False, 0.0, 0.0))  # fmt: skip
+
+
+def test_unapproved_code_is_held_and_approving_pins_its_digest(
+    service: Any, code: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox_service, "engine_available", lambda: True)
+    state = service.test_state
+    text = _spec(code)
+    spec = parse_spec(text)
+    held = service.admit("j1", spec, APPROVE)
+    assert held.outcome == Outcome.HOLD
+    assert "has not been approved for dataset 'd'" in held.reasons[0]
+    _record(state, "j1", text)
+    state.holder_decide("j1", True, "ok", sandbox_digest=spec_bundle_digest(spec))
+    assert service.admit("j2", spec, APPROVE) == APPROVE
+    # The same approval never covers changed code, even by one byte.
+    (code / "main.py").write_text(TRAIN + "# one more line\n")
+    again = service.admit("j3", parse_spec(_spec(code)), APPROVE)
+    assert again.outcome == Outcome.HOLD
+    # A policy hold stays a hold, and a denial stays a denial.
+    manual = PolicyDecision(Outcome.HOLD, ("manual",), "v1")
+    assert service.admit("j4", spec, manual) == manual
+    deny = PolicyDecision(Outcome.DENY, ("no",), "v1")
+    assert service.admit("j5", spec, deny) == deny
+
+
+def test_without_an_engine_sandbox_jobs_are_refused(
+    service: Any, code: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox_service, "engine_available", lambda: False)
+    decision = service.admit("j1", parse_spec(_spec(code)), APPROVE)
+    assert decision.outcome == Outcome.DENY
+    assert decision.reasons == (NO_ENGINE,)
+
+
+def test_timeouts_beyond_the_nodes_limit_are_refused(
+    service: Any, code: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox_service, "engine_available", lambda: True)
+    decision = service.admit(
+        "j1", parse_spec(_spec(code, timeout_seconds=601)), APPROVE
+    )
+    assert decision.outcome == Outcome.DENY
+    assert "exceeds this node's limit 600" in decision.reasons[0]
+
+
+def test_unapproved_code_never_reaches_a_runner(service: Any, code: Path) -> None:
+    def no_runner() -> Any:
+        raise AssertionError("a runner was asked for")
+
+    service._runner = no_runner
+    spec = parse_spec(_spec(code))
+    frame = pd.read_csv(service._registry.fresh("d").config.path)
+    ctx = jobtypes.NodeContext("j1", spec, "n1", "d", frame, "h", 5,
+                               Ed25519PrivateKey.generate(), ("n1",), {})  # fmt: skip
+    with pytest.raises(SandboxError, match="is not approved for dataset 'd'"):
+        service.execute(ctx)
+    kinds = [e.kind for e in service.test_audit.entries_for_job("j1")]
+    assert kinds == ["sandbox.refused"]
+
+
+def test_forbidden_columns_never_reach_the_sandbox(service: Any, code: Path) -> None:
+    params = sandbox_job.parse_params(parse_spec(_spec(code)))
+    frame = pd.read_csv(service._registry.fresh("d").config.path)
+    spec = parse_spec(_spec(code))
+    key = Ed25519PrivateKey.generate()
+    ctx = jobtypes.NodeContext("j1", spec, "n1", "d", frame, "h", 5, key, ("n1",), {})
+    assert list(service._frame(ctx, params).columns) == ["pid", "age"]
+
+
+def test_held_output_decisions_are_recorded_once(service: Any) -> None:
+    state = service.test_state
+    assert service.output_decision("j1") is None
+    state.hold_output("j1", ["a reason"])
+    assert service.output_decision("j1") is None
+    with pytest.raises(ConfigError, match="no output waiting"):
+        state.decide_output("j2", True, "")
+    state.decide_output("j1", False, "no")
+    with pytest.raises(ConfigError, match="output rejected"):
+        state.decide_output("j1", True, "")
+    assert service.output_decision("j1") == ("rejected", "no")
+    kinds = [e.kind for e in service.test_audit.entries_for_job("j1")]
+    assert kinds == ["sandbox.output_rejected"]
+
+
+def test_stderr_never_reaches_the_analyst() -> None:
+    exc = SandboxError("exited with code 1; last lines of stderr:\nP00001,53,F")
+    assert public_reason(exc) == "exited with code 1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"network": True}, "unknown key 'network'"),
+        ({"allow_unshare_fallback": "yes"}, "expected true or false"),
+        ({"memory_mb": 10, "output_mb": 50}, "memory_mb must exceed"),
+        ({"rounding": 99}, "rounding"),
+        ({"sensitive_columns": "ssn"}, "list of column names"),
+    ],
+)
+def test_bad_sandbox_settings_are_refused(raw: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        SandboxSettings.from_mapping(raw)
+
+
+def test_vetting_rules_follow_policy_and_config() -> None:
+    settings = SandboxSettings.from_mapping(
+        {"sensitive_columns": ["ssn", "absent"], "rounding": 2}
+    )
+    rules = settings.rules(min_cell_count=7, columns=["pid", "ssn"], id_column="pid",
+                           dataset="d")  # fmt: skip
+    assert (rules.min_cell_count, rules.rounding) == (7, 2)
+    assert rules.sensitive_columns == ["ssn"] and rules.identifier_columns == ["pid"]

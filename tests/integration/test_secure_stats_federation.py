@@ -1,0 +1,307 @@
+"""secure_stats on a real local federation of five node processes: pooled statistics
+equal numpy's, nodes killed mid-protocol leave the survivors' exact result, and the
+coordinator's logs and store never hold one node's own contribution.
+
+Nodes are killed deterministically: a test-only plugin, loaded by every node through
+the ordinary ``plugins`` setting, SIGKILLs its own process when a secure_stats
+message of the stage named for it in a plan file arrives (``secagg/advertise-keys``:
+when the job starts) — before the node answers it, exactly like
+``protocols.secagg.simulate``'s ``drop_at``. The coordinator only notices the silence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from helpers.federation import wait_for
+
+from cleanroom import local
+from cleanroom.client import Client
+from cleanroom.jobspec import parse_spec
+from cleanroom.jobtypes.stats.encode import contribution
+from cleanroom.jobtypes.stats.layout import build_layout
+from cleanroom.jobtypes.stats.params import parse_params
+from protocols.secagg import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, UNMASK
+
+pytestmark = pytest.mark.integration
+
+NODES = ("h1", "h2", "h3", "h4", "h5")
+SIZES = (90, 140, 60, 110, 75)
+PLAN_ENV = "CLEANROOM_TEST_KILL_PLAN"
+PLUGIN = "secure_stats_kill"
+PLUGIN_SOURCE = f'''"""Test only: SIGKILL this node when a planned secure_stats stage arrives."""
+import json
+import os
+import signal
+from pathlib import Path
+
+from cleanroom.jobtypes import secure_stats
+from protocols.party import NodeParty
+from protocols.secagg import ADVERTISE_KEYS
+
+_PLAN = Path(os.environ["{PLAN_ENV}"])
+_build = secure_stats.SecureStatsJob.node_party
+
+
+def _die_at(node, stage):
+    if json.loads(_PLAN.read_text()).get(node) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Mortal(NodeParty):
+    def __init__(self, party, node):
+        self._party, self._node = party, node
+
+    def start(self):
+        _die_at(self._node, ADVERTISE_KEYS)
+        return self._party.start()
+
+    def receive(self, message):
+        _die_at(self._node, message.stage)
+        return self._party.receive(message)
+
+    def dropped(self, parties):
+        return self._party.dropped(parties)
+
+    @property
+    def finished(self):
+        return self._party.finished
+
+    def usage(self):
+        return self._party.usage()
+
+
+def _node_party(self, ctx):
+    return _Mortal(_build(self, ctx), ctx.node)
+
+
+secure_stats.SecureStatsJob.node_party = _node_party
+'''
+
+PARAMS: dict[str, Any] = {
+    "columns": ["age", "bmi", "income"],
+    "stats": ["count", "sum", "mean", "std", "correlation", "histogram", "quantiles"],
+    "clip": {"age": [18, 90], "bmi": [10, 50], "income": [0, 200000]},
+    "bins": {"age": [18, 30, 45, 60, 75, 90]},
+    "quantiles": [0.25, 0.5, 0.75],
+    "group_by": "sex",
+    "groups": ["F", "M"],
+    "max_rows": 10000,
+}
+
+
+@dataclass
+class Fed:
+    workdir: Path
+    paths: dict[str, Path]
+    plan: Path
+    restarted: list[int] = field(default_factory=list)
+
+
+def make_csvs(directory: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(11)
+    paths = {}
+    for node, rows in zip(NODES, SIZES, strict=True):
+        frame = pd.DataFrame(
+            {
+                "patient_id": [f"{node}-{k}" for k in range(rows)],
+                "age": rng.integers(18, 91, rows),
+                "sex": rng.choice(["F", "M"], rows),
+                "bmi": rng.normal(26, 4, rows).round(2),
+                "income": rng.lognormal(10, 0.6, rows).clip(0, 200000),
+            }
+        )
+        frame.loc[rng.choice(rows, 2, replace=False), "bmi"] = np.nan
+        paths[node] = directory / f"{node}.csv"
+        frame.to_csv(paths[node], index=False)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
+    root = tmp_path_factory.mktemp("secure-stats")
+    plugin_dir = root / "plugin"
+    plugin_dir.mkdir()
+    (plugin_dir / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+    plan = root / "kill-plan.json"
+    plan.write_text("{}")
+    env = pytest.MonkeyPatch()
+    python_path = os.environ.get("PYTHONPATH")
+    env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), python_path])))
+    env.setenv(PLAN_ENV, str(plan))
+    state = Fed(root / "fed", make_csvs(root), plan)
+    local.up(workdir=state.workdir, nodes=list(state.paths.items()), node_timeout=2.0,
+             plugins=[PLUGIN])
+    try:
+        yield state
+    finally:
+        local.down(state.workdir)
+        for pid in state.restarted:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        env.undo()
+
+
+def spec(params: Mapping[str, Any]) -> str:
+    return yaml.safe_dump({
+        "type": "secure_stats",
+        "inputs": [{"node": n, "dataset": n} for n in NODES],
+        "params": dict(params),
+        "purpose": "research",
+    })
+
+
+def run(fed: Fed, params: Mapping[str, Any], kill: Mapping[str, str] | None = None
+        ) -> tuple[Any, dict[str, Any] | None, float]:
+    """Run a job with ``kill`` planned; restart the killed nodes afterwards."""
+    fed.plan.write_text(json.dumps(dict(kill or {})))
+    started = time.monotonic()
+    with Client.from_federation(fed.workdir / "federation.json") as client:
+        job = client.submit(spec(params)).job.job_id
+        final = client.wait(job, timeout=90)
+        took = time.monotonic() - started
+        fed.plan.write_text("{}")
+        document = client.result(job) if final.job.state.value == "succeeded" else None
+        for node in kill or {}:
+            config = fed.workdir / "nodes" / node / "node.toml"
+            fed.restarted.append(local._spawn(
+                ["node", "serve", "--config", str(config)],
+                fed.workdir / "logs" / f"{node}-restarted.log"))
+        if kill:
+            wait_for(lambda: _all_back(client, kill), timeout=30,
+                     what="killed nodes to reconnect")
+    return final, document, took
+
+
+def _all_back(client: Client, killed: Mapping[str, str]) -> bool:
+    seen = {e.node: e for e in client.catalog()}
+    return all(seen[n].connected for n in NODES)
+
+
+def pooled(fed: Fed, nodes: list[str]) -> pd.DataFrame:
+    data = pd.concat([pd.read_csv(fed.paths[n]) for n in nodes], ignore_index=True)
+    return data.dropna(subset=PARAMS["columns"])
+
+
+def check(result: Mapping[str, Any], data: pd.DataFrame, contributors: int) -> None:
+    cols = PARAMS["columns"]
+    for sex in ("F", "M"):
+        cell, rows = result["groups"][sex], data[data.sex == sex]
+        values = rows[cols].to_numpy(dtype=float)
+        assert cell["count"] == len(rows)
+        assert cell["sum"]["age"] == int(rows.age.sum())
+        for j, c in enumerate(cols):
+            step = contributors * result["resolution"]["sum"][c]
+            assert cell["sum"][c] == pytest.approx(values[:, j].sum(), abs=step)
+            assert cell["mean"][c] == pytest.approx(values[:, j].mean(), rel=1e-12)
+            assert cell["std"][c] == pytest.approx(values[:, j].std(ddof=1), rel=1e-9)
+        corr = np.corrcoef(values, rowvar=False)
+        for a, ca in enumerate(cols):
+            for b, cb in enumerate(cols):
+                assert cell["correlation"][ca][cb] == pytest.approx(corr[a, b], abs=1e-9)
+        edges = PARAMS["bins"]["age"]
+        counts = np.histogram(rows.age, bins=edges)[0].tolist()
+        assert cell["histogram"]["age"] == {"edges": edges, "counts": counts}
+        for p, q in cell["quantiles"]["age"].items():
+            assert abs(q - np.quantile(rows.age, float(p))) <= 15  # one bin
+
+
+def _needles(fed: Fed) -> dict[str, set[bytes]]:
+    """Each node's own contribution as the coordinator could have stored it."""
+    layout = build_layout(parse_params(PARAMS, parties=len(NODES), schemas=()))
+    out: dict[str, set[bytes]] = {}
+    for node in NODES:
+        frame = pd.read_csv(fed.paths[node])
+        encoded = contribution(layout, frame)
+        needles: set[bytes] = set()
+        for value in encoded.tolist():
+            if abs(value) >= 10**6:  # big enough never to match by chance
+                needles.add(str(value).encode())
+                needles.add(str(value % 2**64).encode())
+                raw = int(value % 2**64).to_bytes(8, "little")
+                if len(set(raw) - {0, 255}) >= 5:  # binary only where distinctive
+                    needles.add(raw)
+        data = frame.dropna(subset=PARAMS["columns"])
+        for sex in ("F", "M"):
+            rows = data[data.sex == sex]
+            for c in PARAMS["columns"]:
+                for value in (rows[c].sum(), (rows[c] ** 2).sum(), rows[c].mean()):
+                    for text in (repr(float(value)), f"{value:.6f}", f"{value:.2f}"):
+                        if len(text.replace(".", "").lstrip("0")) >= 7:
+                            needles.add(text.encode())
+        out[node] = needles
+    return out
+
+
+def test_pooled_statistics_match_numpy_and_the_coordinator_keeps_no_contribution(
+    fed: Fed,
+) -> None:
+    final, document, took = run(fed, PARAMS)
+    assert final.job.state.value == "succeeded", final.job.reason
+    assert document is not None
+    result = document["result"]
+    assert result["survivors"] == list(NODES) and result["dropped"] == []
+    check(result, pooled(fed, list(NODES)), len(NODES))
+    assert {a["node"] for a in document["provenance"]["attestations"]} == set(NODES)
+    print(f"\nsecure_stats, 5 nodes, no dropout: {took:.1f}s")
+
+    haystacks = [fed.workdir / "logs" / "coordinator.log",
+                 *sorted((fed.workdir / "coordinator" / "data").iterdir())]
+    contents = b"".join(p.read_bytes() for p in haystacks if p.is_file())
+    assert b"secure_stats" in contents  # the store really holds this job ...
+    mean = repr(result["groups"]["F"]["mean"]["income"]).encode()
+    assert mean in contents  # ... and its released result, in the form we search
+    for node, needles in _needles(fed).items():
+        assert len(needles) > 20
+        leaked = [n for n in needles if n in contents]
+        assert not leaked, f"{node}'s own contribution is in the coordinator: {leaked}"
+
+
+def test_nodes_killed_mid_protocol_leave_the_survivors_exact_result(fed: Fed) -> None:
+    params = {**PARAMS, "threshold": 3}
+    # h2 dies before sending its masked input: it is left out. h4 dies after: its
+    # input is already in the sum, so its self-mask is rebuilt from shares.
+    final, document, took = run(fed, params, {"h2": MASKED_INPUT, "h4": UNMASK})
+    assert final.job.state.value == "succeeded", final.job.reason
+    assert document is not None
+    result = document["result"]
+    included = ["h1", "h3", "h4", "h5"]
+    assert result["survivors"] == included and result["dropped"] == ["h2"]
+    check(result, pooled(fed, included), len(included))
+    signers = {a["node"] for a in document["provenance"]["attestations"]}
+    assert signers == {"h1", "h3", "h5"}
+    print(f"\nsecure_stats, h2 killed at masked input, h4 at unmask: {took:.1f}s")
+
+
+def test_one_node_killed_at_the_start_under_the_default_threshold(fed: Fed) -> None:
+    final, document, took = run(fed, PARAMS, {"h1": ADVERTISE_KEYS})
+    assert final.job.state.value == "succeeded", final.job.reason
+    assert document is not None
+    result = document["result"]
+    assert result["survivors"] == ["h2", "h3", "h4", "h5"]
+    assert result["dropped"] == ["h1"]
+    check(result, pooled(fed, ["h2", "h3", "h4", "h5"]), 4)
+    print(f"\nsecure_stats, h1 killed at start: {took:.1f}s")
+
+
+def test_more_than_n_minus_t_killed_aborts_with_a_clear_reason(fed: Fed) -> None:
+    kill = dict.fromkeys(["h1", "h2", "h3"], SHARE_KEYS)
+    final, document, took = run(fed, {**PARAMS, "threshold": 3}, kill)
+    assert final.job.state.value == "failed"
+    assert document is None
+    reason = final.job.reason
+    assert "lost contact" in reason and "threshold is 3" in reason, reason
+    print(f"\nsecure_stats, 3 of 5 killed with threshold 3: failed in {took:.1f}s")
