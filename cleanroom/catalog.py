@@ -1,4 +1,4 @@
-"""Dataset metadata as published to the catalog: schema and a coarse size, never rows."""
+"""Dataset metadata as published to the catalog: schema, a coarse size, no rows."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from typing import Final
 COLUMN_TYPES: Final = ("int", "float", "str", "bool")
 NUMERIC_TYPES: Final = frozenset({"int", "float", "bool"})
 
-_BUCKETS: Final = [(100, "<100"), (1_000, "100-1k"), (10_000, "1k-10k"),
-                   (100_000, "10k-100k"), (1_000_000, "100k-1M")]
+_BUCKETS: Final = [
+    (100, "<100"),
+    (1_000, "100-1k"),
+    (10_000, "1k-10k"),
+    (100_000, "10k-100k"),
+    (1_000_000, "100k-1M"),
+]
 
 
 def row_bucket(rows: int) -> str:

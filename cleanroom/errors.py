@@ -1,22 +1,22 @@
 """The one exception tree: every error cleanroom raises derives from CleanroomError.
 
-    CleanroomError
-    ├── ConfigError          a config file, CLI argument or local setup is wrong
-    ├── SpecError            a job spec is invalid (carries the field path)
-    ├── DatasetError         a dataset is missing, changed, or fails its schema
-    ├── PolicyRefusal        a node's policy refuses a job (carries the reasons)
-    │   └── QuotaExceeded    the job would exceed a quota or privacy budget
-    ├── AuthError            an identity or certificate is missing or not allowed
-    ├── CryptoError          cryptographic verification failed (opaque on purpose)
-    │   ├── InvalidSignature a signature does not verify
-    │   └── EnvelopeError    an envelope is tampered, replayed or not for us
-    ├── ProtocolError        a protocol stage got input it must not accept
-    │   └── ProtocolAbort    the protocol cannot finish (e.g. below threshold)
-    ├── TransportError       a remote party is unreachable or a deadline passed
-    ├── StoreError           the state store failed
-    │   └── NotFound         the requested object does not exist
-    ├── AuditError           an audit log or proof does not verify
-    └── SandboxError         sandboxed code could not run or its output was refused
+CleanroomError
+├── ConfigError          a config file, CLI argument or local setup is wrong
+├── SpecError            a job spec is invalid (carries the field path)
+├── DatasetError         a dataset is missing, changed, or fails its schema
+├── PolicyRefusal        a node's policy refuses a job (carries the reasons)
+│   └── QuotaExceeded    the job would exceed a quota or privacy budget
+├── AuthError            an identity or certificate is missing or not allowed
+├── CryptoError          cryptographic verification failed (opaque on purpose)
+│   ├── InvalidSignature a signature does not verify
+│   └── EnvelopeError    an envelope is tampered, replayed or not for us
+├── ProtocolError        a protocol stage got input it must not accept
+│   └── ProtocolAbort    the protocol cannot finish (e.g. below threshold)
+├── TransportError       a remote party is unreachable or a deadline passed
+├── StoreError           the state store failed
+│   └── NotFound         the requested object does not exist
+├── AuditError           an audit log or proof does not verify
+└── SandboxError         sandboxed code could not run or its output was refused
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class ConfigError(CleanroomError):
 
 
 class SpecError(CleanroomError):
-    """A job spec is invalid; ``path`` names the offending field (e.g. ``inputs[1].dataset``)."""
+    """A job spec is invalid; ``path`` names the field (e.g. ``inputs[1].dataset``)."""
 
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
@@ -42,7 +42,7 @@ class SpecError(CleanroomError):
 
 
 class DatasetError(CleanroomError):
-    """A dataset file is missing, has changed since it was loaded, or fails its schema."""
+    """A dataset file is missing, changed since it was loaded, or fails its schema."""
 
 
 class PolicyRefusal(CleanroomError):
@@ -74,11 +74,11 @@ class EnvelopeError(CryptoError):
 
 
 class ProtocolError(CleanroomError):
-    """A protocol stage received input it must refuse (wrong stage, size, key, signature)."""
+    """A protocol stage got input it must refuse (wrong stage, size, key, signature)."""
 
 
 class ProtocolAbort(ProtocolError):
-    """The protocol cannot complete, e.g. too few parties survive to meet the threshold."""
+    """The protocol cannot complete, e.g. too few parties remain for the threshold."""
 
 
 class TransportError(CleanroomError):

@@ -1,4 +1,4 @@
-"""federation.json: where a federation's coordinator is and which analyst identity to use."""
+"""federation.json: where the coordinator is and which analyst identity to use."""
 
 from __future__ import annotations
 
@@ -51,9 +51,16 @@ class Federation:
 
     def save(self, path: Path) -> None:
         doc = {
-            "coordinator": {"address": self.coordinator_address, "name": self.coordinator_name},
-            "analyst": {"name": self.analyst_name, "cert": str(self.analyst_cert),
-                        "key": str(self.analyst_key), "ca": str(self.ca)},
+            "coordinator": {
+                "address": self.coordinator_address,
+                "name": self.coordinator_name,
+            },
+            "analyst": {
+                "name": self.analyst_name,
+                "cert": str(self.analyst_cert),
+                "key": str(self.analyst_key),
+                "ca": str(self.ca),
+            },
             "nodes": self.nodes,
             "processes": self.processes,
             "workdir": str(self.workdir) if self.workdir else None,

@@ -86,7 +86,9 @@ def parse_spec(text: str) -> JobSpec:
         raise SpecError("", f"a job spec must be a mapping, got {_show(data)}")
     unknown = sorted(set(map(str, data)) - _TOP_KEYS)
     if unknown:
-        raise SpecError(unknown[0], f"unknown field (allowed: {', '.join(sorted(_TOP_KEYS))})")
+        raise SpecError(
+            unknown[0], f"unknown field (allowed: {', '.join(sorted(_TOP_KEYS))})"
+        )
     if "type" not in data:
         raise SpecError("type", "missing; name the job type, e.g. 'count'")
     job_type = _name(data["type"], "type")
@@ -95,16 +97,23 @@ def parse_spec(text: str) -> JobSpec:
     purpose = _name(data["purpose"], "purpose")
     raw_inputs = data.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise SpecError("inputs", f"expected a non-empty list of {{node, dataset}}, got {_show(raw_inputs)}")
+        raise SpecError(
+            "inputs",
+            f"expected a non-empty list of {{node, dataset}}, got {_show(raw_inputs)}",
+        )
     inputs: list[JobInput] = []
     seen: set[str] = set()
     for i, item in enumerate(raw_inputs):
         path = f"inputs[{i}]"
         if not isinstance(item, dict):
-            raise SpecError(path, f"expected a mapping with node and dataset, got {_show(item)}")
+            raise SpecError(
+                path, f"expected a mapping with node and dataset, got {_show(item)}"
+            )
         extra = sorted(set(map(str, item)) - {"node", "dataset"})
         if extra:
-            raise SpecError(f"{path}.{extra[0]}", "unknown field (allowed: node, dataset)")
+            raise SpecError(
+                f"{path}.{extra[0]}", "unknown field (allowed: node, dataset)"
+            )
         node = _name(item.get("node"), f"{path}.node")
         dataset = _name(item.get("dataset"), f"{path}.dataset")
         if node in seen:

@@ -25,9 +25,17 @@ COORDINATOR = "coordinator"
 
 def default_policy(analyst: str = ANALYST) -> dict[str, object]:
     """Lets the local analyst run every job type on every dataset, automatically."""
-    return {"default": {"analysts": [analyst], "organisations": "*", "job_types": "*",
-                        "columns": {"allow": "*"},
-                        "purposes": "*", "min_group_size": 5, "approval": "auto"}}
+    return {
+        "default": {
+            "analysts": [analyst],
+            "organisations": "*",
+            "job_types": "*",
+            "columns": {"allow": "*"},
+            "purposes": "*",
+            "min_group_size": 5,
+            "approval": "auto",
+        }
+    }
 
 
 def _toml_str(value: str | Path) -> str:
@@ -37,9 +45,12 @@ def _toml_str(value: str | Path) -> str:
 def _spawn(args: Sequence[str], log_path: Path) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            [sys.executable, "-m", "cleanroom", *args], stdout=log, stderr=log,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cleanroom", *args],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     return proc.pid
 
@@ -69,8 +80,14 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def write_node_config(workdir: Path, name: str, dataset: Path, coordinator: str,
-                      policy_file: Path, plugins: Sequence[str] = ()) -> Path:
+def write_node_config(
+    workdir: Path,
+    name: str,
+    dataset: Path,
+    coordinator: str,
+    policy_file: Path,
+    plugins: Sequence[str] = (),
+) -> Path:
     node_dir = workdir / "nodes" / name
     node_dir.mkdir(parents=True, exist_ok=True)
     ca = workdir / "pki"
@@ -92,17 +109,26 @@ def write_node_config(workdir: Path, name: str, dataset: Path, coordinator: str,
     return config
 
 
-def up(*, workdir: Path, nodes: Sequence[tuple[str, Path]], policy: Path | None = None,
-       node_timeout: float = 5.0, timeout: float = 60.0, plugins: Sequence[str] = (),
-       progress: Callable[[str], None] = lambda _: None) -> Federation:
+def up(
+    *,
+    workdir: Path,
+    nodes: Sequence[tuple[str, Path]],
+    policy: Path | None = None,
+    node_timeout: float = 5.0,
+    timeout: float = 60.0,
+    plugins: Sequence[str] = (),
+    progress: Callable[[str], None] = lambda _: None,
+) -> Federation:
     """Start a coordinator and the nodes; return once every node is connected."""
     workdir = workdir.resolve()
     fed_file = workdir / "federation.json"
     if fed_file.exists():
         old = Federation.load(fed_file)
         if any(_alive(pid) for pid in old.processes.values()):
-            raise ConfigError(f"a federation is already running in {workdir}; "
-                              "run 'cleanroom local down' first")
+            raise ConfigError(
+                f"a federation is already running in {workdir}; "
+                "run 'cleanroom local down' first"
+            )
     if not nodes:
         raise ConfigError("give at least one --node NAME=PATH.csv")
     names = [n for n, _ in nodes]
@@ -111,7 +137,9 @@ def up(*, workdir: Path, nodes: Sequence[tuple[str, Path]], policy: Path | None 
     for name, path in nodes:
         if not path.is_file():
             raise ConfigError(f"--node {name}: no such file {path}")
-    policy_doc = default_policy() if policy is None else yaml.safe_load(policy.read_text())
+    policy_doc = (
+        default_policy() if policy is None else yaml.safe_load(policy.read_text())
+    )
     jobtypes.names()  # the registry must import cleanly before anything starts
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(workdir / "pki", ignore_errors=True)
@@ -139,32 +167,48 @@ def up(*, workdir: Path, nodes: Sequence[tuple[str, Path]], policy: Path | None 
     )
     processes: dict[str, int] = {}
     progress("starting the coordinator")
-    processes["coordinator"] = _spawn(["coordinator", "serve", "--config", str(coord_config)],
-                                      workdir / "logs" / "coordinator.log")
+    processes["coordinator"] = _spawn(
+        ["coordinator", "serve", "--config", str(coord_config)],
+        workdir / "logs" / "coordinator.log",
+    )
     fed = Federation(
-        coordinator_address="", coordinator_name=COORDINATOR, analyst_name=ANALYST,
+        coordinator_address="",
+        coordinator_name=COORDINATOR,
+        analyst_name=ANALYST,
         analyst_cert=workdir / "pki" / f"{ANALYST}.crt",
-        analyst_key=workdir / "pki" / f"{ANALYST}.key", ca=workdir / "pki" / "ca.crt",
-        nodes={}, processes=processes, workdir=workdir,
+        analyst_key=workdir / "pki" / f"{ANALYST}.key",
+        ca=workdir / "pki" / "ca.crt",
+        nodes={},
+        processes=processes,
+        workdir=workdir,
     )
     try:
         deadline = time.monotonic() + timeout
         while not address_file.exists():
             if not _alive(processes["coordinator"]):
-                raise ConfigError("the coordinator exited:\n" + _tail(workdir / "logs" / "coordinator.log"))
+                raise ConfigError(
+                    "the coordinator exited:\n"
+                    + _tail(workdir / "logs" / "coordinator.log")
+                )
             if time.monotonic() > deadline:
                 raise TransportError("the coordinator did not start in time")
             time.sleep(0.1)
         address = address_file.read_text().strip()
         fed = Federation(**{**fed.__dict__, "coordinator_address": address})
         for name, path in nodes:
-            config = write_node_config(workdir, name, path.resolve(), address, policy_file,
-                                       plugins)
+            config = write_node_config(
+                workdir, name, path.resolve(), address, policy_file, plugins
+            )
             progress(f"starting node {name} with dataset '{path.stem}'")
-            processes[f"node:{name}"] = _spawn(["node", "serve", "--config", str(config)],
-                                               workdir / "logs" / f"{name}.log")
-            fed.nodes[name] = {"config": str(config), "dataset": path.stem,
-                               "path": str(path.resolve())}
+            processes[f"node:{name}"] = _spawn(
+                ["node", "serve", "--config", str(config)],
+                workdir / "logs" / f"{name}.log",
+            )
+            fed.nodes[name] = {
+                "config": str(config),
+                "dataset": path.stem,
+                "path": str(path.resolve()),
+            }
         fed.save(fed_file)
         progress("waiting for every node to connect")
         wait_connected(fed, names, deadline=deadline)
@@ -175,11 +219,17 @@ def up(*, workdir: Path, nodes: Sequence[tuple[str, Path]], policy: Path | None 
 
 
 def wait_connected(fed: Federation, names: Sequence[str], *, deadline: float) -> None:
-    with Client(address=fed.coordinator_address, identity=fed.analyst_identity()) as client:
+    with Client(
+        address=fed.coordinator_address, identity=fed.analyst_identity()
+    ) as client:
         while True:
             for key, pid in fed.processes.items():
                 if not _alive(pid):
-                    log = (fed.workdir or Path(".")) / "logs" / f"{key.removeprefix('node:')}.log"
+                    log = (
+                        (fed.workdir or Path("."))
+                        / "logs"
+                        / f"{key.removeprefix('node:')}.log"
+                    )
                     raise ConfigError(f"{key} exited:\n{_tail(log)}")
             try:
                 connected = {e.node for e in client.catalog() if e.connected}
@@ -223,10 +273,18 @@ def status(workdir: Path) -> dict[str, object]:
     procs = {k: {"pid": pid, "alive": _alive(pid)} for k, pid in fed.processes.items()}
     nodes: dict[str, object] = {}
     try:
-        with Client(address=fed.coordinator_address, identity=fed.analyst_identity(),
-                    deadline=5.0) as client:
-            nodes = {e.node: {"connected": e.connected,
-                              "datasets": [d.name for d in e.datasets]} for e in client.catalog()}
+        with Client(
+            address=fed.coordinator_address,
+            identity=fed.analyst_identity(),
+            deadline=5.0,
+        ) as client:
+            nodes = {
+                e.node: {
+                    "connected": e.connected,
+                    "datasets": [d.name for d in e.datasets],
+                }
+                for e in client.catalog()
+            }
     except TransportError as exc:
         nodes = {"error": str(exc)}
     return {"coordinator": fed.coordinator_address, "processes": procs, "nodes": nodes}

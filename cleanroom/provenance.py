@@ -39,28 +39,51 @@ def output_hash(document: Mapping[str, Any]) -> str:
 
 
 def head_to_dict(head: SignedTreeHead) -> dict[str, Any]:
-    return {"owner": head.owner, "size": head.size, "root": head.root_hash.hex(),
-            "timestamp": head.timestamp,
-            "signature": base64.b64encode(head.signature).decode()}
+    return {
+        "owner": head.owner,
+        "size": head.size,
+        "root": head.root_hash.hex(),
+        "timestamp": head.timestamp,
+        "signature": base64.b64encode(head.signature).decode(),
+    }
 
 
 def head_from_dict(data: Mapping[str, Any]) -> SignedTreeHead:
     try:
-        return SignedTreeHead(str(data["owner"]), int(data["size"]),
-                              bytes.fromhex(data["root"]), float(data["timestamp"]),
-                              base64.b64decode(data["signature"], validate=True))
+        return SignedTreeHead(
+            str(data["owner"]),
+            int(data["size"]),
+            bytes.fromhex(data["root"]),
+            float(data["timestamp"]),
+            base64.b64decode(data["signature"], validate=True),
+        )
     except (KeyError, ValueError, TypeError) as exc:
         raise CryptoError("malformed tree head") from exc
 
 
-def release_statement(*, job_id: str, spec_hash: str, node: str, dataset: str,
-                      dataset_hash: str, output: str, node_head: SignedTreeHead,
-                      coordinator_head: SignedTreeHead) -> dict[str, Any]:
+def release_statement(
+    *,
+    job_id: str,
+    spec_hash: str,
+    node: str,
+    dataset: str,
+    dataset_hash: str,
+    output: str,
+    node_head: SignedTreeHead,
+    coordinator_head: SignedTreeHead,
+) -> dict[str, Any]:
     """What a node signs before its part of a result is released."""
-    return {"kind": "cleanroom.release.v1", "job_id": job_id, "spec_hash": spec_hash,
-            "node": node, "dataset": dataset, "dataset_hash": dataset_hash,
-            "output_hash": output, "node_audit_head": head_to_dict(node_head),
-            "coordinator_audit_head": head_to_dict(coordinator_head)}
+    return {
+        "kind": "cleanroom.release.v1",
+        "job_id": job_id,
+        "spec_hash": spec_hash,
+        "node": node,
+        "dataset": dataset,
+        "dataset_hash": dataset_hash,
+        "output_hash": output,
+        "node_audit_head": head_to_dict(node_head),
+        "coordinator_audit_head": head_to_dict(coordinator_head),
+    }
 
 
 @dataclass(frozen=True)
@@ -117,7 +140,9 @@ def verify_result(document: Mapping[str, Any], ca_pem: bytes) -> VerifiedResult:
     try:
         return _verify(document, ca_pem)
     except AuthError as exc:
-        raise InvalidSignature(f"a signer's certificate does not verify: {exc}") from exc
+        raise InvalidSignature(
+            f"a signer's certificate does not verify: {exc}"
+        ) from exc
     except CryptoError:
         raise
     except Exception as exc:  # untrusted input: anything unexpected means "not valid"
@@ -141,8 +166,13 @@ def _verify(document: Mapping[str, Any], ca_pem: bytes) -> VerifiedResult:
         bundle = verify_key_bundle(_bundle(bundles[node]), ca_pem, expected_name=node)
         _strict_b64(att.get("signature", ""))
         verify_statement(bundle.signing_public, statement, att.get("signature", ""))
-        expected = {"node": node, "job_id": document["job_id"], "output_hash": digest,
-                    "spec_hash": document["spec_hash"], "kind": "cleanroom.release.v1"}
+        expected = {
+            "node": node,
+            "job_id": document["job_id"],
+            "output_hash": digest,
+            "spec_hash": document["spec_hash"],
+            "kind": "cleanroom.release.v1",
+        }
         if any(statement.get(k) != v for k, v in expected.items()):
             raise InvalidSignature(f"statement by {node} is for another result")
         if (node, statement.get("dataset")) not in inputs:
@@ -155,8 +185,9 @@ def _verify(document: Mapping[str, Any], ca_pem: bytes) -> VerifiedResult:
     head = prov.get("coordinator_head")
     if any(a["statement"].get("coordinator_audit_head") != head for a in attestations):
         raise InvalidSignature("coordinator audit head differs from the signed one")
-    coordinator = verify_key_bundle(_bundle(prov.get("coordinator_bundle", "")), ca_pem,
-                                    role="coordinator")
+    coordinator = verify_key_bundle(
+        _bundle(prov.get("coordinator_bundle", "")), ca_pem, role="coordinator"
+    )
     _strict_b64(head.get("signature") if isinstance(head, dict) else None)
     try:
         verify_tree_head(head_from_dict(head), coordinator.signing_public)

@@ -33,11 +33,18 @@ def dataset_from_proto(msg: pb.DatasetInfo) -> DatasetInfo:
 
 
 def catalog_to_json(infos: Sequence[DatasetInfo]) -> str:
-    return json.dumps([
-        {"name": i.name, "description": i.description, "row_bucket": i.row_bucket,
-         "id_column": i.id_column, "columns": [[c.name, c.type] for c in i.columns]}
-        for i in infos
-    ])
+    return json.dumps(
+        [
+            {
+                "name": i.name,
+                "description": i.description,
+                "row_bucket": i.row_bucket,
+                "id_column": i.id_column,
+                "columns": [[c.name, c.type] for c in i.columns],
+            }
+            for i in infos
+        ]
+    )
 
 
 def catalog_from_json(text: str) -> list[DatasetInfo]:
@@ -70,9 +77,14 @@ class JobView:
     def as_dict(self) -> dict[str, object]:
         j = self.job
         return {
-            "job_id": j.job_id, "analyst": j.analyst, "type": j.job_type,
-            "state": j.state.value, "reason": j.reason, "progress": j.progress,
-            "created_at": j.created_at, "updated_at": j.updated_at,
+            "job_id": j.job_id,
+            "analyst": j.analyst,
+            "type": j.job_type,
+            "state": j.state.value,
+            "reason": j.reason,
+            "progress": j.progress,
+            "created_at": j.created_at,
+            "updated_at": j.updated_at,
             "spec_hash": j.spec_hash,
             "decisions": [
                 {"node": d.node, "decision": d.decision, "reason": d.reason}
@@ -81,22 +93,40 @@ class JobView:
         }
 
 
-def job_to_proto(job: JobRecord, decisions: Sequence[tuple[str, str, str]]) -> pb.JobStatus:
+def job_to_proto(
+    job: JobRecord, decisions: Sequence[tuple[str, str, str]]
+) -> pb.JobStatus:
     return pb.JobStatus(
-        job_id=job.job_id, analyst=job.analyst, job_type=job.job_type,
-        state=job.state.value, reason=job.reason, progress=job.progress,
-        created_at=job.created_at, updated_at=job.updated_at,
-        decisions=[pb.NodeDecision(node=n, decision=d, reason=r) for n, d, r in decisions],
-        spec_yaml=job.spec_yaml, spec_hash=job.spec_hash,
+        job_id=job.job_id,
+        analyst=job.analyst,
+        job_type=job.job_type,
+        state=job.state.value,
+        reason=job.reason,
+        progress=job.progress,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        decisions=[
+            pb.NodeDecision(node=n, decision=d, reason=r) for n, d, r in decisions
+        ],
+        spec_yaml=job.spec_yaml,
+        spec_hash=job.spec_hash,
     )
 
 
 def job_from_proto(msg: pb.JobStatus) -> JobView:
     job = JobRecord(
-        job_id=msg.job_id, analyst=msg.analyst, job_type=msg.job_type,
-        spec_yaml=msg.spec_yaml, spec_hash=msg.spec_hash, state=JobState(msg.state),
-        reason=msg.reason, progress=msg.progress, created_at=msg.created_at,
+        job_id=msg.job_id,
+        analyst=msg.analyst,
+        job_type=msg.job_type,
+        spec_yaml=msg.spec_yaml,
+        spec_hash=msg.spec_hash,
+        state=JobState(msg.state),
+        reason=msg.reason,
+        progress=msg.progress,
+        created_at=msg.created_at,
         updated_at=msg.updated_at,
     )
-    return JobView(job, tuple(NodeDecisionView(d.node, d.decision, d.reason)
-                              for d in msg.decisions))
+    return JobView(
+        job,
+        tuple(NodeDecisionView(d.node, d.decision, d.reason) for d in msg.decisions),
+    )

@@ -42,8 +42,10 @@ M = TypeVar("M", bound=Message)
 
 
 # ----------------------------------------------------------------- channels --
-def secure_channel(address: str, identity: TlsIdentity, *, server_name: str) -> grpc.Channel:
-    """A mutual-TLS channel to ``address`` whose certificate must name ``server_name``."""
+def secure_channel(
+    address: str, identity: TlsIdentity, *, server_name: str
+) -> grpc.Channel:
+    """A mutual-TLS channel to ``address``; its certificate names ``server_name``."""
     credentials = grpc.ssl_channel_credentials(
         root_certificates=identity.ca_pem,
         private_key=identity.key_pem,
@@ -58,7 +60,7 @@ def secure_server(
 ) -> tuple[grpc.Server, int]:
     """A gRPC server that requires a client certificate from the federation CA.
 
-    Returns the server (not yet started) and the bound port (``address`` may use port 0).
+    Returns the server (not started) and the bound port (``address`` may use port 0).
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
@@ -152,7 +154,7 @@ def abort_with(context: grpc.ServicerContext, exc: errors.CleanroomError) -> NoR
 
 
 def servicer_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a servicer method: domain errors become gRPC statuses, nothing else leaks."""
+    """Wrap a servicer method: domain errors become gRPC statuses; nothing leaks."""
 
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -168,7 +170,9 @@ def servicer_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _guard_stream(stream: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+def _guard_stream(
+    stream: Iterator[Any], context: grpc.ServicerContext
+) -> Iterator[Any]:
     try:
         yield from stream
     except errors.CleanroomError as exc:
@@ -177,9 +181,9 @@ def _guard_stream(stream: Iterator[Any], context: grpc.ServicerContext) -> Itera
 
 def raise_from_rpc(exc: grpc.RpcError, *, what: str) -> NoReturn:
     """Turn a failed call into the domain error the server raised, or TransportError."""
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-    details: str = exc.details() or ""  # type: ignore[attr-defined]
-    trailing = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+    code: grpc.StatusCode = exc.code()
+    details: str = exc.details() or ""
+    trailing = dict(exc.trailing_metadata() or ())
     name = trailing.get(_ERROR_KEY)
     if name in _BY_NAME:
         cls = _BY_NAME[name]

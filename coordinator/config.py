@@ -42,8 +42,16 @@ class CoordinatorConfig:
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], *, base: Path) -> CoordinatorConfig:
-        known = {"name", "listen", "data_dir", "store", "node_timeout_seconds",
-                 "address_file", "tls", "plugins"}
+        known = {
+            "name",
+            "listen",
+            "data_dir",
+            "store",
+            "node_timeout_seconds",
+            "address_file",
+            "tls",
+            "plugins",
+        }
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"coordinator config: unknown key '{unknown[0]}'")

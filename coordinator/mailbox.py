@@ -11,7 +11,7 @@ from proto import cleanroom_pb2 as pb
 
 
 class Mailboxes:
-    """FIFO queues of work per node; ``take`` blocks until work arrives or time runs out."""
+    """FIFO work queues per node; ``take`` blocks until work arrives or time is up."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -38,8 +38,11 @@ class Mailboxes:
         with self._cond:
             for queue in self._queues.values():
                 # Filter in place: a waiting long poll holds a reference to this deque.
-                kept = [item for item in queue
-                        if not (item.HasField("message") and item.message.job_id == job_id)]
+                kept = [
+                    item
+                    for item in queue
+                    if not (item.HasField("message") and item.message.job_id == job_id)
+                ]
                 queue.clear()
                 queue.extend(kept)
 
@@ -47,7 +50,9 @@ class Mailboxes:
 class Presence:
     """Tracks which nodes are connected: a pending long poll, or seen recently."""
 
-    def __init__(self, timeout: float, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, timeout: float, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.timeout = timeout
         self._clock = clock
         self._lock = threading.Lock()

@@ -14,19 +14,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cleanroom import errors, jobtypes, serde
-from cleanroom.audit.heads import verify_cosignature
+from cleanroom.audit.heads import SignedTreeHead, verify_cosignature
 from cleanroom.audit.log import AuditLog
 from cleanroom.catalog import DatasetInfo
 from cleanroom.envelope import ReplayGuard, verify_message
 from cleanroom.jobspec import JobInput, JobSpec, parse_spec
-from cleanroom.keys import KeyBundle, canonical_json, verify_key_bundle, verify_statement
-from cleanroom.provenance import head_to_dict, output_hash, serialize_result
+from cleanroom.keys import (
+    KeyBundle,
+    canonical_json,
+    verify_key_bundle,
+    verify_statement,
+)
 from cleanroom.model import ACTIVE_STATES, Decision, JobRecord, JobState, NodeRecord
+from cleanroom.provenance import head_to_dict, output_hash, serialize_result
 from coordinator.mailbox import Mailboxes, Presence
 from coordinator.store.base import Store
-from cleanroom.audit.heads import SignedTreeHead
-from protocols.party import COORDINATOR, CoordinatorParty, Inbound, Outbound
 from proto import cleanroom_pb2 as pb
+from protocols.party import COORDINATOR, CoordinatorParty, Inbound, Outbound
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,9 @@ class Scheduler:
             self._request_approvals(job)
 
     # ---------------------------------------------------------------- nodes --
-    def register(self, node: str, bundle_bytes: bytes, datasets: Sequence[DatasetInfo]) -> None:
+    def register(
+        self, node: str, bundle_bytes: bytes, datasets: Sequence[DatasetInfo]
+    ) -> None:
         """A node (re)connects: verify its key bundle and publish its catalog entry."""
         bundle = verify_key_bundle(
             KeyBundle.from_bytes(bundle_bytes), self._ca_pem, expected_name=node
@@ -110,14 +116,21 @@ class Scheduler:
         except errors.NotFound:
             registered_at = now
         self.store.upsert_node(
-            NodeRecord(node, bundle_bytes, serde.catalog_to_json(datasets), registered_at, now)
+            NodeRecord(
+                node, bundle_bytes, serde.catalog_to_json(datasets), registered_at, now
+            )
         )
         with self._lock:
             self._bundles[node] = bundle
         self.presence.seen(node)
-        self.audit.append("node.registered", data={
-            "node": node, "datasets": [d.name for d in datasets],
-            "signing_key": bundle.signing_public.hex()})
+        self.audit.append(
+            "node.registered",
+            data={
+                "node": node,
+                "datasets": [d.name for d in datasets],
+                "signing_key": bundle.signing_public.hex(),
+            },
+        )
         # A node that comes back has lost the protocol state of its running jobs.
         for run in list(self._running.values()):
             if node in run.spec.nodes and node not in run.gone:
@@ -143,7 +156,9 @@ class Scheduler:
             raise errors.AuthError(f"node '{node}' is not an input of job {job_id}")
         if job.state != JobState.AWAITING_APPROVAL:
             return  # a late decision on a job that already ended changes nothing
-        self.store.record_decision(Decision(job_id, node, approved, reason, self._clock()))
+        self.store.record_decision(
+            Decision(job_id, node, approved, reason, self._clock())
+        )
         verdict = "approved" if approved else "refused"
         self._event(job_id, f"node.{verdict}", f"{node}: {reason}" if reason else node)
         if not approved:
@@ -155,11 +170,13 @@ class Scheduler:
         else:
             waiting = [n for n in spec.nodes if n not in decisions]
             self.store.set_progress(
-                job_id, f"waiting for approval from {', '.join(waiting)}", at=self._clock()
+                job_id,
+                f"waiting for approval from {', '.join(waiting)}",
+                at=self._clock(),
             )
 
     def message(self, node: str, msg: pb.ProtocolMessage) -> None:
-        """A protocol message pushed by ``node``: for the coordinator's party, or relayed."""
+        """A message pushed by ``node``: for the coordinator's party, or to relay."""
         if msg.sender != node:
             raise errors.AuthError(f"node '{node}' may not send as '{msg.sender}'")
         run = self._running.get(msg.job_id)
@@ -168,25 +185,36 @@ class Scheduler:
         if node not in run.spec.nodes:
             raise errors.AuthError(f"node '{node}' is not a party of job {msg.job_id}")
         if node in run.gone:
-            raise errors.ProtocolError(f"node '{node}' was dropped from job {msg.job_id}")
+            raise errors.ProtocolError(
+                f"node '{node}' was dropped from job {msg.job_id}"
+            )
         if msg.recipient != COORDINATOR:
             if msg.recipient not in run.spec.nodes:
-                raise errors.ProtocolError(f"'{msg.recipient}' is not a party of this job")
+                raise errors.ProtocolError(
+                    f"'{msg.recipient}' is not a party of this job"
+                )
             self.mailboxes.put(msg.recipient, pb.WorkItem(message=msg))
             return
         bundle = run.bundles[node]
         header, payload = verify_message(
             msg.body, signing_public=bundle.signing_public, recipient=COORDINATOR
         )
-        if (header.job_id, header.sender, header.stage) != (msg.job_id, node, msg.stage):
+        if (header.job_id, header.sender, header.stage) != (
+            msg.job_id,
+            node,
+            msg.stage,
+        ):
             raise errors.EnvelopeError("message header does not match its envelope")
         with run.lock:
             run.guard.check(header)
             try:
                 outbound = run.party.receive(Inbound(node, msg.stage, payload))
             except errors.ProtocolError as exc:
-                self._finish(msg.job_id, JobState.FAILED,
-                             f"protocol error at stage '{msg.stage}' from '{node}': {exc}")
+                self._finish(
+                    msg.job_id,
+                    JobState.FAILED,
+                    f"protocol error at stage '{msg.stage}' from '{node}': {exc}",
+                )
                 return
             run.stage_counts[msg.stage] = run.stage_counts.get(msg.stage, 0) + 1
             self._dispatch(run, outbound)
@@ -206,7 +234,10 @@ class Scheduler:
 
     # ------------------------------------------------------------- analysts --
     def catalog(self) -> dict[str, list[DatasetInfo]]:
-        return {n.name: serde.catalog_from_json(n.catalog_json) for n in self.store.list_nodes()}
+        return {
+            n.name: serde.catalog_from_json(n.catalog_json)
+            for n in self.store.list_nodes()
+        }
 
     def validate(self, spec_yaml: str) -> JobSpec:
         """Parse and check a spec against the job type and the catalog."""
@@ -217,7 +248,9 @@ class Scheduler:
         for i, item in enumerate(spec.inputs):
             if item.node not in catalog:
                 known = ", ".join(sorted(catalog)) or "none registered"
-                raise errors.SpecError(f"inputs[{i}].node", f"unknown node '{item.node}' (known: {known})")
+                raise errors.SpecError(
+                    f"inputs[{i}].node", f"unknown node '{item.node}' (known: {known})"
+                )
             datasets = {d.name: d for d in catalog[item.node]}
             if item.dataset not in datasets:
                 raise errors.SpecError(
@@ -245,8 +278,12 @@ class Scheduler:
             updated_at=now,
         )
         self.store.create_job(job)
-        self._event(job.job_id, "job.submitted", f"by {analyst}: {spec.type} on "
-                    + ", ".join(f"{i.node}/{i.dataset}" for i in spec.inputs))
+        self._event(
+            job.job_id,
+            "job.submitted",
+            f"by {analyst}: {spec.type} on "
+            + ", ".join(f"{i.node}/{i.dataset}" for i in spec.inputs),
+        )
         self._request_approvals(job)
         return self.store.get_job(job.job_id)
 
@@ -266,50 +303,73 @@ class Scheduler:
     def result(self, analyst: str, job_id: str) -> bytes:
         job = self.get_job(analyst, job_id)
         if job.state != JobState.SUCCEEDED:
-            raise errors.NotFound(f"job {job_id} has no result (state: {job.state}"
-                                  + (f": {job.reason})" if job.reason else ")"))
+            raise errors.NotFound(
+                f"job {job_id} has no result (state: {job.state}"
+                + (f": {job.reason})" if job.reason else ")")
+            )
         return self.store.get_result(job_id)
 
     # ---------------------------------------------------------- background --
     def sweep(self) -> None:
         """Drop parties that lost contact from running jobs (the protocol decides)."""
         for run in list(self._running.values()):
-            lost = {n for n in run.spec.nodes
-                    if n not in run.gone and not self.presence.connected(n)}
+            lost = {
+                n
+                for n in run.spec.nodes
+                if n not in run.gone and not self.presence.connected(n)
+            }
             if lost:
-                self._drop(run, lost, f"lost contact (no contact for over "
-                                      f"{self.presence.timeout:.0f}s)")
+                self._drop(
+                    run,
+                    lost,
+                    f"lost contact (no contact for over {self.presence.timeout:.0f}s)",
+                )
 
     # ------------------------------------------------------------- internals --
     def _request_approvals(self, job: JobRecord) -> None:
         moved = self.store.transition(
-            job.job_id, expected={JobState.SUBMITTED}, new=JobState.AWAITING_APPROVAL,
+            job.job_id,
+            expected={JobState.SUBMITTED},
+            new=JobState.AWAITING_APPROVAL,
             at=self._clock(),
         )
         if moved is None:
             return
         spec = parse_spec(job.spec_yaml)
-        self.store.set_progress(job.job_id, "waiting for approval from "
-                                + ", ".join(spec.nodes), at=self._clock())
+        self.store.set_progress(
+            job.job_id,
+            "waiting for approval from " + ", ".join(spec.nodes),
+            at=self._clock(),
+        )
         for node in spec.nodes:
             self._send_approval(node, moved)
 
     def _send_approval(self, node: str, job: JobRecord) -> None:
-        self.mailboxes.put(node, pb.WorkItem(approval=pb.ApprovalRequest(
-            job_id=job.job_id, analyst=job.analyst, spec_yaml=job.spec_yaml)))
+        self.mailboxes.put(
+            node,
+            pb.WorkItem(
+                approval=pb.ApprovalRequest(
+                    job_id=job.job_id, analyst=job.analyst, spec_yaml=job.spec_yaml
+                )
+            ),
+        )
         self._event(job.job_id, "approval.requested", node)
 
     def _start(self, job: JobRecord, spec: JobSpec) -> None:
         with self._lock:
             moved = self.store.transition(
-                job.job_id, expected={JobState.AWAITING_APPROVAL}, new=JobState.RUNNING,
+                job.job_id,
+                expected={JobState.AWAITING_APPROVAL},
+                new=JobState.RUNNING,
                 at=self._clock(),
             )
             if moved is None:
                 return
             bundles = {n: self._bundles[n] for n in spec.nodes}
             ctx = jobtypes.CoordinatorContext(
-                job_id=job.job_id, spec=spec, parties=spec.nodes,
+                job_id=job.job_id,
+                spec=spec,
+                parties=spec.nodes,
                 signing_keys={n: b.signing_public for n, b in bundles.items()},
             )
             party = jobtypes.get(spec.type).coordinator_party(ctx)
@@ -318,7 +378,9 @@ class Scheduler:
         self._event(job.job_id, "job.started", ", ".join(spec.nodes))
         self.store.set_progress(job.job_id, "started", at=self._clock())
         start = pb.StartJob(
-            job_id=job.job_id, analyst=job.analyst, spec_yaml=job.spec_yaml,
+            job_id=job.job_id,
+            analyst=job.analyst,
+            spec_yaml=job.spec_yaml,
             parties=list(spec.nodes),
             key_bundles=[b.to_bytes() for b in bundles.values()],
         )
@@ -328,19 +390,32 @@ class Scheduler:
             try:
                 self._dispatch(run, party.start())
             except errors.ProtocolError as exc:
-                self._finish(job.job_id, JobState.FAILED, f"protocol could not start: {exc}")
+                self._finish(
+                    job.job_id, JobState.FAILED, f"protocol could not start: {exc}"
+                )
                 return
             self._maybe_complete(run)
 
     def _dispatch(self, run: _Running, outbound: list[Outbound]) -> None:
         for out in outbound:
             if out.recipient not in run.spec.nodes:
-                raise errors.ProtocolError(f"party addressed unknown recipient '{out.recipient}'")
+                raise errors.ProtocolError(
+                    f"party addressed unknown recipient '{out.recipient}'"
+                )
             if out.recipient in run.gone:
                 continue
-            self.mailboxes.put(out.recipient, pb.WorkItem(message=pb.ProtocolMessage(
-                job_id=run.job_id, sender=COORDINATOR, recipient=out.recipient,
-                stage=out.stage, body=out.payload)))
+            self.mailboxes.put(
+                out.recipient,
+                pb.WorkItem(
+                    message=pb.ProtocolMessage(
+                        job_id=run.job_id,
+                        sender=COORDINATOR,
+                        recipient=out.recipient,
+                        stage=out.stage,
+                        body=out.payload,
+                    )
+                ),
+            )
 
     def _drop(self, run: _Running, nodes: set[str], why: str) -> None:
         with run.lock:
@@ -350,15 +425,21 @@ class Scheduler:
             names = ", ".join(sorted(nodes))
             self._event(run.job_id, "node.dropped", f"{names}: {why}")
             if run.release is not None:
-                self._finish(run.job_id, JobState.FAILED,
-                             f"node {names} {why} before signing the release")
+                self._finish(
+                    run.job_id,
+                    JobState.FAILED,
+                    f"node {names} {why} before signing the release",
+                )
                 return
             try:
                 self._dispatch(run, run.party.dropped(frozenset(nodes)))
             except errors.ProtocolError as exc:
                 stage = max(run.stage_counts, default="start", key=lambda s: s)
-                self._finish(run.job_id, JobState.FAILED,
-                             f"node {names} {why} during stage '{stage}': {exc}")
+                self._finish(
+                    run.job_id,
+                    JobState.FAILED,
+                    f"node {names} {why} during stage '{stage}': {exc}",
+                )
                 return
             self._maybe_complete(run)
 
@@ -379,18 +460,24 @@ class Scheduler:
         head = self.audit.tree_head()
         run.release = _Release(document, digest, head)
         signers = [n for n in run.spec.nodes if n not in run.gone]
-        request = pb.ReleaseRequest(job_id=run.job_id, output_hash=digest,
-                                    coordinator_head=canonical_json(head_to_dict(head)))
+        request = pb.ReleaseRequest(
+            job_id=run.job_id,
+            output_hash=digest,
+            coordinator_head=canonical_json(head_to_dict(head)),
+        )
         for node in signers:
             self.mailboxes.put(node, pb.WorkItem(release=request))
-        self.store.set_progress(run.job_id, "collecting the nodes' release signatures",
-                                at=self._clock())
+        self.store.set_progress(
+            run.job_id, "collecting the nodes' release signatures", at=self._clock()
+        )
 
     def sign_release(self, node: str, msg: pb.ReleaseSignature) -> None:
         """A node's provenance signature and co-signature of our audit tree head."""
         run = self._running.get(msg.job_id)
         if run is None or run.release is None:
-            raise errors.ProtocolError(f"job {msg.job_id} is not waiting for signatures")
+            raise errors.ProtocolError(
+                f"job {msg.job_id} is not waiting for signatures"
+            )
         if node not in run.spec.nodes or node in run.gone:
             raise errors.AuthError(f"node '{node}' is not a signer of job {msg.job_id}")
         release = run.release
@@ -400,35 +487,57 @@ class Scheduler:
             raise errors.ProtocolError("malformed release statement") from exc
         bundle = run.bundles[node]
         verify_statement(bundle.signing_public, statement, msg.signature)
-        expected = {"job_id": run.job_id, "node": node, "spec_hash": run.spec.spec_hash,
-                    "output_hash": release.output_hash,
-                    "dataset": run.spec.input_for(node).dataset,
-                    "coordinator_audit_head": head_to_dict(release.head)}
+        expected = {
+            "job_id": run.job_id,
+            "node": node,
+            "spec_hash": run.spec.spec_hash,
+            "output_hash": release.output_hash,
+            "dataset": run.spec.input_for(node).dataset,
+            "coordinator_audit_head": head_to_dict(release.head),
+        }
         if any(statement.get(k) != v for k, v in expected.items()):
             raise errors.InvalidSignature("release statement is for another output")
-        cosigned = SignedTreeHead(release.head.owner, release.head.size,
-                                  release.head.root_hash, release.head.timestamp,
-                                  release.head.signature, {node: msg.cosignature})
+        cosigned = SignedTreeHead(
+            release.head.owner,
+            release.head.size,
+            release.head.root_hash,
+            release.head.timestamp,
+            release.head.signature,
+            {node: msg.cosignature},
+        )
         verify_cosignature(cosigned, node, bundle.signing_public)
-        self.audit.add_cosignature(release.head, node, msg.cosignature,
-                                   public_key=bundle.signing_public)
+        self.audit.add_cosignature(
+            release.head, node, msg.cosignature, public_key=bundle.signing_public
+        )
         with run.lock:
-            release.signatures[node] = {"node": node, "statement": statement,
-                                        "signature": msg.signature}
-            if set(release.signatures) < {n for n in run.spec.nodes if n not in run.gone}:
+            release.signatures[node] = {
+                "node": node,
+                "statement": statement,
+                "signature": msg.signature,
+            }
+            if set(release.signatures) < {
+                n for n in run.spec.nodes if n not in run.gone
+            }:
                 return
             document = dict(release.document)
             document["provenance"] = {
                 "output_hash": release.output_hash,
-                "attestations": [release.signatures[n] for n in sorted(release.signatures)],
-                "key_bundles": {n: base64.b64encode(run.bundles[n].to_bytes()).decode()
-                                for n in sorted(release.signatures)},
+                "attestations": [
+                    release.signatures[n] for n in sorted(release.signatures)
+                ],
+                "key_bundles": {
+                    n: base64.b64encode(run.bundles[n].to_bytes()).decode()
+                    for n in sorted(release.signatures)
+                },
                 "coordinator_head": head_to_dict(release.head),
                 "coordinator_bundle": base64.b64encode(self.bundle.to_bytes()).decode(),
             }
             self.store.put_result(run.job_id, serialize_result(document))
-            self._finish(run.job_id, JobState.SUCCEEDED,
-                         f"result released, signed by {', '.join(sorted(release.signatures))}")
+            self._finish(
+                run.job_id,
+                JobState.SUCCEEDED,
+                f"result released, signed by {', '.join(sorted(release.signatures))}",
+            )
 
     def _finish(self, job_id: str, state: JobState, reason: str) -> None:
         """End a job once, tell its nodes, and forget its protocol state."""
@@ -442,7 +551,9 @@ class Scheduler:
         self.store.set_progress(job_id, state.value, at=self._clock())
         self._event(job_id, f"job.{state.value}", reason)
         self.mailboxes.discard_job(job_id)
-        stop = pb.WorkItem(stop=pb.StopJob(job_id=job_id, state=state.value, reason=reason))
+        stop = pb.WorkItem(
+            stop=pb.StopJob(job_id=job_id, state=state.value, reason=reason)
+        )
         for node in parse_spec(job.spec_yaml).nodes:
             self.mailboxes.put(node, stop)
 
@@ -458,7 +569,11 @@ def decisions_view(store: Store, job: JobRecord) -> list[tuple[str, str, str]]:
     rows = []
     for node in parse_spec(job.spec_yaml).nodes:
         d = decided.get(node)
-        rows.append((node, "pending" if d is None else
-                     ("approved" if d.approved else "refused"), d.reason if d else ""))
+        rows.append(
+            (
+                node,
+                "pending" if d is None else ("approved" if d.approved else "refused"),
+                d.reason if d else "",
+            )
+        )
     return rows
-

@@ -49,10 +49,17 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
     identity = config.identity()
     store = open_store(config.store_url)
     keys = NodeKeys.load_or_create(config.data_dir / "coordinator.keys")
-    audit = AuditLog(config.data_dir / "audit.db", owner=config.name, signing_key=keys.signing)
+    audit = AuditLog(
+        config.data_dir / "audit.db", owner=config.name, signing_key=keys.signing
+    )
     bundle = make_key_bundle(config.name, keys, identity, role="coordinator")
-    scheduler = Scheduler(store, ca_pem=identity.ca_pem, audit=audit, bundle=bundle,
-                          node_timeout=config.node_timeout)
+    scheduler = Scheduler(
+        store,
+        ca_pem=identity.ca_pem,
+        audit=audit,
+        bundle=bundle,
+        node_timeout=config.node_timeout,
+    )
     scheduler.recover()
     server, port = secure_server(identity, config.listen)
     pb_grpc.add_NodeServiceServicer_to_server(

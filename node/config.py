@@ -14,8 +14,17 @@ from cleanroom.catalog import COLUMN_TYPES
 from cleanroom.errors import ConfigError
 from cleanroom.pki import TlsIdentity
 
-_TOP = {"name", "coordinator", "coordinator_name", "data_dir", "policy", "tls",
-        "datasets", "sandbox", "plugins"}
+_TOP = {
+    "name",
+    "coordinator",
+    "coordinator_name",
+    "data_dir",
+    "policy",
+    "tls",
+    "datasets",
+    "sandbox",
+    "plugins",
+}
 _DATASET = {"path", "id_column", "description", "format", "columns", "policy"}
 
 
@@ -86,7 +95,9 @@ class NodeConfig:
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{policy_path}: malformed YAML: {exc}") from None
             if not isinstance(loaded, dict):
-                raise ConfigError(f"{policy_path}: expected a mapping of dataset -> policy")
+                raise ConfigError(
+                    f"{policy_path}: expected a mapping of dataset -> policy"
+                )
             policy.update(loaded)
         datasets = []
         raw_sets = raw.get("datasets", {})
@@ -101,7 +112,9 @@ class NodeConfig:
             coordinator=raw["coordinator"],
             coordinator_name=str(raw.get("coordinator_name", "coordinator")),
             data_dir=base / str(raw.get("data_dir", f"{raw['name']}-data")),
-            cert=base / tls["cert"], key=base / tls["key"], ca=base / tls["ca"],
+            cert=base / tls["cert"],
+            key=base / tls["key"],
+            ca=base / tls["ca"],
             datasets=tuple(datasets),
             policy=policy,
             sandbox=dict(raw.get("sandbox", {})),
@@ -125,7 +138,15 @@ def _dataset(name: str, spec: Any, base: Path) -> DatasetConfig:
         raise ConfigError(f"{where}.columns: expected a table of column = type")
     for column, col_type in columns.items():
         if col_type not in COLUMN_TYPES:
-            raise ConfigError(f"{where}.columns.{column}: unknown type '{col_type}' "
-                              f"(known: {', '.join(COLUMN_TYPES)})")
-    return DatasetConfig(name, path, str(spec.get("id_column", "")),
-                         str(spec.get("description", "")), fmt, dict(columns))
+            raise ConfigError(
+                f"{where}.columns.{column}: unknown type '{col_type}' "
+                f"(known: {', '.join(COLUMN_TYPES)})"
+            )
+    return DatasetConfig(
+        name,
+        path,
+        str(spec.get("id_column", "")),
+        str(spec.get("description", "")),
+        fmt,
+        dict(columns),
+    )

@@ -46,8 +46,12 @@ def _infer(series: pd.Series) -> str:
     return "str"
 
 
+def _first(bad: pd.Series) -> int:
+    return int(np.argmax(bad.to_numpy())) + 1
+
+
 def _coerce(series: pd.Series, declared: str, where: str) -> pd.Series:
-    """Convert a column to its declared type; name the first bad row, never its value."""
+    """Convert a column to its declared type; name the first bad row, not its value."""
     if declared == "str":
         return series.astype(str)
     if declared == "bool":
@@ -55,12 +59,16 @@ def _coerce(series: pd.Series, declared: str, where: str) -> pd.Series:
         lowered = series.astype(str).str.strip().str.lower()
         bad = ~lowered.isin(list(mapping))
         if bad.any():
-            raise DatasetError(f"{where}: declared bool but row {int(np.argmax(bad.to_numpy())) + 1} is not true/false/0/1")
+            raise DatasetError(
+                f"{where}: declared bool but row {_first(bad)} is not true/false/0/1"
+            )
         return lowered.map(mapping).astype(bool)
     numeric = pd.to_numeric(series, errors="coerce")
     bad = numeric.isna() & series.notna()
     if bad.any():
-        raise DatasetError(f"{where}: declared {declared} but row {int(np.argmax(bad.to_numpy())) + 1} is not a number")
+        raise DatasetError(
+            f"{where}: declared {declared} but row {_first(bad)} is not a number"
+        )
     if declared == "int":
         if numeric.isna().any():
             raise DatasetError(f"{where}: declared int but has missing values")
@@ -76,25 +84,39 @@ def load(config: DatasetConfig) -> LoadedDataset:
     try:
         stat = config.path.stat()
         digest = file_hash(config.path)
-        frame = (pd.read_parquet(config.path) if config.format == "parquet"
-                 else pd.read_csv(config.path))
+        frame = (
+            pd.read_parquet(config.path)
+            if config.format == "parquet"
+            else pd.read_csv(config.path)
+        )
     except FileNotFoundError:
         raise DatasetError(f"{where}: file not found") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise DatasetError(f"{where}: cannot be read as {config.format}: {type(exc).__name__}") from None
+        raise DatasetError(
+            f"{where}: cannot be read as {config.format}: {type(exc).__name__}"
+        ) from None
     for column in config.columns:
         if column not in frame.columns:
-            raise DatasetError(f"{where}: declared column '{column}' is not in the file")
+            raise DatasetError(
+                f"{where}: declared column '{column}' is not in the file"
+            )
     if config.id_column and config.id_column not in frame.columns:
-        raise DatasetError(f"{where}: id column '{config.id_column}' is not in the file")
+        raise DatasetError(
+            f"{where}: id column '{config.id_column}' is not in the file"
+        )
     columns = []
     for name in frame.columns:
         declared = config.columns.get(str(name))
         if declared:
             frame[name] = _coerce(frame[name], declared, f"{where}, column '{name}'")
         columns.append(ColumnInfo(str(name), declared or _infer(frame[name])))
-    info = DatasetInfo(config.name, tuple(columns), row_bucket(len(frame)),
-                       config.id_column, config.description)
+    info = DatasetInfo(
+        config.name,
+        tuple(columns),
+        row_bucket(len(frame)),
+        config.id_column,
+        config.description,
+    )
     return LoadedDataset(config, frame, info, digest, stat.st_mtime_ns, stat.st_size)
 
 
@@ -121,7 +143,9 @@ class DatasetRegistry:
         try:
             stat = path.stat()
         except FileNotFoundError:
-            raise DatasetError(f"dataset '{name}': its file {path} has disappeared") from None
+            raise DatasetError(
+                f"dataset '{name}': its file {path} has disappeared"
+            ) from None
         if (stat.st_mtime_ns, stat.st_size) != (loaded.mtime_ns, loaded.size):
             if file_hash(path) != loaded.content_hash:
                 raise DatasetError(

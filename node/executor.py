@@ -12,10 +12,16 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from cleanroom import errors
-from cleanroom.envelope import EnvelopeHeader, ReplayGuard, open_envelope, seal, sign_message
+from cleanroom.envelope import (
+    EnvelopeHeader,
+    ReplayGuard,
+    open_envelope,
+    seal,
+    sign_message,
+)
 from cleanroom.keys import KeyBundle, NodeKeys, verify_key_bundle
-from protocols.party import COORDINATOR, Inbound, NodeParty, NodeUsage, Outbound
 from proto import cleanroom_pb2 as pb
+from protocols.party import COORDINATOR, Inbound, NodeParty, NodeUsage, Outbound
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +87,14 @@ class JobRunner:
         job = _Job(start.job_id, bundles)
         with self._lock:
             if start.job_id in self._jobs:
-                raise errors.ProtocolError(f"job {start.job_id} is already running here")
+                raise errors.ProtocolError(
+                    f"job {start.job_id} is already running here"
+                )
             self._jobs[start.job_id] = job
         threading.Thread(
-            target=self._run, args=(job, start, factory), name=f"job-{start.job_id}",
+            target=self._run,
+            args=(job, start, factory),
+            name=f"job-{start.job_id}",
             daemon=True,
         ).start()
 
@@ -92,7 +102,9 @@ class JobRunner:
         with self._lock:
             job = self._jobs.get(msg.job_id)
         if job is None:
-            log.warning("dropping a message for job %s, which is not running here", msg.job_id)
+            log.warning(
+                "dropping a message for job %s, which is not running here", msg.job_id
+            )
             return
         job.inbox.put(msg)
 
@@ -120,7 +132,9 @@ class JobRunner:
             outcome = JobOutcome(job.job_id, False, partial, str(exc))
         except Exception as exc:  # a bug must not take the node down
             log.exception("job %s crashed", job.job_id)
-            outcome = JobOutcome(job.job_id, False, None, f"internal error: {type(exc).__name__}")
+            outcome = JobOutcome(
+                job.job_id, False, None, f"internal error: {type(exc).__name__}"
+            )
         finally:
             with self._lock:
                 self._jobs.pop(job.job_id, None)
@@ -136,10 +150,16 @@ class JobRunner:
         if bundle is None:
             raise errors.EnvelopeError(f"'{msg.sender}' is not a party of this job")
         header, payload = open_envelope(
-            msg.body, recipient=self._node, recipient_exchange=self._keys.exchange,
+            msg.body,
+            recipient=self._node,
+            recipient_exchange=self._keys.exchange,
             sender_signing_public=bundle.signing_public,
         )
-        if (header.job_id, header.sender, header.stage) != (job.job_id, msg.sender, msg.stage):
+        if (header.job_id, header.sender, header.stage) != (
+            job.job_id,
+            msg.sender,
+            msg.stage,
+        ):
             raise errors.EnvelopeError("envelope header does not match the message")
         job.guard.check(header)
         return Inbound(msg.sender, msg.stage, payload)
@@ -148,15 +168,29 @@ class JobRunner:
         for out in outbound:
             seq = job.seq.get(out.recipient, 0)
             job.seq[out.recipient] = seq + 1
-            header = EnvelopeHeader(job.job_id, self._node, out.recipient, out.stage, seq)
+            header = EnvelopeHeader(
+                job.job_id, self._node, out.recipient, out.stage, seq
+            )
             if out.recipient == COORDINATOR:
                 body = sign_message(header, out.payload, signing=self._keys.signing)
             else:
                 bundle = job.bundles.get(out.recipient)
                 if bundle is None:
-                    raise errors.ProtocolError(f"'{out.recipient}' is not a party of this job")
-                body = seal(header, out.payload, sender_signing=self._keys.signing,
-                            recipient_exchange_public=bundle.exchange_public)
-            self._send(pb.ProtocolMessage(job_id=job.job_id, sender=self._node,
-                                          recipient=out.recipient, stage=out.stage, body=body))
-
+                    raise errors.ProtocolError(
+                        f"'{out.recipient}' is not a party of this job"
+                    )
+                body = seal(
+                    header,
+                    out.payload,
+                    sender_signing=self._keys.signing,
+                    recipient_exchange_public=bundle.exchange_public,
+                )
+            self._send(
+                pb.ProtocolMessage(
+                    job_id=job.job_id,
+                    sender=self._node,
+                    recipient=out.recipient,
+                    stage=out.stage,
+                    body=body,
+                )
+            )

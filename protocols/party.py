@@ -26,7 +26,7 @@ from cleanroom.errors import ProtocolAbort
 COORDINATOR: Final = "@coordinator"
 
 RandomSource = Callable[[int], bytes]
-"""Returns n cryptographically random bytes; ``os.urandom`` unless a test injects one."""
+"""Returns n cryptographically random bytes; ``os.urandom`` unless a test injects."""
 
 SYSTEM_RANDOM: Final[RandomSource] = os.urandom
 

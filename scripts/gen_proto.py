@@ -54,7 +54,10 @@ def main() -> int:
         for proto in files:
             stem = proto.removesuffix(".proto")
             for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"):
-                fresh, committed = Path(tmp) / f"{stem}{suffix}", ROOT / f"{stem}{suffix}"
+                fresh, committed = (
+                    Path(tmp) / f"{stem}{suffix}",
+                    ROOT / f"{stem}{suffix}",
+                )
                 if not committed.exists() or not filecmp.cmp(fresh, committed, False):
                     stale.append(str(committed.relative_to(ROOT)))
         if stale:

@@ -33,7 +33,10 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except errors.SpecError as exc:
             where = f" at {exc.path}" if exc.path else ""
-            err.print(f"[red]error:[/] invalid job spec{where}: {exc.problem}", highlight=False)
+            err.print(
+                f"[red]error:[/] invalid job spec{where}: {exc.problem}",
+                highlight=False,
+            )
             sys.exit(EXIT_USAGE)
         except errors.ConfigError as exc:
             err.print(f"[red]error:[/] {exc}", highlight=False)

@@ -1,4 +1,4 @@
-"""Controllable and countable: ``audit``, ``usage``, ``result verify`` and ``node usage``."""
+"""Controllable and countable: ``audit``, ``usage``, ``result`` and ``node usage``."""
 
 from __future__ import annotations
 
@@ -44,17 +44,36 @@ def audit_group() -> None:
 
 
 @audit_group.command("export")
-@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
-              help="A node's config: export its log.")
-@click.option("--coordinator-config", type=click.Path(path_type=Path, dir_okay=False),
-              help="The coordinator's config: export its log.")
-@click.option("--workdir", type=click.Path(path_type=Path),
-              help="A local federation: export every party's log.")
-@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
-              help="The export file (or folder with --workdir).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A node's config: export its log.",
+)
+@click.option(
+    "--coordinator-config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The coordinator's config: export its log.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    help="A local federation: export every party's log.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The export file (or folder with --workdir).",
+)
 @handle_errors
-def audit_export(config: Path | None, coordinator_config: Path | None, workdir: Path | None,
-                 out_path: Path) -> None:
+def audit_export(
+    config: Path | None,
+    coordinator_config: Path | None,
+    workdir: Path | None,
+    out_path: Path,
+) -> None:
     """Write a self-contained, signed export of an audit log for offline checks."""
     written: list[Path] = []
     if config:
@@ -64,17 +83,27 @@ def audit_export(config: Path | None, coordinator_config: Path | None, workdir: 
         from coordinator.config import CoordinatorConfig
 
         coord = CoordinatorConfig.load(coordinator_config)
-        written.append(_export_log(coord.data_dir, "coordinator.keys", coord.name, out_path))
+        written.append(
+            _export_log(coord.data_dir, "coordinator.keys", coord.name, out_path)
+        )
     elif workdir:
         fed = Federation.load(workdir / "federation.json")
         out_path.mkdir(parents=True, exist_ok=True)
-        written.append(_export_log(workdir.resolve() / "coordinator" / "data",
-                                   "coordinator.keys", fed.coordinator_name,
-                                   out_path / "coordinator.jsonl"))
+        written.append(
+            _export_log(
+                workdir.resolve() / "coordinator" / "data",
+                "coordinator.keys",
+                fed.coordinator_name,
+                out_path / "coordinator.jsonl",
+            )
+        )
         for name, info in fed.nodes.items():
             node = _node_config(Path(info["config"]))
-            written.append(_export_log(node.data_dir, "node.keys", name,
-                                       out_path / f"{name}.jsonl"))
+            written.append(
+                _export_log(
+                    node.data_dir, "node.keys", name, out_path / f"{name}.jsonl"
+                )
+            )
     else:
         raise ConfigError("give --config, --coordinator-config or --workdir")
     for path in written:
@@ -91,16 +120,28 @@ def _heads_recorded_in(path: Path) -> list:  # type: ignore[type-arg]
 
 
 @audit_group.command("verify")
-@click.argument("exports", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
-@click.option("--trusted-key", "trusted", multiple=True, metavar="NAME=HEX",
-              help="Pin a party's Ed25519 audit key (e.g. from its key bundle).")
-@click.option("--known-heads-from", "known_from", multiple=True,
-              type=click.Path(path_type=Path, exists=True),
-              help="A node's export: check this log is consistent with the coordinator "
-                   "heads that node co-signed (detects forks and rollbacks).")
+@click.argument(
+    "exports", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True)
+)
+@click.option(
+    "--trusted-key",
+    "trusted",
+    multiple=True,
+    metavar="NAME=HEX",
+    help="Pin a party's Ed25519 audit key (e.g. from its key bundle).",
+)
+@click.option(
+    "--known-heads-from",
+    "known_from",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="A node's export: check this log is consistent with the coordinator "
+    "heads that node co-signed (detects forks and rollbacks).",
+)
 @handle_errors
-def audit_verify(exports: tuple[Path, ...], trusted: tuple[str, ...],
-                 known_from: tuple[Path, ...]) -> None:
+def audit_verify(
+    exports: tuple[Path, ...], trusted: tuple[str, ...], known_from: tuple[Path, ...]
+) -> None:
     """Check exported logs offline: chain, Merkle root, signatures, cosignatures."""
     pinned: dict[str, bytes] = {}
     for item in trusted:
@@ -117,11 +158,15 @@ def audit_verify(exports: tuple[Path, ...], trusted: tuple[str, ...],
     known = [h for path in known_from for h in _heads_recorded_in(path)]
     for path in exports:
         owner = owners[path][0]
-        report = verify_export(path, trusted_keys=keys,
-                               known_heads=[h for h in known if h.owner == owner])
-        out.print(f"[green]OK[/] {path}: {report.owner}, {report.entries} entries, root "
-                  f"{report.root[:16]}…, {report.heads} signed heads, cosigned by "
-                  f"{', '.join(report.cosigners) or 'nobody yet'}", highlight=False)
+        report = verify_export(
+            path, trusted_keys=keys, known_heads=[h for h in known if h.owner == owner]
+        )
+        out.print(
+            f"[green]OK[/] {path}: {report.owner}, {report.entries} entries, root "
+            f"{report.root[:16]}…, {report.heads} signed heads, cosigned by "
+            f"{', '.join(report.cosigners) or 'nobody yet'}",
+            highlight=False,
+        )
 
 
 def _owner_of(path: Path) -> tuple[str, bytes]:
@@ -134,15 +179,21 @@ def _owner_of(path: Path) -> tuple[str, bytes]:
 
 @audit_group.command("show")
 @click.option("--job", "job_id", required=True)
-@click.argument("exports", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.argument(
+    "exports", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True)
+)
 @handle_errors
 def audit_show(job_id: str, exports: tuple[Path, ...]) -> None:
     """A job's whole history across parties, from their verified exports."""
     for event in job_history(list(exports), job_id):
         e = event.entry
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.timestamp))
-        out.print(f"{stamp}  [bold]{event.log:<12}[/] {e.kind:<22} "
-                  f"{json.dumps(e.data, sort_keys=True)[:120]}", highlight=False, markup=True)
+        out.print(
+            f"{stamp}  [bold]{event.log:<12}[/] {e.kind:<22} "
+            f"{json.dumps(e.data, sort_keys=True)[:120]}",
+            highlight=False,
+            markup=True,
+        )
 
 
 # ---------------------------------------------------------------- result --
@@ -152,9 +203,14 @@ def result_group() -> None:
 
 
 @result_group.command("verify")
-@click.argument("result_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--ca", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="The federation CA certificate (default: from --federation).")
+@click.argument(
+    "result_file", type=click.Path(path_type=Path, exists=True, dir_okay=False)
+)
+@click.option(
+    "--ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="The federation CA certificate (default: from --federation).",
+)
 @click.option("--federation", type=click.Path(path_type=Path), default=None)
 @handle_errors
 def result_verify(result_file: Path, ca: Path | None, federation: Path | None) -> None:
@@ -167,8 +223,11 @@ def result_verify(result_file: Path, ca: Path | None, federation: Path | None) -
     except (ValueError, CryptoError, KeyError, TypeError) as exc:
         out.print(f"[red]INVALID[/] {result_file}: {exc}", highlight=False)
         sys.exit(EXIT_FAILED)
-    out.print(f"[green]VERIFIED[/] {verified.job_id}: output {verified.output_hash[:16]}… "
-              f"signed by {', '.join(verified.signers)}", highlight=False)
+    out.print(
+        f"[green]VERIFIED[/] {verified.job_id}: output {verified.output_hash[:16]}… "
+        f"signed by {', '.join(verified.signers)}",
+        highlight=False,
+    )
 
 
 # ----------------------------------------------------------------- usage --
@@ -184,22 +243,37 @@ def _meters(config: Path):  # type: ignore[no-untyped-def]
 
 def usage_table(config: Path) -> Table:
     node, meters = _meters(config)
-    table = Table("analyst", "dataset", "meter", "today", "total", "reserved", "remaining",
-                  title=f"usage on {node.name}")
+    table = Table(
+        "analyst",
+        "dataset",
+        "meter",
+        "today",
+        "total",
+        "reserved",
+        "remaining",
+        title=f"usage on {node.name}",
+    )
     try:
         for row in meters.usage():
             remaining = row.remaining()
-            table.add_row(row.analyst, row.dataset, row.meter, f"{row.used_today:g}",
-                          f"{row.used_total:g}", f"{row.reserved_total:g}",
-                          "unlimited" if remaining is None else f"{remaining:g}")
+            table.add_row(
+                row.analyst,
+                row.dataset,
+                row.meter,
+                f"{row.used_today:g}",
+                f"{row.used_total:g}",
+                f"{row.reserved_total:g}",
+                "unlimited" if remaining is None else f"{remaining:g}",
+            )
     finally:
         meters.close()
     return table
 
 
 @click.command("usage")
-@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
-              required=True)
+@click.option(
+    "--config", "config", type=click.Path(path_type=Path, dir_okay=False), required=True
+)
 @handle_errors
 def node_usage(config: Path) -> None:
     """Meters and remaining quota per analyst and dataset."""
@@ -212,18 +286,33 @@ def usage_group() -> None:
 
 
 @usage_group.command("export")
-@click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV (the only format).")
-@click.option("--config", "configs", multiple=True,
-              type=click.Path(path_type=Path, dir_okay=False), help="A node's config.")
-@click.option("--workdir", type=click.Path(path_type=Path), help="Every node of a local federation.")
+@click.option(
+    "--csv", "as_csv", is_flag=True, required=True, help="CSV (the only format)."
+)
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A node's config.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    help="Every node of a local federation.",
+)
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None)
 @handle_errors
-def usage_export(as_csv: bool, configs: tuple[Path, ...], workdir: Path | None,
-                 out_path: Path | None) -> None:
+def usage_export(
+    as_csv: bool, configs: tuple[Path, ...], workdir: Path | None, out_path: Path | None
+) -> None:
     """One row per settled or released job and meter: the billing statement."""
     paths = list(configs)
     if workdir:
-        paths += [Path(i["config"]) for i in Federation.load(workdir / "federation.json").nodes.values()]
+        paths += [
+            Path(i["config"])
+            for i in Federation.load(workdir / "federation.json").nodes.values()
+        ]
     if not paths:
         raise ConfigError("give --config NODE.toml (repeatable) or --workdir")
     buffer = io.StringIO()

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -20,27 +21,40 @@ from cleanroom.serde import JobView
 DEFAULT_FEDERATION = Path(".cleanroom") / "federation.json"
 
 federation_option = click.option(
-    "--federation", "federation", type=click.Path(path_type=Path),
+    "--federation",
+    "federation",
+    type=click.Path(path_type=Path),
     default=lambda: os.environ.get("CLEANROOM_FEDERATION", str(DEFAULT_FEDERATION)),
     show_default="$CLEANROOM_FEDERATION or .cleanroom/federation.json",
     help="federation.json written by 'cleanroom local up' (or by your operator).",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output."
+)
 
-_STATE_STYLE = {JobState.SUCCEEDED: "green", JobState.FAILED: "red",
-                JobState.REFUSED: "red", JobState.CANCELLED: "yellow"}
+_STATE_STYLE = {
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "red",
+    JobState.REFUSED: "red",
+    JobState.CANCELLED: "yellow",
+}
 
 
 def _show(view: JobView) -> None:
     j = view.job
     style = _STATE_STYLE.get(j.state, "cyan")
-    out.print(f"[bold]{j.job_id}[/]  {j.job_type}  [{style}]{j.state.value}[/]"
-              + (f" — {j.reason}" if j.reason else ""), highlight=False)
+    out.print(
+        f"[bold]{j.job_id}[/]  {j.job_type}  [{style}]{j.state.value}[/]"
+        + (f" — {j.reason}" if j.reason else ""),
+        highlight=False,
+    )
     if not j.state.terminal:
         out.print(f"  progress: {j.progress}", highlight=False)
     for d in view.decisions:
-        out.print(f"  {d.node}: {d.decision}" + (f" ({d.reason})" if d.reason else ""),
-                  highlight=False)
+        out.print(
+            f"  {d.node}: {d.decision}" + (f" ({d.reason})" if d.reason else ""),
+            highlight=False,
+        )
 
 
 @click.group("job")
@@ -52,10 +66,14 @@ def job_group() -> None:
 @click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
 @federation_option
 @click.option("--wait", is_flag=True, help="Wait for the job to end, showing progress.")
-@click.option("--timeout", type=float, default=None, help="Give up waiting after N seconds.")
+@click.option(
+    "--timeout", type=float, default=None, help="Give up waiting after N seconds."
+)
 @json_option
 @handle_errors
-def submit(spec: Path, federation: Path, wait: bool, timeout: float | None, as_json: bool) -> None:
+def submit(
+    spec: Path, federation: Path, wait: bool, timeout: float | None, as_json: bool
+) -> None:
     """Submit the job spec in SPEC (YAML)."""
     try:
         text = spec.read_text()
@@ -68,7 +86,7 @@ def submit(spec: Path, federation: Path, wait: bool, timeout: float | None, as_j
             print_json(view.as_dict()) if as_json else _show(view)
             return
         final = _wait(client, view.job.job_id, timeout)
-        doc = final.as_dict()
+        doc: dict[str, Any] = final.as_dict()
         if final.job.state == JobState.SUCCEEDED:
             doc["result"] = client.result(final.job.job_id)
         if as_json:
@@ -84,10 +102,14 @@ def submit(spec: Path, federation: Path, wait: bool, timeout: float | None, as_j
 def _wait(client: Client, job_id: str, timeout: float | None) -> JobView:
     started = time.monotonic()
     with err.status(f"{job_id}: submitted") as status:
+
         def update(view: JobView) -> None:
             elapsed = time.monotonic() - started
-            status.update(f"{job_id}: {view.job.state.value} — {view.job.progress} "
-                          f"[dim]({elapsed:.0f}s)[/]")
+            status.update(
+                f"{job_id}: {view.job.state.value} — {view.job.progress} "
+                f"[dim]({elapsed:.0f}s)[/]"
+            )
+
         return client.wait(job_id, timeout=timeout, on_update=update)
 
 
@@ -107,15 +129,23 @@ def status(job_id: str, federation: Path, as_json: bool) -> None:
         else:
             _show(view)
             for e in client.events(job_id):
-                out.print(f"  [dim]{time.strftime('%H:%M:%S', time.localtime(e.at))}[/] "
-                          f"{e.kind}: {e.detail}", highlight=False)
+                out.print(
+                    f"  [dim]{time.strftime('%H:%M:%S', time.localtime(e.at))}[/] "
+                    f"{e.kind}: {e.detail}",
+                    highlight=False,
+                )
 
 
 @job_group.command("result")
 @click.argument("job_id")
 @federation_option
-@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
-              default=None, help="Save the signed result document (for 'result verify').")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Save the signed result document (for 'result verify').",
+)
 @handle_errors
 def result(job_id: str, federation: Path, out_path: Path | None) -> None:
     """Print (or save) a finished job's released, signed result document."""
@@ -148,14 +178,19 @@ def cancel(job_id: str, reason: str, federation: Path, as_json: bool) -> None:
 def list_jobs(limit: int, federation: Path, as_json: bool) -> None:
     """List your jobs, newest first."""
     with Client.from_federation(federation) as client:
-        views = client.list(limit=limit)
+        views = client.list_jobs(limit=limit)
     if as_json:
         print_json([v.as_dict() for v in views])
         return
     table = Table("job", "type", "state", "reason", "submitted")
     for v in views:
-        table.add_row(v.job.job_id, v.job.job_type, v.job.state.value, v.job.reason,
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.job.created_at)))
+        table.add_row(
+            v.job.job_id,
+            v.job.job_type,
+            v.job.state.value,
+            v.job.reason,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.job.created_at)),
+        )
     out.print(table)
 
 
@@ -168,14 +203,33 @@ def catalog(federation: Path, as_json: bool) -> None:
     with Client.from_federation(federation) as client:
         entries = client.catalog()
     if as_json:
-        print_json([{"node": e.node, "connected": e.connected, "datasets": [
-            {"name": d.name, "rows": d.row_bucket, "id_column": d.id_column,
-             "columns": {c.name: c.type for c in d.columns}} for d in e.datasets]}
-            for e in entries])
+        print_json(
+            [
+                {
+                    "node": e.node,
+                    "connected": e.connected,
+                    "datasets": [
+                        {
+                            "name": d.name,
+                            "rows": d.row_bucket,
+                            "id_column": d.id_column,
+                            "columns": {c.name: c.type for c in d.columns},
+                        }
+                        for d in e.datasets
+                    ],
+                }
+                for e in entries
+            ]
+        )
         return
     table = Table("node", "connected", "dataset", "rows", "columns")
     for e in entries:
         for d in e.datasets:
-            table.add_row(e.node, "yes" if e.connected else "no", d.name, d.row_bucket,
-                          ", ".join(f"{c.name}:{c.type}" for c in d.columns))
+            table.add_row(
+                e.node,
+                "yes" if e.connected else "no",
+                d.name,
+                d.row_bucket,
+                ", ".join(f"{c.name}:{c.type}" for c in d.columns),
+            )
     out.print(table)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from cleanroom.cli.admin import coordinator_group, demo, local_group, node_group, pki_group
+from cleanroom.cli.admin import (
+    coordinator_group,
+    demo,
+    local_group,
+    node_group,
+    pki_group,
+)
 from cleanroom.cli.bench import bench
 from cleanroom.cli.governance import (
     audit_group,
@@ -25,8 +31,19 @@ def cli() -> None:
     """
 
 
-for command in (pki_group, coordinator_group, node_group, local_group, job_group, catalog,
-                demo, audit_group, result_group, usage_group, bench):
+for command in (
+    pki_group,
+    coordinator_group,
+    node_group,
+    local_group,
+    job_group,
+    catalog,
+    demo,
+    audit_group,
+    result_group,
+    usage_group,
+    bench,
+):
     cli.add_command(command)
 node_group.add_command(node_usage)
 

@@ -32,8 +32,10 @@ class DemoStep:
 
     title: str
     spec: Callable[[Mapping[str, str]], str]
-    compare: Callable[[Mapping[str, Any], Mapping[str, pd.DataFrame]],
-                      list[tuple[str, str, str, bool]]]
+    compare: Callable[
+        [Mapping[str, Any], Mapping[str, pd.DataFrame]],
+        list[tuple[str, str, str, bool]],
+    ]
     available: Callable[[], str | None] = lambda: None
     """Returns a reason to skip the step (e.g. no Docker engine), or None."""
 
@@ -47,7 +49,7 @@ def register_step(step: DemoStep) -> DemoStep:
 
 
 def sample_data(directory: Path) -> dict[str, Path]:
-    """scikit-learn's breast-cancer data (bundled, nothing downloaded) split in three."""
+    """scikit-learn's breast-cancer data (bundled, not downloaded) split in three."""
     from sklearn.datasets import load_breast_cancer
 
     frame = load_breast_cancer(as_frame=True).frame
@@ -58,7 +60,7 @@ def sample_data(directory: Path) -> dict[str, Path]:
     paths = {}
     for i, name in enumerate(HOSPITALS):
         paths[name] = directory / f"{name.replace('-', '_')}_patients.csv"
-        shuffled.iloc[bounds[i]:bounds[i + 1]].to_csv(paths[name], index=False)
+        shuffled.iloc[bounds[i] : bounds[i + 1]].to_csv(paths[name], index=False)
     return paths
 
 
@@ -74,28 +76,46 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
         frames = {n: pd.read_csv(p) for n, p in paths.items()}
         datasets = {n: p.stem for n, p in paths.items()}
         console.rule("[bold]cleanroom demo")
-        console.print(f"three hospitals hold {sum(map(len, frames.values()))} patients "
-                      "(scikit-learn breast_cancer), split "
-                      + ", ".join(f"{n}: {len(f)}" for n, f in frames.items()))
+        console.print(
+            f"three hospitals hold {sum(map(len, frames.values()))} patients "
+            "(scikit-learn breast_cancer), split "
+            + ", ".join(f"{n}: {len(f)}" for n, f in frames.items())
+        )
         started = time.monotonic()
-        with console.status("starting a local federation (coordinator + 3 nodes)") as status:
-            fed = local.up(workdir=root / "federation", nodes=list(paths.items()),
-                           progress=lambda m: status.update(m))
-        console.print(f"federation up in {time.monotonic() - started:.1f}s at "
-                      f"{fed.coordinator_address} (mutual TLS, separate processes)")
+        with console.status(
+            "starting a local federation (coordinator + 3 nodes)"
+        ) as status:
+            fed = local.up(
+                workdir=root / "federation",
+                nodes=list(paths.items()),
+                progress=lambda m: status.update(m),
+            )
+        console.print(
+            f"federation up in {time.monotonic() - started:.1f}s at "
+            f"{fed.coordinator_address} (mutual TLS, separate processes)"
+        )
         all_ok = True
         try:
-            with Client.from_federation(root / "federation" / "federation.json") as client:
+            with Client.from_federation(
+                root / "federation" / "federation.json"
+            ) as client:
                 for step in _STEPS:
                     all_ok &= _run_step(step, client, datasets, frames, console)
         finally:
             local.down(root / "federation")
-        console.rule("[bold green]all results match" if all_ok else "[bold red]mismatch")
+        console.rule(
+            "[bold green]all results match" if all_ok else "[bold red]mismatch"
+        )
         return all_ok
 
 
-def _run_step(step: DemoStep, client: Client, datasets: Mapping[str, str],
-              frames: Mapping[str, pd.DataFrame], console: Console) -> bool:
+def _run_step(
+    step: DemoStep,
+    client: Client,
+    datasets: Mapping[str, str],
+    frames: Mapping[str, pd.DataFrame],
+    console: Console,
+) -> bool:
     console.rule(step.title)
     skip = step.available()
     if skip:
@@ -106,8 +126,13 @@ def _run_step(step: DemoStep, client: Client, datasets: Mapping[str, str],
     try:
         with console.status(f"running {step.title}") as status:
             job = client.submit(spec).job.job_id
-            final = client.wait(job, timeout=600, on_update=lambda v: status.update(
-                f"{step.title}: {v.job.state.value} — {v.job.progress}"))
+            final = client.wait(
+                job,
+                timeout=600,
+                on_update=lambda v: status.update(
+                    f"{step.title}: {v.job.state.value} — {v.job.progress}"
+                ),
+            )
     except CleanroomError as exc:
         console.print(f"[red]failed:[/] {exc}")
         return False
@@ -120,7 +145,9 @@ def _run_step(step: DemoStep, client: Client, datasets: Mapping[str, str],
     for what, got, want, ok in rows:
         table.add_row(what, got, want, "[green]yes[/]" if ok else "[red]NO[/]")
     console.print(table)
-    console.print(f"[dim]{job} in {time.monotonic() - started:.1f}s; result "
-                  f"{len(json.dumps(document))} bytes, signed by "
-                  f"{', '.join(sorted({a['node'] for a in document['result'].get('attestations', [])})) or 'the nodes'}[/]")
+    signers = sorted({a["node"] for a in document["provenance"]["attestations"]})
+    console.print(
+        f"[dim]{job} in {time.monotonic() - started:.1f}s; result "
+        f"{len(json.dumps(document))} bytes, signed by {', '.join(signers)}[/]"
+    )
     return all(ok for *_, ok in rows)

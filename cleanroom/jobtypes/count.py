@@ -96,7 +96,9 @@ class CountCoordinator(CoordinatorParty):
         try:
             verify_statement(ctx.signing_keys[message.sender], statement, signature)
         except InvalidSignature as exc:
-            raise ProtocolError(f"count report from '{message.sender}' is not signed by it") from exc
+            raise ProtocolError(
+                f"count report from '{message.sender}' is not signed by it"
+            ) from exc
         self._reports[message.sender] = {"statement": statement, "signature": signature}
         return []
 

@@ -3,7 +3,7 @@ catalog schema before a job runs, applied to a node's rows inside the node."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -31,7 +31,9 @@ def _check_value(value: Any, col_type: str, path: str) -> None:
         if col_type == "bool":
             ok = isinstance(value, bool | int)
         if not ok:
-            raise SpecError(path, f"column is {col_type}; expected a number, got {value!r}")
+            raise SpecError(
+                path, f"column is {col_type}; expected a number, got {value!r}"
+            )
     elif not isinstance(value, str):
         raise SpecError(path, f"column is {col_type}; expected a string, got {value!r}")
 
@@ -50,8 +52,12 @@ def parse_where(
         if not isinstance(item, dict) or set(item) - {"column", "op", "value"}:
             raise SpecError(here, "expected exactly the fields column, op, value")
         column, op = item.get("column"), item.get("op")
+        if not isinstance(column, str) or not column:
+            raise SpecError(f"{here}.column", f"expected a column name, got {column!r}")
         if op not in OPERATORS:
-            raise SpecError(f"{here}.op", f"unknown operator {op!r} (known: {', '.join(OPERATORS)})")
+            raise SpecError(
+                f"{here}.op", f"unknown operator {op!r} (known: {', '.join(OPERATORS)})"
+            )
         if "value" not in item:
             raise SpecError(f"{here}.value", "missing")
         value = item["value"]
@@ -74,20 +80,25 @@ def parse_where(
     return tuple(predicates)
 
 
+def _matches(p: Predicate, col: pd.Series) -> Any:
+    if p.op == "in":
+        return col.isin(p.value)
+    if p.op == "not_in":
+        return ~col.isin(p.value)
+    compare = {
+        "==": col.__eq__,
+        "!=": col.__ne__,
+        "<": col.__lt__,
+        "<=": col.__le__,
+        ">": col.__gt__,
+        ">=": col.__ge__,
+    }[p.op]
+    return compare(p.value)
+
+
 def apply(predicates: Sequence[Predicate], data: pd.DataFrame) -> np.ndarray:
     """A boolean mask of the rows matching every predicate."""
     mask = np.ones(len(data), dtype=bool)
     for p in predicates:
-        col = data[p.column]
-        ops: Mapping[str, Any] = {
-            "==": lambda: col == p.value,
-            "!=": lambda: col != p.value,
-            "<": lambda: col < p.value,
-            "<=": lambda: col <= p.value,
-            ">": lambda: col > p.value,
-            ">=": lambda: col >= p.value,
-            "in": lambda: col.isin(p.value),
-            "not_in": lambda: ~col.isin(p.value),
-        }
-        mask &= np.asarray(ops[p.op](), dtype=bool)
+        mask &= np.asarray(_matches(p, data[p.column]), dtype=bool)
     return mask

@@ -32,12 +32,26 @@ def _run(frames: dict[str, pd.DataFrame], min_group: int = 5) -> tuple[dict, dic
     keys = {n: Ed25519PrivateKey.generate() for n in frames}
     publics = {n: _raw(k) for n, k in keys.items()}
     job = jobtypes.get("count")
-    coord = job.coordinator_party(jobtypes.CoordinatorContext("j1", spec, spec.nodes, publics))
+    coord = job.coordinator_party(
+        jobtypes.CoordinatorContext("j1", spec, spec.nodes, publics)
+    )
     coord.start()
     messages = {}
     for node, frame in frames.items():
-        party = job.node_party(jobtypes.NodeContext(
-            "j1", spec, node, "d", frame, "hash", min_group, keys[node], spec.nodes, publics))
+        party = job.node_party(
+            jobtypes.NodeContext(
+                "j1",
+                spec,
+                node,
+                "d",
+                frame,
+                "hash",
+                min_group,
+                keys[node],
+                spec.nodes,
+                publics,
+            )
+        )
         (out,) = party.start()
         assert out.recipient == COORDINATOR
         messages[node] = out
@@ -60,10 +74,18 @@ def test_counts_match_pandas_and_are_signed() -> None:
 
 
 def test_small_counts_are_suppressed() -> None:
-    frames = {"a": pd.DataFrame({"age": [60, 61, 10]}), "b": pd.DataFrame({"age": list(range(40, 100))})}
+    frames = {
+        "a": pd.DataFrame({"age": [60, 61, 10]}),
+        "b": pd.DataFrame({"age": list(range(40, 100))}),
+    }
     result, _ = _run(frames, min_group=5)
     by_node = {c["node"]: c for c in result["counts"]}
-    assert by_node["a"] == {"node": "a", "dataset": "d", "count": None, "suppressed": True}
+    assert by_node["a"] == {
+        "node": "a",
+        "dataset": "d",
+        "count": None,
+        "suppressed": True,
+    }
     assert by_node["b"]["count"] == 50
     assert result["total"] is None
 
@@ -74,15 +96,23 @@ def test_forged_or_repeated_reports_are_refused() -> None:
     publics = {n: _raw(k) for n, k in keys.items()}
     job = jobtypes.get("count")
     frame = pd.DataFrame({"age": list(range(100))})
-    coord = job.coordinator_party(jobtypes.CoordinatorContext("j1", spec, spec.nodes, publics))
+    coord = job.coordinator_party(
+        jobtypes.CoordinatorContext("j1", spec, spec.nodes, publics)
+    )
     # node b signs a report claiming to be node a
-    party_b = job.node_party(jobtypes.NodeContext(
-        "j1", spec, "a", "d", frame, "h", 5, keys["b"], spec.nodes, publics))
+    party_b = job.node_party(
+        jobtypes.NodeContext(
+            "j1", spec, "a", "d", frame, "h", 5, keys["b"], spec.nodes, publics
+        )
+    )
     (out,) = party_b.start()
     with pytest.raises(ProtocolError, match="not signed"):
         coord.receive(Inbound("a", out.stage, out.payload))
-    party_a = job.node_party(jobtypes.NodeContext(
-        "j1", spec, "a", "d", frame, "h", 5, keys["a"], spec.nodes, publics))
+    party_a = job.node_party(
+        jobtypes.NodeContext(
+            "j1", spec, "a", "d", frame, "h", 5, keys["a"], spec.nodes, publics
+        )
+    )
     (good,) = party_a.start()
     coord.receive(Inbound("a", good.stage, good.payload))
     with pytest.raises(ProtocolError, match="already reported"):
@@ -95,7 +125,9 @@ def test_forged_or_repeated_reports_are_refused() -> None:
 
 def test_where_clause_is_checked_against_the_schema() -> None:
     job = jobtypes.get("count")
-    info = DatasetInfo("d", (ColumnInfo("age", "int"), ColumnInfo("city", "str")), "<100")
+    info = DatasetInfo(
+        "d", (ColumnInfo("age", "int"), ColumnInfo("city", "str")), "<100"
+    )
     spec = parse_spec(SPEC.replace("age", "agee"))
     with pytest.raises(SpecError) as err:
         job.validate(spec, {i: info for i in spec.inputs})

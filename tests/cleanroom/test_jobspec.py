@@ -29,13 +29,32 @@ def test_good_spec_parses() -> None:
         ("- just\n- a list", "", "must be a mapping"),
         ("inputs: []\npurpose: x", "type", "missing"),
         ("type: count\npurpose: x", "inputs", "non-empty list"),
-        ("type: count\ninputs: [{node: a}]\npurpose: x", "inputs[0].dataset", "non-empty string"),
-        ("type: count\ninputs: [{node: a, dataset: d, x: 1}]\npurpose: x", "inputs[0].x", "unknown"),
-        ("type: count\ninputs: [{node: a, dataset: d}, {node: a, dataset: e}]\npurpose: x",
-         "inputs[1].node", "more than once"),
+        (
+            "type: count\ninputs: [{node: a}]\npurpose: x",
+            "inputs[0].dataset",
+            "non-empty string",
+        ),
+        (
+            "type: count\ninputs: [{node: a, dataset: d, x: 1}]\npurpose: x",
+            "inputs[0].x",
+            "unknown",
+        ),
+        (
+            "type: count\ninputs: [{node: a, dataset: d}, {node: a, dataset: e}]\npurpose: x",
+            "inputs[1].node",
+            "more than once",
+        ),
         ("type: count\ninputs: [{node: a, dataset: d}]", "purpose", "missing"),
-        ("type: count\ninputs: [{node: a, dataset: d}]\npurpose: x\nparams: 3", "params", "mapping"),
-        ("type: count\ninputs: [{node: a, dataset: d}]\npurpose: x\nextra: 1", "extra", "unknown"),
+        (
+            "type: count\ninputs: [{node: a, dataset: d}]\npurpose: x\nparams: 3",
+            "params",
+            "mapping",
+        ),
+        (
+            "type: count\ninputs: [{node: a, dataset: d}]\npurpose: x\nextra: 1",
+            "extra",
+            "unknown",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(text: str, path: str, fragment: str) -> None:

@@ -28,9 +28,13 @@ def _identity(d: Path, name: str) -> TlsIdentity:
 @pytest.fixture()
 def coordinator(pki_dir: Path, tmp_path: Path) -> RunningCoordinator:
     config = CoordinatorConfig(
-        name="coordinator", listen="127.0.0.1:0", data_dir=tmp_path,
-        cert=pki_dir / "coordinator.crt", key=pki_dir / "coordinator.key",
-        ca=pki_dir / "ca.crt", store_url=f"sqlite:///{tmp_path / 'c.db'}",
+        name="coordinator",
+        listen="127.0.0.1:0",
+        data_dir=tmp_path,
+        cert=pki_dir / "coordinator.crt",
+        key=pki_dir / "coordinator.key",
+        ca=pki_dir / "ca.crt",
+        store_url=f"sqlite:///{tmp_path / 'c.db'}",
     )
     running = start_coordinator(config=config)
     yield running
@@ -42,36 +46,52 @@ def _address(c: RunningCoordinator) -> str:
 
 
 def test_health_service_serves(coordinator: RunningCoordinator, pki_dir: Path) -> None:
-    with Client(address=_address(coordinator), identity=_identity(pki_dir, "alice")) as client:
+    with Client(
+        address=_address(coordinator), identity=_identity(pki_dir, "alice")
+    ) as client:
         assert client.healthy()
 
 
-def test_client_without_certificate_is_refused(coordinator: RunningCoordinator, pki_dir: Path) -> None:
-    creds = grpc.ssl_channel_credentials(root_certificates=(pki_dir / "ca.crt").read_bytes())
-    channel = grpc.secure_channel(_address(coordinator), creds,
-                                  options=[("grpc.ssl_target_name_override", "coordinator")])
+def test_client_without_certificate_is_refused(
+    coordinator: RunningCoordinator, pki_dir: Path
+) -> None:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(pki_dir / "ca.crt").read_bytes()
+    )
+    channel = grpc.secure_channel(
+        _address(coordinator),
+        creds,
+        options=[("grpc.ssl_target_name_override", "coordinator")],
+    )
     stub = health_pb2_grpc.HealthStub(channel)
     with pytest.raises(grpc.RpcError):
         stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
     channel.close()
 
 
-def test_certificate_from_another_ca_is_refused(coordinator: RunningCoordinator, tmp_path: Path,
-                                                pki_dir: Path) -> None:
+def test_certificate_from_another_ca_is_refused(
+    coordinator: RunningCoordinator, tmp_path: Path, pki_dir: Path
+) -> None:
     other = tmp_path / "other"
     pki.init_ca(other, federation="evil")
     pki.issue(other, "analyst", "alice")
-    forged = TlsIdentity((other / "alice.crt").read_bytes(), (other / "alice.key").read_bytes(),
-                         (pki_dir / "ca.crt").read_bytes())
+    forged = TlsIdentity(
+        (other / "alice.crt").read_bytes(),
+        (other / "alice.key").read_bytes(),
+        (pki_dir / "ca.crt").read_bytes(),
+    )
     with Client(address=_address(coordinator), identity=forged, deadline=5) as client:
         assert not client.healthy()
         with pytest.raises(Exception):
-            client.list()
+            client.list_jobs()
 
 
-def test_analyst_certificate_cannot_act_as_node(coordinator: RunningCoordinator, pki_dir: Path) -> None:
-    channel = secure_channel(_address(coordinator), _identity(pki_dir, "alice"),
-                             server_name="coordinator")
+def test_analyst_certificate_cannot_act_as_node(
+    coordinator: RunningCoordinator, pki_dir: Path
+) -> None:
+    channel = secure_channel(
+        _address(coordinator), _identity(pki_dir, "alice"), server_name="coordinator"
+    )
     stub = pb_grpc.NodeServiceStub(channel)
     with pytest.raises(grpc.RpcError) as err:
         stub.Register(pb.RegisterRequest(), timeout=5)
@@ -82,33 +102,60 @@ def test_analyst_certificate_cannot_act_as_node(coordinator: RunningCoordinator,
     channel.close()
 
 
-def test_node_certificate_cannot_use_analyst_api(coordinator: RunningCoordinator, pki_dir: Path) -> None:
-    with Client(address=_address(coordinator), identity=_identity(pki_dir, "n1")) as client:
+def test_node_certificate_cannot_use_analyst_api(
+    coordinator: RunningCoordinator, pki_dir: Path
+) -> None:
+    with Client(
+        address=_address(coordinator), identity=_identity(pki_dir, "n1")
+    ) as client:
         with pytest.raises(AuthError, match="node certificate"):
-            client.list()
+            client.list_jobs()
 
 
-def test_node_cannot_register_another_nodes_keys(coordinator: RunningCoordinator, pki_dir: Path,
-                                                 tmp_path: Path) -> None:
+def test_node_cannot_register_another_nodes_keys(
+    coordinator: RunningCoordinator, pki_dir: Path, tmp_path: Path
+) -> None:
     bundle = make_key_bundle("n2", NodeKeys.generate(), _identity(pki_dir, "n2"))
-    channel = secure_channel(_address(coordinator), _identity(pki_dir, "n1"),
-                             server_name="coordinator")
+    channel = secure_channel(
+        _address(coordinator), _identity(pki_dir, "n1"), server_name="coordinator"
+    )
     with pytest.raises(grpc.RpcError) as err:
         pb_grpc.NodeServiceStub(channel).Register(
-            pb.RegisterRequest(key_bundle=bundle.to_bytes()), timeout=5)
+            pb.RegisterRequest(key_bundle=bundle.to_bytes()), timeout=5
+        )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     channel.close()
 
 
-def test_result_of_100_mb_streams_in_chunks(coordinator: RunningCoordinator, pki_dir: Path) -> None:
+def test_result_of_100_mb_streams_in_chunks(
+    coordinator: RunningCoordinator, pki_dir: Path
+) -> None:
     store = coordinator.scheduler.store
-    store.create_job(JobRecord("job-big", "alice", "count", "x", "h", JobState.SUCCEEDED,
-                               "done", "", 1.0, 1.0))
+    store.create_job(
+        JobRecord(
+            "job-big",
+            "alice",
+            "count",
+            "x",
+            "h",
+            JobState.SUCCEEDED,
+            "done",
+            "",
+            1.0,
+            1.0,
+        )
+    )
     blob = {"result": {"payload": "x" * (100 * 1024 * 1024)}}
     data = json.dumps(blob).encode()
     store.put_result("job-big", data)
-    with Client(address=_address(coordinator), identity=_identity(pki_dir, "alice")) as client:
+    with Client(
+        address=_address(coordinator), identity=_identity(pki_dir, "alice")
+    ) as client:
         assert client.result_bytes("job-big") == data
-    with Client(address=_address(coordinator), identity=_identity(pki_dir, "bob")) as client:
+    with Client(
+        address=_address(coordinator), identity=_identity(pki_dir, "bob")
+    ) as client:
         with pytest.raises(NotFound):
-            client.result_bytes("job-big")  # another analyst's job does not exist for bob
+            client.result_bytes(
+                "job-big"
+            )  # another analyst's job does not exist for bob

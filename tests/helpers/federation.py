@@ -26,10 +26,16 @@ purpose: research
 
 
 def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "cleanroom", *args], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cleanroom", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -37,12 +43,14 @@ def make_csvs(directory: Path) -> dict[str, Path]:
     rng = np.random.default_rng(7)
     paths = {}
     for i, rows in enumerate((120, 200, 80), start=1):
-        frame = pd.DataFrame({
-            "patient_id": [f"p{i}-{k}" for k in range(rows)],
-            "age": rng.integers(18, 90, rows),
-            "sex": rng.choice(["F", "M"], rows),
-            "bmi": rng.normal(26, 4, rows).round(1),
-        })
+        frame = pd.DataFrame(
+            {
+                "patient_id": [f"p{i}-{k}" for k in range(rows)],
+                "age": rng.integers(18, 90, rows),
+                "sex": rng.choice(["F", "M"], rows),
+                "bmi": rng.normal(26, 4, rows).round(1),
+            }
+        )
         paths[f"h{i}"] = directory / f"h{i}.csv"
         frame.to_csv(paths[f"h{i}"], index=False)
     return paths
@@ -56,12 +64,12 @@ def expected_counts(paths: dict[str, Path]) -> dict[str, int]:
     return out
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-

@@ -20,18 +20,28 @@ from cleanroom.provenance import verify_result_bytes
 
 pytestmark = pytest.mark.integration
 
-RULES = {"analysts": ["analyst"], "organisations": "*", "job_types": ["count"],
-         "columns": {"allow": "*", "forbid": ["patient_id"]},
-         "purposes": ["research"], "min_group_size": 5, "approval": "auto",
-         "quotas": {"jobs": {"per_day": 3}}}
+RULES = {
+    "analysts": ["analyst"],
+    "organisations": "*",
+    "job_types": ["count"],
+    "columns": {"allow": "*", "forbid": ["patient_id"]},
+    "purposes": ["research"],
+    "min_group_size": 5,
+    "approval": "auto",
+    "quotas": {"jobs": {"per_day": 3}},
+}
 
 
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Path]]]:
+def fed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, dict[str, Path]]]:
     tmp = tmp_path_factory.mktemp("gov")
     paths = make_csvs(tmp)
-    policy = {"default": RULES,
-              "h3": {**RULES, "valid": {"until": "2020-01-01T00:00:00Z"}}}
+    policy = {
+        "default": RULES,
+        "h3": {**RULES, "valid": {"until": "2020-01-01T00:00:00Z"}},
+    }
     (tmp / "policy.yaml").write_text(yaml.safe_dump(policy))
     workdir = tmp / "fed"
     local.up(workdir=workdir, nodes=list(paths.items()), policy=tmp / "policy.yaml")
@@ -52,17 +62,24 @@ def test_rules_refuse_with_the_nodes_reasons(fed: tuple[Path, dict[str, Path]]) 
     expired = _submit(workdir, COUNT_SPEC)
     assert expired.job.state.value == "refused"
     assert "h3" in expired.job.reason and "expired" in expired.job.reason
-    forbidden = _submit(workdir, SPEC_12.replace("column: sex", "column: patient_id").replace(
-        'value: "F"', 'value: "p1-1"'))
+    forbidden = _submit(
+        workdir,
+        SPEC_12.replace("column: sex", "column: patient_id").replace(
+            'value: "F"', 'value: "p1-1"'
+        ),
+    )
     assert forbidden.job.state.value == "refused"
     assert "patient_id" in forbidden.job.reason and "forbidden" in forbidden.job.reason
-    purpose = _submit(workdir, SPEC_12.replace("purpose: research", "purpose: marketing"))
+    purpose = _submit(
+        workdir, SPEC_12.replace("purpose: research", "purpose: marketing")
+    )
     assert purpose.job.state.value == "refused"
     assert "marketing" in purpose.job.reason
 
 
-def test_results_verify_offline_and_quota_holds(fed: tuple[Path, dict[str, Path]],
-                                                tmp_path: Path) -> None:
+def test_results_verify_offline_and_quota_holds(
+    fed: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
     workdir, paths = fed
     fed_file = str(workdir / "federation.json")
     states = [_submit(workdir, SPEC_12) for _ in range(4)]
@@ -92,8 +109,14 @@ def test_results_verify_offline_and_quota_holds(fed: tuple[Path, dict[str, Path]
     exports = tmp_path / "audit"
     cli("audit", "export", "--workdir", str(workdir), "--out", str(exports), check=True)
     logs = sorted(str(p) for p in exports.glob("*.jsonl"))
-    verified = cli("audit", "verify", *logs,
-                   "--known-heads-from", str(exports / "h1.jsonl"), check=True)
+    verified = cli(
+        "audit",
+        "verify",
+        *logs,
+        "--known-heads-from",
+        str(exports / "h1.jsonl"),
+        check=True,
+    )
     assert verified.stdout.count("OK") == 4
     assert "cosigned by h1, h2" in verified.stdout
     shown = cli("audit", "show", "--job", job, *logs, check=True).stdout
@@ -101,17 +124,29 @@ def test_results_verify_offline_and_quota_holds(fed: tuple[Path, dict[str, Path]
         assert party in shown
     assert "job.release_signed" in shown and "job.output" in shown
 
-    statement = cli("usage", "export", "--csv", "--workdir", str(workdir), check=True).stdout
+    statement = cli(
+        "usage", "export", "--csv", "--workdir", str(workdir), check=True
+    ).stdout
     rows = list(csv.DictReader(io.StringIO(statement)))
-    jobs_h1 = [r for r in rows if r["node"] == "h1" and r["meter"] == "jobs"
-               and r["status"] == "settled"]
+    jobs_h1 = [
+        r
+        for r in rows
+        if r["node"] == "h1" and r["meter"] == "jobs" and r["status"] == "settled"
+    ]
     assert len(jobs_h1) == 3
-    usage = cli("node", "usage", "--config", str(workdir / "nodes" / "h1" / "node.toml"),
-                check=True).stdout
+    usage = cli(
+        "node",
+        "usage",
+        "--config",
+        str(workdir / "nodes" / "h1" / "node.toml"),
+        check=True,
+    ).stdout
     assert "jobs" in usage and "analyst" in usage
 
 
-def test_tampered_audit_export_is_detected(fed: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+def test_tampered_audit_export_is_detected(
+    fed: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
     workdir, _ = fed
     exports = tmp_path / "audit"
     cli("audit", "export", "--workdir", str(workdir), "--out", str(exports), check=True)

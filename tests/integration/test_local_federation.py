@@ -19,22 +19,37 @@ from cleanroom.federation import Federation
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture()
 def federation(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Path]]]:
     paths = make_csvs(tmp_path)
     policy = {
-        "default": {"analysts": ["analyst"], "organisations": "*", "job_types": "*",
-                    "columns": {"allow": "*"}, "purposes": "*", "min_group_size": 5,
-                    "approval": "auto"},
+        "default": {
+            "analysts": ["analyst"],
+            "organisations": "*",
+            "job_types": "*",
+            "columns": {"allow": "*"},
+            "purposes": "*",
+            "min_group_size": 5,
+            "approval": "auto",
+        },
         # the holder of h1 decides every job on it by hand
-        "h1": {"analysts": ["analyst"], "organisations": "*", "job_types": "*",
-               "columns": {"allow": "*"}, "purposes": "*", "min_group_size": 5,
-               "approval": "manual"},
+        "h1": {
+            "analysts": ["analyst"],
+            "organisations": "*",
+            "job_types": "*",
+            "columns": {"allow": "*"},
+            "purposes": "*",
+            "min_group_size": 5,
+            "approval": "manual",
+        },
     }
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(policy))
     workdir = tmp_path / "fed"
-    local.up(workdir=workdir, nodes=list(paths.items()), policy=policy_file, node_timeout=2.0)
+    local.up(
+        workdir=workdir, nodes=list(paths.items()), policy=policy_file, node_timeout=2.0
+    )
     yield workdir, paths
     local.down(workdir)
 
@@ -48,20 +63,38 @@ def spec_file(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
 def test_count_job_end_to_end(tmp_path: Path) -> None:
     paths = make_csvs(tmp_path)
     workdir = tmp_path / "fed"
-    up = cli("local", "up", "--workdir", str(workdir),
-             *[arg for n, p in paths.items() for arg in ("--node", f"{n}={p}")], check=True)
+    up = cli(
+        "local",
+        "up",
+        "--workdir",
+        str(workdir),
+        *[arg for n, p in paths.items() for arg in ("--node", f"{n}={p}")],
+        check=True,
+    )
     assert "federation up" in up.stdout
     try:
         fed = str(workdir / "federation.json")
-        proc = cli("job", "submit", str(spec_file(tmp_path, COUNT_SPEC)), "--federation", fed,
-                   "--wait", "--json", check=True)
+        proc = cli(
+            "job",
+            "submit",
+            str(spec_file(tmp_path, COUNT_SPEC)),
+            "--federation",
+            fed,
+            "--wait",
+            "--json",
+            check=True,
+        )
         doc = json.loads(proc.stdout)
         assert doc["state"] == "succeeded"
         counts = {c["node"]: c["count"] for c in doc["result"]["result"]["counts"]}
         assert counts == expected_counts(paths)
-        status = json.loads(cli("local", "status", "--workdir", str(workdir), check=True).stdout)
+        status = json.loads(
+            cli("local", "status", "--workdir", str(workdir), check=True).stdout
+        )
         assert all(n["connected"] for n in status["nodes"].values())
-        listed = json.loads(cli("job", "list", "--federation", fed, "--json", check=True).stdout)
+        listed = json.loads(
+            cli("job", "list", "--federation", fed, "--json", check=True).stdout
+        )
         assert [j["job_id"] for j in listed] == [doc["job_id"]]
     finally:
         cli("local", "down", "--workdir", str(workdir))
@@ -70,14 +103,32 @@ def test_count_job_end_to_end(tmp_path: Path) -> None:
 def test_policy_excluding_the_analyst_refuses(tmp_path: Path) -> None:
     paths = make_csvs(tmp_path)
     policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump({"default": {
-        "analysts": ["someone-else"], "organisations": "*", "job_types": "*",
-        "columns": {"allow": "*"}, "purposes": "*", "approval": "auto"}}))
+    policy.write_text(
+        yaml.safe_dump(
+            {
+                "default": {
+                    "analysts": ["someone-else"],
+                    "organisations": "*",
+                    "job_types": "*",
+                    "columns": {"allow": "*"},
+                    "purposes": "*",
+                    "approval": "auto",
+                }
+            }
+        )
+    )
     workdir = tmp_path / "fed"
     local.up(workdir=workdir, nodes=list(paths.items()), policy=policy)
     try:
-        proc = cli("job", "submit", str(spec_file(tmp_path, COUNT_SPEC)), "--federation",
-                   str(workdir / "federation.json"), "--wait", "--json")
+        proc = cli(
+            "job",
+            "submit",
+            str(spec_file(tmp_path, COUNT_SPEC)),
+            "--federation",
+            str(workdir / "federation.json"),
+            "--wait",
+            "--json",
+        )
         assert proc.returncode == 1
         doc = json.loads(proc.stdout)
         assert doc["state"] == "refused"
@@ -90,11 +141,26 @@ def test_policy_excluding_the_analyst_refuses(tmp_path: Path) -> None:
     ("spec", "fragment"),
     [
         ("type: count\ninputs: [{node: h1, dataset: h1}\npurpose: x", "malformed YAML"),
-        (COUNT_SPEC.replace("type: count", "type: teleport"), "unknown job type 'teleport'"),
-        (COUNT_SPEC.replace("node: h3", "node: h9"), "inputs[2].node: unknown node 'h9'"),
-        (COUNT_SPEC.replace("dataset: h2", "dataset: nope"), "inputs[1].dataset: node 'h2' has no dataset 'nope'"),
-        (COUNT_SPEC.replace("column: age", "column: agee"), "params.where[0].column: dataset"),
-        (COUNT_SPEC.replace('value: "F"', "value: 3"), "params.where[1].value: column is str"),
+        (
+            COUNT_SPEC.replace("type: count", "type: teleport"),
+            "unknown job type 'teleport'",
+        ),
+        (
+            COUNT_SPEC.replace("node: h3", "node: h9"),
+            "inputs[2].node: unknown node 'h9'",
+        ),
+        (
+            COUNT_SPEC.replace("dataset: h2", "dataset: nope"),
+            "inputs[1].dataset: node 'h2' has no dataset 'nope'",
+        ),
+        (
+            COUNT_SPEC.replace("column: age", "column: agee"),
+            "params.where[0].column: dataset",
+        ),
+        (
+            COUNT_SPEC.replace('value: "F"', "value: 3"),
+            "params.where[1].value: column is str",
+        ),
     ],
 )
 def test_bad_specs_fail_precisely_and_create_no_job(
@@ -102,27 +168,54 @@ def test_bad_specs_fail_precisely_and_create_no_job(
 ) -> None:
     workdir, _ = federation
     fed = str(workdir / "federation.json")
-    proc = cli("job", "submit", str(spec_file(tmp_path, spec)), "--federation", fed, "--json")
+    proc = cli(
+        "job", "submit", str(spec_file(tmp_path, spec)), "--federation", fed, "--json"
+    )
     assert proc.returncode == 2, proc.stderr
     assert fragment in " ".join(proc.stderr.split()), proc.stderr
-    assert json.loads(cli("job", "list", "--federation", fed, "--json", check=True).stdout) == []
+    assert (
+        json.loads(cli("job", "list", "--federation", fed, "--json", check=True).stdout)
+        == []
+    )
 
 
 def _node_config(workdir: Path, node: str) -> str:
     return str(workdir / "nodes" / node / "node.toml")
 
 
-def test_manual_approval_and_denial(federation: tuple[Path, dict[str, Path]], tmp_path: Path) -> None:
+def test_manual_approval_and_denial(
+    federation: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
     workdir, paths = federation
     fed = str(workdir / "federation.json")
     spec = spec_file(tmp_path, COUNT_SPEC)
     with Client.from_federation(fed) as client:
         job = client.submit(spec.read_text()).job.job_id
-        held = json.loads(cli("node", "jobs", "--config", _node_config(workdir, "h1"), "--json",
-                              check=True).stdout)
-        wait_for(lambda: any(j["job_id"] == job for j in json.loads(
-            cli("node", "jobs", "--config", _node_config(workdir, "h1"), "--json").stdout)),
-            what="the held job to appear on h1")
+        held = json.loads(
+            cli(
+                "node",
+                "jobs",
+                "--config",
+                _node_config(workdir, "h1"),
+                "--json",
+                check=True,
+            ).stdout
+        )
+        wait_for(
+            lambda: any(
+                j["job_id"] == job
+                for j in json.loads(
+                    cli(
+                        "node",
+                        "jobs",
+                        "--config",
+                        _node_config(workdir, "h1"),
+                        "--json",
+                    ).stdout
+                )
+            ),
+            what="the held job to appear on h1",
+        )
         cli("node", "approve", job, "--config", _node_config(workdir, "h1"), check=True)
         done = client.wait(job, timeout=30)
         assert done.job.state.value == "succeeded"
@@ -130,9 +223,21 @@ def test_manual_approval_and_denial(federation: tuple[Path, dict[str, Path]], tm
         assert counts == expected_counts(paths)
 
         job2 = client.submit(spec.read_text()).job.job_id
-        wait_for(lambda: cli("node", "deny", job2, "--config", _node_config(workdir, "h1"),
-                             "--reason", "not this quarter").returncode == 0,
-                 what="h1 to hold the second job")
+        wait_for(
+            lambda: (
+                cli(
+                    "node",
+                    "deny",
+                    job2,
+                    "--config",
+                    _node_config(workdir, "h1"),
+                    "--reason",
+                    "not this quarter",
+                ).returncode
+                == 0
+            ),
+            what="h1 to hold the second job",
+        )
         final = client.wait(job2, timeout=30)
         assert final.job.state.value == "refused"
         assert "not this quarter" in final.job.reason
@@ -147,18 +252,27 @@ def test_node_killed_mid_job_fails_it_and_the_node_reconnects(
     fed = Federation.load(fed_file)
     with Client.from_federation(fed_file) as client:
         job = client.submit(COUNT_SPEC).job.job_id
-        wait_for(lambda: {d.node: d.decision for d in client.status(job).decisions}.get("h2")
-                 == "approved", what="h2 to approve")
+        wait_for(
+            lambda: (
+                {d.node: d.decision for d in client.status(job).decisions}.get("h2")
+                == "approved"
+            ),
+            what="h2 to approve",
+        )
         os.killpg(fed.processes["node:h2"], signal.SIGKILL)
         cli("node", "approve", job, "--config", _node_config(workdir, "h1"), check=True)
         final = client.wait(job, timeout=30)
         assert final.job.state.value == "failed"
         assert "h2" in final.job.reason and "lost contact" in final.job.reason
         # the holder restarts the node; it reconnects by itself
-        local._spawn(["node", "serve", "--config", _node_config(workdir, "h2")],
-                     workdir / "logs" / "h2-restarted.log")
-        wait_for(lambda: {e.node: e.connected for e in client.catalog()}.get("h2") is True,
-                 what="h2 to reconnect")
+        local._spawn(
+            ["node", "serve", "--config", _node_config(workdir, "h2")],
+            workdir / "logs" / "h2-restarted.log",
+        )
+        wait_for(
+            lambda: {e.node: e.connected for e in client.catalog()}.get("h2") is True,
+            what="h2 to reconnect",
+        )
 
 
 def test_coordinator_restart_keeps_jobs_and_results(
@@ -169,27 +283,49 @@ def test_coordinator_restart_keeps_jobs_and_results(
     fed = Federation.load(fed_file)
     with Client.from_federation(fed_file) as client:
         finished = client.submit(COUNT_SPEC).job.job_id
-        wait_for(lambda: cli("node", "approve", finished, "--config",
-                             _node_config(workdir, "h1")).returncode == 0, what="held job")
+        wait_for(
+            lambda: (
+                cli(
+                    "node", "approve", finished, "--config", _node_config(workdir, "h1")
+                ).returncode
+                == 0
+            ),
+            what="held job",
+        )
         assert client.wait(finished, timeout=30).job.state.value == "succeeded"
         before = client.result(finished)
         waiting = client.submit(COUNT_SPEC).job.job_id  # held by h1's holder
     os.killpg(fed.processes["coordinator"], signal.SIGKILL)
     config = workdir / "coordinator" / "coordinator.toml"
-    text = config.read_text().replace('listen = "127.0.0.1:0"',
-                                      f'listen = "{fed.coordinator_address}"')
+    text = config.read_text().replace(
+        'listen = "127.0.0.1:0"', f'listen = "{fed.coordinator_address}"'
+    )
     config.write_text(text)
-    local._spawn(["coordinator", "serve", "--config", str(config)],
-                 workdir / "logs" / "coordinator-restarted.log")
+    local._spawn(
+        ["coordinator", "serve", "--config", str(config)],
+        workdir / "logs" / "coordinator-restarted.log",
+    )
     with Client.from_federation(fed_file) as client:
         wait_for(client.healthy, what="the coordinator to come back")
         assert client.result(finished) == before
         assert client.status(waiting).job.state.value == "awaiting_approval"
-        wait_for(lambda: all(e.connected for e in client.catalog()), what="nodes to reconnect")
-        cli("node", "approve", waiting, "--config", _node_config(workdir, "h1"), check=True)
+        wait_for(
+            lambda: all(e.connected for e in client.catalog()),
+            what="nodes to reconnect",
+        )
+        cli(
+            "node",
+            "approve",
+            waiting,
+            "--config",
+            _node_config(workdir, "h1"),
+            check=True,
+        )
         final = client.wait(waiting, timeout=30)
         assert final.job.state.value == "succeeded", final.job.reason
-        counts = {c["node"]: c["count"] for c in client.result(waiting)["result"]["counts"]}
+        counts = {
+            c["node"]: c["count"] for c in client.result(waiting)["result"]["counts"]
+        }
         assert counts == expected_counts(paths)
 
 
