@@ -27,6 +27,8 @@ setup_services() {
 case "${1:-}" in
   demo)
     setup_python
+    # Docker lets the demo show the data sandbox; without it that step is skipped.
+    bash scripts/setup-docker.sh || echo "!! Docker unavailable; the sandbox step will be skipped"
     exec "$VENV/bin/cleanroom" demo
     ;;
   test)

@@ -26,6 +26,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_secagg",
     "benchmarks.bench_paillier",
     "benchmarks.bench_e2e",
+    "benchmarks.bench_governance",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")

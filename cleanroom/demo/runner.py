@@ -17,6 +17,7 @@ from rich.table import Table
 from cleanroom import local
 from cleanroom.client import Client
 from cleanroom.errors import CleanroomError
+from cleanroom.federation import Federation
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
 
@@ -41,6 +42,12 @@ class DemoStep:
 
 
 _STEPS: list[DemoStep] = []
+_CURRENT: dict[str, Federation] = {}
+
+
+def current_federation() -> Federation | None:
+    """The running demo's federation, for steps that act as a data holder would."""
+    return _CURRENT.get("federation")
 
 
 def register_step(step: DemoStep) -> DemoStep:
@@ -95,13 +102,16 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
             f"{fed.coordinator_address} (mutual TLS, separate processes)"
         )
         all_ok = True
+        _CURRENT["federation"] = fed
         try:
             with Client.from_federation(
                 root / "federation" / "federation.json"
             ) as client:
                 for step in _STEPS:
                     all_ok &= _run_step(step, client, datasets, frames, console)
+            all_ok &= _governance(root / "federation", console)
         finally:
+            _CURRENT.clear()
             local.down(root / "federation")
         console.rule(
             "[bold green]all results match" if all_ok else "[bold red]mismatch"
@@ -151,3 +161,33 @@ def _run_step(
         f"{len(json.dumps(document))} bytes, signed by {', '.join(signers)}[/]"
     )
     return all(ok for *_, ok in rows)
+
+
+def _governance(workdir: Path, console: Console) -> bool:
+    """Show the meters and check every party's audit ledger offline."""
+    from click.testing import CliRunner
+
+    from cleanroom.cli.main import cli
+
+    console.rule("controllable and countable — meters and audit ledgers")
+    from cleanroom.cli.governance import usage_table
+
+    runner = CliRunner()
+    fed = Federation.load(workdir / "federation.json")
+
+    for info in fed.nodes.values():
+        console.print(usage_table(Path(info["config"])))
+    exports = workdir / "audit-export"
+    outcome = runner.invoke(cli, ["audit", "export", "--workdir", str(workdir),
+                                  "--out", str(exports)])
+    ok = outcome.exit_code == 0
+    logs = sorted(str(p) for p in exports.glob("*.jsonl"))
+    known = [arg for log in logs if not log.endswith("coordinator.jsonl")
+             for arg in ("--known-heads-from", log)]
+    outcome = runner.invoke(cli, ["audit", "verify", *logs, *known])
+    console.print(outcome.output.strip(), highlight=False)
+    ok &= outcome.exit_code == 0
+    console.print("every ledger verified offline: hash chain, Merkle root, signed heads, "
+                  "and the coordinator's heads co-signed by the nodes" if ok else
+                  "[red]an audit ledger did not verify[/]")
+    return ok

@@ -95,21 +95,13 @@ def _sandbox_available() -> str | None:
 
 
 def _node_config(node: str) -> Any:
-    """The config of the demo's node process ``node`` (a child of this process)."""
-    import os
+    """The config file of the demo federation's node ``node``."""
     from pathlib import Path
 
-    for proc in Path("/proc").iterdir():
-        try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0")]
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == os.getpid() and "serve" in argv and "--config" in argv:
-            config = Path(argv[argv.index("--config") + 1])
-            if config.parent.name == node:
-                return config
-    return None
+    from cleanroom.demo.runner import current_federation
+
+    fed = current_federation()
+    return Path(fed.nodes[node]["config"]) if fed and node in fed.nodes else None
 
 
 def _approve_as_holder(spec_yaml: str, digest: str) -> None:
