@@ -260,6 +260,34 @@ def _stop_processes(processes: dict[str, int], *, grace: float = 5.0) -> None:
                 pass
 
 
+def restart(workdir: Path, party: str) -> int:
+    """(Re)start one party of a local federation — ``coordinator`` or a node name —
+    on its previous address, and record its new process so ``down`` stops it."""
+    workdir = workdir.resolve()
+    fed_file = workdir / "federation.json"
+    fed = Federation.load(fed_file)
+    if party == "coordinator":
+        key = "coordinator"
+        config = workdir / "coordinator" / "coordinator.toml"
+        text = config.read_text()
+        if 'listen = "127.0.0.1:0"' in text:
+            # keep the port the nodes and analysts already know
+            config.write_text(text.replace('listen = "127.0.0.1:0"',
+                                           f'listen = "{fed.coordinator_address}"'))
+        args = ["coordinator", "serve", "--config", str(config)]
+    elif party in fed.nodes:
+        key = f"node:{party}"
+        args = ["node", "serve", "--config", fed.nodes[party]["config"]]
+    else:
+        raise ConfigError(f"no party '{party}' in {fed_file}")
+    old = fed.processes.get(key)
+    if old is not None and _alive(old):
+        _stop_processes({key: old})
+    processes = {**fed.processes, key: _spawn(args, workdir / "logs" / f"{party}.log")}
+    Federation(**{**fed.__dict__, "processes": processes}).save(fed_file)
+    return processes[key]
+
+
 def down(workdir: Path) -> list[str]:
     """Stop every process of the local federation; return what was stopped."""
     fed = Federation.load(workdir.resolve() / "federation.json")

@@ -284,3 +284,13 @@ def demo(workdir: Path | None) -> None:
 
     if not run_demo(workdir=workdir, console=out):
         sys.exit(1)
+
+
+@local_group.command("restart")
+@click.argument("party")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".cleanroom"))
+@handle_errors
+def local_restart(party: str, workdir: Path) -> None:
+    """(Re)start the coordinator or one node (e.g. after killing it)."""
+    pid = local_fed.restart(workdir, party)
+    out.print(f"{party} started (pid {pid})")

@@ -30,9 +30,12 @@ Protocol. Each node summarises its rows into one vector (``stats.layout``):
 per cell (group) a count, centred sums, sums of products and histogram counts,
 each fixed-point encoded in Z_2^64 with a scale chosen so that no sum over all
 inputs can wrap (``FixedPoint.check_capacity``). With ``dp``, each node adds
-its share of discrete Gaussian noise (``protocols.dp``), calibrated so that the
-sum of any ``threshold`` shares meets (epsilon, delta) — over-provisioned for
-dropouts, assuming honest nodes. It then sends its own ``min_group_size``
+its share of discrete Gaussian noise (``protocols.dp``) to every encoded value,
+scaled to how far adding or removing one row can move it (from the clip bounds),
+and calibrated so that the sum of any ``threshold`` shares meets (epsilon,
+delta) for the whole vector: over-provisioned for dropouts (n shares give n/t
+times the variance), and assuming honest nodes (a node that subtracts its own
+share removes it). It then sends its own ``min_group_size``
 (signed, as every node-to-coordinator message is) and runs SecAgg+ (session =
 job id, parties = the inputs). Fewer than ``threshold`` survivors: the job
 aborts. A node that sent its masked vector and then vanished still counts as a

@@ -282,7 +282,7 @@ def test_nan_rows_are_left_out_and_the_plaintext_is_the_node_summary() -> None:
     _, (_, total) = layout.slots()
     assert encoded[0] == len(bmi) == SIZES[0] - 3
     centred = (bmi - 30).sum()
-    assert encoded[1] == round(centred * 2**total.codec.scale_bits)
+    assert encoded[1] == round(centred * 2**total.scale_bits)
 
 
 @pytest.mark.parametrize("stage", STAGES)

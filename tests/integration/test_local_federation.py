@@ -265,10 +265,7 @@ def test_node_killed_mid_job_fails_it_and_the_node_reconnects(
         assert final.job.state.value == "failed"
         assert "h2" in final.job.reason and "lost contact" in final.job.reason
         # the holder restarts the node; it reconnects by itself
-        local._spawn(
-            ["node", "serve", "--config", _node_config(workdir, "h2")],
-            workdir / "logs" / "h2-restarted.log",
-        )
+        local.restart(workdir, "h2")
         wait_for(
             lambda: {e.node: e.connected for e in client.catalog()}.get("h2") is True,
             what="h2 to reconnect",
@@ -296,15 +293,7 @@ def test_coordinator_restart_keeps_jobs_and_results(
         before = client.result(finished)
         waiting = client.submit(COUNT_SPEC).job.job_id  # held by h1's holder
     os.killpg(fed.processes["coordinator"], signal.SIGKILL)
-    config = workdir / "coordinator" / "coordinator.toml"
-    text = config.read_text().replace(
-        'listen = "127.0.0.1:0"', f'listen = "{fed.coordinator_address}"'
-    )
-    config.write_text(text)
-    local._spawn(
-        ["coordinator", "serve", "--config", str(config)],
-        workdir / "logs" / "coordinator-restarted.log",
-    )
+    local.restart(workdir, "coordinator")
     with Client.from_federation(fed_file) as client:
         wait_for(client.healthy, what="the coordinator to come back")
         assert client.result(finished) == before

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from helpers.federation import wait_for
 
 from cleanroom import local
 from cleanroom.client import Client
-from cleanroom.jobspec import parse_spec
 from cleanroom.jobtypes.stats.encode import contribution
 from cleanroom.jobtypes.stats.layout import build_layout
 from cleanroom.jobtypes.stats.params import parse_params
@@ -40,7 +38,7 @@ NODES = ("h1", "h2", "h3", "h4", "h5")
 SIZES = (90, 140, 60, 110, 75)
 PLAN_ENV = "CLEANROOM_TEST_KILL_PLAN"
 PLUGIN = "secure_stats_kill"
-PLUGIN_SOURCE = f'''"""Test only: SIGKILL this node when a planned secure_stats stage arrives."""
+PLUGIN_SOURCE = f'''"""Test only: SIGKILL this node when a planned stage arrives."""
 import json
 import os
 import signal
@@ -138,34 +136,39 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
     plan.write_text("{}")
     env = pytest.MonkeyPatch()
     python_path = os.environ.get("PYTHONPATH")
-    env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), python_path])))
+    env.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), python_path]))
+    )
     env.setenv(PLAN_ENV, str(plan))
     state = Fed(root / "fed", make_csvs(root), plan)
-    local.up(workdir=state.workdir, nodes=list(state.paths.items()), node_timeout=2.0,
-             plugins=[PLUGIN])
+    local.up(
+        workdir=state.workdir,
+        nodes=list(state.paths.items()),
+        node_timeout=2.0,
+        plugins=[PLUGIN],
+    )
     try:
         yield state
     finally:
         local.down(state.workdir)
-        for pid in state.restarted:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        local._stop_processes({f"restarted-{pid}": pid for pid in state.restarted})
         env.undo()
 
 
 def spec(params: Mapping[str, Any]) -> str:
-    return yaml.safe_dump({
-        "type": "secure_stats",
-        "inputs": [{"node": n, "dataset": n} for n in NODES],
-        "params": dict(params),
-        "purpose": "research",
-    })
+    return yaml.safe_dump(
+        {
+            "type": "secure_stats",
+            "inputs": [{"node": n, "dataset": n} for n in NODES],
+            "params": dict(params),
+            "purpose": "research",
+        }
+    )
 
 
-def run(fed: Fed, params: Mapping[str, Any], kill: Mapping[str, str] | None = None
-        ) -> tuple[Any, dict[str, Any] | None, float]:
+def run(
+    fed: Fed, params: Mapping[str, Any], kill: Mapping[str, str] | None = None
+) -> tuple[Any, dict[str, Any] | None, float]:
     """Run a job with ``kill`` planned; restart the killed nodes afterwards."""
     fed.plan.write_text(json.dumps(dict(kill or {})))
     started = time.monotonic()
@@ -177,18 +180,19 @@ def run(fed: Fed, params: Mapping[str, Any], kill: Mapping[str, str] | None = No
         document = client.result(job) if final.job.state.value == "succeeded" else None
         for node in kill or {}:
             config = fed.workdir / "nodes" / node / "node.toml"
-            fed.restarted.append(local._spawn(
-                ["node", "serve", "--config", str(config)],
-                fed.workdir / "logs" / f"{node}-restarted.log"))
+            fed.restarted.append(
+                local._spawn(
+                    ["node", "serve", "--config", str(config)],
+                    fed.workdir / "logs" / f"{node}-restarted.log",
+                )
+            )
         if kill:
-            wait_for(lambda: _all_back(client, kill), timeout=30,
-                     what="killed nodes to reconnect")
+            wait_for(
+                lambda: all(e.connected for e in client.catalog()),
+                timeout=30,
+                what="killed nodes to reconnect",
+            )
     return final, document, took
-
-
-def _all_back(client: Client, killed: Mapping[str, str]) -> bool:
-    seen = {e.node: e for e in client.catalog()}
-    return all(seen[n].connected for n in NODES)
 
 
 def pooled(fed: Fed, nodes: list[str]) -> pd.DataFrame:
@@ -211,7 +215,9 @@ def check(result: Mapping[str, Any], data: pd.DataFrame, contributors: int) -> N
         corr = np.corrcoef(values, rowvar=False)
         for a, ca in enumerate(cols):
             for b, cb in enumerate(cols):
-                assert cell["correlation"][ca][cb] == pytest.approx(corr[a, b], abs=1e-9)
+                assert cell["correlation"][ca][cb] == pytest.approx(
+                    corr[a, b], abs=1e-9
+                )
         edges = PARAMS["bins"]["age"]
         counts = np.histogram(rows.age, bins=edges)[0].tolist()
         assert cell["histogram"]["age"] == {"edges": edges, "counts": counts}
@@ -258,8 +264,10 @@ def test_pooled_statistics_match_numpy_and_the_coordinator_keeps_no_contribution
     assert {a["node"] for a in document["provenance"]["attestations"]} == set(NODES)
     print(f"\nsecure_stats, 5 nodes, no dropout: {took:.1f}s")
 
-    haystacks = [fed.workdir / "logs" / "coordinator.log",
-                 *sorted((fed.workdir / "coordinator" / "data").iterdir())]
+    haystacks = [
+        fed.workdir / "logs" / "coordinator.log",
+        *sorted((fed.workdir / "coordinator" / "data").iterdir()),
+    ]
     contents = b"".join(p.read_bytes() for p in haystacks if p.is_file())
     assert b"secure_stats" in contents  # the store really holds this job ...
     mean = repr(result["groups"]["F"]["mean"]["income"]).encode()

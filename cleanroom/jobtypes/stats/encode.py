@@ -63,7 +63,7 @@ def contribution(layout: Layout, frame: pd.DataFrame) -> npt.NDArray[np.int64]:
                 edges = params.edges[segment.columns[0]]
                 slot = np.histogram(raw[:, cols[0]], bins=edges)[0].astype(np.float64)
             start = base + offset
-            encoded = segment.codec.encode(slot).view(np.int64)
+            encoded = segment.encode(slot).view(np.int64)
             out[start : start + segment.size] = encoded
     return out
 

@@ -10,12 +10,15 @@ One *cell* per declared group (or a single ``all`` cell). Each cell holds, in or
   covariance/correlation;
 * ``histogram``  per binned column, the count of rows in each bin.
 
-Every segment has its own fixed-point codec (scale 2^f) over the 2^64 ring. ``f``
-is the largest (at most 32) for which the sum over all inputs of the largest
-possible contribution — ``max_rows`` rows at the clip bound, plus the noise tail
-when DP is on — stays below 2^53, where decoding is exact; ``check_capacity``
-enforces it. Centring is what keeps the products' magnitude, and so the noise a
-record's sensitivity calls for, small. Variance and covariance do not change with
+Every segment has its own fixed-point scale 2^f over the 2^64 ring. ``f`` is the
+largest (at most 32) for which the sum over all inputs of the largest possible
+contribution — ``max_rows`` rows at the clip bound, plus the noise tail when DP is
+on — stays below 2^53, where decoding is exact; ``check_capacity`` enforces it.
+Sums of products over wide ranges may need ``f < 0``: the node's total is then
+divided by 2^-f (exactly, a power of two) before scale-0 encoding, so one encoded
+unit is worth 2^-f; ``resolution`` in the result says what each unit is worth.
+Centring is what keeps the products' magnitude, and so the noise a record's
+sensitivity calls for, small. Variance and covariance do not change with
 the shift; sums and means add it back.
 """
 
@@ -27,6 +30,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Final, Literal
 
+import numpy as np
+import numpy.typing as npt
+
 from cleanroom.errors import ConfigError, SpecError
 from cleanroom.jobtypes.stats.params import (
     NEEDS_PRODUCTS,
@@ -36,8 +42,10 @@ from cleanroom.jobtypes.stats.params import (
 )
 from protocols import dp
 from protocols.fixedpoint import FixedPoint
+from protocols.prg import MaskVector
 
 MAX_SCALE_BITS: Final = 32
+MIN_SCALE_BITS: Final = -32
 NOISE_TAIL_SIGMAS: Final = 40
 """A node refuses a noise draw beyond this many standard deviations (probability
 below 10^-300); the ring's headroom is sized for it, so the sum can never wrap."""
@@ -56,6 +64,8 @@ class Segment:
     kind: SegmentKind
     columns: tuple[str, ...]
     size: int
+    scale_bits: int
+    """Encoded = round(value * 2^scale_bits); negative for coarse, huge totals."""
     codec: FixedPoint
     sensitivity: int
     """How far one record can move any one slot, in encoded integer units."""
@@ -63,7 +73,17 @@ class Segment:
     @property
     def resolution(self) -> float:
         """The value of one encoded unit: 2^-scale_bits."""
-        return 2.0**-self.codec.scale_bits
+        return 2.0**-self.scale_bits
+
+    def encode(self, values: npt.NDArray[np.float64]) -> MaskVector:
+        """Fixed-point encode one node's totals into the ring."""
+        return self.codec.encode(np.ldexp(values, min(self.scale_bits, 0)))
+
+    def decode(self, total: MaskVector, contributors: int) -> npt.NDArray[np.float64]:
+        """Decode the ring sum of ``contributors`` nodes' totals."""
+        return np.ldexp(
+            self.codec.decode(total, contributors), max(-self.scale_bits, 0)
+        )
 
 
 @dataclass(frozen=True)
@@ -155,18 +175,20 @@ def _segment(
     noise: dp.DistributedGaussian | None,
 ) -> Segment:
     exact = kind in ("count", "histogram")
-    for bits in range(0 if exact else MAX_SCALE_BITS, -1, -1):
-        scale = 2**bits
+    top, bottom = (0, 0) if exact else (MAX_SCALE_BITS, MIN_SCALE_BITS)
+    for bits in range(top, bottom - 1, -1):
+        scale = Fraction(2) ** bits
         sensitivity = 1 if exact else math.ceil(per_record * scale) + _ROUNDING_SLACK
         largest = math.ceil(params.max_rows * per_record * scale) + _ROUNDING_SLACK
         if noise is not None:
             largest += math.ceil(NOISE_TAIL_SIGMAS * sensitivity * noise.node_std) + 1
+        codec_bits = max(bits, 0)
         try:
-            codec = FixedPoint(bits, largest / scale, 64)
+            codec = FixedPoint(codec_bits, largest / 2**codec_bits, 64)
         except ConfigError:
             continue
         if codec.max_parties() >= params.parties:
-            return Segment(kind, columns, size, codec, sensitivity)
+            return Segment(kind, columns, size, bits, codec, sensitivity)
     raise SpecError(
         "params.clip",
         f"the {kind} of {', '.join(columns) or 'rows'} could overflow: "

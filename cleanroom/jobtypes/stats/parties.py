@@ -64,12 +64,14 @@ class StatsNode(NodeParty):
         self._ctx = ctx
         self._layout = layout
         self._client: SecAggClient | None = None
+        self._started = False
         self._released = False
 
     def start(self) -> list[Outbound]:
         ctx, layout = self._ctx, self._layout
-        if self._client is not None:
+        if self._started:
             raise ProtocolError(f"{ctx.node} has already started")
+        self._started = True
         vector = to_ring(
             layout, add_noise(layout, contribution(layout, ctx.data), ctx.random)
         )
@@ -108,7 +110,7 @@ class StatsNode(NodeParty):
         """Rows read; epsilon is spent once the noised vector has been sent."""
         privacy = self._layout.params.privacy
         spent = privacy.epsilon if privacy is not None and self._released else 0.0
-        rows = len(self._ctx.data) if self._client is not None else 0
+        rows = len(self._ctx.data) if self._started else 0
         return NodeUsage(rows_touched=rows, epsilon=spent)
 
 

@@ -41,7 +41,7 @@ def release(
     for g, key in enumerate(params.group_keys):
         cell = total[g * length : (g + 1) * length]
         decoded: dict[tuple[str, tuple[str, ...]], npt.NDArray[np.float64]] = {
-            (s.kind, s.columns): s.codec.decode(
+            (s.kind, s.columns): s.decode(
                 np.ascontiguousarray(cell[offset : offset + s.size]), contributors
             )
             for offset, s in layout.slots()
