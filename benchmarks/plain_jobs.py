@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cleanroom.catalog import NUMERIC_TYPES, DatasetInfo
 from cleanroom.errors import ProtocolError, SpecError
@@ -30,6 +31,7 @@ from protocols.party import (
     NodeUsage,
     Outbound,
 )
+from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 
 STAGE_SUMS: Final = "bench_plain.sums"
 STAGE_VECTOR: Final = "bench_plain.vector"
@@ -228,5 +230,92 @@ class PlainVectorJob(JobType):
         return PlainVectorCoordinator(ctx)
 
 
+class _SecureVectorNode(NodeParty):
+    """The same vector as ``bench_plain_vector``, masked with SecAgg+ (delegation)."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        params = ctx.spec.params
+        vector = plain_vector(
+            ctx.data[params["column"]].to_numpy(), int(params["length"])
+        )
+        self._rows = len(ctx.data)
+        self._client = SecAggClient(
+            ctx.node,
+            _config(ctx.job_id, ctx.parties, int(params["length"])),
+            vector,
+            signing_key=ctx.signing_key,
+            peer_signing_keys={
+                n: Ed25519PublicKey.from_public_bytes(k)
+                for n, k in ctx.peer_signing_keys.items()
+            },
+            random=ctx.random,
+        )
+
+    def start(self) -> list[Outbound]:
+        return self._client.start()
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        return self._client.receive(message)
+
+    @property
+    def finished(self) -> bool:
+        return self._client.finished
+
+    def usage(self) -> NodeUsage:
+        return NodeUsage(rows_touched=self._rows)
+
+
+class _SecureVectorCoordinator(CoordinatorParty):
+    def __init__(self, ctx: CoordinatorContext) -> None:
+        self._length = int(ctx.spec.params["length"])
+        self._server = SecAggServer(
+            _config(ctx.job_id, ctx.parties, self._length),
+            {
+                n: Ed25519PublicKey.from_public_bytes(k)
+                for n, k in ctx.signing_keys.items()
+            },
+        )
+
+    def start(self) -> list[Outbound]:
+        return self._server.start()
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        return self._server.receive(message)
+
+    def dropped(self, parties: frozenset[str]) -> list[Outbound]:
+        return self._server.dropped(parties)
+
+    @property
+    def finished(self) -> bool:
+        return self._server.finished
+
+    def result(self) -> Mapping[str, Any]:
+        total = np.asarray(self._server.sum_vector(), dtype=np.uint64)
+        raw = total.astype("<u8").tobytes()
+        return {
+            "length": self._length,
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "head": total[:8].tolist(),
+        }
+
+
+def _config(session: str, parties: tuple[str, ...], length: int) -> SecAggConfig:
+    return SecAggConfig.create(
+        session_id=session, parties=parties, vector_length=length
+    )
+
+
+class SecureVectorJob(PlainVectorJob):
+    name = "bench_secure_vector"
+    summary = "BENCHMARK ONLY: the bench_plain_vector vectors summed under SecAgg+"
+
+    def node_party(self, ctx: NodeContext) -> NodeParty:
+        return _SecureVectorNode(ctx)
+
+    def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
+        return _SecureVectorCoordinator(ctx)
+
+
 register(PlainSumJob())
 register(PlainVectorJob())
+register(SecureVectorJob())

@@ -406,7 +406,7 @@ _DELETE = object()
         ("group_by", "colour", "params.group_by", "no column 'colour'"),
         ("groups", ["F"], "params.groups", "without params.group_by"),
         ("threshold", 2, "params.threshold", "must be in 3..5"),
-        ("max_rows", 10**9, "params.clip", "could overflow"),
+        ("clip.income", [0, 1e15], "params.clip", "could overflow"),
         ("out_of_range", "ignore", "params.out_of_range", "'error' or 'clip'"),
         ("colour", 1, "params.colour", "unknown parameter"),
     ],
@@ -526,3 +526,20 @@ def test_dp_statistics_stay_close_for_a_large_epsilon() -> None:
     assert abs(cell["count"] - len(data)) < 6 * result["dp"]["noise_std"]["count"]
     assert cell["mean"]["age"] == pytest.approx(data.age.mean(), abs=1.0)
     assert min(cell["histogram"]["age"]["counts"]) >= 0
+
+
+def test_wide_ranges_use_a_coarser_scale_and_stay_accurate() -> None:
+    frames = make_frames()
+    params = {
+        "columns": ["income"],
+        "stats": ["sum", "variance"],
+        "clip": {"income": [0, 200000]},
+    }  # default max_rows: a million rows per input
+    layout = build_layout(parse_params(params, parties=5, schemas=()))
+    (square,) = [s for s in layout.segments if s.kind == "product"]
+    assert square.scale_bits < 0 and square.resolution == 2.0**-square.scale_bits
+    result = run(params, frames)
+    income = pd.concat(frames.values()).income
+    cell = result["groups"]["all"]
+    assert cell["variance"]["income"] == pytest.approx(income.var(ddof=1), rel=1e-9)
+    assert result["resolution"]["product"]["income"]["income"] == square.resolution
