@@ -22,15 +22,26 @@ class Mailboxes:
             self._queues[node].append(item)
             self._cond.notify_all()
 
-    def take(self, node: str, wait: float, *, max_items: int = 64) -> list[pb.WorkItem]:
+    def take(
+        self,
+        node: str,
+        wait: float,
+        *,
+        max_items: int = 64,
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> list[pb.WorkItem]:
+        """Up to ``max_items`` queued items; waits up to ``wait`` seconds for the first.
+
+        Gives up early, taking nothing, once ``is_active`` says the caller has gone.
+        """
         deadline = time.monotonic() + wait
         with self._cond:
             queue = self._queues[node]
             while not queue:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or not is_active():
                     return []
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, 0.25))
             return [queue.popleft() for _ in range(min(max_items, len(queue)))]
 
     def discard_job(self, job_id: str, *, keep_stops: bool = True) -> None:

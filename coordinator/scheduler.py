@@ -62,6 +62,7 @@ class _Running:
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     gone: set[str] = field(default_factory=set)
     stage_counts: dict[str, int] = field(default_factory=dict)
+    last_stage: str = "start"
     release: _Release | None = None
 
 
@@ -141,10 +142,15 @@ class Scheduler:
             if node in spec.nodes and node not in decided:
                 self._send_approval(node, job)
 
-    def pull(self, node: str, wait: float) -> list[pb.WorkItem]:
+    def pull(
+        self, node: str, wait: float, is_active: Callable[[], bool] = lambda: True
+    ) -> list[pb.WorkItem]:
+        """Long poll: a node that went away stops counting as connected at once."""
         self.presence.pull_started(node)
         try:
-            return self.mailboxes.take(node, min(max(wait, 0.0), 30.0))
+            return self.mailboxes.take(
+                node, min(max(wait, 0.0), 30.0), is_active=is_active
+            )
         finally:
             self.presence.pull_ended(node)
             self.store.touch_node(node, at=self._clock())
@@ -217,6 +223,7 @@ class Scheduler:
                 )
                 return
             run.stage_counts[msg.stage] = run.stage_counts.get(msg.stage, 0) + 1
+            run.last_stage = msg.stage
             self._dispatch(run, outbound)
             self.store.set_progress(
                 msg.job_id,
@@ -434,7 +441,7 @@ class Scheduler:
             try:
                 self._dispatch(run, run.party.dropped(frozenset(nodes)))
             except errors.ProtocolError as exc:
-                stage = max(run.stage_counts, default="start", key=lambda s: s)
+                stage = run.last_stage
                 self._finish(
                     run.job_id,
                     JobState.FAILED,

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,6 @@ class Fed:
     workdir: Path
     paths: dict[str, Path]
     plan: Path
-    restarted: list[int] = field(default_factory=list)
 
 
 def make_csvs(directory: Path) -> dict[str, Path]:
@@ -151,7 +150,6 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
         yield state
     finally:
         local.down(state.workdir)
-        local._stop_processes({f"restarted-{pid}": pid for pid in state.restarted})
         env.undo()
 
 
@@ -179,13 +177,7 @@ def run(
         fed.plan.write_text("{}")
         document = client.result(job) if final.job.state.value == "succeeded" else None
         for node in kill or {}:
-            config = fed.workdir / "nodes" / node / "node.toml"
-            fed.restarted.append(
-                local._spawn(
-                    ["node", "serve", "--config", str(config)],
-                    fed.workdir / "logs" / f"{node}-restarted.log",
-                )
-            )
+            local.restart(fed.workdir, node)  # recorded, so local.down stops it
         if kill:
             wait_for(
                 lambda: all(e.connected for e in client.catalog()),
@@ -312,4 +304,4 @@ def test_more_than_n_minus_t_killed_aborts_with_a_clear_reason(fed: Fed) -> None
     assert document is None
     reason = final.job.reason
     assert "lost contact" in reason and "threshold is 3" in reason, reason
-    print(f"\nsecure_stats, 3 of 5 killed with threshold 3: failed in {took:.1f}s")
+    print(f"\nsecure_stats, 3 of 5 killed, threshold 3: {took:.1f}s: {reason}")

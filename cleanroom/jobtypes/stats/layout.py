@@ -33,7 +33,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from cleanroom.errors import ConfigError, SpecError
+from cleanroom.errors import ConfigError, ProtocolError, SpecError
 from cleanroom.jobtypes.stats.params import (
     NEEDS_PRODUCTS,
     NEEDS_SQUARES,
@@ -185,10 +185,10 @@ def _segment(
         codec_bits = max(bits, 0)
         try:
             codec = FixedPoint(codec_bits, largest / 2**codec_bits, 64)
-        except ConfigError:
+            codec.check_capacity(params.parties)
+        except (ConfigError, ProtocolError):
             continue
-        if codec.max_parties() >= params.parties:
-            return Segment(kind, columns, size, bits, codec, sensitivity)
+        return Segment(kind, columns, size, bits, codec, sensitivity)
     raise SpecError(
         "params.clip",
         f"the {kind} of {', '.join(columns) or 'rows'} could overflow: "
