@@ -60,7 +60,7 @@ def bench_appends(count: int, workdir: Path) -> None:
 
 
 def bench_tree(leaves: int, samples: int) -> None:
-    rng = random.Random(6962)  # noqa: S311 - picks sample positions, not secrets
+    rng = random.Random(6962)
     start = time.perf_counter()
     hashes = [
         hashlib.sha256(b"\0" + f"entry-{i}".encode()).digest() for i in range(leaves)

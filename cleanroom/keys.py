@@ -184,7 +184,7 @@ class KeyBundle:
 def make_key_bundle(
     name: str, keys: NodeKeys, tls: TlsIdentity, *, role: str = "node"
 ) -> KeyBundle:
-    """Sign ``keys``' public halves for ``role`` ``name`` with its TLS certificate key."""
+    """Sign ``keys``' public halves for ``role`` ``name`` with its TLS key."""
     principal = principal_from_cert(tls.cert_pem)
     if principal.role != role or principal.name != name:
         raise ConfigError(

@@ -272,8 +272,11 @@ def restart(workdir: Path, party: str) -> int:
         text = config.read_text()
         if 'listen = "127.0.0.1:0"' in text:
             # keep the port the nodes and analysts already know
-            config.write_text(text.replace('listen = "127.0.0.1:0"',
-                                           f'listen = "{fed.coordinator_address}"'))
+            config.write_text(
+                text.replace(
+                    'listen = "127.0.0.1:0"', f'listen = "{fed.coordinator_address}"'
+                )
+            )
         args = ["coordinator", "serve", "--config", str(config)]
     elif party in fed.nodes:
         key = f"node:{party}"

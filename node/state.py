@@ -144,7 +144,7 @@ class NodeState:
             raise NotFound(f"this node has no job {job_id}")
         return self._row(row)
 
-    def list(
+    def jobs(
         self, *, status: JobStatus | None = None, limit: int = 100
     ) -> list[LocalJob]:
         query, args = "SELECT * FROM jobs", []

@@ -17,13 +17,19 @@ from cleanroom.cli.common import err, handle_errors, out, print_json
 from cleanroom.errors import ConfigError
 from node.state import JobStatus, NodeState
 
-config_option = click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
-                             required=True, help="The TOML config file.")
+config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The TOML config file.",
+)
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 # ------------------------------------------------------------------- pki --
@@ -33,8 +39,13 @@ def pki_group() -> None:
 
 
 @pki_group.command("init")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("pki"),
-              show_default=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=Path("pki"),
+    show_default=True,
+)
 @click.option("--federation", default="cleanroom", show_default=True)
 @handle_errors
 def pki_init(directory: Path, federation: str) -> None:
@@ -46,14 +57,26 @@ def pki_init(directory: Path, federation: str) -> None:
 @pki_group.command("issue")
 @click.option("--role", type=click.Choice(pki.ROLES), required=True)
 @click.argument("name")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("pki"),
-              show_default=True, help="The CA directory.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=Path("pki"),
+    show_default=True,
+    help="The CA directory.",
+)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--dns", multiple=True, help="Extra DNS name for the certificate.")
 @click.option("--ip", multiple=True, help="Extra IP address for the certificate.")
 @handle_errors
-def pki_issue(role: str, name: str, directory: Path, out_dir: Path | None,
-              dns: tuple[str, ...], ip: tuple[str, ...]) -> None:
+def pki_issue(
+    role: str,
+    name: str,
+    directory: Path,
+    out_dir: Path | None,
+    dns: tuple[str, ...],
+    ip: tuple[str, ...],
+) -> None:
     """Issue a certificate and key for NAME in ROLE."""
     issued = pki.issue(directory, role, name, out_dir=out_dir, dns=dns, ips=ip)
     out.print(f"{role} '{name}': {issued.cert_path} and {issued.key_path}")
@@ -110,13 +133,18 @@ def _state(config: Path) -> NodeState:
 
 @node_group.command("jobs")
 @config_option
-@click.option("--all", "show_all", is_flag=True, help="Not only the jobs waiting for you.")
-@click.option("--show", "show", default=None, metavar="JOB", help="Show one job in full.")
+@click.option(
+    "--all", "show_all", is_flag=True, help="Not only the jobs waiting for you."
+)
+@click.option(
+    "--show", "show", default=None, metavar="JOB", help="Show one job in full."
+)
 @click.option("--source", is_flag=True, help="With --show: print a sandbox job's code.")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def node_jobs(config: Path, show_all: bool, show: str | None, source: bool,
-              as_json: bool) -> None:
+def node_jobs(
+    config: Path, show_all: bool, show: str | None, source: bool, as_json: bool
+) -> None:
     """List jobs held for your decision (or all jobs this node saw)."""
     from cleanroom.cli import sandbox as sandbox_cli
 
@@ -125,8 +153,9 @@ def node_jobs(config: Path, show_all: bool, show: str | None, source: bool,
         job = state.get(show)
         if job.job_type == "sandbox":
             if as_json:
-                print_json({**job.__dict__,
-                            "sandbox": sandbox_cli.review_document(job, state)})
+                print_json(
+                    {**job.__dict__, "sandbox": sandbox_cli.review_document(job, state)}
+                )
             elif source:
                 sandbox_cli.print_source(job)
             else:
@@ -135,26 +164,45 @@ def node_jobs(config: Path, show_all: bool, show: str | None, source: bool,
         if as_json:
             print_json(job.__dict__)
             return
-        out.print(f"[bold]{job.job_id}[/] {job.job_type} on '{job.dataset}' by {job.analyst}: "
-                  f"{job.status.value} {job.reason}", highlight=False)
+        out.print(
+            f"[bold]{job.job_id}[/] {job.job_type} on '{job.dataset}' "
+            f"by {job.analyst}: "
+            f"{job.status.value} {job.reason}",
+            highlight=False,
+        )
         out.print(job.spec_yaml, highlight=False, markup=False)
         return
-    jobs = state.list(status=None if show_all else JobStatus.PENDING)
-    held = {r.job_id: r for r in state.held_outputs()
-            if state.get(r.job_id).status == JobStatus.RUNNING}
+    jobs = state.jobs(status=None if show_all else JobStatus.PENDING)
+    held = {
+        r.job_id: r
+        for r in state.held_outputs()
+        if state.get(r.job_id).status == JobStatus.RUNNING
+    }
     if not show_all:  # sandbox output held for review waits for the holder too
         jobs += [state.get(job_id) for job_id in held]
     if as_json:
-        print_json([{**j.__dict__, **({"output_held": list(held[j.job_id].reasons)}
-                                      if j.job_id in held else {})} for j in jobs])
+        print_json(
+            [
+                {
+                    **j.__dict__,
+                    **(
+                        {"output_held": list(held[j.job_id].reasons)}
+                        if j.job_id in held
+                        else {}
+                    ),
+                }
+                for j in jobs
+            ]
+        )
         return
     table = Table("job", "analyst", "type", "dataset", "purpose", "status", "reason")
     for j in jobs:
         status, reason = j.status.value, j.reason
         if j.job_id in held:
             status, reason = "output held", "; ".join(held[j.job_id].reasons)
-        table.add_row(j.job_id, j.analyst, j.job_type, j.dataset, j.purpose, status,
-                      reason)
+        table.add_row(
+            j.job_id, j.analyst, j.job_type, j.dataset, j.purpose, status, reason
+        )
     out.print(table)
 
 
@@ -162,8 +210,12 @@ def node_jobs(config: Path, show_all: bool, show: str | None, source: bool,
 @click.argument("job_id")
 @config_option
 @click.option("--reason", default="approved by the data holder")
-@click.option("--digest", default=None, metavar="SHA256",
-              help="Sandbox jobs: approve only if the code's digest starts with this.")
+@click.option(
+    "--digest",
+    default=None,
+    metavar="SHA256",
+    help="Sandbox jobs: approve only if the code's digest starts with this.",
+)
 @handle_errors
 def node_approve(job_id: str, config: Path, reason: str, digest: str | None) -> None:
     """Approve a held job; the running node reports it and reserves quota.
@@ -179,12 +231,16 @@ def node_approve(job_id: str, config: Path, reason: str, digest: str | None) -> 
     if job.job_type == "sandbox":
         code = spec_bundle_digest(parse_spec(job.spec_yaml))
         if digest is not None and (len(digest) < 12 or not code.startswith(digest)):
-            raise ConfigError(f"{job_id}: its code's digest is {code}, not "
-                              f"{digest}…; review it again with "
-                              "`cleanroom node jobs --show`")
+            raise ConfigError(
+                f"{job_id}: its code's digest is {code}, not "
+                f"{digest}…; review it again with "
+                "`cleanroom node jobs --show`"
+            )
     state.holder_decide(job_id, True, reason, sandbox_digest=code)
-    out.print(f"{job_id}: approved" + (f" (code sha256 {code})" if code else ""),
-              highlight=False)
+    out.print(
+        f"{job_id}: approved" + (f" (code sha256 {code})" if code else ""),
+        highlight=False,
+    )
 
 
 @node_group.command("deny")
@@ -234,25 +290,48 @@ def _parse_node(value: str) -> tuple[str, Path]:
 
 
 @local_group.command("up")
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".cleanroom"),
-              show_default=True)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=Path(".cleanroom"),
+    show_default=True,
+)
 @click.option("--node", "nodes", multiple=True, required=True, metavar="NAME=PATH.csv")
-@click.option("--policy", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Policy YAML for every node (default: the local analyst may run anything).")
-@click.option("--node-timeout", type=float, default=5.0, show_default=True,
-              help="Seconds without contact before a node counts as gone.")
+@click.option(
+    "--policy",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Policy YAML for every node (default: the local analyst may run anything).",
+)
+@click.option(
+    "--node-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds without contact before a node counts as gone.",
+)
 @handle_errors
-def local_up(workdir: Path, nodes: tuple[str, ...], policy: Path | None,
-             node_timeout: float) -> None:
+def local_up(
+    workdir: Path, nodes: tuple[str, ...], policy: Path | None, node_timeout: float
+) -> None:
     """Start a coordinator and one node per --node; return when all are connected."""
     started = time.monotonic()
     with err.status("starting") as status:
-        fed = local_fed.up(workdir=workdir, nodes=[_parse_node(n) for n in nodes],
-                           policy=policy, node_timeout=node_timeout,
-                           progress=lambda msg: status.update(msg))
-    out.print(f"federation up in {time.monotonic() - started:.1f}s: coordinator at "
-              f"{fed.coordinator_address}, nodes {', '.join(fed.nodes)}", highlight=False)
-    out.print(f"federation file: {workdir.resolve() / 'federation.json'}", highlight=False)
+        fed = local_fed.up(
+            workdir=workdir,
+            nodes=[_parse_node(n) for n in nodes],
+            policy=policy,
+            node_timeout=node_timeout,
+            progress=lambda msg: status.update(msg),
+        )
+    out.print(
+        f"federation up in {time.monotonic() - started:.1f}s: coordinator at "
+        f"{fed.coordinator_address}, nodes {', '.join(fed.nodes)}",
+        highlight=False,
+    )
+    out.print(
+        f"federation file: {workdir.resolve() / 'federation.json'}", highlight=False
+    )
 
 
 @local_group.command("status")
@@ -273,8 +352,12 @@ def local_down(workdir: Path) -> None:
 
 
 @click.command("demo")
-@click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="Keep the demo's files here instead of a temporary folder.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the demo's files here instead of a temporary folder.",
+)
 @handle_errors
 def demo(workdir: Path | None) -> None:
     """Start a local federation on bundled sample data and run every job type."""

@@ -19,7 +19,6 @@ from cleanroom.cli.governance import (
     usage_group,
 )
 from cleanroom.cli.jobs import catalog, job_group
-from cleanroom.cli.sandbox import sandbox_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -178,16 +178,24 @@ def _governance(workdir: Path, console: Console) -> bool:
     for info in fed.nodes.values():
         console.print(usage_table(Path(info["config"])))
     exports = workdir / "audit-export"
-    outcome = runner.invoke(cli, ["audit", "export", "--workdir", str(workdir),
-                                  "--out", str(exports)])
+    outcome = runner.invoke(
+        cli, ["audit", "export", "--workdir", str(workdir), "--out", str(exports)]
+    )
     ok = outcome.exit_code == 0
     logs = sorted(str(p) for p in exports.glob("*.jsonl"))
-    known = [arg for log in logs if not log.endswith("coordinator.jsonl")
-             for arg in ("--known-heads-from", log)]
+    known = [
+        arg
+        for log in logs
+        if not log.endswith("coordinator.jsonl")
+        for arg in ("--known-heads-from", log)
+    ]
     outcome = runner.invoke(cli, ["audit", "verify", *logs, *known])
     console.print(outcome.output.strip(), highlight=False)
     ok &= outcome.exit_code == 0
-    console.print("every ledger verified offline: hash chain, Merkle root, signed heads, "
-                  "and the coordinator's heads co-signed by the nodes" if ok else
-                  "[red]an audit ledger did not verify[/]")
+    console.print(
+        "every ledger verified offline: hash chain, Merkle root, signed heads, "
+        "and the coordinator's heads co-signed by the nodes"
+        if ok
+        else "[red]an audit ledger did not verify[/]"
+    )
     return ok

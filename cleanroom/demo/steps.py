@@ -26,8 +26,9 @@ purpose: tumour-size audit
 """
 
 
-def _count_compare(result: Mapping[str, Any], frames: Mapping[str, pd.DataFrame]
-                   ) -> list[tuple[str, str, str, bool]]:
+def _count_compare(
+    result: Mapping[str, Any], frames: Mapping[str, pd.DataFrame]
+) -> list[tuple[str, str, str, bool]]:
     rows = []
     for entry in result["counts"]:
         f = frames[entry["node"]]
@@ -38,14 +39,17 @@ def _count_compare(result: Mapping[str, Any], frames: Mapping[str, pd.DataFrame]
     return rows
 
 
-register_step(DemoStep("count — rows per hospital, small cells suppressed",
-                       _count_spec, _count_compare))
+register_step(
+    DemoStep(
+        "count — rows per hospital, small cells suppressed", _count_spec, _count_compare
+    )
+)
 
 
 # ---------------------------------------------------------------- sandbox --
 _SANDBOX_NODE = "hospital-a"
 _SANDBOX_TOLERANCE = 0.02  # the image has Debian's scikit-learn 1.2, not ours
-_SANDBOX_CODE = '''\
+_SANDBOX_CODE = """\
 import json
 
 import pandas as pd
@@ -66,7 +70,7 @@ with open("/output/metrics.json", "w") as sink:
     json.dump({"accuracy": round(float(model.score(x_test, y_test)), 4),
                "n_train": int(round(len(x_train), -1)),
                "sklearn": sklearn.__version__}, sink)
-'''
+"""
 _sandbox_review: dict[str, str] = {}
 
 
@@ -121,19 +125,24 @@ def _approve_as_holder(spec_yaml: str, digest: str) -> None:
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            for job in state.list(status=JobStatus.PENDING):
+            for job in state.jobs(status=JobStatus.PENDING):
                 if job.spec_yaml == spec_yaml:
-                    state.holder_decide(job.job_id, True, "reviewed in the demo",
-                                        sandbox_digest=digest)
-                    note = (f"held for code review, then approved by the holder: "
-                            f"sha256 {digest[:16]}…")
+                    state.holder_decide(
+                        job.job_id, True, "reviewed in the demo", sandbox_digest=digest
+                    )
+                    note = (
+                        f"held for code review, then approved by the holder: "
+                        f"sha256 {digest[:16]}…"
+                    )
                     _sandbox_review["note"] = note
                     Console().print(
                         f"[yellow]{_SANDBOX_NODE} held {job.job_id} for code review "
                         "(sandbox jobs always are until their exact code is "
                         "approved); the demo approves code sha256 "
                         f"{digest[:16]}… as the holder would with `cleanroom node "
-                        f"approve {job.job_id} --config {config}`[/]", highlight=False)
+                        f"approve {job.job_id} --config {config}`[/]",
+                        highlight=False,
+                    )
                     return
             time.sleep(0.2)
     finally:
@@ -151,17 +160,23 @@ def _sandbox_spec(datasets: Mapping[str, str]) -> str:
     with tempfile.TemporaryDirectory(prefix="cleanroom-demo-code-") as tmp:
         (Path(tmp) / "main.py").write_text(_SANDBOX_CODE)
         digest = bundle_digest(Path(tmp))
-        spec = make_spec(tmp, inputs=[(_SANDBOX_NODE, datasets[_SANDBOX_NODE])],
-                         purpose="tumour classifier evaluation", timeout_seconds=300,
-                         outputs={"metrics.json": "test accuracy, training rows"})
+        spec = make_spec(
+            tmp,
+            inputs=[(_SANDBOX_NODE, datasets[_SANDBOX_NODE])],
+            purpose="tumour classifier evaluation",
+            timeout_seconds=300,
+            outputs={"metrics.json": "test accuracy, training rows"},
+        )
     _sandbox_review.clear()
-    threading.Thread(target=_approve_as_holder, args=(spec, digest), daemon=True,
-                     name="demo-holder").start()
+    threading.Thread(
+        target=_approve_as_holder, args=(spec, digest), daemon=True, name="demo-holder"
+    ).start()
     return spec
 
 
-def _sandbox_compare(result: Mapping[str, Any], frames: Mapping[str, pd.DataFrame]
-                     ) -> list[tuple[str, str, str, bool]]:
+def _sandbox_compare(
+    result: Mapping[str, Any], frames: Mapping[str, pd.DataFrame]
+) -> list[tuple[str, str, str, bool]]:
     import sklearn
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
@@ -171,29 +186,53 @@ def _sandbox_compare(result: Mapping[str, Any], frames: Mapping[str, pd.DataFram
     data = frames[_SANDBOX_NODE]
     features = data.drop(columns=["patient_id", "target"])
     x_train, x_test, y_train, y_test = train_test_split(
-        features, data["target"], test_size=0.3, random_state=1,
-        stratify=data["target"])
+        features, data["target"], test_size=0.3, random_state=1, stratify=data["target"]
+    )
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     accuracy = float(model.fit(x_train, y_train).score(x_test, y_test))
     metrics = result["outputs"]["metrics.json"]
     return [
-        (f"accuracy on {_SANDBOX_NODE}'s held-out 30% (± {_SANDBOX_TOLERANCE})",
-         f"{metrics['accuracy']:.4f}", f"{accuracy:.4f}",
-         abs(metrics["accuracy"] - accuracy) <= _SANDBOX_TOLERANCE),
-        ("training rows (rounded to 10)", str(metrics["n_train"]),
-         str(round(len(x_train), -1)), metrics["n_train"] == round(len(x_train), -1)),
-        ("scikit-learn", f"{metrics['sklearn']} (sandbox image)",
-         f"{sklearn.__version__} (here)", True),
-        ("code review", _sandbox_review.get("note", "not approved"),
-         "held until its exact code is approved", "note" in _sandbox_review
-         and "approved" in _sandbox_review["note"]),
-        ("released by", f"vetting on {result['node']}, image {result['image']}",
-         "only vetted output leaves", result["released_by"] == "vetting"),
+        (
+            f"accuracy on {_SANDBOX_NODE}'s held-out 30% (± {_SANDBOX_TOLERANCE})",
+            f"{metrics['accuracy']:.4f}",
+            f"{accuracy:.4f}",
+            abs(metrics["accuracy"] - accuracy) <= _SANDBOX_TOLERANCE,
+        ),
+        (
+            "training rows (rounded to 10)",
+            str(metrics["n_train"]),
+            str(round(len(x_train), -1)),
+            metrics["n_train"] == round(len(x_train), -1),
+        ),
+        (
+            "scikit-learn",
+            f"{metrics['sklearn']} (sandbox image)",
+            f"{sklearn.__version__} (here)",
+            True,
+        ),
+        (
+            "code review",
+            _sandbox_review.get("note", "not approved"),
+            "held until its exact code is approved",
+            "note" in _sandbox_review and "approved" in _sandbox_review["note"],
+        ),
+        (
+            "released by",
+            f"vetting on {result['node']}, image {result['image']}",
+            "only vetted output leaves",
+            result["released_by"] == "vetting",
+        ),
     ]
 
 
-register_step(DemoStep("sandbox — analyst's own scikit-learn code, reviewed and vetted",
-                       _sandbox_spec, _sandbox_compare, _sandbox_available))
+register_step(
+    DemoStep(
+        "sandbox — analyst's own scikit-learn code, reviewed and vetted",
+        _sandbox_spec,
+        _sandbox_compare,
+        _sandbox_available,
+    )
+)
 
 
 # ----------------------------------------------------------- secure_stats --
@@ -218,8 +257,9 @@ purpose: tumour-size statistics
 """
 
 
-def _stats_compare(result: Mapping[str, Any], frames: Mapping[str, pd.DataFrame]
-                   ) -> list[tuple[str, str, str, bool]]:
+def _stats_compare(
+    result: Mapping[str, Any], frames: Mapping[str, pd.DataFrame]
+) -> list[tuple[str, str, str, bool]]:
     import numpy as np
 
     from cleanroom.jobtypes.stats.release import histogram_quantile
@@ -238,27 +278,53 @@ def _stats_compare(result: Mapping[str, Any], frames: Mapping[str, pd.DataFrame]
         if cell is None:
             rows.append((f"{label}: cell", "suppressed", str(len(data)), False))
             continue
-        rows.append((f"{label}: count", str(cell["count"]), str(len(data)),
-                     cell["count"] == len(data)))
+        rows.append(
+            (
+                f"{label}: count",
+                str(cell["count"]),
+                str(len(data)),
+                cell["count"] == len(data),
+            )
+        )
         for c in _STATS_COLUMNS:
             close(f"{label}: mean {c}", cell["mean"][c], data[c].mean(), 1e-9)
             close(f"{label}: std {c}", cell["std"][c], data[c].std(ddof=1), 1e-9)
         for i, a in enumerate(_STATS_COLUMNS):
-            for b in _STATS_COLUMNS[i + 1:]:
-                close(f"{label}: correlation {a} ~ {b}", cell["correlation"][a][b],
-                      float(np.corrcoef(data[a], data[b])[0, 1]), 1e-9)
+            for b in _STATS_COLUMNS[i + 1 :]:
+                close(
+                    f"{label}: correlation {a} ~ {b}",
+                    cell["correlation"][a][b],
+                    float(np.corrcoef(data[a], data[b])[0, 1]),
+                    1e-9,
+                )
         counts = np.histogram(data.mean_radius, bins=_STATS_EDGES)[0].tolist()
         got = cell["histogram"]["mean_radius"]["counts"]
-        rows.append((f"{label}: histogram mean_radius {_STATS_EDGES}", str(got),
-                     str(counts), got == counts))
+        rows.append(
+            (
+                f"{label}: histogram mean_radius {_STATS_EDGES}",
+                str(got),
+                str(counts),
+                got == counts,
+            )
+        )
         for p, q in cell["quantiles"]["mean_radius"].items():
             exact = histogram_quantile(_STATS_EDGES, counts, float(p))
             want = float(data.mean_radius.quantile(float(p)))
-            rows.append((f"{label}: quantile {p} of mean_radius (from bins)",
-                         f"{q:.4f}", f"{exact:.4f} (exact {want:.4f})",
-                         abs(q - (exact or 0.0)) <= 1e-9))
+            rows.append(
+                (
+                    f"{label}: quantile {p} of mean_radius (from bins)",
+                    f"{q:.4f}",
+                    f"{exact:.4f} (exact {want:.4f})",
+                    abs(q - (exact or 0.0)) <= 1e-9,
+                )
+            )
     return rows
 
 
-register_step(DemoStep("secure_stats — pooled statistics by SecAgg+, by diagnosis",
-                       _stats_spec, _stats_compare))
+register_step(
+    DemoStep(
+        "secure_stats — pooled statistics by SecAgg+, by diagnosis",
+        _stats_spec,
+        _stats_compare,
+    )
+)

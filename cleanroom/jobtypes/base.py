@@ -3,8 +3,8 @@ touching the scheduler, the node or the CLI."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -60,7 +60,7 @@ class JobType(ABC):
     min_inputs: ClassVar[int] = 1
 
     def validate(self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]) -> None:
-        """Check ``spec.params`` against the inputs' schemas; SpecError with the path."""
+        """Check ``spec.params`` against the inputs' schemas; SpecError has the path."""
         if len(spec.inputs) < self.min_inputs:
             raise SpecError(
                 "inputs", f"'{self.name}' needs at least {self.min_inputs} inputs"
@@ -117,7 +117,9 @@ def load_plugins(modules: Sequence[str]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise ConfigError(f"cannot load job-type plugin '{module}': {exc}") from None
+            raise ConfigError(
+                f"cannot load job-type plugin '{module}': {exc}"
+            ) from None
 
 
 def get(name: str) -> JobType:
@@ -125,7 +127,9 @@ def get(name: str) -> JobType:
     if name not in _REGISTRY:
         _load_plugins()
     if name not in _REGISTRY:
-        raise SpecError("type", f"unknown job type '{name}' (known: {', '.join(names())})")
+        raise SpecError(
+            "type", f"unknown job type '{name}' (known: {', '.join(names())})"
+        )
     return _REGISTRY[name]
 
 
