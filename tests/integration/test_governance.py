@@ -157,3 +157,41 @@ def test_tampered_audit_export_is_detected(
     proc = cli("audit", "verify", str(exports / "h2.jsonl"))
     assert proc.returncode != 0
     assert "entry" in proc.stderr
+
+
+def test_fifty_concurrent_submissions_never_overspend(tmp_path: Path) -> None:
+    """50 jobs at once against a quota of 5 jobs a day on each of two nodes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from node.config import NodeConfig
+    from node.meters import Meters
+
+    paths = make_csvs(tmp_path)
+    rules = {**RULES, "quotas": {"jobs": {"per_day": 5}}}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"default": rules}))
+    two = {k: v for k, v in paths.items() if k in ("h1", "h2")}
+    workdir = tmp_path / "fed"
+    local.up(workdir=workdir, nodes=list(two.items()), policy=policy)
+    try:
+        with Client.from_federation(workdir / "federation.json") as client:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                ids = list(pool.map(lambda _: client.submit(SPEC_12).job.job_id, range(50)))
+            finals = [client.wait(job, timeout=120).job for job in ids]
+        states = [f.state.value for f in finals]
+        assert set(states) <= {"succeeded", "refused"}
+        assert 1 <= states.count("succeeded") <= 5
+        for job in finals:
+            if job.state.value == "refused":
+                assert "quota 'jobs' per day" in job.reason
+        for node in two:
+            config = NodeConfig.load(workdir / "nodes" / node / "node.toml")
+            meters = Meters(config.data_dir / "meters.db")
+            try:
+                jobs = [r for r in meters.usage() if r.meter == "jobs"]
+                assert sum(r.used_today for r in jobs) <= 5
+                assert sum(r.reserved_today for r in jobs) == 0  # nothing left held
+            finally:
+                meters.close()
+    finally:
+        local.down(workdir)
