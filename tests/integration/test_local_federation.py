@@ -270,6 +270,28 @@ def test_node_killed_mid_job_fails_it_and_the_node_reconnects(
             lambda: {e.node: e.connected for e in client.catalog()}.get("h2") is True,
             what="h2 to reconnect",
         )
+    # Nothing was lost on h2: the stop notice queued while it was dead releases its
+    # reservation, and its audit ledger still verifies with the whole history.
+    from node.config import NodeConfig
+    from node.meters import Meters
+
+    config = NodeConfig.load(Path(_node_config(workdir, "h2")))
+
+    def released() -> bool:
+        meters = Meters(config.data_dir / "meters.db")
+        try:
+            return sum(r.reserved_total for r in meters.usage()) == 0
+        finally:
+            meters.close()
+
+    wait_for(released, what="h2 to release the failed job's reservation")
+    export = tmp_path / "h2.jsonl"
+    cli("audit", "export", "--config", _node_config(workdir, "h2"), "--out", str(export),
+        check=True)
+    verified = cli("audit", "verify", str(export), check=True).stdout
+    assert "OK" in verified
+    history = cli("audit", "show", "--job", job, str(export), check=True).stdout
+    assert "job.approved" in history and "job.ended" in history
 
 
 def test_coordinator_restart_keeps_jobs_and_results(
