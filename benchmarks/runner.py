@@ -27,6 +27,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_paillier",
     "benchmarks.bench_e2e",
     "benchmarks.bench_governance",
+    "benchmarks.bench_sandbox",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")
