@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import threading
 import time
@@ -91,9 +90,7 @@ class DockerSandbox:
         entrypoint: str = "main.py",
         timeout_s: float,
     ) -> RunReport:
-        check_job_dirs(code_dir, data_dir, output_dir, entrypoint)
-        if not (0 < timeout_s < math.inf):
-            raise SandboxError("timeout_s must be a positive number of seconds")
+        check_job_dirs(code_dir, data_dir, output_dir, entrypoint, timeout_s)
         container = self._create(code_dir.resolve(), data_dir.resolve())
         try:
             container.start()

@@ -122,9 +122,7 @@ class UnshareSandbox:
         entrypoint: str = "main.py",
         timeout_s: float,
     ) -> RunReport:
-        check_job_dirs(code_dir, data_dir, output_dir, entrypoint)
-        if not (0 < timeout_s < math.inf):
-            raise SandboxError("timeout_s must be a positive number of seconds")
+        check_job_dirs(code_dir, data_dir, output_dir, entrypoint, timeout_s)
         unshare = shutil.which("unshare")
         if unshare is None or not unshare_available():
             raise SandboxError("the unshare fallback is not usable on this host")

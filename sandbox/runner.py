@@ -106,9 +106,12 @@ class Tail:
 
 
 def check_job_dirs(
-    code_dir: Path, data_dir: Path, output_dir: Path, entrypoint: str
+    code_dir: Path, data_dir: Path, output_dir: Path, entrypoint: str, timeout_s: float
 ) -> None:
-    """Refuse a run whose directories are missing or whose entrypoint escapes."""
+    """Refuse a run whose directories are missing, whose entrypoint escapes, or whose
+    timeout is not a positive number of seconds."""
+    if not (0 < timeout_s < math.inf):
+        raise SandboxError("timeout_s must be a positive number of seconds")
     for label, path in (("code", code_dir), ("data", data_dir), ("output", output_dir)):
         if not path.is_dir():
             raise SandboxError(f"{label} directory {path} does not exist")

@@ -106,13 +106,13 @@ def test_job_dirs_and_entrypoint_are_checked(tmp_path: Path) -> None:
     for path in (code, data, out):
         path.mkdir()
     (code / "main.py").write_text("")
-    check_job_dirs(code, data, out, "main.py")
+    check_job_dirs(code, data, out, "main.py", 10.0)
     for entry in ("../main.py", "/code/main.py", "main.sh", "other.py"):
         with pytest.raises(SandboxError):
-            check_job_dirs(code, data, out, entry)
+            check_job_dirs(code, data, out, entry, 10.0)
     (out / "stale.json").write_text("{}")
     with pytest.raises(SandboxError, match="must be empty"):
-        check_job_dirs(code, data, out, "main.py")
+        check_job_dirs(code, data, out, "main.py", 10.0)
 
 
 def _archive(entries: list[tarfile.TarInfo], payload: bytes = b"{}") -> io.BytesIO:
