@@ -90,6 +90,10 @@ def _build_root(config: dict[str, Any], binds: list[tuple[int, str]]) -> str:
     for path in ("/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"):
         if os.path.exists(path):
             _bind(os.path.realpath(path), f"{root}{path}", writable=False)
+    # Scratch space first: binds below /tmp (an interpreter in a venv there) must land
+    # on top of the jail's own tmpfs, not be hidden under it.
+    for scratch in ("/dev/shm", "/tmp"):  # noqa: S108 - the jail's own tmpfs mounts
+        _tmpfs(f"{root}{scratch}", config["tmp_bytes"], "1777")
     for fd, target in binds:
         _bind(f"/proc/self/fd/{fd}", f"{root}{target}", writable=False)
         os.close(fd)
@@ -103,8 +107,6 @@ def _build_root(config: dict[str, Any], binds: list[tuple[int, str]]) -> str:
         ("stderr", "/proc/self/fd/2"),
     ):
         os.symlink(target, f"{root}/dev/{link}")
-    for scratch in ("/dev/shm", "/tmp"):  # noqa: S108 - the jail's own tmpfs mounts
-        _tmpfs(f"{root}{scratch}", config["tmp_bytes"], "1777")
     _tmpfs(f"{root}/output", config["output_bytes"], "0700")
     os.makedirs(f"{root}/proc", exist_ok=True)
     _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
