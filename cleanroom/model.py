@@ -44,6 +44,8 @@ class JobRecord:
     progress: str
     created_at: float
     updated_at: float
+    organisation: str = ""
+    """The analyst's organisation, from its certificate ("" if it names none)."""
 
 
 @dataclass(frozen=True)

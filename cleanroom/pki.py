@@ -45,6 +45,8 @@ class Principal:
 
     role: str
     name: str
+    organisation: str = ""
+    """An analyst's organisation (X.500 organizationIdentifier), for node policies."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ def issue(
     dns: Sequence[str] = (),
     ips: Sequence[str] = (),
     validity_days: int = 825,
+    organisation: str = "",
 ) -> IssuedIdentity:
     """Issue ``role``/``name`` a leaf certificate for mutual TLS, signed by the CA.
 
@@ -135,6 +138,8 @@ def issue(
     _check_role(role, ConfigError)
     _check_name(name, ConfigError)
     _check_days(validity_days)
+    if organisation:
+        _check_name(organisation, ConfigError)
     dns_names = _dns_sans(name, dns)
     ip_addrs = _ip_sans(ips)
     ca_path, ca_key_path = ca_dir / CA_CERT_FILE, ca_dir / CA_KEY_FILE
@@ -156,6 +161,11 @@ def issue(
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
         ]
+        + (
+            [x509.NameAttribute(NameOID.ORGANIZATION_IDENTIFIER, organisation)]
+            if organisation
+            else []
+        )
     )
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
     sans += [x509.IPAddress(ip) for ip in ip_addrs]
@@ -199,7 +209,8 @@ def principal_from_cert(cert_pem: bytes) -> Principal:
         raise AuthError("certificate lacks a single CN (name) and OU (role)")
     _check_role(role, AuthError)
     _check_name(name, AuthError)
-    return Principal(role=role, name=name)
+    organisation = _single_attr(cert.subject, NameOID.ORGANIZATION_IDENTIFIER) or ""
+    return Principal(role=role, name=name, organisation=organisation)
 
 
 def verify_cert(

@@ -269,7 +269,9 @@ class Scheduler:
         job_type.validate(spec, resolved)
         return spec
 
-    def submit(self, analyst: str, spec_yaml: str) -> JobRecord:
+    def submit(
+        self, analyst: str, spec_yaml: str, *, organisation: str = ""
+    ) -> JobRecord:
         spec = self.validate(spec_yaml)
         now = self._clock()
         job = JobRecord(
@@ -283,6 +285,7 @@ class Scheduler:
             progress="submitted",
             created_at=now,
             updated_at=now,
+            organisation=organisation,
         )
         self.store.create_job(job)
         self._event(
@@ -356,7 +359,10 @@ class Scheduler:
             node,
             pb.WorkItem(
                 approval=pb.ApprovalRequest(
-                    job_id=job.job_id, analyst=job.analyst, spec_yaml=job.spec_yaml
+                    job_id=job.job_id,
+                    analyst=job.analyst,
+                    spec_yaml=job.spec_yaml,
+                    organisation=job.organisation,
                 )
             ),
         )

@@ -88,8 +88,11 @@ class AnalystServicer(pb_grpc.AnalystServiceServicer):
     def SubmitJob(
         self, request: pb.SubmitJobRequest, context: grpc.ServicerContext
     ) -> pb.JobStatus:
-        analyst = require_role(context, ANALYST).name
-        job = self._s.submit(analyst, request.spec_yaml)
+        principal = require_role(context, ANALYST)
+        analyst = principal.name
+        job = self._s.submit(
+            analyst, request.spec_yaml, organisation=principal.organisation
+        )
         return self._status(job.job_id, analyst)
 
     @servicer_errors

@@ -183,7 +183,9 @@ class NodeAgent:
             if job_id and kind == "start":
                 self._report_failure(job_id, str(exc))
 
-    def _request(self, job_id: str, analyst: str, spec: JobSpec) -> JobRequest:
+    def _request(
+        self, job_id: str, analyst: str, spec: JobSpec, organisation: str = ""
+    ) -> JobRequest:
         """Check the job against this node's own view of its data, trusting no one."""
         mine = spec.input_for(self.config.name)
         job_type = jobtypes.get(spec.type)
@@ -200,7 +202,7 @@ class NodeAgent:
         return JobRequest(
             job_id=job_id,
             analyst=analyst,
-            organisation="",
+            organisation=organisation,
             job_type=spec.type,
             dataset=mine.dataset,
             columns=columns,
@@ -245,7 +247,7 @@ class NodeAgent:
             now,
         )
         try:
-            request = self._request(req.job_id, req.analyst, spec)
+            request = self._request(req.job_id, req.analyst, spec, req.organisation)
         except errors.CleanroomError as exc:
             self.state.record(record)
             self._decide_now(req.job_id, False, str(exc))

@@ -198,19 +198,23 @@ class ApprovalRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     ANALYST_FIELD_NUMBER: _builtins.int
     SPEC_YAML_FIELD_NUMBER: _builtins.int
+    ORGANISATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     analyst: _builtins.str
     spec_yaml: _builtins.str
+    organisation: _builtins.str
+    """the analyst's, from its certificate"""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         analyst: _builtins.str = ...,
         spec_yaml: _builtins.str = ...,
+        organisation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "job_id", b"job_id", "spec_yaml", b"spec_yaml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "job_id", b"job_id", "organisation", b"organisation", "spec_yaml", b"spec_yaml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

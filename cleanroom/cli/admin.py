@@ -68,6 +68,12 @@ def pki_init(directory: Path, federation: str) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--dns", multiple=True, help="Extra DNS name for the certificate.")
 @click.option("--ip", multiple=True, help="Extra IP address for the certificate.")
+@click.option(
+    "--org",
+    "organisation",
+    default="",
+    help="An analyst's organisation, checked by node policies.",
+)
 @handle_errors
 def pki_issue(
     role: str,
@@ -76,9 +82,18 @@ def pki_issue(
     out_dir: Path | None,
     dns: tuple[str, ...],
     ip: tuple[str, ...],
+    organisation: str,
 ) -> None:
     """Issue a certificate and key for NAME in ROLE."""
-    issued = pki.issue(directory, role, name, out_dir=out_dir, dns=dns, ips=ip)
+    issued = pki.issue(
+        directory,
+        role,
+        name,
+        out_dir=out_dir,
+        dns=dns,
+        ips=ip,
+        organisation=organisation,
+    )
     out.print(f"{role} '{name}': {issued.cert_path} and {issued.key_path}")
 
 

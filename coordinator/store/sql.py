@@ -37,7 +37,7 @@ from cleanroom.errors import ConfigError, NotFound, StoreError
 from cleanroom.model import Decision, JobEvent, JobRecord, JobState, NodeRecord
 from coordinator.store.base import Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Seconds a SQLite writer waits for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT = 30.0
@@ -57,6 +57,7 @@ jobs_table = Table(
     Column("progress", Text, nullable=False),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
+    Column("organisation", String(200), nullable=False, server_default=""),
     # Bumped by append_event; the row lock this takes is what makes seq atomic.
     Column("last_event_seq", Integer, nullable=False, server_default="0"),
     Index("ix_jobs_analyst_created", "analyst", "created_at"),
@@ -463,6 +464,7 @@ def _job_from_row(row: Row[Any]) -> JobRecord:
         progress=row.progress,
         created_at=float(row.created_at),
         updated_at=float(row.updated_at),
+        organisation=row.organisation,
     )
 
 

@@ -195,3 +195,24 @@ def test_fifty_concurrent_submissions_never_overspend(tmp_path: Path) -> None:
                 meters.close()
     finally:
         local.down(workdir)
+
+
+def test_policy_by_organisation_reads_the_analysts_certificate(tmp_path: Path) -> None:
+    from cleanroom import pki
+
+    paths = make_csvs(tmp_path)
+    rules = {**RULES, "organisations": ["acme-research"]}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"default": rules}))
+    two = {k: v for k, v in paths.items() if k in ("h1", "h2")}
+    workdir = tmp_path / "fed"
+    local.up(workdir=workdir, nodes=list(two.items()), policy=policy)
+    try:
+        refused = _submit(workdir, SPEC_12)
+        assert refused.job.state.value == "refused"
+        assert "organisation '' is not allowed" in refused.job.reason
+        cli("pki", "issue", "--role", "analyst", "analyst", "--org", "acme-research",
+            "--dir", str(workdir / "pki"), check=True)
+        assert _submit(workdir, SPEC_12).job.state.value == "succeeded"
+    finally:
+        local.down(workdir)
