@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, Final
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cleanroom.catalog import NUMERIC_TYPES, DatasetInfo
 from cleanroom.errors import ProtocolError, SpecError
 from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.jobtypes import register
-from cleanroom.jobtypes.base import CoordinatorContext, JobType, NodeContext
+from cleanroom.jobtypes.base import (
+    CoordinatorContext,
+    JobType,
+    NodeContext,
+    OneShotNode,
+)
 from protocols.party import (
     COORDINATOR,
     CoordinatorParty,
@@ -32,6 +35,7 @@ from protocols.party import (
     Outbound,
 )
 from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
+from protocols.secagg.keys import identity_keys
 
 STAGE_SUMS: Final = "bench_plain.sums"
 STAGE_VECTOR: Final = "bench_plain.vector"
@@ -54,32 +58,6 @@ def _numeric_columns(
                     path,
                     f"'{column}' is not a numeric column of {item.node}/{item.dataset}",
                 )
-
-
-class _OneShotNode(NodeParty):
-    """Sends one unmasked report in ``start`` and is done."""
-
-    def __init__(self, ctx: NodeContext) -> None:
-        self._ctx = ctx
-        self._done = False
-
-    @abstractmethod
-    def report(self) -> Outbound:
-        """The node's one unmasked message to the coordinator."""
-
-    def start(self) -> list[Outbound]:
-        self._done = True
-        return [self.report()]
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        raise ProtocolError(f"{type(self).__name__} expects no messages")
-
-    @property
-    def finished(self) -> bool:
-        return self._done
-
-    def usage(self) -> NodeUsage:
-        return NodeUsage(rows_touched=len(self._ctx.data))
 
 
 class _Collector(CoordinatorParty):
@@ -110,7 +88,7 @@ class _Collector(CoordinatorParty):
         return [self._payloads[p] for p in self._ctx.parties]
 
 
-class PlainSumNode(_OneShotNode):
+class PlainSumNode(OneShotNode):
     def report(self) -> Outbound:
         ctx, columns = self._ctx, list(self._ctx.spec.params["columns"])
         rows = len(ctx.data)
@@ -174,7 +152,7 @@ def plain_vector(values: Any, length: int) -> Any:
     return np.resize(scaled.astype(np.int64).view(np.uint64), length).astype("<u8")
 
 
-class PlainVectorNode(_OneShotNode):
+class PlainVectorNode(OneShotNode):
     def report(self) -> Outbound:
         params = self._ctx.spec.params
         vector = plain_vector(
@@ -244,10 +222,7 @@ class _SecureVectorNode(NodeParty):
             _config(ctx.job_id, ctx.parties, int(params["length"])),
             vector,
             signing_key=ctx.signing_key,
-            peer_signing_keys={
-                n: Ed25519PublicKey.from_public_bytes(k)
-                for n, k in ctx.peer_signing_keys.items()
-            },
+            peer_signing_keys=identity_keys(ctx.peer_signing_keys),
             random=ctx.random,
         )
 
@@ -270,10 +245,7 @@ class _SecureVectorCoordinator(CoordinatorParty):
         self._length = int(ctx.spec.params["length"])
         self._server = SecAggServer(
             _config(ctx.job_id, ctx.parties, self._length),
-            {
-                n: Ed25519PublicKey.from_public_bytes(k)
-                for n, k in ctx.signing_keys.items()
-            },
+            identity_keys(ctx.signing_keys),
         )
 
     def start(self) -> list[Outbound]:

@@ -366,7 +366,11 @@ class NodeAgent:
                         reason=job.reason or "approved by the data holder",
                     )
                 elif self._stub is not None:
-                    if job.decided_by == "holder":
+                    if job.decided_by == "holder" and not any(
+                        e.kind == "job.refused"
+                        for e in self.audit.entries_for_job(job.job_id)
+                    ):
+                        # Once, even if the report below must be retried.
                         self.audit.append(
                             "job.refused",
                             job_id=job.job_id,

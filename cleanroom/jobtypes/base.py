@@ -14,9 +14,17 @@ import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cleanroom.catalog import DatasetInfo
-from cleanroom.errors import ConfigError, SpecError
+from cleanroom.errors import ConfigError, ProtocolError, SpecError
 from cleanroom.jobspec import JobInput, JobSpec
-from protocols.party import SYSTEM_RANDOM, CoordinatorParty, NodeParty, RandomSource
+from protocols.party import (
+    SYSTEM_RANDOM,
+    CoordinatorParty,
+    Inbound,
+    NodeParty,
+    NodeUsage,
+    Outbound,
+    RandomSource,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,35 @@ class CoordinatorContext:
     signing_keys: Mapping[str, bytes]
     random: RandomSource = SYSTEM_RANDOM
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class OneShotNode(NodeParty):
+    """A node party that sends one report in ``start`` and is then done."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        self._done = False
+
+    @abstractmethod
+    def report(self) -> Outbound:
+        """The node's one message."""
+
+    def start(self) -> list[Outbound]:
+        out = self.report()
+        self._done = True
+        return [out]
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        raise ProtocolError(
+            f"{type(self).__name__} expects no messages, got stage '{message.stage}'"
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def usage(self) -> NodeUsage:
+        return NodeUsage(rows_touched=len(self._ctx.data))
 
 
 class JobType(ABC):

@@ -11,31 +11,31 @@ from cleanroom.catalog import DatasetInfo
 from cleanroom.errors import InvalidSignature, ProtocolError, SpecError
 from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.jobtypes import predicates
-from cleanroom.jobtypes.base import CoordinatorContext, JobType, NodeContext
+from cleanroom.jobtypes.base import (
+    CoordinatorContext,
+    JobType,
+    NodeContext,
+    OneShotNode,
+)
 from cleanroom.keys import sign_statement, verify_statement
 from protocols.party import (
     COORDINATOR,
     CoordinatorParty,
     Inbound,
     NodeParty,
-    NodeUsage,
     Outbound,
 )
 
 STAGE_COUNT: Final = "count.report"
 
 
-class CountNode(NodeParty):
+class CountNode(OneShotNode):
     """Counts matching rows and reports a signed, size-checked statement."""
 
-    def __init__(self, ctx: NodeContext) -> None:
-        self._ctx = ctx
-        self._where = predicates.parse_where(ctx.spec.params.get("where"), [])
-        self._done = False
-
-    def start(self) -> list[Outbound]:
+    def report(self) -> Outbound:
         ctx = self._ctx
-        count = int(predicates.apply(self._where, ctx.data).sum())
+        where = predicates.parse_where(ctx.spec.params.get("where"), [])
+        count = int(predicates.apply(where, ctx.data).sum())
         released = count >= ctx.min_group_size
         statement: dict[str, Any] = {
             "job_id": ctx.job_id,
@@ -47,19 +47,8 @@ class CountNode(NodeParty):
             "suppressed": not released,
         }
         signature = sign_statement(ctx.signing_key, statement)
-        self._done = True
         payload = json.dumps({"statement": statement, "signature": signature}).encode()
-        return [Outbound(COORDINATOR, STAGE_COUNT, payload)]
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        raise ProtocolError(f"count expects no messages, got stage '{message.stage}'")
-
-    @property
-    def finished(self) -> bool:
-        return self._done
-
-    def usage(self) -> NodeUsage:
-        return NodeUsage(rows_touched=len(self._ctx.data))
+        return Outbound(COORDINATOR, STAGE_COUNT, payload)
 
 
 class CountCoordinator(CoordinatorParty):

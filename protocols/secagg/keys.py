@@ -8,6 +8,7 @@ and must not thereby learn the ``c`` key that protects the shares it exchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -75,6 +76,14 @@ def public_bytes(key: X25519PrivateKey) -> bytes:
 def private_bytes(key: X25519PrivateKey) -> bytes:
     """The raw 32-byte secret key: only ever Shamir-shared, never sent whole."""
     return key.private_bytes_raw()
+
+
+def identity_keys(raw: Mapping[str, bytes]) -> dict[str, Ed25519PublicKey]:
+    """Raw 32-byte Ed25519 identity keys as key objects; ProtocolError if bad."""
+    try:
+        return {n: Ed25519PublicKey.from_public_bytes(k) for n, k in raw.items()}
+    except ValueError as exc:
+        raise ProtocolError(f"a party's signing key is malformed: {exc}") from None
 
 
 def verify_advertisement(

@@ -8,8 +8,6 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from cleanroom.errors import ProtocolAbort, ProtocolError
 from cleanroom.jobtypes.base import CoordinatorContext, NodeContext
 from cleanroom.jobtypes.stats.encode import add_noise, contribution, to_ring
@@ -31,6 +29,7 @@ from protocols.secagg import (
     SecAggConfig,
     SecAggServer,
 )
+from protocols.secagg.keys import identity_keys
 
 POLICY: Final = "secure_stats/policy"
 """Node -> coordinator, before its SecAgg+ keys: ``{"min_group_size": n}``."""
@@ -48,13 +47,6 @@ def secagg_config(
         threshold=layout.params.threshold,
         modulus_bits=64,
     )
-
-
-def _public_keys(raw: Mapping[str, bytes]) -> dict[str, Ed25519PublicKey]:
-    try:
-        return {n: Ed25519PublicKey.from_public_bytes(k) for n, k in raw.items()}
-    except ValueError as exc:
-        raise ProtocolError(f"a party's signing key is malformed: {exc}") from None
 
 
 class StatsNode(NodeParty):
@@ -80,7 +72,7 @@ class StatsNode(NodeParty):
             secagg_config(ctx.job_id, ctx.parties, layout),
             vector,
             signing_key=ctx.signing_key,
-            peer_signing_keys=_public_keys(ctx.peer_signing_keys),
+            peer_signing_keys=identity_keys(ctx.peer_signing_keys),
             random=ctx.random,
         )
         del vector  # the client holds the only copy and masks it in place
@@ -125,7 +117,7 @@ class StatsCoordinator(CoordinatorParty):
         self._ctx = ctx
         self._layout = layout
         self._config = secagg_config(ctx.job_id, ctx.parties, layout)
-        self._server = SecAggServer(self._config, _public_keys(ctx.signing_keys))
+        self._server = SecAggServer(self._config, identity_keys(ctx.signing_keys))
         self._min_group_size: dict[str, int] = {}
         self._result: dict[str, Any] | None = None
 
