@@ -29,7 +29,7 @@ _DTYPES: Final[dict[int, np.dtype[np.unsignedinteger[Any]]]] = {
 }
 # Each seed keys exactly one keystream (seeds are fresh random values or HKDF outputs
 # bound to a session and a pair), so a fixed all-zero initial counter block is safe.
-_INITIAL_COUNTER: Final = bytes(16)
+_CTR_MODE: Final = modes.CTR(bytes(16))
 # Keystream = AES-CTR encryption of zeros; one shared read-only block of zeros is
 # reused chunk by chunk so a long mask never allocates a second buffer of its size.
 _CHUNK_BYTES: Final = 1 << 18  # 256 KiB: stays in L2 while it is written
@@ -60,6 +60,46 @@ def expand_mask(seed: bytes, length: int, modulus_bits: int) -> MaskVector:
     return out
 
 
+def expand_mask_into(seed: bytes, out: MaskVector) -> None:
+    """Overwrite ``out`` with the mask ``expand_mask`` returns for its length and
+    dtype (uint32: ring 2^32, uint64: ring 2^64), without allocating.
+
+    This is how the protocol expands masks: into buffers it already holds.
+    """
+    _check_vector(out)
+    _fill_keystream(_keystream(seed), out)
+
+
+def masked_copy(
+    values: npt.NDArray[np.unsignedinteger[Any]],
+    modulus_bits: int,
+    *,
+    add: Iterable[bytes] = (),
+    subtract: Iterable[bytes] = (),
+) -> MaskVector:
+    """A fresh vector ``values + sum(PRG(s) for s in add) - sum(PRG(s) for s in
+    subtract)`` mod 2^modulus_bits.
+
+    ``values`` must already lie in the ring (wider words are reduced mod 2^bits).
+    The first mask is expanded straight into the result, so the plaintext is never
+    copied on its own: the new vector holds a masked value from its first write.
+    """
+    dtype = mask_dtype(modulus_bits)
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.unsignedinteger):
+        raise ProtocolError("masks are added to a 1-D unsigned integer vector")
+    out = np.empty(values.shape[0], dtype=dtype)
+    adds = list(add)
+    if adds:
+        expand_mask_into(adds.pop(0), out)
+        # Forcing the ring's loop casts wider words down (mod 2^bits) as they are
+        # read, instead of widening the whole result and narrowing it back.
+        np.add(out, values, out=out, dtype=dtype, casting="unsafe")
+    else:
+        np.copyto(out, values, casting="unsafe")
+    add_masks(out, add=adds, subtract=subtract)
+    return out
+
+
 def add_masks(
     acc: MaskVector,
     *,
@@ -68,20 +108,31 @@ def add_masks(
 ) -> None:
     """In place: ``acc += sum(PRG(s) for s in add) - sum(PRG(s) for s in subtract)``.
 
-    Arithmetic is mod 2^bits (the dtype of ``acc``). One scratch buffer is reused for
-    every seed, which keeps the working set in cache and avoids per-mask allocation.
+    Arithmetic is mod 2^bits (the dtype of ``acc``). Each keystream is produced a
+    chunk at a time into one small scratch buffer that stays in cache and is added
+    at once, so no mask ever exists as a whole vector and nothing large is allocated.
     """
-    if acc.dtype not in _DTYPES.values() or acc.ndim != 1:
-        raise ProtocolError("masks are added to a 1-D uint32 or uint64 vector")
-    if not acc.flags.c_contiguous or not acc.flags.writeable:
-        raise ProtocolError("masks are added to a contiguous, writeable vector")
-    scratch = np.empty_like(acc)
-    for seed in add:
-        _fill_keystream(_keystream(seed), scratch)
-        np.add(acc, scratch, out=acc)
-    for seed in subtract:
-        _fill_keystream(_keystream(seed), scratch)
-        np.subtract(acc, scratch, out=acc)
+    _check_vector(acc)
+    step = _CHUNK_BYTES // acc.dtype.itemsize
+    scratch = np.empty(min(step, acc.shape[0]), dtype=acc.dtype)
+    raw = scratch.view(np.uint8).data
+    for seeds, op in ((add, np.add), (subtract, np.subtract)):
+        for seed in seeds:
+            stream = _keystream(seed)
+            for start in range(0, acc.shape[0], step):
+                part = acc[start : start + step]
+                n = part.shape[0]
+                stream.update_into(_ZEROS[: n * acc.dtype.itemsize], raw)
+                if _BIG_ENDIAN_HOST:
+                    scratch.byteswap(inplace=True)
+                op(part, scratch[:n], out=part)
+
+
+def _check_vector(vector: MaskVector) -> None:
+    if vector.dtype not in _DTYPES.values() or vector.ndim != 1:
+        raise ProtocolError("a mask vector must be a 1-D uint32 or uint64 array")
+    if not vector.flags.c_contiguous or not vector.flags.writeable:
+        raise ProtocolError("a mask vector must be contiguous and writeable")
 
 
 def _check_length(length: int) -> None:
@@ -92,7 +143,7 @@ def _check_length(length: int) -> None:
 def _keystream(seed: bytes) -> CipherContext:
     if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
         raise ProtocolError(f"mask seeds must be exactly {SEED_BYTES} bytes")
-    cipher = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_INITIAL_COUNTER))
+    cipher = Cipher(algorithms.AES(bytes(seed)), _CTR_MODE)
     return cipher.encryptor()
 
 

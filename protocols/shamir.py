@@ -76,13 +76,18 @@ def split(
         raise ProtocolError(f"need 2 <= t <= n <= {MAX_SHARES}, got t={t}, n={n}")
     coefficients = [int.from_bytes(_SENTINEL + bytes(secret), "big")]
     coefficients += _random_field_elements(t - 1, random)
-    shares = []
-    for x in range(1, n + 1):
-        y = 0
-        for c in reversed(coefficients):
-            y = (y * x + c) % PRIME
-        shares.append(Share(index=x, threshold=t, value=y))
-    return shares
+    # Horner's rule at every x at once. The x are small, so each step adds only
+    # log2(n) bits and the reduction mod PRIME can wait (every 32 steps at most).
+    xs = range(1, n + 1)
+    ys = [coefficients[-1]] * n
+    for step, c in enumerate(reversed(coefficients[:-1]), start=1):
+        ys = [y * x + c for y, x in zip(ys, xs, strict=True)]
+        if step % 32 == 0:
+            ys = [y % PRIME for y in ys]
+    return [
+        Share(index=x, threshold=t, value=y % PRIME)
+        for x, y in zip(xs, ys, strict=True)
+    ]
 
 
 def combine(shares: Sequence[Share]) -> bytes:
@@ -102,14 +107,30 @@ def combine(shares: Sequence[Share]) -> bytes:
     if len(shares) < t:
         raise ProtocolAbort(f"only {len(shares)} shares; threshold is {t}")
     points = shares[:t]
-    value = 0
-    for i, si in enumerate(points):
+    # Lagrange at x = 0: lambda_i = prod(x_j) / prod(x_j - x_i) over j != i. The x are
+    # small, so numerators and denominators are exact small integers, and one modular
+    # inversion of their product serves every point (Montgomery's trick).
+    xs = [s.index for s in points]
+    numerators, denominators = [], []
+    for i, xi in enumerate(xs):
         numerator, denominator = 1, 1
-        for j, sj in enumerate(points):
+        for j, xj in enumerate(xs):
             if i != j:
-                numerator = numerator * sj.index % PRIME
-                denominator = denominator * (sj.index - si.index) % PRIME
-        value = (value + si.value * numerator * pow(denominator, -1, PRIME)) % PRIME
+                numerator *= xj
+                denominator *= xj - xi
+        numerators.append(numerator)
+        denominators.append(denominator % PRIME)
+    prefix = [1]
+    for d in denominators:
+        prefix.append(prefix[-1] * d % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    value = 0
+    for i in range(len(points) - 1, -1, -1):
+        # Here inverse = 1 / (d_0 ... d_i), so 1 / d_i = inverse * (d_0 ... d_(i-1)).
+        weight = numerators[i] * inverse * prefix[i] % PRIME
+        inverse = inverse * denominators[i] % PRIME
+        value += points[i].value * weight
+    value %= PRIME
     encoded = value.to_bytes((value.bit_length() + 7) // 8, "big")
     if not encoded.startswith(_SENTINEL):
         raise ProtocolError("shares are inconsistent: they do not encode a secret")

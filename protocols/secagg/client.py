@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +21,7 @@ from protocols.party import (
     Outbound,
     RandomSource,
 )
-from protocols.prg import MaskVector, add_masks
+from protocols.prg import masked_copy
 from protocols.secagg import keys
 from protocols.secagg.config import SecAggConfig
 from protocols.secagg.graph import NeighbourGraph, build_graph
@@ -40,6 +41,7 @@ from protocols.secagg.messages import (
 from protocols.shamir import SHARE_BYTES, Share, split
 
 _Handler = Callable[[bytes], list[Outbound]]
+_Input = npt.NDArray[np.unsignedinteger[Any]]
 
 
 class SecAggClient(NodeParty):
@@ -47,8 +49,10 @@ class SecAggClient(NodeParty):
 
     Built with the node's identity key, the identity keys of the other parties
     (so the coordinator cannot substitute anyone's session keys) and the node's
-    already fixed-point-encoded vector. The client fails closed: after refusing
-    one message it refuses everything that follows.
+    already fixed-point-encoded vector. The client keeps a reference to that
+    vector (no copy) until it masks it, so the caller hands it over and must not
+    change it during the session. The client fails closed: after refusing one
+    message it refuses everything that follows.
     """
 
     def __init__(
@@ -72,7 +76,7 @@ class SecAggClient(NodeParty):
         )
         self._signing_key = signing_key
         self._random = random
-        self._vector: MaskVector | None = _checked_input(vector, config)
+        self._vector: _Input | None = _checked_input(vector, config)
         self._expect: str | None = None
         self._started = False
         self._finished = False
@@ -80,7 +84,7 @@ class SecAggClient(NodeParty):
         self._secrets: keys.SessionKeys | None = None
         self._advert: KeyAdvertisement | None = None
         self._peer_adverts: dict[str, KeyAdvertisement] = {}
-        self._bundle_secrets: dict[str, bytes] = {}
+        self._open_keys: dict[str, bytes] = {}
         self._own_shares: tuple[Share, Share] | None = None
         self._held: dict[str, tuple[Share, Share]] = {}
         self._shared_with: frozenset[str] = frozenset()
@@ -158,7 +162,7 @@ class SecAggClient(NodeParty):
         secrets = self._require_secrets()
         m = len(self._closed)
         b_shares = split(secrets.self_mask_seed, t, m, self._random)
-        s_shares = split(keys.private_bytes(secrets.s_sk), t, m, self._random)
+        s_shares = split(secrets.s_sk, t, m, self._random)
         own = self._graph.share_index(self.name, self.name) - 1
         self._own_shares = (b_shares[own], s_shares[own])
         bundles = []
@@ -166,12 +170,13 @@ class SecAggClient(NodeParty):
             if party == self.name:
                 continue
             shared = keys.agree(secrets.c_sk, advert.c_pk, party)
+            seal_key, open_key = keys.bundle_keys(shared, digest, self.name, party)
             i = self._graph.share_index(self.name, party) - 1
             plaintext = b_shares[i].to_bytes() + s_shares[i].to_bytes()
             bundles.append(
-                (party, keys.seal_bundle(shared, digest, self.name, party, plaintext))
+                (party, keys.seal_bundle(seal_key, digest, self.name, party, plaintext))
             )
-            self._bundle_secrets[party] = shared
+            self._open_keys[party] = open_key
         self._peer_adverts = {p: a for p, a in adverts.items() if p != self.name}
         self._expect = MASKED_INPUT
         return [self._send(SHARE_KEYS, ShareBundles(tuple(bundles)).encode(digest))]
@@ -189,7 +194,7 @@ class SecAggClient(NodeParty):
             )
         for sender, ciphertext in forwarded:
             plaintext = keys.open_bundle(
-                self._bundle_secrets[sender], digest, sender, self.name, ciphertext
+                self._open_keys[sender], digest, sender, self.name, ciphertext
             )
             self._held[sender] = self._checked_shares(sender, plaintext)
         secrets = self._require_secrets()
@@ -201,10 +206,12 @@ class SecAggClient(NodeParty):
             (add if keys.adds_pair_mask(self.name, peer) else subtract).append(seed)
         if self._vector is None:
             raise ProtocolError(f"{self.name} has no input left to mask")
-        # The vector is this client's private copy, so it is masked in place and the
-        # plaintext is gone from memory once the masks are applied.
-        masked, self._vector = self._vector, None
-        add_masks(masked, add=add, subtract=subtract)
+        # The first mask is expanded straight into the outgoing vector, so no
+        # unmasked copy of the input is ever made; the reference is dropped here.
+        vector, self._vector = self._vector, None
+        masked = masked_copy(
+            vector, self._config.modulus_bits, add=add, subtract=subtract
+        )
         self._shared_with = frozenset(self._held) | {self.name}
         self._expect = UNMASK
         return [self._send(MASKED_INPUT, MaskedInput(masked).encode(digest))]
@@ -288,7 +295,7 @@ def _identities_of(
     return {p: peer_signing_keys[p] for p in closed if p != name}
 
 
-def _checked_input(vector: npt.ArrayLike, config: SecAggConfig) -> MaskVector:
+def _checked_input(vector: npt.ArrayLike, config: SecAggConfig) -> _Input:
     values = np.asarray(vector)
     if values.ndim != 1 or values.size != config.vector_length:
         raise ProtocolError(
@@ -300,9 +307,15 @@ def _checked_input(vector: npt.ArrayLike, config: SecAggConfig) -> MaskVector:
             f"input must be an unsigned integer (fixed-point encoded) vector, "
             f"not {values.dtype}"
         )
-    if values.dtype.itemsize > config.element_bytes and int(values.max()) >> (
-        config.modulus_bits
-    ):
-        raise ProtocolError(f"input values exceed the {config.modulus_bits}-bit ring")
-    checked: MaskVector = values.astype(config.dtype, copy=True)
-    return checked
+    bound = config.max_input
+    if values.dtype.itemsize > config.element_bytes or bound is not None:
+        top = int(values.max())
+        if top >> config.modulus_bits:
+            raise ProtocolError(
+                f"input values exceed the {config.modulus_bits}-bit ring"
+            )
+        if bound is not None and top > bound:
+            raise ProtocolError(
+                f"input values exceed the session's declared bound {bound}"
+            )
+    return values

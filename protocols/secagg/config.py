@@ -32,6 +32,13 @@ def default_degree(n: int) -> int:
     return min(n - 1, 2 * math.ceil(math.log2(n)))
 
 
+def smallest_ring(n: int, max_input: int | None) -> Literal[32, 64]:
+    """2^32 if ``n`` inputs of at most ``max_input`` cannot wrap it, else 2^64."""
+    if max_input is not None and 0 < max_input and n * max_input < 2**32:
+        return 32
+    return 64
+
+
 def default_threshold(neighbourhood_size: int) -> int:
     """More than two thirds of a closed neighbourhood (Bonawitz et al.'s active bound).
 
@@ -60,6 +67,9 @@ class SecAggConfig:
     modulus_bits: Literal[32, 64]
     graph: GraphKind
     degree: int
+    max_input: int | None = None
+    """Public bound on every input element, if declared: clients refuse larger
+    values, and the ring must hold ``n * max_input`` without wrapping."""
 
     @classmethod
     def create(
@@ -69,11 +79,17 @@ class SecAggConfig:
         parties: Iterable[str],
         vector_length: int,
         threshold: int | None = None,
-        modulus_bits: Literal[32, 64] = 64,
+        modulus_bits: Literal[32, 64] | None = None,
         graph: GraphKind = "complete",
         degree: int | None = None,
+        max_input: int | None = None,
     ) -> SecAggConfig:
-        """Sort ``parties``, fill the degree and threshold defaults, then validate."""
+        """Sort ``parties``, fill the defaults, then validate.
+
+        Without ``modulus_bits`` the ring is the smallest that holds the sum: 2^32
+        when a declared ``max_input`` times the party count fits below 2^32 (half
+        the masking work and bytes), else 2^64.
+        """
         names = list(parties)
         if not all(isinstance(p, str) for p in names):
             raise ConfigError("party names must be strings")
@@ -84,6 +100,8 @@ class SecAggConfig:
             degree = n - 1 if graph == "complete" else default_degree(max(n, 2))
         if threshold is None:
             threshold = default_threshold(degree + 1)
+        if modulus_bits is None:
+            modulus_bits = smallest_ring(n, max_input)
         return cls(
             session_id=session_id,
             parties=tuple(sorted(names)),
@@ -92,6 +110,7 @@ class SecAggConfig:
             modulus_bits=modulus_bits,
             graph=graph,
             degree=degree,
+            max_input=max_input,
         )
 
     def __post_init__(self) -> None:
@@ -115,6 +134,14 @@ class SecAggConfig:
             raise ConfigError(
                 f"no {self.degree}-regular graph on {n} parties exists (n*k is odd)"
             )
+        if self.max_input is not None:
+            _check_int("max_input", self.max_input, 1, 2**64 - 1)
+            if n * self.max_input >> self.modulus_bits:
+                raise ConfigError(
+                    f"{n} inputs of up to {self.max_input} can wrap the "
+                    f"{self.modulus_bits}-bit ring; use modulus_bits=64 or a "
+                    "smaller bound"
+                )
         m = self.neighbourhood_size
         _check_int("threshold", self.threshold, 2, MAX_PARTIES)
         if not m // 2 < self.threshold <= m:
@@ -177,6 +204,8 @@ class SecAggConfig:
         for number in (self.threshold, self.vector_length, self.modulus_bits):
             h.update(number.to_bytes(8, "big"))
         h.update(self.degree.to_bytes(8, "big") + len(self.parties).to_bytes(8, "big"))
+        if self.max_input is not None:
+            h.update(b"max_input" + self.max_input.to_bytes(8, "big"))
         return h.digest()
 
 

@@ -18,15 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from cryptography.hazmat.primitives.asymmetric.x25519 import (
-    X25519PrivateKey,
-    X25519PublicKey,
-)
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base, crypto_sign_open
 from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
+from nacl.exceptions import RuntimeError as SodiumRuntimeError
 
 from cleanroom.errors import ProtocolError
 from protocols.party import RandomSource
@@ -36,26 +32,26 @@ KEY_BYTES: Final = 32
 _MASK_INFO: Final = b"cleanroom/secagg/v1/pair-mask\x00"
 _BUNDLE_INFO: Final = b"cleanroom/secagg/v1/share-bundle\x00"
 _BUNDLE_AD: Final = b"cleanroom/secagg/v1/share-bundle-ad\x00"
-# The bundle key is derived per session, per *ordered* (sender, recipient) pair, and
-# each sender seals exactly one bundle per recipient, so each key encrypts a single
-# message and a constant nonce cannot repeat under one key.
 _BUNDLE_NONCE: Final = bytes(12)
 
 
 @dataclass(frozen=True)
 class SessionKeys:
-    """A party's fresh per-session secrets: both X25519 keys and the self-mask seed."""
+    """A party's fresh per-session secrets: both X25519 keys and the self-mask seed.
 
-    c_sk: X25519PrivateKey
-    s_sk: X25519PrivateKey
+    X25519 keys are raw 32-byte scalars; libsodium clamps them as RFC 7748 says.
+    """
+
+    c_sk: bytes
+    s_sk: bytes
     self_mask_seed: bytes
 
     @classmethod
     def generate(cls, random: RandomSource) -> SessionKeys:
         """Draw every secret from the injected randomness source."""
         return cls(
-            c_sk=X25519PrivateKey.from_private_bytes(_draw(random, KEY_BYTES)),
-            s_sk=X25519PrivateKey.from_private_bytes(_draw(random, KEY_BYTES)),
+            c_sk=_draw(random, KEY_BYTES),
+            s_sk=_draw(random, KEY_BYTES),
             self_mask_seed=_draw(random, KEY_BYTES),
         )
 
@@ -63,19 +59,14 @@ class SessionKeys:
         self, party: str, signing_key: Ed25519PrivateKey, digest: bytes
     ) -> KeyAdvertisement:
         """Sign both public keys under this configuration."""
-        c_pk, s_pk = public_bytes(self.c_sk), public_bytes(self.s_sk)
+        c_pk, s_pk = public_key(self.c_sk), public_key(self.s_sk)
         signed = KeyAdvertisement.signed_bytes(digest, party, c_pk, s_pk)
         return KeyAdvertisement(party, c_pk, s_pk, signing_key.sign(signed))
 
 
-def public_bytes(key: X25519PrivateKey) -> bytes:
-    """The raw 32-byte public key."""
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def private_bytes(key: X25519PrivateKey) -> bytes:
-    """The raw 32-byte secret key: only ever Shamir-shared, never sent whole."""
-    return key.private_bytes_raw()
+def public_key(secret: bytes) -> bytes:
+    """The raw 32-byte X25519 public key of a raw secret key."""
+    return crypto_scalarmult_base(secret)
 
 
 def identity_keys(raw: Mapping[str, bytes]) -> dict[str, Ed25519PublicKey]:
@@ -87,28 +78,36 @@ def identity_keys(raw: Mapping[str, bytes]) -> dict[str, Ed25519PublicKey]:
 
 
 def verify_advertisement(
-    advert: KeyAdvertisement, identity: Ed25519PublicKey, digest: bytes
+    advert: KeyAdvertisement, identity: Ed25519PublicKey | bytes, digest: bytes
 ) -> None:
-    """Raise ProtocolError unless ``identity`` signed these keys for this session."""
+    """Raise ProtocolError unless ``identity`` signed these keys for this session.
+
+    ``identity`` may be given as its raw 32 bytes, which parties that check many
+    advertisements keep to avoid re-serialising the key for every check.
+    """
     signed = KeyAdvertisement.signed_bytes(
         digest, advert.party, advert.c_pk, advert.s_pk
     )
     # libsodium verifies Ed25519 about twice as fast as this OpenSSL build, and every
     # client checks every neighbour's advertisement: the protocol's hottest signature.
-    raw = identity.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    raw = identity if isinstance(identity, bytes) else identity.public_bytes_raw()
     try:
-        VerifyKey(raw).verify(signed, advert.signature)
+        crypto_sign_open(advert.signature + signed, raw)
     except (BadSignatureError, ValueError, TypeError):
         raise ProtocolError(
             f"the keys advertised for {advert.party!r} are not signed by it"
         ) from None
 
 
-def agree(secret: X25519PrivateKey, peer_public: bytes, peer: str) -> bytes:
-    """X25519 with a neighbour's advertised key; refuses low-order points."""
+def agree(secret: bytes, peer_public: bytes, peer: str) -> bytes:
+    """X25519 with a neighbour's advertised key; refuses low-order points.
+
+    libsodium's ``crypto_scalarmult``: one C call on raw keys, and it fails on the
+    all-zero output a low-order point would give.
+    """
     try:
-        return secret.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    except ValueError:
+        return crypto_scalarmult(secret, peer_public)
+    except (SodiumRuntimeError, ValueError, TypeError):
         raise ProtocolError(f"the public key of {peer!r} is not usable") from None
 
 
@@ -124,33 +123,41 @@ def adds_pair_mask(party: str, peer: str) -> bool:
     return party < peer
 
 
+def bundle_keys(
+    shared: bytes, digest: bytes, party: str, peer: str
+) -> tuple[bytes, bytes]:
+    """The share-bundle keys of one pair: (party -> peer, peer -> party).
+
+    One HKDF call yields both directions' keys, each bound to the ordered pair.
+    Each sender seals exactly one bundle per recipient, so each key encrypts a
+    single message and the constant nonce cannot repeat under one key.
+    """
+    low, high = sorted((party, peer))
+    info = _BUNDLE_INFO + encode_name(low) + encode_name(high)
+    okm = _hkdf(shared, digest, info, 2 * KEY_BYTES)
+    low_to_high, high_to_low = okm[:KEY_BYTES], okm[KEY_BYTES:]
+    return (low_to_high, high_to_low) if party == low else (high_to_low, low_to_high)
+
+
 def seal_bundle(
-    shared: bytes, digest: bytes, sender: str, recipient: str, plaintext: bytes
+    key: bytes, digest: bytes, sender: str, recipient: str, plaintext: bytes
 ) -> bytes:
-    """Encrypt a share bundle; the key and associated data bind both names."""
-    aead = ChaCha20Poly1305(_bundle_key(shared, digest, sender, recipient))
+    """Encrypt a share bundle under its ``bundle_keys`` key; the AD binds both names."""
     ad = _bundle_ad(digest, sender, recipient)
-    return aead.encrypt(_BUNDLE_NONCE, plaintext, ad)
+    return ChaCha20Poly1305(key).encrypt(_BUNDLE_NONCE, plaintext, ad)
 
 
 def open_bundle(
-    shared: bytes, digest: bytes, sender: str, recipient: str, ciphertext: bytes
+    key: bytes, digest: bytes, sender: str, recipient: str, ciphertext: bytes
 ) -> bytes:
     """Decrypt a share bundle; raises ProtocolError if it was altered or misrouted."""
-    aead = ChaCha20Poly1305(_bundle_key(shared, digest, sender, recipient))
     ad = _bundle_ad(digest, sender, recipient)
     try:
-        return aead.decrypt(_BUNDLE_NONCE, ciphertext, ad)
+        return ChaCha20Poly1305(key).decrypt(_BUNDLE_NONCE, ciphertext, ad)
     except InvalidTag:
         raise ProtocolError(
             f"the share bundle from {sender!r} failed authentication"
         ) from None
-
-
-def _bundle_key(shared: bytes, digest: bytes, sender: str, recipient: str) -> bytes:
-    return _hkdf(
-        shared, digest, _BUNDLE_INFO + encode_name(sender) + encode_name(recipient)
-    )
 
 
 def _bundle_ad(digest: bytes, sender: str, recipient: str) -> bytes:
@@ -158,8 +165,8 @@ def _bundle_ad(digest: bytes, sender: str, recipient: str) -> bytes:
     return _BUNDLE_AD + stage + digest + encode_name(sender) + encode_name(recipient)
 
 
-def _hkdf(shared: bytes, digest: bytes, info: bytes) -> bytes:
-    kdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=digest, info=info)
+def _hkdf(shared: bytes, digest: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    kdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=digest, info=info)
     return kdf.derive(shared)
 
 

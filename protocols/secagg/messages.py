@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 import numpy as np
@@ -40,6 +41,7 @@ SIGNATURE_BYTES: Final = 64
 AEAD_TAG_BYTES: Final = 16
 SHARE_CIPHERTEXT_BYTES: Final = 2 * SHARE_BYTES + AEAD_TAG_BYTES
 HEADER_BYTES: Final = 36
+_ADVERT_KEY_BYTES: Final = 2 * PUBLIC_KEY_BYTES + SIGNATURE_BYTES
 
 _MAGIC: Final = b"SA"
 _STAGE_CODES: Final = {stage: code for code, stage in enumerate(STAGES, start=1)}
@@ -56,8 +58,12 @@ def _kind(stage: str, from_coordinator: bool) -> int:
     return _STAGE_CODES[stage] | (_FROM_COORDINATOR if from_coordinator else 0)
 
 
+@lru_cache(maxsize=4096)
 def encode_name(name: str) -> bytes:
-    """u8 length then UTF-8; also used inside signatures and KDF contexts."""
+    """u8 length then UTF-8; also used inside signatures and KDF contexts.
+
+    Cached: a session encodes the same few hundred names tens of thousands of times.
+    """
     raw = name.encode()
     if not 0 < len(raw) <= 255:
         raise ProtocolError(f"party name {name!r} must be 1..255 bytes of UTF-8")
@@ -290,15 +296,19 @@ class _Reader:
         return cls(payload, HEADER_BYTES)
 
     def take(self, n: int) -> bytes:
-        end = self._offset + n
+        start = self._offset
+        end = start + n
         if end > len(self._data):
             raise ProtocolError("message is truncated")
-        chunk = self._data[self._offset : end]
         self._offset = end
-        return chunk
+        return self._data[start:end]
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        offset = self._offset
+        if offset >= len(self._data):
+            raise ProtocolError("message is truncated")
+        self._offset = offset + 1
+        return self._data[offset]
 
     def u16(self) -> int:
         return int.from_bytes(self.take(2), "big")
@@ -322,20 +332,24 @@ class _Reader:
         return names
 
     def advertisement(self) -> KeyAdvertisement:
+        party = self.name()
+        keys = self.take(_ADVERT_KEY_BYTES)
         return KeyAdvertisement(
-            party=self.name(),
-            c_pk=self.take(PUBLIC_KEY_BYTES),
-            s_pk=self.take(PUBLIC_KEY_BYTES),
-            signature=self.take(SIGNATURE_BYTES),
+            party=party,
+            c_pk=keys[:PUBLIC_KEY_BYTES],
+            s_pk=keys[PUBLIC_KEY_BYTES : 2 * PUBLIC_KEY_BYTES],
+            signature=keys[2 * PUBLIC_KEY_BYTES :],
         )
 
     def ciphertexts(self, what: str) -> tuple[tuple[str, bytes], ...]:
-        entries = tuple(
-            (self.name(), self.take(SHARE_CIPHERTEXT_BYTES)) for _ in range(self.u16())
-        )
+        count = self.u16()
+        entries = []
+        for _ in range(count):
+            name = self.name()
+            entries.append((name, self.take(SHARE_CIPHERTEXT_BYTES)))
         self.finish()
         _check_unique((name for name, _ in entries), what)
-        return entries
+        return tuple(entries)
 
     def finish(self) -> None:
         if self._offset != len(self._data):

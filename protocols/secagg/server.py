@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cleanroom.errors import ConfigError, ProtocolAbort, ProtocolError
 from protocols.party import CoordinatorParty, Inbound, Outbound
@@ -86,7 +85,7 @@ class SecAggServer(CoordinatorParty):
         if not self._started or self._stage is None:
             state = "finished" if self._stage is None else "not started"
             raise ProtocolError(f"the coordinator is {state}; refusing {stage}")
-        if sender not in self._graph.closed:
+        if sender not in self._graph:
             raise ProtocolError(f"{sender!r} is not a party of this session")
         if sender in self._gone:
             raise ProtocolError(
@@ -112,7 +111,7 @@ class SecAggServer(CoordinatorParty):
 
     def dropped(self, parties: frozenset[str]) -> list[Outbound]:
         """Mark ``parties`` as gone; abort if the threshold can no longer be met."""
-        unknown = sorted(p for p in parties if p not in self._graph.closed)
+        unknown = sorted(p for p in parties if p not in self._graph)
         if unknown:
             raise ProtocolError(f"unknown parties reported dropped: {unknown}")
         self._gone |= parties
@@ -276,16 +275,15 @@ class SecAggServer(CoordinatorParty):
         except ProtocolError as exc:
             raise ProtocolError(f"the shares of {owner!r} are corrupt: {exc}") from None
 
-    def _reconstruct_mask_key(self, owner: str) -> X25519PrivateKey:
+    def _reconstruct_mask_key(self, owner: str) -> bytes:
         raw = self._reconstruct(owner, self._mask_key_shares)
         if len(raw) != keys.KEY_BYTES:
             raise ProtocolError(
                 f"the recovered mask key of {owner!r} has the wrong size"
             )
-        s_sk = X25519PrivateKey.from_private_bytes(raw)
-        if keys.public_bytes(s_sk) != self._adverts[owner].s_pk:
+        if keys.public_key(raw) != self._adverts[owner].s_pk:
             raise ProtocolError(f"the recovered mask key of {owner!r} does not match")
-        return s_sk
+        return raw
 
     def _check_threshold(self) -> None:
         t, n = self._config.threshold, self._config.n
@@ -300,8 +298,14 @@ class SecAggServer(CoordinatorParty):
         # masked input on: every party that shared needs t holders to unmask it.
         owners = live if self._stage in (ADVERTISE_KEYS, SHARE_KEYS) else self._shared
         m = self._config.neighbourhood_size
+        # The graph is symmetric: the neighbourhoods a gone party leaves short are
+        # exactly those in its own neighbourhood, so count losses from its side.
+        lost: dict[str, int] = {}
+        for party in set(self._config.parties) - live:
+            for owner in self._graph.closed_of(party):
+                lost[owner] = lost.get(owner, 0) + 1
         for owner in sorted(owners):
-            holders = sum(p in live for p in self._graph.closed_of(owner))
+            holders = m - lost.get(owner, 0)
             if holders < t:
                 raise ProtocolAbort(
                     f"only {holders} of the {m} parties in {owner!r}'s neighbourhood "

@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cleanroom.errors import ProtocolError
-from protocols.prg import add_masks, expand_mask
+from protocols.prg import add_masks, expand_mask, expand_mask_into, masked_copy
 
 SEED = bytes(range(32))
 
@@ -112,3 +112,38 @@ def test_add_masks_refuses_wrong_vectors() -> None:
     frozen.flags.writeable = False
     with pytest.raises(ProtocolError):
         add_masks(frozen, add=[SEED])
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_add_masks_across_chunk_boundaries(bits: int) -> None:
+    # Masks are applied a 256 KiB chunk at a time: cover several chunks and a tail.
+    length = 3 * (1 << 18) // (bits // 8) + 77
+    a, b = bytes([5]) * 32, bytes([6]) * 32
+    acc = np.arange(length, dtype=np.uint32 if bits == 32 else np.uint64)
+    expected = acc + expand_mask(a, length, bits) - expand_mask(b, length, bits)
+    add_masks(acc, add=[a], subtract=[b])
+    assert np.array_equal(acc, expected)
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_masked_copy_masks_without_touching_the_input(bits: int) -> None:
+    values = np.arange(1, 1001, dtype=np.uint64)
+    before = values.copy()
+    a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
+    masked = masked_copy(values, bits, add=[a, b], subtract=[c])
+    ring = values.astype(np.uint32 if bits == 32 else np.uint64)
+    expected = ring + expand_mask(a, 1000, bits) + expand_mask(b, 1000, bits)
+    assert np.array_equal(masked, expected - expand_mask(c, 1000, bits))
+    assert np.array_equal(values, before)
+    only_subtract = masked_copy(values, bits, subtract=[c])
+    assert np.array_equal(only_subtract, ring - expand_mask(c, 1000, bits))
+    with pytest.raises(ProtocolError):
+        masked_copy(np.zeros(4, dtype=np.int64), bits, add=[a])  # type: ignore[arg-type]
+
+
+def test_expand_mask_into_matches_expand_mask() -> None:
+    out = np.full(300, 7, dtype=np.uint64)
+    expand_mask_into(SEED, out)
+    assert np.array_equal(out, expand_mask(SEED, 300, 64))
+    with pytest.raises(ProtocolError):
+        expand_mask_into(SEED, np.zeros(3, dtype=np.float64))  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from protocols.secagg import (
 )
 from protocols.secagg.config import default_degree
 from protocols.secagg.graph import build_graph
+from protocols.secagg.keys import agree, public_key
 from protocols.secagg.simulate import build_session, drive, plaintext_sum
 
 MakeSession = Callable[..., tuple[SecAggConfig, dict[str, np.ndarray]]]
@@ -188,6 +189,8 @@ def test_config_defaults() -> None:
         {"degree": 3},  # complete graph of 5 has degree 4
         {"session_id": ""},
         {"graph": "k-regular", "degree": 3},  # 5 * 3 is odd
+        {"max_input": 0},
+        {"max_input": 2**31, "modulus_bits": 32},  # 5 * 2^31 wraps 2^32
     ],
 )
 def test_config_refuses_bad_parameters(kwargs: dict[str, object]) -> None:
@@ -199,6 +202,28 @@ def test_config_refuses_bad_parameters(kwargs: dict[str, object]) -> None:
     params.update(kwargs)
     with pytest.raises(ConfigError):
         SecAggConfig.create(**params)  # type: ignore[arg-type]
+
+
+def test_declared_bound_picks_the_smallest_ring_that_cannot_wrap() -> None:
+    base = {"session_id": "s", "parties": ["a", "b", "c", "d"], "vector_length": 8}
+    assert SecAggConfig.create(**base).modulus_bits == 64  # type: ignore[arg-type]
+    small = SecAggConfig.create(**base, max_input=2**30 - 1)  # type: ignore[arg-type]
+    assert small.modulus_bits == 32  # 4 * (2^30 - 1) < 2^32
+    big = SecAggConfig.create(**base, max_input=2**30)  # type: ignore[arg-type]
+    assert big.modulus_bits == 64  # 4 * 2^30 would wrap 2^32
+    assert small.digest != SecAggConfig.create(**base).digest  # type: ignore[arg-type]
+
+
+def test_inputs_above_the_declared_bound_are_refused() -> None:
+    cfg = SecAggConfig.create(
+        session_id="s", parties=["a", "b", "c"], vector_length=4, max_input=1000
+    )
+    assert cfg.modulus_bits == 32
+    ok = {p: np.full(4, 1000, dtype=np.uint64) for p in cfg.parties}
+    assert run_in_process(ok, cfg).tolist() == [3000] * 4
+    bad = {**ok, "b": np.array([0, 1001, 0, 0], dtype=np.uint64)}
+    with pytest.raises(ProtocolError, match="declared bound 1000"):
+        run_in_process(bad, cfg)
 
 
 def test_config_digest_binds_every_parameter() -> None:
@@ -240,3 +265,13 @@ def test_fixed_point_floats_sum_exactly_through_secagg(
     total = run_in_process(encoded, cfg, drop_at={"p02": MASKED_INPUT})
     expected = sum(np.rint(reals[p] * 2**16) for p in cfg.parties if p != "p02")
     assert np.array_equal(fp.decode(total, cfg.n), expected / 2**16)
+
+
+@pytest.mark.parametrize("point", [bytes(32), (1).to_bytes(32, "little")])
+def test_low_order_public_keys_are_refused(point: bytes) -> None:
+    # Both points have small order: any clamped scalar maps them to the all-zero
+    # output, which would make the "shared" secret public.
+    secret = bytes(range(32))
+    assert len(agree(secret, public_key(bytes(range(1, 33))), "peer")) == 32
+    with pytest.raises(ProtocolError, match="not usable"):
+        agree(secret, point, "peer")

@@ -75,7 +75,7 @@ class StatsNode(NodeParty):
             peer_signing_keys=identity_keys(ctx.peer_signing_keys),
             random=ctx.random,
         )
-        del vector  # the client holds the only copy and masks it in place
+        del vector  # handed over: the client masks it and keeps no plain copy
         policy = canonical_json({"min_group_size": ctx.min_group_size})
         return [Outbound(COORDINATOR, POLICY, policy), *self._client.start()]
 
