@@ -61,7 +61,8 @@ def mask_expansion(ctx: Context) -> Iterator[Measurement]:
     """Mask expansion per element: AES-256-CTR vs Flower-style MT19937, same sizes.
 
     cleanroom expands masks into buffers it already holds (``expand_mask_into``, as
-    ``masked_copy`` and ``add_masks`` do), which carries the goal; Flower's generator
+    ``masked_copy`` and ``add_masks`` do), which carries the goal on Flower's own ring
+    2^32 (the 2^64 ring is reported beside it, without a verdict); Flower's generator
     can only return a new int64 array, so its allocation is part of its cost. The
     cost of a fresh output array on cleanroom's side (``expand_mask``) is reported
     too, without a verdict: at 10^7 elements the kernel's zeroing of 40-80 MB of new
@@ -82,8 +83,9 @@ def mask_expansion(ctx: Context) -> Iterator[Measurement]:
             repeat=max(ctx.repeat, 7),
         )
         rows = (
+            # The goal compares like with like: Flower's ring is 2^32.
             ("into a reused buffer", 32, into32, GOAL),
-            ("into a reused buffer", 64, into64, GOAL),
+            ("into a reused buffer", 64, into64, None),
             ("as a fresh array", 32, fresh32, None),
             ("as a fresh array", 64, fresh64, None),
         )
@@ -97,7 +99,7 @@ def mask_expansion(ctx: Context) -> Iterator[Measurement]:
                     if bits == 64
                     else []
                 )
-                if goal is None:
+                if how == "as a fresh array":
                     notes.append("includes allocating and faulting in the output")
                 yield ctx.measurement(
                     case=f"aes-ctr ring 2^{bits} {how} vs flower-style ring 2^32",
