@@ -98,4 +98,12 @@ class AuditError(CleanroomError):
 
 
 class SandboxError(CleanroomError):
-    """Sandboxed code could not run, or its output was refused."""
+    """Sandboxed code could not run, or its output was refused.
+
+    ``cpu_s`` is the CPU time the code had used when its run failed (0 when it never
+    started or the runner could not tell), so the node can bill a failed run too.
+    """
+
+    def __init__(self, message: str, *, cpu_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.cpu_s = cpu_s

@@ -443,7 +443,10 @@ class NodeAgent:
             )
             return
         self.meters.release(
-            outcome.job_id, partial=outcome.usage, reason=outcome.reason
+            outcome.job_id,
+            partial=outcome.usage,
+            reason=outcome.reason,
+            sandbox_cpu_seconds=sandbox_cpu,
         )
         self.state.set_status(outcome.job_id, JobStatus.FAILED, outcome.reason)
         self.audit.append(

@@ -195,14 +195,24 @@ class Meters:
         self._close(job_id, Status.SETTLED, used, reason="")
 
     def release(
-        self, job_id: str, *, partial: NodeUsage | None = None, reason: str
+        self,
+        job_id: str,
+        *,
+        partial: NodeUsage | None = None,
+        reason: str,
+        sandbox_cpu_seconds: float = 0.0,
     ) -> None:
         """Free a refused or failed job's hold, recording any ``partial`` use.
 
-        A job that ran part-way (``partial`` given) counts as one job. Releasing a
-        released job again does nothing.
+        A job that ran part-way (``partial`` given, or sandbox CPU spent) counts as
+        one job, and the CPU seconds a failed sandbox run used are billed like a
+        successful run's. Releasing a released job again does nothing.
         """
         used = {} if partial is None else _usage_amounts(partial)
+        cpu = _non_negative(SANDBOX_CPU, sandbox_cpu_seconds)
+        if cpu:
+            used[SANDBOX_CPU] = cpu
+            used.setdefault("jobs", 1.0)
         self._close(job_id, Status.RELEASED, used, reason=reason)
 
     def usage(

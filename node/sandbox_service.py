@@ -311,12 +311,21 @@ class SandboxService:
             except SandboxError as exc:
                 public = public_reason(exc)
                 log.warning("job %s: sandbox run failed: %s", ctx.job_id, exc)
+                with self._lock:
+                    self._cpu[ctx.job_id] = exc.cpu_s  # billed although it failed
                 self._audit.append(
                     "sandbox.failed",
                     job_id=ctx.job_id,
-                    data={"digest": digest, "image": image, "reason": public},
+                    data={
+                        "digest": digest,
+                        "image": image,
+                        "reason": public,
+                        "cpu_seconds": round(exc.cpu_s, 3),
+                    },
                 )
-                raise SandboxError(f"the sandboxed code {public}") from None
+                raise SandboxError(
+                    f"the sandboxed code {public}", cpu_s=exc.cpu_s
+                ) from None
             with self._lock:
                 self._cpu[ctx.job_id] = report.cpu_s
             self._audit.append(

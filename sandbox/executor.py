@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -21,6 +22,8 @@ from sandbox.runner import (
     check_job_dirs,
     extract_output,
 )
+
+log = logging.getLogger(__name__)
 
 _USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
 _LABEL = "cleanroom.sandbox"
@@ -186,30 +189,38 @@ class DockerSandbox:
         pump.join(timeout_s)
         duration = time.monotonic() - started
         if pump.is_alive():
+            used = _cpu_so_far(container)
             container.kill()
             pump.join(10)
-            raise SandboxError(f"timed out after {timeout_s:g}s; the job was killed")
+            raise SandboxError(
+                f"timed out after {timeout_s:g}s; the job was killed", cpu_s=used
+            )
         exit_code = api.exec_inspect(exec_id)["ExitCode"]
         facts = self._housekeeping(container)
+        cpu_s = facts["cpu_ns"] / 1e9 if facts["cpu_ns"] >= 0 else duration
         if exit_code != 0 and (
             facts["oom_kills"] > 0
             or (facts["oom_kills"] < 0 and self._oom_event(container, since))
         ):
             raise SandboxError(
                 f"ran out of memory (limit {limits.memory_mb} MiB) and was killed"
-                + _tail_note(stderr)
+                + _tail_note(stderr),
+                cpu_s=cpu_s,
             )
         if facts["output_used"] > limits.output_bytes:
             raise SandboxError(
-                f"output exceeds {limits.output_mb} MiB; nothing released"
+                f"output exceeds {limits.output_mb} MiB; nothing released",
+                cpu_s=cpu_s,
             )
         if exit_code != 0:
-            raise SandboxError(f"exited with code {exit_code}" + _tail_note(stderr))
+            raise SandboxError(
+                f"exited with code {exit_code}" + _tail_note(stderr), cpu_s=cpu_s
+            )
         files, total = self._copy_output(container, output_dir)
         return RunReport(
             exit_code=exit_code,
             duration_s=duration,
-            cpu_s=facts["cpu_ns"] / 1e9 if facts["cpu_ns"] >= 0 else duration,
+            cpu_s=cpu_s,
             image_id=str(container.attrs.get("Image", self._image)),
             stdout_tail=stdout.text(),
             stderr_tail=stderr.text(),
@@ -287,6 +298,17 @@ def _pump(stream: Any, stdout: Tail, stderr: Tail) -> None:
             stdout.feed(out)
         if err:
             stderr.feed(err)
+
+
+def _cpu_so_far(container: Any) -> float:
+    """CPU seconds the container's processes have used, from the engine's cgroup
+    stats; read before a timed-out run is killed so it can still be billed."""
+    try:
+        stats = container.stats(stream=False, one_shot=True)
+        return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
+    except Exception as exc:  # billing must never mask the timeout itself
+        log.warning("could not read the timed-out job's CPU use: %s", exc)
+        return 0.0
 
 
 def _tail_note(stderr: Tail) -> str:

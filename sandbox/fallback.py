@@ -278,21 +278,28 @@ class UnshareSandbox:
     def _judge(self, header: dict[str, Any], stderr: Tail, timeout_s: float) -> None:
         limits = self._limits
         code = int(header["exit_code"])
+        cpu_s = float(header["cpu_s"])
         note = f"; last lines of stderr:\n{stderr.last_lines(20)}"
         if float(header["wall_s"]) > timeout_s:
-            raise SandboxError(f"timed out after {timeout_s:g}s; the job was killed")
+            raise SandboxError(
+                f"timed out after {timeout_s:g}s; the job was killed", cpu_s=cpu_s
+            )
         if code == -24:  # SIGXCPU
-            raise SandboxError(f"exceeded its CPU time limit ({timeout_s:g}s)")
+            raise SandboxError(
+                f"exceeded its CPU time limit ({timeout_s:g}s)", cpu_s=cpu_s
+            )
         if code != 0 and "MemoryError" in stderr.last_lines(20):
             raise SandboxError(
-                f"ran out of memory (address-space limit {limits.memory_mb} MiB)" + note
+                f"ran out of memory (address-space limit {limits.memory_mb} MiB)"
+                + note,
+                cpu_s=cpu_s,
             )
         if int(header["output_used"]) > limits.output_bytes:
             raise SandboxError(
-                f"output exceeds {limits.output_mb} MiB; nothing released"
+                f"output exceeds {limits.output_mb} MiB; nothing released", cpu_s=cpu_s
             )
         if code != 0:
-            raise SandboxError(f"exited with code {code}" + note)
+            raise SandboxError(f"exited with code {code}" + note, cpu_s=cpu_s)
 
 
 def _map_to_nobody(proc: subprocess.Popen[bytes], ready: int, go: int) -> None:

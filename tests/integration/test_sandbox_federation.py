@@ -317,6 +317,14 @@ def test_hostile_code_fails_clearly_and_is_audited(fed: Fed) -> None:
             (failed,) = [d for k, d in audit if k == "sandbox.failed"]
             assert expected in failed["reason"] and failed["image"] == fed.image
             assert any(k == "job.failed" and expected in d["reason"] for k, d in audit)
+            # A failed run is billed the CPU it burned, as a successful one is.
+            with sqlite3.connect(fed.data_dir / "meters.db") as db:
+                used = dict(db.execute("SELECT meter, used FROM amounts WHERE job_id=?",
+                                       (job,)).fetchall())  # fmt: skip
+            billed = used.get("sandbox_cpu_seconds", 0.0)
+            assert abs(billed - failed["cpu_seconds"]) < 0.001, (name, used)
+            if name == "infinite-loop":  # spun for the whole 5 s timeout
+                assert failed["cpu_seconds"] > 1.0 and used["jobs"] == 1
     assert fed.containers() == []
     assert not (Path(fed.config).parent / "evil.py").exists()
 

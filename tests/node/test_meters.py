@@ -215,6 +215,19 @@ def test_sandbox_cpu_is_reserved_as_a_unit_and_settled_by_keyword(
         meters.settle("s2", NodeUsage(units={"sandbox_cpu_seconds": 1}))
 
 
+def test_a_failed_sandbox_run_is_billed_its_cpu(meters: Meters) -> None:
+    limits = {"sandbox_cpu_seconds": QuotaLimit(per_day=100)}
+    job = request("s1", job_type="sandbox", units={"sandbox_cpu_seconds": 60})
+    meters.reserve(job, limits, epsilon_budget=None)
+    meters.release("s1", reason="timed out after 5s", sandbox_cpu_seconds=4.5)
+    cpu = usage_of(meters, "sandbox_cpu_seconds")
+    assert (cpu.used_total, cpu.remaining()) == (4.5, 95.5)
+    assert charged(meters._path, "jobs") == 1  # it ran, so it counts as a job
+    meters.reserve(request("s2"), {}, epsilon_budget=None)
+    with pytest.raises(StoreError, match="sandbox_cpu_seconds"):
+        meters.release("s2", reason="x", sandbox_cpu_seconds=-1.0)
+
+
 def test_released_reservation_frees_its_quota(meters: Meters) -> None:
     limits = {"jobs": QuotaLimit(per_day=1)}
     meters.reserve(request("j1", rows=10), limits, epsilon_budget=None)

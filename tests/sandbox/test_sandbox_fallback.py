@@ -154,6 +154,18 @@ def test_fallback_hostile_jobs_fail(
 
 
 @needs_unshare
+def test_fallback_failure_carries_the_cpu_it_used(
+    jail: UnshareSandbox, job: Any
+) -> None:
+    source = "import time\nend = time.process_time() + 0.5\n"
+    source += "while time.process_time() < end:\n    pass\nraise SystemExit(3)\n"
+    bundle = job(source)
+    with pytest.raises(SandboxError, match="exited with code 3") as caught:
+        jail.run(bundle.code, bundle.data, bundle.out, timeout_s=30)
+    assert 0.4 < caught.value.cpu_s < 10
+
+
+@needs_unshare
 def test_fork_bomb_is_capped_by_nproc(jail: UnshareSandbox, job: Any) -> None:
     bundle = job("""
         import os, sys, time
