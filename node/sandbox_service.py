@@ -323,9 +323,7 @@ class SandboxService:
                         "cpu_seconds": round(exc.cpu_s, 3),
                     },
                 )
-                raise SandboxError(
-                    f"the sandboxed code {public}", cpu_s=exc.cpu_s
-                ) from None
+                raise SandboxError(f"the sandboxed code {public}") from None
             with self._lock:
                 self._cpu[ctx.job_id] = report.cpu_s
             self._audit.append(

@@ -56,7 +56,7 @@ def expand_mask(seed: bytes, length: int, modulus_bits: int) -> MaskVector:
     dtype = mask_dtype(modulus_bits)
     _check_length(length)
     out = np.empty(length, dtype=dtype)
-    _fill_keystream(_keystream(seed), out)
+    expand_mask_into(seed, out)
     return out
 
 

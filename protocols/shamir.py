@@ -107,19 +107,19 @@ def combine(shares: Sequence[Share]) -> bytes:
     if len(shares) < t:
         raise ProtocolAbort(f"only {len(shares)} shares; threshold is {t}")
     points = shares[:t]
-    # Lagrange at x = 0: lambda_i = prod(x_j) / prod(x_j - x_i) over j != i. The x are
-    # small, so numerators and denominators are exact small integers, and one modular
-    # inversion of their product serves every point (Montgomery's trick).
+    # Lagrange at x = 0: lambda_i = prod(x_j) / prod(x_j - x_i) over j != i. One
+    # modular inversion of the product of all denominators serves every point
+    # (Montgomery's trick) instead of one inversion per point.
     xs = [s.index for s in points]
     numerators, denominators = [], []
     for i, xi in enumerate(xs):
         numerator, denominator = 1, 1
         for j, xj in enumerate(xs):
             if i != j:
-                numerator *= xj
-                denominator *= xj - xi
+                numerator = numerator * xj % PRIME
+                denominator = denominator * (xj - xi) % PRIME
         numerators.append(numerator)
-        denominators.append(denominator % PRIME)
+        denominators.append(denominator)
     prefix = [1]
     for d in denominators:
         prefix.append(prefix[-1] * d % PRIME)

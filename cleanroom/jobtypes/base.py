@@ -14,8 +14,9 @@ import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cleanroom.catalog import DatasetInfo
-from cleanroom.errors import ConfigError, ProtocolError, SpecError
+from cleanroom.errors import ConfigError, InvalidSignature, ProtocolError, SpecError
 from cleanroom.jobspec import JobInput, JobSpec
+from cleanroom.keys import verify_statement
 from protocols.party import (
     SYSTEM_RANDOM,
     CoordinatorParty,
@@ -56,6 +57,33 @@ class CoordinatorContext:
     signing_keys: Mapping[str, bytes]
     random: RandomSource = SYSTEM_RANDOM
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def check_node_statement(
+    ctx: CoordinatorContext,
+    sender: str,
+    statement: object,
+    signature: object,
+    what: str,
+) -> dict[str, Any]:
+    """A node's signed statement about its part of this job, checked: it must name
+    this job, its spec, the sender and the sender's dataset, and be signed by the
+    sender's identity key. ``what`` names the report in the errors."""
+    expected = {
+        "job_id": ctx.job_id,
+        "spec_hash": ctx.spec.spec_hash,
+        "node": sender,
+        "dataset": ctx.spec.input_for(sender).dataset,
+    }
+    if not isinstance(statement, dict) or any(
+        statement.get(k) != v for k, v in expected.items()
+    ):
+        raise ProtocolError(f"{what} is for another job, node or dataset")
+    try:
+        verify_statement(ctx.signing_keys[sender], statement, str(signature))
+    except InvalidSignature:
+        raise ProtocolError(f"{what} from '{sender}' is not signed by it") from None
+    return statement
 
 
 class OneShotNode(NodeParty):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from cleanroom.catalog import DatasetInfo
-from cleanroom.errors import InvalidSignature, ProtocolError, SpecError
+from cleanroom.errors import ProtocolError, SpecError
 from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.jobtypes import predicates
 from cleanroom.jobtypes.base import (
@@ -16,8 +16,9 @@ from cleanroom.jobtypes.base import (
     JobType,
     NodeContext,
     OneShotNode,
+    check_node_statement,
 )
-from cleanroom.keys import sign_statement, verify_statement
+from cleanroom.keys import sign_statement
 from protocols.party import (
     COORDINATOR,
     CoordinatorParty,
@@ -74,20 +75,7 @@ class CountCoordinator(CoordinatorParty):
             statement, signature = report["statement"], report["signature"]
         except (ValueError, KeyError, TypeError) as exc:
             raise ProtocolError("malformed count report") from exc
-        expected = {
-            "job_id": ctx.job_id,
-            "spec_hash": ctx.spec.spec_hash,
-            "node": message.sender,
-            "dataset": ctx.spec.input_for(message.sender).dataset,
-        }
-        if any(statement.get(k) != v for k, v in expected.items()):
-            raise ProtocolError("count report is for another job, node or dataset")
-        try:
-            verify_statement(ctx.signing_keys[message.sender], statement, signature)
-        except InvalidSignature as exc:
-            raise ProtocolError(
-                f"count report from '{message.sender}' is not signed by it"
-            ) from exc
+        check_node_statement(ctx, message.sender, statement, signature, "count report")
         self._reports[message.sender] = {"statement": statement, "signature": signature}
         return []
 

@@ -28,7 +28,6 @@ import yaml
 
 from cleanroom.catalog import DatasetInfo
 from cleanroom.errors import (
-    InvalidSignature,
     ProtocolError,
     SandboxError,
     SpecError,
@@ -38,9 +37,10 @@ from cleanroom.jobtypes.base import (
     CoordinatorContext,
     JobType,
     NodeContext,
+    check_node_statement,
     register,
 )
-from cleanroom.keys import sign_statement, verify_statement
+from cleanroom.keys import sign_statement
 from protocols.party import (
     COORDINATOR,
     CoordinatorParty,
@@ -411,22 +411,9 @@ class SandboxCoordinator(CoordinatorParty):
             }
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ProtocolError("malformed sandbox output") from exc
-        expected = {
-            "job_id": ctx.job_id,
-            "spec_hash": ctx.spec.spec_hash,
-            "node": message.sender,
-            "dataset": ctx.spec.input_for(message.sender).dataset,
-        }
-        if not isinstance(statement, dict) or any(
-            statement.get(k) != v for k, v in expected.items()
-        ):
-            raise ProtocolError("sandbox output is for another job, node or dataset")
-        try:
-            verify_statement(ctx.signing_keys[message.sender], statement, signature)
-        except InvalidSignature as exc:
-            raise ProtocolError(
-                f"sandbox output from '{message.sender}' is not signed by it"
-            ) from exc
+        statement = check_node_statement(
+            ctx, message.sender, statement, signature, "sandbox output"
+        )
         hashes = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
         if hashes != statement.get("outputs"):
             raise ProtocolError("sandbox output files do not match the signed hashes")

@@ -34,9 +34,9 @@ def default_degree(n: int) -> int:
 
 def smallest_ring(n: int, max_input: int | None) -> Literal[32, 64]:
     """2^32 if ``n`` inputs of at most ``max_input`` cannot wrap it, else 2^64."""
-    if max_input is not None and 0 < max_input and n * max_input < 2**32:
-        return 32
-    return 64
+    if isinstance(max_input, bool) or not isinstance(max_input, int):
+        return 64  # none declared, or malformed: validation then refuses it clearly
+    return 32 if 0 < max_input and n * max_input < 2**32 else 64
 
 
 def default_threshold(neighbourhood_size: int) -> int:

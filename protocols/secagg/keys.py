@@ -9,7 +9,7 @@ and must not thereby learn the ``c`` key that protects the shares it exchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -42,9 +42,10 @@ class SessionKeys:
     X25519 keys are raw 32-byte scalars; libsodium clamps them as RFC 7748 says.
     """
 
-    c_sk: bytes
-    s_sk: bytes
-    self_mask_seed: bytes
+    # Secrets stay out of reprs, so no log line or traceback can print them.
+    c_sk: bytes = field(repr=False)
+    s_sk: bytes = field(repr=False)
+    self_mask_seed: bytes = field(repr=False)
 
     @classmethod
     def generate(cls, random: RandomSource) -> SessionKeys:

@@ -342,14 +342,12 @@ class _Reader:
         )
 
     def ciphertexts(self, what: str) -> tuple[tuple[str, bytes], ...]:
-        count = self.u16()
-        entries = []
-        for _ in range(count):
-            name = self.name()
-            entries.append((name, self.take(SHARE_CIPHERTEXT_BYTES)))
+        entries = tuple(
+            (self.name(), self.take(SHARE_CIPHERTEXT_BYTES)) for _ in range(self.u16())
+        )
         self.finish()
         _check_unique((name for name, _ in entries), what)
-        return tuple(entries)
+        return entries
 
     def finish(self) -> None:
         if self._offset != len(self._data):

@@ -121,6 +121,11 @@ def test_forged_or_repeated_reports_are_refused() -> None:
     tampered["statement"]["count"] += 1
     with pytest.raises(ProtocolError):
         coord.receive(Inbound("b", good.stage, json.dumps(tampered).encode()))
+    # A statement or signature of the wrong JSON type is refused, not a crash.
+    for statement, signature in (([1, 2], "x"), ({"node": "b"}, 7)):
+        odd = {"statement": statement, "signature": signature}
+        with pytest.raises(ProtocolError):
+            coord.receive(Inbound("b", good.stage, json.dumps(odd).encode()))
 
 
 def test_where_clause_is_checked_against_the_schema() -> None:

@@ -190,6 +190,8 @@ def test_config_defaults() -> None:
         {"session_id": ""},
         {"graph": "k-regular", "degree": 3},  # 5 * 3 is odd
         {"max_input": 0},
+        {"max_input": "1000"},
+        {"max_input": True},
         {"max_input": 2**31, "modulus_bits": 32},  # 5 * 2^31 wraps 2^32
     ],
 )
