@@ -57,6 +57,8 @@ class SecAggServer(CoordinatorParty):
         self._received: set[str] = set()
         self._gone: set[str] = set()
         self._adverts: dict[str, KeyAdvertisement] = {}
+        # Every public key advertised so far, so a repeat is refused in O(1).
+        self._advertised_keys: set[bytes] = set()
         self._key_sets: dict[str, frozenset[str]] = {}
         self._bundles: dict[str, dict[str, bytes]] = {}
         self._shared: frozenset[str] = frozenset()
@@ -142,11 +144,12 @@ class SecAggServer(CoordinatorParty):
             raise ProtocolError(
                 f"{sender!r} advertised keys in the name of {advert.party!r}"
             )
-        taken = {k for a in self._adverts.values() for k in (a.c_pk, a.s_pk)}
-        if advert.c_pk == advert.s_pk or {advert.c_pk, advert.s_pk} & taken:
+        pair = {advert.c_pk, advert.s_pk}
+        if len(pair) != 2 or pair & self._advertised_keys:
             raise ProtocolError(f"{sender!r} advertised a public key already in use")
         keys.verify_advertisement(advert, self._identities[sender], self._config.digest)
         self._adverts[sender] = advert
+        self._advertised_keys |= pair
 
     def _on_share_bundles(self, sender: str, payload: bytes) -> None:
         bundles = dict(ShareBundles.decode(payload, self._config.digest).by_recipient)

@@ -432,6 +432,34 @@ def test_advert_in_another_name_is_refused(five: Five) -> None:
         run_with_node(five, "p03", at(ADVERTISE_KEYS, rename))
 
 
+def _advert_reusing(five: Five, party: str, pick: Callable[[Any], bytes]) -> bytes:
+    """``party``'s own signed advertisement whose s_pk is ``pick(own advert)``."""
+    cfg, _, clients = five
+    client = clients[party]
+    key = client._signing_key  # the node's own identity key: a valid signature
+    own = KeyAdvertisement.decode(client.start()[0].payload, cfg.digest)
+    s_pk = pick(own)
+    signed = KeyAdvertisement.signed_bytes(cfg.digest, party, own.c_pk, s_pk)
+    advert = KeyAdvertisement(party, own.c_pk, s_pk, key.sign(signed))
+    return advert.encode(cfg.digest)
+
+
+@pytest.mark.parametrize("reuse", ["another party's key", "its own key twice"])
+def test_the_coordinator_refuses_a_reused_public_key(five: Five, reuse: str) -> None:
+    cfg, server, clients = five
+    server.start()
+    first = clients["p00"].start()[0]
+    server.receive(Inbound("p00", ADVERTISE_KEYS, first.payload))
+    taken = KeyAdvertisement.decode(first.payload, cfg.digest).s_pk
+    payload = _advert_reusing(
+        five,
+        "p01",
+        (lambda own: taken) if reuse == "another party's key" else lambda own: own.c_pk,
+    )
+    with pytest.raises(ProtocolError, match="public key already in use"):
+        server.receive(Inbound("p01", ADVERTISE_KEYS, payload))
+
+
 def test_unmask_share_at_the_wrong_point_is_refused(five: Five) -> None:
     cfg = five[0]
 
