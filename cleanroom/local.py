@@ -117,6 +117,7 @@ def up(
     node_timeout: float = 5.0,
     timeout: float = 60.0,
     plugins: Sequence[str] = (),
+    rpc_workers: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Federation:
     """Start a coordinator and the nodes; return once every node is connected."""
@@ -157,9 +158,11 @@ def up(
     address_file = coord_dir / "address"
     address_file.unlink(missing_ok=True)
     coord_config = coord_dir / "coordinator.toml"
+    workers = f"rpc_workers = {rpc_workers}\n" if rpc_workers is not None else ""
     coord_config.write_text(
         f'name = "{COORDINATOR}"\nlisten = "127.0.0.1:0"\ndata_dir = "data"\n'
         f'address_file = "address"\nnode_timeout_seconds = {node_timeout}\n'
+        f"{workers}"
         f"plugins = [{', '.join(_toml_str(p) for p in plugins)}]\n\n[tls]\n"
         f"cert = {_toml_str(workdir / 'pki' / 'coordinator.crt')}\n"
         f"key = {_toml_str(workdir / 'pki' / 'coordinator.key')}\n"

@@ -10,6 +10,17 @@ from typing import Any
 from cleanroom.errors import ConfigError
 from cleanroom.pki import TlsIdentity
 
+DEFAULT_RPC_WORKERS = 256
+MIN_RPC_WORKERS = 4
+
+
+def long_poll_slots(rpc_workers: int) -> int:
+    """How many long polls may wait at once: the pool minus a reserve (a quarter,
+    at least two) that stays free for pushes, decisions and analysts."""
+    if rpc_workers < MIN_RPC_WORKERS:
+        raise ConfigError(f"rpc_workers must be at least {MIN_RPC_WORKERS}")
+    return rpc_workers - max(2, rpc_workers // 4)
+
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
@@ -23,6 +34,8 @@ class CoordinatorConfig:
     ca: Path
     store_url: str
     node_timeout: float = 10.0
+    rpc_workers: int = DEFAULT_RPC_WORKERS
+    """gRPC worker threads; each connected node's long poll holds one while it waits."""
     address_file: Path | None = None
     plugins: tuple[str, ...] = ()
     """Modules to import at start; each registers extra job types."""
@@ -48,6 +61,7 @@ class CoordinatorConfig:
             "data_dir",
             "store",
             "node_timeout_seconds",
+            "rpc_workers",
             "address_file",
             "tls",
             "plugins",
@@ -62,6 +76,16 @@ class CoordinatorConfig:
         timeout = raw.get("node_timeout_seconds", 10.0)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise ConfigError("coordinator config: node_timeout_seconds must be > 0")
+        workers = raw.get("rpc_workers", DEFAULT_RPC_WORKERS)
+        if (
+            isinstance(workers, bool)
+            or not isinstance(workers, int)
+            or workers < MIN_RPC_WORKERS
+        ):
+            raise ConfigError(
+                f"coordinator config: rpc_workers must be an integer >= "
+                f"{MIN_RPC_WORKERS}, got {workers!r}"
+            )
         address_file = raw.get("address_file")
         return cls(
             name=str(raw.get("name", "coordinator")),
@@ -72,6 +96,7 @@ class CoordinatorConfig:
             ca=base / tls["ca"],
             store_url=str(raw.get("store", f"sqlite:///{data_dir / 'coordinator.db'}")),
             node_timeout=float(timeout),
+            rpc_workers=workers,
             address_file=base / address_file if address_file else None,
             plugins=tuple(raw.get("plugins", ())),
         )

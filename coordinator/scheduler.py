@@ -34,6 +34,8 @@ from protocols.party import COORDINATOR, CoordinatorParty, Inbound, Outbound
 
 log = logging.getLogger(__name__)
 
+BUSY_RETRY_SECONDS = 1.0
+"""How long a node waits to pull again when no long-poll slot was free."""
 RESTART_REASON = (
     "the coordinator restarted while the job was running and its protocol state "
     "was lost; resubmit the job"
@@ -77,6 +79,7 @@ class Scheduler:
         audit: AuditLog,
         bundle: KeyBundle,
         node_timeout: float = 10.0,
+        long_poll_slots: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -89,6 +92,15 @@ class Scheduler:
         self._lock = threading.RLock()
         self._running: dict[str, _Running] = {}
         self._bundles: dict[str, KeyBundle] = {}
+        # A long poll holds one RPC worker while it waits. Capping the waiting polls
+        # below the pool size keeps workers free for pushes and analysts however
+        # many nodes connect; a pull beyond the cap answers at once (see pull).
+        self._poll_slots = (
+            threading.BoundedSemaphore(long_poll_slots)
+            if long_poll_slots is not None
+            else None
+        )
+        self._busy_retry = min(BUSY_RETRY_SECONDS, node_timeout / 3)
 
     # ------------------------------------------------------------ recovery --
     def recover(self) -> None:
@@ -144,16 +156,25 @@ class Scheduler:
 
     def pull(
         self, node: str, wait: float, is_active: Callable[[], bool] = lambda: True
-    ) -> list[pb.WorkItem]:
-        """Long poll: a node that went away stops counting as connected at once."""
+    ) -> pb.WorkBatch:
+        """Long poll: a node that went away stops counting as connected at once.
+
+        When every long-poll slot is taken the pull does not wait: it returns what
+        is queued, and if that is nothing, asks the node to retry a little later.
+        """
+        slots = self._poll_slots
+        may_wait = slots is None or slots.acquire(blocking=False)
         self.presence.pull_started(node)
         try:
-            return self.mailboxes.take(
-                node, min(max(wait, 0.0), 30.0), is_active=is_active
-            )
+            wait = min(max(wait, 0.0), 30.0) if may_wait else 0.0
+            items = self.mailboxes.take(node, wait, is_active=is_active)
         finally:
+            if may_wait and slots is not None:
+                slots.release()
             self.presence.pull_ended(node)
             self.store.touch_node(node, at=self._clock())
+        retry = 0.0 if may_wait or items else self._busy_retry
+        return pb.WorkBatch(items=items, retry_after_seconds=retry)
 
     def decision(self, node: str, job_id: str, approved: bool, reason: str) -> None:
         job = self.store.get_job(job_id)

@@ -14,7 +14,7 @@ from cleanroom import jobtypes
 from cleanroom.audit.log import AuditLog
 from cleanroom.keys import NodeKeys, make_key_bundle
 from cleanroom.transport import secure_server
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CoordinatorConfig, long_poll_slots
 from coordinator.scheduler import Scheduler
 from coordinator.service import AnalystServicer, NodeServicer
 from coordinator.store import open_store
@@ -59,9 +59,12 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
         audit=audit,
         bundle=bundle,
         node_timeout=config.node_timeout,
+        long_poll_slots=long_poll_slots(config.rpc_workers),
     )
     scheduler.recover()
-    server, port = secure_server(identity, config.listen)
+    server, port = secure_server(
+        identity, config.listen, max_workers=config.rpc_workers
+    )
     pb_grpc.add_NodeServiceServicer_to_server(
         NodeServicer(scheduler, heartbeat_seconds=config.node_timeout / 3), server
     )

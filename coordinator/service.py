@@ -40,8 +40,8 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
         self, request: pb.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Chunk]:
         node = require_role(context, NODE).name
-        items = self._s.pull(node, request.wait_seconds, is_active=context.is_active)
-        yield from to_chunks(pb.WorkBatch(items=items))
+        batch = self._s.pull(node, request.wait_seconds, is_active=context.is_active)
+        yield from to_chunks(batch)
 
     @servicer_errors
     def PushMessage(

@@ -137,8 +137,12 @@ class NodeAgent:
                         pb.PullRequest(wait_seconds=PULL_WAIT),
                         timeout=PULL_WAIT + DEFAULT_DEADLINE,
                     )
-                    for item in from_chunks(chunks, pb.WorkBatch).items:
+                    batch = from_chunks(chunks, pb.WorkBatch)
+                    for item in batch.items:
                         self._handle(item)
+                    if not batch.items and batch.retry_after_seconds > 0:
+                        # The coordinator had no long-poll slot free: pull later.
+                        self._stop.wait(min(batch.retry_after_seconds, PULL_WAIT))
             except grpc.RpcError as exc:
                 self.connected.clear()
                 self._stub = None

@@ -2,6 +2,9 @@
 certificates, the health service, and results larger than the message limit."""
 
 import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -10,12 +13,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cleanroom import pki
 from cleanroom.client import Client
-from cleanroom.errors import AuthError, NotFound
+from cleanroom.errors import AuthError, ConfigError, NotFound
 from cleanroom.keys import NodeKeys, make_key_bundle
 from cleanroom.model import JobRecord, JobState
 from cleanroom.pki import TlsIdentity
-from cleanroom.transport import secure_channel
-from coordinator.config import CoordinatorConfig
+from cleanroom.transport import from_chunks, secure_channel
+from coordinator.config import DEFAULT_RPC_WORKERS, CoordinatorConfig, long_poll_slots
 from coordinator.server import RunningCoordinator, start_coordinator
 from proto import cleanroom_pb2 as pb
 from proto import cleanroom_pb2_grpc as pb_grpc
@@ -159,3 +162,97 @@ def test_result_of_100_mb_streams_in_chunks(
             client.result_bytes(
                 "job-big"
             )  # another analyst's job does not exist for bob
+
+
+# ---- long polls cannot take every RPC worker ---------------------------------------
+
+
+def test_long_polls_leave_workers_free_and_extra_pulls_retry_later(
+    pki_dir: Path, tmp_path: Path
+) -> None:
+    """With 4 workers, 2 long polls may wait; a third pull answers at once with a
+    retry hint, and analysts are still served while the polls wait."""
+    config = CoordinatorConfig(
+        name="coordinator",
+        listen="127.0.0.1:0",
+        data_dir=tmp_path,
+        cert=pki_dir / "coordinator.crt",
+        key=pki_dir / "coordinator.key",
+        ca=pki_dir / "ca.crt",
+        store_url=f"sqlite:///{tmp_path / 'c.db'}",
+        rpc_workers=4,
+    )
+    running = start_coordinator(config=config)
+    address = _address(running)
+    channels = {
+        n: secure_channel(address, _identity(pki_dir, n), server_name="coordinator")
+        for n in ("n1", "n2")
+    }
+    stubs = {n: pb_grpc.NodeServiceStub(c) for n, c in channels.items()}
+    for name, stub in stubs.items():
+        bundle = make_key_bundle(name, NodeKeys.generate(), _identity(pki_dir, name))
+        stub.Register(pb.RegisterRequest(key_bundle=bundle.to_bytes()), timeout=5)
+
+    def pull(node: str, wait: float) -> pb.WorkBatch:
+        chunks = stubs[node].PullWork(pb.PullRequest(wait_seconds=wait), timeout=30)
+        return from_chunks(chunks, pb.WorkBatch)
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            waiting = [pool.submit(pull, n, 20.0) for n in ("n1", "n2")]
+            presence = running.scheduler.presence
+            assert wait_until(
+                lambda: presence.connected("n1") and presence.connected("n2")
+            )
+            assert wait_until(lambda: running.scheduler._poll_slots._value == 0)  # type: ignore[union-attr]
+            extra = pull("n1", 20.0)
+            assert not extra.items and extra.retry_after_seconds > 0
+            with Client(address=address, identity=_identity(pki_dir, "alice")) as c:
+                assert c.healthy()
+                assert c.list_jobs() == []
+            assert not any(w.done() for w in waiting), "the long polls gave up early"
+            # Work for a waiting node still reaches it.
+            running.scheduler.mailboxes.put(
+                "n2", pb.WorkItem(stop=pb.StopJob(job_id="j"))
+            )
+            running.scheduler.mailboxes.put(
+                "n1", pb.WorkItem(stop=pb.StopJob(job_id="j"))
+            )
+            batches = [w.result(timeout=10) for w in waiting]
+        assert all(len(b.items) == 1 and b.retry_after_seconds == 0 for b in batches)
+        # With the slots free again a pull waits, and an empty one asks for no pause.
+        again = pull("n1", 0.2)
+        assert not again.items and again.retry_after_seconds == 0
+    finally:
+        for channel in channels.values():
+            channel.close()
+        running.stop(0)
+
+
+@pytest.mark.parametrize("workers", [0, 3, "8", True, 2.5])
+def test_rpc_workers_must_be_a_real_pool(workers: object, tmp_path: Path) -> None:
+    raw = {"tls": {"cert": "c", "key": "k", "ca": "a"}, "rpc_workers": workers}
+    with pytest.raises(ConfigError, match="rpc_workers"):
+        CoordinatorConfig.from_mapping(raw, base=tmp_path)
+
+
+def test_rpc_workers_default_and_override(tmp_path: Path) -> None:
+    tls = {"cert": "c", "key": "k", "ca": "a"}
+    default = CoordinatorConfig.from_mapping({"tls": tls}, base=tmp_path)
+    assert default.rpc_workers == DEFAULT_RPC_WORKERS
+    assert long_poll_slots(default.rpc_workers) == 192
+    sized = CoordinatorConfig.from_mapping(
+        {"tls": tls, "rpc_workers": 40}, base=tmp_path
+    )
+    assert sized.rpc_workers == 40 and long_poll_slots(40) == 30
+    with pytest.raises(ConfigError):
+        long_poll_slots(3)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

@@ -275,8 +275,15 @@ def test_node_killed_mid_job_fails_it_and_the_node_reconnects(
 
     wait_for(released, what="h2 to release the failed job's reservation")
     export = tmp_path / "h2.jsonl"
-    cli("audit", "export", "--config", _node_config(workdir, "h2"), "--out", str(export),
-        check=True)
+    cli(
+        "audit",
+        "export",
+        "--config",
+        _node_config(workdir, "h2"),
+        "--out",
+        str(export),
+        check=True,
+    )
     verified = cli("audit", "verify", str(export), check=True).stdout
     assert "OK" in verified
     history = cli("audit", "show", "--job", job, str(export), check=True).stdout
@@ -345,3 +352,26 @@ def test_dataset_file_changing_or_vanishing_is_refused(
         assert final.job.state.value == "refused"
         assert "disappeared" in final.job.reason
         assert {e.node: e.connected for e in client.catalog()}["h3"] is True
+
+
+def test_more_nodes_than_long_poll_slots_still_run_jobs(tmp_path: Path) -> None:
+    """4 RPC workers leave 2 long-poll slots for 3 nodes: the node left without one
+    is told to pull again shortly, stays connected, and the jobs still complete."""
+    paths = make_csvs(tmp_path)
+    workdir = tmp_path / "fed"
+    local.up(workdir=workdir, nodes=list(paths.items()), rpc_workers=4)
+    try:
+        with Client.from_federation(workdir / "federation.json") as client:
+            for _ in range(2):
+                job = client.submit(COUNT_SPEC).job
+                view = client.wait(job.job_id, timeout=60)
+                assert view.job.state.value == "succeeded", view.job.reason
+                result = client.result(job.job_id)["result"]
+                counts = {c["node"]: c["count"] for c in result["counts"]}
+                assert counts == expected_counts(paths)
+        nodes = local.status(workdir)["nodes"]
+        assert isinstance(nodes, dict)
+        assert sorted(nodes) == sorted(paths)
+        assert all(n["connected"] for n in nodes.values())
+    finally:
+        local.down(workdir)
