@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -28,18 +29,24 @@ def _identity(d: Path, name: str) -> TlsIdentity:
     return TlsIdentity.load(d / f"{name}.crt", d / f"{name}.key", d / "ca.crt")
 
 
+def _config(pki_dir: Path, tmp_path: Path, **overrides: Any) -> CoordinatorConfig:
+    return CoordinatorConfig(
+        **{
+            "name": "coordinator",
+            "listen": "127.0.0.1:0",
+            "data_dir": tmp_path,
+            "cert": pki_dir / "coordinator.crt",
+            "key": pki_dir / "coordinator.key",
+            "ca": pki_dir / "ca.crt",
+            "store_url": f"sqlite:///{tmp_path / 'c.db'}",
+            **overrides,
+        }
+    )
+
+
 @pytest.fixture()
 def coordinator(pki_dir: Path, tmp_path: Path) -> RunningCoordinator:
-    config = CoordinatorConfig(
-        name="coordinator",
-        listen="127.0.0.1:0",
-        data_dir=tmp_path,
-        cert=pki_dir / "coordinator.crt",
-        key=pki_dir / "coordinator.key",
-        ca=pki_dir / "ca.crt",
-        store_url=f"sqlite:///{tmp_path / 'c.db'}",
-    )
-    running = start_coordinator(config=config)
+    running = start_coordinator(config=_config(pki_dir, tmp_path))
     yield running
     running.stop(0)
 
@@ -172,17 +179,7 @@ def test_long_polls_leave_workers_free_and_extra_pulls_retry_later(
 ) -> None:
     """With 4 workers, 2 long polls may wait; a third pull answers at once with a
     retry hint, and analysts are still served while the polls wait."""
-    config = CoordinatorConfig(
-        name="coordinator",
-        listen="127.0.0.1:0",
-        data_dir=tmp_path,
-        cert=pki_dir / "coordinator.crt",
-        key=pki_dir / "coordinator.key",
-        ca=pki_dir / "ca.crt",
-        store_url=f"sqlite:///{tmp_path / 'c.db'}",
-        rpc_workers=4,
-    )
-    running = start_coordinator(config=config)
+    running = start_coordinator(config=_config(pki_dir, tmp_path, rpc_workers=4))
     address = _address(running)
     channels = {
         n: secure_channel(address, _identity(pki_dir, n), server_name="coordinator")
