@@ -95,11 +95,9 @@ class Scheduler:
         # A long poll holds one RPC worker while it waits. Capping the waiting polls
         # below the pool size keeps workers free for pushes and analysts however
         # many nodes connect; a pull beyond the cap answers at once (see pull).
-        self._poll_slots = (
-            threading.BoundedSemaphore(long_poll_slots)
-            if long_poll_slots is not None
-            else None
-        )
+        self._poll_limit = long_poll_slots
+        self._polls_waiting = 0
+        self._poll_lock = threading.Lock()
         self._busy_retry = min(BUSY_RETRY_SECONDS, node_timeout / 3)
 
     # ------------------------------------------------------------ recovery --
@@ -162,19 +160,32 @@ class Scheduler:
         When every long-poll slot is taken the pull does not wait: it returns what
         is queued, and if that is nothing, asks the node to retry a little later.
         """
-        slots = self._poll_slots
-        may_wait = slots is None or slots.acquire(blocking=False)
+        may_wait = self._claim_poll_slot()
         self.presence.pull_started(node)
         try:
             wait = min(max(wait, 0.0), 30.0) if may_wait else 0.0
             items = self.mailboxes.take(node, wait, is_active=is_active)
         finally:
-            if may_wait and slots is not None:
-                slots.release()
+            if may_wait:
+                with self._poll_lock:
+                    self._polls_waiting -= 1
             self.presence.pull_ended(node)
             self.store.touch_node(node, at=self._clock())
         retry = 0.0 if may_wait or items else self._busy_retry
         return pb.WorkBatch(items=items, retry_after_seconds=retry)
+
+    @property
+    def polls_waiting(self) -> int:
+        """Long polls holding an RPC worker right now."""
+        with self._poll_lock:
+            return self._polls_waiting
+
+    def _claim_poll_slot(self) -> bool:
+        with self._poll_lock:
+            if self._poll_limit is not None and self._polls_waiting >= self._poll_limit:
+                return False
+            self._polls_waiting += 1
+            return True
 
     def decision(self, node: str, job_id: str, approved: bool, reason: str) -> None:
         job = self.store.get_job(job_id)

@@ -201,7 +201,7 @@ def test_long_polls_leave_workers_free_and_extra_pulls_retry_later(
             assert wait_until(
                 lambda: presence.connected("n1") and presence.connected("n2")
             )
-            assert wait_until(lambda: running.scheduler._poll_slots._value == 0)  # type: ignore[union-attr]
+            assert wait_until(lambda: running.scheduler.polls_waiting == 2)
             extra = pull("n1", 20.0)
             assert not extra.items and extra.retry_after_seconds > 0
             with Client(address=address, identity=_identity(pki_dir, "alice")) as c:
