@@ -1,10 +1,11 @@
 """BENCHMARK-ONLY job types that send each node's aggregate UNMASKED to the coordinator.
 
 They are the plain-transport baselines of the end-to-end benchmarks: the same
-aggregation over the same gRPC transport, envelopes and scheduler, minus the
-cryptography. They exist only in a process whose config lists this module under
-``plugins = ["benchmarks.plain_jobs"]``; a normal deployment never loads them, and
-a node would still refuse them unless its policy names them.
+aggregation over the same gRPC transport, envelopes and coordinator, minus the
+cryptography. They are job-type plugins (entry points in ``cleanroom.job_types``)
+loaded only by a process whose config names them under ``plugins``; a normal
+deployment never loads them, and a node would still refuse them unless its
+policy names them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 from cleanroom.catalog import NUMERIC_TYPES, DatasetInfo
 from cleanroom.errors import ProtocolError, SpecError
 from cleanroom.jobspec import JobInput, JobSpec
-from cleanroom.jobtypes import register
 from cleanroom.jobtypes.base import (
     CoordinatorContext,
     JobType,
@@ -33,6 +33,7 @@ from protocols.party import (
     NodeParty,
     NodeUsage,
     Outbound,
+    Progress,
 )
 from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 from protocols.secagg.keys import identity_keys
@@ -84,6 +85,9 @@ class _Collector(CoordinatorParty):
     def finished(self) -> bool:
         return len(self._payloads) == len(self._ctx.parties)
 
+    def waiting_for(self) -> frozenset[str]:
+        return frozenset(self._ctx.parties) - set(self._payloads)
+
     def ordered(self) -> list[bytes]:
         return [self._payloads[p] for p in self._ctx.parties]
 
@@ -118,13 +122,11 @@ class PlainSumCoordinator(_Collector):
         }
 
 
-class PlainSumJob(JobType):
+class PlainSumJob(JobType[Mapping[str, Any]]):
     name = "bench_plain_sum"
     summary = "BENCHMARK ONLY: unmasked per-node column sums (plain-transport baseline)"
 
-    def validate_params(
-        self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]
-    ) -> None:
+    def parse_params(self, spec: JobSpec) -> Mapping[str, Any]:
         columns = spec.params.get("columns")
         if (
             not isinstance(columns, list)
@@ -134,7 +136,15 @@ class PlainSumJob(JobType):
             raise SpecError(
                 "params.columns", "expected a non-empty list of column names"
             )
-        _numeric_columns(spec, catalog, columns, "params.columns")
+        return spec.params
+
+    def check_catalog(
+        self,
+        spec: JobSpec,
+        params: Mapping[str, Any],
+        catalog: Mapping[JobInput, DatasetInfo],
+    ) -> None:
+        _numeric_columns(spec, catalog, list(params["columns"]), "params.columns")
 
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
         return frozenset(spec.params.get("columns") or ())
@@ -179,13 +189,11 @@ class PlainVectorCoordinator(_Collector):
         }
 
 
-class PlainVectorJob(JobType):
+class PlainVectorJob(JobType[Mapping[str, Any]]):
     name = "bench_plain_vector"
     summary = "BENCHMARK ONLY: unmasked per-node vectors summed mod 2^64"
 
-    def validate_params(
-        self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]
-    ) -> None:
+    def parse_params(self, spec: JobSpec) -> Mapping[str, Any]:
         column, length = spec.params.get("column"), spec.params.get("length")
         if not isinstance(column, str):
             raise SpecError("params.column", "expected a column name")
@@ -195,7 +203,15 @@ class PlainVectorJob(JobType):
             or not (0 < length <= MAX_LENGTH)
         ):
             raise SpecError("params.length", f"expected an int in 1..{MAX_LENGTH}")
-        _numeric_columns(spec, catalog, [column], "params.column")
+        return spec.params
+
+    def check_catalog(
+        self,
+        spec: JobSpec,
+        params: Mapping[str, Any],
+        catalog: Mapping[JobInput, DatasetInfo],
+    ) -> None:
+        _numeric_columns(spec, catalog, [params["column"]], "params.column")
 
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
         column = spec.params.get("column")
@@ -261,6 +277,12 @@ class _SecureVectorCoordinator(CoordinatorParty):
     def finished(self) -> bool:
         return self._server.finished
 
+    def waiting_for(self) -> frozenset[str]:
+        return self._server.waiting_for()
+
+    def progress(self) -> Progress:
+        return self._server.progress()
+
     def result(self) -> Mapping[str, Any]:
         total = np.asarray(self._server.sum_vector(), dtype=np.uint64)
         raw = total.astype("<u8").tobytes()
@@ -286,8 +308,3 @@ class SecureVectorJob(PlainVectorJob):
 
     def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
         return _SecureVectorCoordinator(ctx)
-
-
-register(PlainSumJob())
-register(PlainVectorJob())
-register(SecureVectorJob())

@@ -1,82 +1,106 @@
 """The analyst's typed Python client; the CLI is built on it, notebooks can use it too.
 
-with Client.from_federation("work/federation.json") as client:
-    job = client.submit(open("count.yaml").read())
-    done = client.wait(job.job.job_id)
-    print(client.result(done.job.job_id))
+    with Client.from_federation("work/federation.json") as client:
+        job = client.submit(open("count.yaml").read())
+        done = client.wait(job.job.job_id)      # also runs the analyst's party
+        print(client.result(done.job.job_id))
+
+Every submission is a request signed with the analyst's protocol key (kept next
+to its TLS key, created on first use), so the coordinator can neither invent nor
+replay one. Jobs whose type has an analyst party (e.g. homomorphic queries) need
+this client to run that party: ``wait`` and ``run`` do, and ``result`` turns the
+released result into the analyst's reading (e.g. decrypts it).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from cleanroom import errors, serde
-from cleanroom.catalog import DatasetInfo
+from cleanroom import errors, wire
+from cleanroom.analyst import AnalystSession, SessionStore
 from cleanroom.federation import Federation
+from cleanroom.keys import KeyBundle, NodeKeys, make_key_bundle
+from cleanroom.links import AnalystLink, GrpcAnalystLink
 from cleanroom.model import JobEvent
 from cleanroom.pki import TlsIdentity
+from cleanroom.requests import sign_request
 from cleanroom.serde import JobView
-from cleanroom.transport import (
-    DEFAULT_DEADLINE,
-    from_chunks,
-    raise_from_rpc,
-    secure_channel,
-)
-from proto import cleanroom_pb2 as pb
-from proto import cleanroom_pb2_grpc as pb_grpc
 
-T = TypeVar("T")
+CatalogEntry = wire.CatalogNode
 
 
-@dataclass(frozen=True)
-class CatalogEntry:
-    """A node as the catalog shows it: connection state and dataset metadata only."""
-
-    node: str
-    connected: bool
-    last_seen: float
-    datasets: tuple[DatasetInfo, ...]
-    key_bundle: bytes
+def protocol_keys_path(tls_key: Path) -> Path:
+    """Where an analyst's protocol keys live: beside its TLS key."""
+    return tls_key.with_name(tls_key.name + ".protocol")
 
 
 class Client:
-    """Talks to the coordinator's analyst API over mutual TLS."""
+    """Talks to the coordinator's analyst API and runs the analyst's parties."""
 
     def __init__(
         self,
+        link: AnalystLink,
+        *,
+        analyst: str,
+        keys: NodeKeys,
+        bundle: KeyBundle,
+        ca_pem: bytes,
+        state_dir: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._link = link
+        self.analyst = analyst
+        self._keys = keys
+        self._bundle = bundle
+        self._ca_pem = ca_pem
+        self._state_dir = state_dir
+        self._clock = clock
+        self._store: SessionStore | None = None
+        self._sessions: dict[str, AnalystSession] = {}
+
+    @classmethod
+    def connect(
+        cls,
         *,
         address: str,
         identity: TlsIdentity,
+        key_path: Path,
         server_name: str = "coordinator",
-        deadline: float = DEFAULT_DEADLINE,
-    ) -> None:
-        self.address = address
-        self._deadline = deadline
-        self._channel = secure_channel(address, identity, server_name=server_name)
-        self._stub = pb_grpc.AnalystServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        state_dir: Path | None = None,
+    ) -> Client:
+        """A client over gRPC; ``key_path`` is the analyst's TLS key file, beside
+        which its protocol keys are kept (created on first use)."""
+        principal = identity.principal
+        keys = NodeKeys.load_or_create(protocol_keys_path(key_path))
+        bundle = make_key_bundle(principal.name, keys, identity, role="analyst")
+        return cls(
+            GrpcAnalystLink(address, identity, server_name=server_name),
+            analyst=principal.name,
+            keys=keys,
+            bundle=bundle,
+            ca_pem=identity.ca_pem,
+            state_dir=state_dir or key_path.parent / "analyst-state",
+        )
 
     @classmethod
     def from_federation(cls, path: str | Path) -> Client:
         fed = Federation.load(Path(path))
-        return cls(
+        return cls.connect(
             address=fed.coordinator_address,
             identity=fed.analyst_identity(),
+            key_path=fed.analyst_key,
             server_name=fed.coordinator_name,
         )
 
     def close(self) -> None:
-        self._channel.close()
+        self._link.close()
+        if self._store is not None:
+            self._store.close()
 
     def __enter__(self) -> Client:
         return self
@@ -86,66 +110,67 @@ class Client:
     ) -> None:
         self.close()
 
-    @contextmanager
-    def _call(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except grpc.RpcError as exc:
-            raise_from_rpc(exc, what=what)
-
-    def _unary(self, what: str, fn: Callable[..., T], request: Any) -> T:
-        with self._call(what):
-            return fn(request, timeout=self._deadline)
-        raise AssertionError("unreachable")
-
     # ------------------------------------------------------------------ jobs --
     def submit(self, spec_yaml: str) -> JobView:
-        """Submit a job spec; SpecError (with the field path) if it is invalid."""
-        return serde.job_from_proto(
-            self._unary(
-                "submit job",
-                self._stub.SubmitJob,
-                pb.SubmitJobRequest(spec_yaml=spec_yaml),
-            )
+        """Sign and submit a job spec; SpecError (with the field path) if invalid."""
+        signed = sign_request(
+            spec_yaml,
+            analyst=self.analyst,
+            signing_key=self._keys.signing,
+            now=self._clock(),
+        )
+        return self._link.submit(
+            wire.Submission(spec_yaml, signed, self._bundle.to_bytes())
         )
 
     def status(self, job_id: str) -> JobView:
-        return serde.job_from_proto(
-            self._unary("get job", self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
-        )
+        return self._link.status(job_id)
 
     def list_jobs(self, *, limit: int = 100) -> list[JobView]:
-        reply = self._unary(
-            "list jobs", self._stub.ListJobs, pb.ListJobsRequest(limit=limit)
-        )
-        return [serde.job_from_proto(j) for j in reply.jobs]
+        return self._link.list_jobs(limit)
 
     def cancel(self, job_id: str, reason: str = "") -> JobView:
-        return serde.job_from_proto(
-            self._unary(
-                "cancel job",
-                self._stub.CancelJob,
-                pb.CancelJobRequest(job_id=job_id, reason=reason),
-            )
-        )
+        return self._link.cancel(job_id, reason)
 
     def events(self, job_id: str) -> list[JobEvent]:
-        reply = self._unary(
-            "get job events", self._stub.GetJobEvents, pb.GetJobRequest(job_id=job_id)
-        )
-        return [JobEvent(job_id, e.seq, e.at, e.kind, e.detail) for e in reply.events]
-
-    def result(self, job_id: str) -> dict[str, Any]:
-        """The released result document (streamed, so it may be of any size)."""
-        return json.loads(self.result_bytes(job_id))  # type: ignore[no-any-return]
+        return self._link.events(job_id)
 
     def result_bytes(self, job_id: str) -> bytes:
-        with self._call("fetch result"):
-            chunks = self._stub.FetchResult(
-                pb.FetchResultRequest(job_id=job_id), timeout=self._deadline * 10
+        """The released result document exactly as the coordinator stores it."""
+        return self._link.result_bytes(job_id)
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        """The released result document; for jobs with an analyst party its
+        ``result`` is the analyst party's reading of it (e.g. decrypted)."""
+        document: dict[str, Any] = json.loads(self.result_bytes(job_id))
+        if self.status(job_id).analyst_party:
+            document["result"] = dict(self.session(job_id).finalize(document["result"]))
+        return document
+
+    def catalog(self) -> list[CatalogEntry]:
+        """Nodes and their datasets' public metadata."""
+        return self._link.catalog()
+
+    def healthy(self) -> bool:
+        """True if the coordinator's health service answers SERVING."""
+        return self._link.healthy()
+
+    # -------------------------------------------------------- analyst party --
+    def session(self, job_id: str) -> AnalystSession:
+        """The analyst party of ``job_id`` (resumed from the local journal)."""
+        if job_id not in self._sessions:
+            if self._store is None:
+                self._store = SessionStore(self._state_dir)
+            self._sessions[job_id] = AnalystSession(
+                self._link,
+                self._store,
+                job_id=job_id,
+                analyst=self.analyst,
+                keys=self._keys,
+                ca_pem=self._ca_pem,
+                clock=self._clock,
             )
-            return from_chunks(chunks, pb.JobResult).result_json
-        raise AssertionError("unreachable")
+        return self._sessions[job_id]
 
     def wait(
         self,
@@ -154,42 +179,31 @@ class Client:
         timeout: float | None = None,
         poll: float = 0.25,
         on_update: Callable[[JobView], None] | None = None,
+        run_party: bool = True,
     ) -> JobView:
-        """Block until the job reaches a final state; TransportError on timeout."""
+        """Block until the job reaches a final state, running the analyst's party
+        meanwhile if the job has one; TransportError on timeout. A coordinator
+        that is briefly unreachable (e.g. restarting) is waited for."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        session: AnalystSession | None = None
         while True:
-            view = self.status(job_id)
-            if on_update is not None:
-                on_update(view)
-            if view.job.state.terminal:
-                return view
+            try:
+                view = self.status(job_id)
+                if on_update is not None:
+                    on_update(view)
+                if view.job.state.terminal:
+                    return view
+                if run_party and view.analyst_party:
+                    session = session or self.session(job_id)
+                    if session.step(wait=min(1.0, max(poll, 0.05))):
+                        continue
+            except errors.TransportError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+                time.sleep(max(poll, 0.5))
+                continue
             if deadline is not None and time.monotonic() > deadline:
                 raise errors.TransportError(
                     f"job {job_id} still {view.job.state} after {timeout}s"
                 )
             time.sleep(poll)
-
-    # --------------------------------------------------------------- catalog --
-    def catalog(self) -> list[CatalogEntry]:
-        reply = self._unary("get catalog", self._stub.GetCatalog, pb.CatalogRequest())
-        return [
-            CatalogEntry(
-                n.name,
-                n.connected,
-                n.last_seen,
-                tuple(serde.dataset_from_proto(d) for d in n.datasets),
-                n.key_bundle,
-            )
-            for n in reply.nodes
-        ]
-
-    def healthy(self) -> bool:
-        """True if the coordinator's health service answers SERVING."""
-        try:
-            reply = self._health.Check(
-                health_pb2.HealthCheckRequest(service=""),
-                timeout=min(self._deadline, 5.0),
-            )
-        except grpc.RpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

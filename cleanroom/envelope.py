@@ -194,6 +194,15 @@ class ReplayGuard:
                 raise EnvelopeError("envelope replayed or out of order")
             per_job[channel] = header.seq
 
+    def seen(self, header: EnvelopeHeader) -> bool:
+        """Whether an envelope at or beyond ``header``'s seq was accepted already
+        on its channel (a sender resending after a lost acknowledgement)."""
+        with self._lock:
+            last = self._last.get(header.job_id, {}).get(
+                (header.sender, header.recipient)
+            )
+        return last is not None and header.seq <= last
+
     def forget(self, job_id: str) -> None:
         """Drop the counters of a finished job."""
         with self._lock:

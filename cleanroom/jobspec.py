@@ -7,11 +7,16 @@
     purpose: research
 
 Every error names the field path (``inputs[1].dataset``) and what is wrong.
+Optional top-level keys: ``description``, and ``deadline_seconds`` (how long any
+stage may wait for a party before that party counts as dropped; the job type's
+default otherwise, and each node's policy caps it). Duplicate keys, anchors and
+aliases, and nesting deeper than 64 levels are refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -20,8 +25,57 @@ import yaml
 
 from cleanroom.errors import SpecError
 
-_TOP_KEYS: Final = {"type", "inputs", "params", "purpose", "description"}
+_TOP_KEYS: Final = {
+    "type",
+    "inputs",
+    "params",
+    "purpose",
+    "description",
+    "deadline_seconds",
+}
 _MAX_SPEC_BYTES: Final = 1 << 20
+MAX_DEPTH: Final = 64
+MAX_DEADLINE_SECONDS: Final = 7 * 24 * 3600.0
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, aliases and deep nesting, with the
+    path of the offending key."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise SpecError(
+                "", f"line {event.start_mark.line + 1}: YAML aliases are not allowed"
+            )
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise SpecError(
+                    "",
+                    f"line {event.start_mark.line + 1}: nested deeper than "
+                    f"{MAX_DEPTH} levels",
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                raise SpecError(
+                    "", f"line {key_node.start_mark.line + 1}: a key must be scalar"
+                )
+            if key in seen:
+                raise SpecError(
+                    str(key),
+                    f"duplicate key on line {key_node.start_mark.line + 1}",
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True)
@@ -42,6 +96,7 @@ class JobSpec:
     purpose: str
     description: str
     source: str
+    deadline_seconds: float | None = None
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -76,7 +131,9 @@ def parse_spec(text: str) -> JobSpec:
     if len(text.encode()) > _MAX_SPEC_BYTES:
         raise SpecError("", "job spec is larger than 1 MiB")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
+    except RecursionError:
+        raise SpecError("", f"nested deeper than {MAX_DEPTH} levels") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -128,4 +185,23 @@ def parse_spec(text: str) -> JobSpec:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise SpecError("description", f"expected a string, got {_show(description)}")
-    return JobSpec(job_type, tuple(inputs), params, purpose, description, text)
+    deadline = data.get("deadline_seconds")
+    if deadline is not None and (
+        isinstance(deadline, bool)
+        or not isinstance(deadline, int | float)
+        or not math.isfinite(deadline)
+        or not 0 < deadline <= MAX_DEADLINE_SECONDS
+    ):
+        raise SpecError(
+            "deadline_seconds",
+            f"expected seconds in (0, {MAX_DEADLINE_SECONDS:g}], got {_show(deadline)}",
+        )
+    return JobSpec(
+        job_type,
+        tuple(inputs),
+        params,
+        purpose,
+        description,
+        text,
+        None if deadline is None else float(deadline),
+    )

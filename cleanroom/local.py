@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 
 from cleanroom import jobtypes, pki
-from cleanroom.client import Client
 from cleanroom.errors import ConfigError, TransportError
 from cleanroom.federation import Federation
+from cleanroom.links import GrpcAnalystLink
 
 ANALYST = "analyst"
 COORDINATOR = "coordinator"
@@ -222,8 +222,10 @@ def up(
 
 
 def wait_connected(fed: Federation, names: Sequence[str], *, deadline: float) -> None:
-    with Client(
-        address=fed.coordinator_address, identity=fed.analyst_identity()
+    with GrpcAnalystLink(
+        fed.coordinator_address,
+        fed.analyst_identity(),
+        server_name=fed.coordinator_name,
     ) as client:
         while True:
             for key, pid in fed.processes.items():
@@ -307,9 +309,10 @@ def status(workdir: Path) -> dict[str, object]:
     procs = {k: {"pid": pid, "alive": _alive(pid)} for k, pid in fed.processes.items()}
     nodes: dict[str, object] = {}
     try:
-        with Client(
-            address=fed.coordinator_address,
-            identity=fed.analyst_identity(),
+        with GrpcAnalystLink(
+            fed.coordinator_address,
+            fed.analyst_identity(),
+            server_name=fed.coordinator_name,
             deadline=5.0,
         ) as client:
             nodes = {

@@ -46,6 +46,12 @@ class JobRecord:
     updated_at: float
     organisation: str = ""
     """The analyst's organisation, from its certificate ("" if it names none)."""
+    progress_json: str = ""
+    """The job's parties' structured progress (``protocols.party.Progress``)."""
+    signed_request: bytes = b""
+    """The analyst's signed submission, which every node verifies itself."""
+    analyst_bundle: bytes = b""
+    """The analyst's CA-anchored protocol key bundle."""
 
 
 @dataclass(frozen=True)

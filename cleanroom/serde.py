@@ -7,9 +7,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cleanroom import wire
 from cleanroom.catalog import ColumnInfo, DatasetInfo
+from cleanroom.errors import ProtocolError
 from cleanroom.model import JobRecord, JobState
 from proto import cleanroom_pb2 as pb
+from protocols.party import Progress
 
 
 def dataset_to_proto(info: DatasetInfo) -> pb.DatasetInfo:
@@ -73,6 +76,17 @@ class JobView:
 
     job: JobRecord
     decisions: tuple[NodeDecisionView, ...]
+    analyst_party: bool = False
+    """The job type has an analyst party: the analyst's client must run it."""
+
+    @property
+    def progress(self) -> Progress:
+        """The parties' structured progress (empty before the job runs)."""
+        try:
+            raw = json.loads(self.job.progress_json) if self.job.progress_json else {}
+        except ValueError:
+            raw = {}
+        return Progress.from_json(raw if isinstance(raw, dict) else {})
 
     def as_dict(self) -> dict[str, object]:
         j = self.job
@@ -83,6 +97,8 @@ class JobView:
             "state": j.state.value,
             "reason": j.reason,
             "progress": j.progress,
+            "progress_detail": self.progress.to_json(),
+            "analyst_party": self.analyst_party,
             "created_at": j.created_at,
             "updated_at": j.updated_at,
             "spec_hash": j.spec_hash,
@@ -94,7 +110,10 @@ class JobView:
 
 
 def job_to_proto(
-    job: JobRecord, decisions: Sequence[tuple[str, str, str]]
+    job: JobRecord,
+    decisions: Sequence[tuple[str, str, str]],
+    *,
+    analyst_party: bool = False,
 ) -> pb.JobStatus:
     return pb.JobStatus(
         job_id=job.job_id,
@@ -110,6 +129,8 @@ def job_to_proto(
         ],
         spec_yaml=job.spec_yaml,
         spec_hash=job.spec_hash,
+        progress_json=job.progress_json,
+        analyst_party=analyst_party,
     )
 
 
@@ -125,8 +146,201 @@ def job_from_proto(msg: pb.JobStatus) -> JobView:
         progress=msg.progress,
         created_at=msg.created_at,
         updated_at=msg.updated_at,
+        progress_json=msg.progress_json,
     )
     return JobView(
         job,
         tuple(NodeDecisionView(d.node, d.decision, d.reason) for d in msg.decisions),
+        analyst_party=msg.analyst_party,
     )
+
+
+# ------------------------------------------------------------------ work items --
+def message_to_proto(msg: wire.ProtocolMessage) -> pb.ProtocolMessage:
+    return pb.ProtocolMessage(
+        job_id=msg.job_id,
+        sender=msg.sender,
+        recipient=msg.recipient,
+        stage=msg.stage,
+        body=msg.body,
+    )
+
+
+def message_from_proto(msg: pb.ProtocolMessage) -> wire.ProtocolMessage:
+    return wire.ProtocolMessage(
+        msg.job_id, msg.sender, msg.recipient, msg.stage, bytes(msg.body)
+    )
+
+
+def work_item_to_proto(item: wire.WorkItem) -> pb.WorkItem:
+    work = item.work
+    if isinstance(work, wire.ApprovalRequest):
+        return pb.WorkItem(
+            seq=item.seq,
+            approval=pb.ApprovalRequest(
+                job_id=work.job_id,
+                analyst=work.analyst,
+                spec_yaml=work.spec_yaml,
+                organisation=work.organisation,
+                signed_request=work.signed_request,
+                analyst_bundle=work.analyst_bundle,
+            ),
+        )
+    if isinstance(work, wire.StartJob):
+        return pb.WorkItem(
+            seq=item.seq,
+            start=pb.StartJob(
+                job_id=work.job_id,
+                analyst=work.analyst,
+                spec_yaml=work.spec_yaml,
+                parties=list(work.parties),
+                key_bundles=list(work.key_bundles),
+                analyst_bundle=work.analyst_bundle,
+            ),
+        )
+    if isinstance(work, wire.ProtocolMessage):
+        return pb.WorkItem(seq=item.seq, message=message_to_proto(work))
+    if isinstance(work, wire.StopJob):
+        return pb.WorkItem(
+            seq=item.seq,
+            stop=pb.StopJob(
+                job_id=work.job_id,
+                state=work.state,
+                reason=work.reason,
+                dropped=work.dropped,
+            ),
+        )
+    return pb.WorkItem(
+        seq=item.seq,
+        release=pb.ReleaseRequest(
+            job_id=work.job_id,
+            output_hash=work.output_hash,
+            coordinator_head=work.coordinator_head,
+        ),
+    )
+
+
+def work_item_from_proto(msg: pb.WorkItem) -> wire.WorkItem:
+    kind = msg.WhichOneof("kind")
+    work: wire.Work
+    if kind == "approval":
+        a = msg.approval
+        work = wire.ApprovalRequest(
+            a.job_id,
+            a.analyst,
+            a.organisation,
+            a.spec_yaml,
+            bytes(a.signed_request),
+            bytes(a.analyst_bundle),
+        )
+    elif kind == "start":
+        s = msg.start
+        work = wire.StartJob(
+            s.job_id,
+            s.analyst,
+            s.spec_yaml,
+            tuple(s.parties),
+            tuple(bytes(b) for b in s.key_bundles),
+            bytes(s.analyst_bundle),
+        )
+    elif kind == "message":
+        work = message_from_proto(msg.message)
+    elif kind == "stop":
+        work = wire.StopJob(
+            msg.stop.job_id, msg.stop.state, msg.stop.reason, msg.stop.dropped
+        )
+    elif kind == "release":
+        r = msg.release
+        work = wire.ReleaseRequest(r.job_id, r.output_hash, bytes(r.coordinator_head))
+    else:
+        raise ProtocolError("a work item of no known kind")
+    return wire.WorkItem(msg.seq, work)
+
+
+def work_to_bytes(work: wire.Work) -> bytes:
+    """A work item's stored form (its seq is assigned by the mailbox)."""
+    return work_item_to_proto(wire.WorkItem(0, work)).SerializeToString()
+
+
+def work_from_bytes(seq: int, data: bytes) -> wire.WorkItem:
+    msg = pb.WorkItem()
+    msg.ParseFromString(data)
+    return wire.WorkItem(seq, work_item_from_proto(msg).work)
+
+
+def batch_to_proto(batch: wire.WorkBatch) -> pb.WorkBatch:
+    return pb.WorkBatch(
+        items=[work_item_to_proto(i) for i in batch.items],
+        retry_after_seconds=batch.retry_after,
+    )
+
+
+def batch_from_proto(msg: pb.WorkBatch) -> wire.WorkBatch:
+    return wire.WorkBatch(
+        tuple(work_item_from_proto(i) for i in msg.items), msg.retry_after_seconds
+    )
+
+
+# ---------------------------------------------------------------- node reports --
+def registration_to_proto(reg: wire.Registration) -> pb.RegisterRequest:
+    return pb.RegisterRequest(
+        key_bundle=reg.key_bundle,
+        datasets=[dataset_to_proto(d) for d in reg.datasets],
+        software_version=reg.software_version,
+        running_jobs=list(reg.running_jobs),
+        delivered_seq=reg.delivered_seq,
+    )
+
+
+def registration_from_proto(msg: pb.RegisterRequest) -> wire.Registration:
+    return wire.Registration(
+        bytes(msg.key_bundle),
+        tuple(dataset_from_proto(d) for d in msg.datasets),
+        msg.software_version,
+        tuple(msg.running_jobs),
+        msg.delivered_seq,
+    )
+
+
+def progress_to_json(progress: Progress) -> str:
+    return json.dumps(progress.to_json(), separators=(",", ":"))
+
+
+def progress_from_json(text: str) -> Progress:
+    if len(text) > 4096:
+        raise ProtocolError("a progress report is too large")
+    try:
+        raw = json.loads(text) if text else {}
+    except ValueError:
+        raise ProtocolError("a malformed progress report") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError("a malformed progress report")
+    return Progress.from_json(raw)
+
+
+def catalog_to_proto(nodes: Sequence[wire.CatalogNode]) -> pb.Catalog:
+    return pb.Catalog(
+        nodes=[
+            pb.CatalogNode(
+                name=n.node,
+                connected=n.connected,
+                last_seen=n.last_seen,
+                datasets=[dataset_to_proto(d) for d in n.datasets],
+                key_bundle=n.key_bundle,
+            )
+            for n in nodes
+        ]
+    )
+
+
+def catalog_from_proto(msg: pb.Catalog) -> list[wire.CatalogNode]:
+    return [
+        wire.CatalogNode(
+            n.name,
+            n.connected,
+            n.last_seen,
+            tuple(dataset_from_proto(d) for d in n.datasets),
+            bytes(n.key_bundle),
+        )
+        for n in msg.nodes
+    ]

@@ -38,7 +38,7 @@ class CoordinatorConfig:
     """gRPC worker threads; each connected node's long poll holds one while it waits."""
     address_file: Path | None = None
     plugins: tuple[str, ...] = ()
-    """Modules to import at start; each registers extra job types."""
+    """Job-type plugins to load (entry points in ``cleanroom.job_types``)."""
 
     def identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.cert, self.key, self.ca)

@@ -1,96 +1,128 @@
-"""Per-node work queues that long-polling nodes drain, and who is connected."""
+"""Durable work queues per recipient (a node, or one job's analyst party), kept in
+the store so that a coordinator restart loses nothing; long polls wait here."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 
-from proto import cleanroom_pb2 as pb
+from cleanroom import serde, wire
+from coordinator.store.base import Store
+
+PROTOCOL_KINDS = ("message", "release")
+"""What a finished job's queues may drop: its stop notices stay."""
+STALE_AFTER_RESTART = ("message", "start", "release")
+"""What a recipient that restarted afresh can no longer use; decisions to make
+(approvals) and notices (stops) stay queued for it."""
+
+
+def analyst_mailbox(job_id: str) -> str:
+    """The recipient name of one job's analyst party."""
+    return f"@analyst/{job_id}"
+
+
+def inbox(job_id: str) -> str:
+    """The durable inbox of one job's coordinator party: a pushed message is
+    stored here before the push is acknowledged, and leaves it only in the same
+    transaction that journals its processing."""
+    return f"@coordinator/{job_id}"
 
 
 class Mailboxes:
-    """FIFO work queues per node; ``take`` blocks until work arrives or time is up."""
+    """FIFO queues in the store; ``take`` blocks until work arrives or time is up.
 
-    def __init__(self) -> None:
+    Items stay queued until their recipient acknowledges them (``ack``), so a
+    batch lost on a broken connection is delivered again.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
         self._cond = threading.Condition()
-        self._queues: dict[str, deque[pb.WorkItem]] = defaultdict(deque)
+        self._version: dict[str, int] = defaultdict(int)
+        self._acked: dict[str, int] = {}
 
-    def put(self, node: str, item: pb.WorkItem) -> None:
+    def put(self, recipient: str, work: wire.Work) -> None:
+        self.put_many([(recipient, work)])
+
+    def put_many(self, items: Iterable[tuple[str, wire.Work]]) -> list[int]:
+        rows = [
+            (recipient, work.job_id, wire.kind_of(work), serde.work_to_bytes(work))
+            for recipient, work in items
+        ]
+        if not rows:
+            return []
+        seqs = self._store.mail_put(rows)
+        self.wake(r for r, *_ in rows)
+        return seqs
+
+    def pending_items(self, recipient: str) -> list[wire.WorkItem]:
+        """Everything queued for ``recipient``, oldest first (no waiting)."""
+        found = self._store.mail_after(recipient, 0, limit=1 << 30)
+        return [serde.work_from_bytes(m.seq, m.body) for m in found]
+
+    @staticmethod
+    def encode(recipient: str, work: wire.Work) -> tuple[str, str, bytes]:
+        """(recipient, kind, body) for ``Store.commit_step``; ``wake`` afterwards."""
+        return recipient, wire.kind_of(work), serde.work_to_bytes(work)
+
+    def wake(self, recipients: Iterable[str]) -> None:
         with self._cond:
-            self._queues[node].append(item)
+            for recipient in recipients:
+                self._version[recipient] += 1
             self._cond.notify_all()
 
     def take(
         self,
-        node: str,
-        wait: float,
+        recipient: str,
         *,
+        ack: int,
+        wait: float,
         max_items: int = 64,
         is_active: Callable[[], bool] = lambda: True,
-    ) -> list[pb.WorkItem]:
-        """Up to ``max_items`` queued items; waits up to ``wait`` seconds for the first.
-
-        Gives up early, taking nothing, once ``is_active`` says the caller has gone.
-        """
+    ) -> list[wire.WorkItem]:
+        """Items after ``ack`` (everything up to it is deleted first); waits up to
+        ``wait`` seconds for the first. Takes nothing once ``is_active`` says the
+        caller has gone."""
+        with self._cond:
+            fresh_ack = ack > self._acked.get(recipient, 0)
+            if fresh_ack:
+                self._acked[recipient] = ack
+        if ack > 0 and fresh_ack:
+            self._store.mail_ack(recipient, ack)
         deadline = time.monotonic() + wait
-        with self._cond:
-            queue = self._queues[node]
-            while not queue:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not is_active():
-                    return []
-                self._cond.wait(min(remaining, 0.25))
-            return [queue.popleft() for _ in range(min(max_items, len(queue)))]
+        while True:
+            with self._cond:
+                version = self._version[recipient]
+            found = self._store.mail_after(recipient, ack, limit=max_items)
+            if found:
+                return [serde.work_from_bytes(m.seq, m.body) for m in found]
+            with self._cond:
+                while self._version[recipient] == version:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not is_active():
+                        return []
+                    self._cond.wait(min(remaining, 0.25))
 
-    def discard_job(self, job_id: str, *, keep_stops: bool = True) -> None:
-        """Drop queued protocol messages of a finished job (its stop notice stays)."""
-        with self._cond:
-            for queue in self._queues.values():
-                # Filter in place: a waiting long poll holds a reference to this deque.
-                kept = [
-                    item
-                    for item in queue
-                    if not (item.HasField("message") and item.message.job_id == job_id)
-                ]
-                queue.clear()
-                queue.extend(kept)
+    def drop(self, recipient: str) -> None:
+        """Forget everything queued for ``recipient`` (its job ended)."""
+        self._store.mail_clear(recipient, tuple(wire.KIND_OF.values()))
 
+    def restarted(self, recipient: str) -> None:
+        """The recipient restarted afresh: drop what only its old process could use."""
+        self._store.mail_clear(recipient, STALE_AFTER_RESTART)
 
-class Presence:
-    """Tracks which nodes are connected: a pending long poll, or seen recently."""
-
-    def __init__(
-        self, timeout: float, *, clock: Callable[[], float] = time.time
+    def discard_job(
+        self,
+        job_id: str,
+        kinds: Sequence[str] = PROTOCOL_KINDS,
+        *,
+        keep: Sequence[str] = (),
     ) -> None:
-        self.timeout = timeout
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._active: dict[str, int] = defaultdict(int)
-        self._last_seen: dict[str, float] = {}
+        """Drop queued protocol messages of a finished job (its stop notices stay),
+        except for the recipients in ``keep``."""
+        self._store.mail_discard(job_id, kinds, keep=keep)
 
-    def seen(self, node: str) -> None:
-        with self._lock:
-            self._last_seen[node] = self._clock()
-
-    def pull_started(self, node: str) -> None:
-        with self._lock:
-            self._active[node] += 1
-            self._last_seen[node] = self._clock()
-
-    def pull_ended(self, node: str) -> None:
-        with self._lock:
-            self._active[node] = max(0, self._active[node] - 1)
-            self._last_seen[node] = self._clock()
-
-    def last_seen(self, node: str) -> float:
-        with self._lock:
-            return self._last_seen.get(node, 0.0)
-
-    def connected(self, node: str) -> bool:
-        with self._lock:
-            if self._active.get(node, 0) > 0:
-                return True
-            seen = self._last_seen.get(node)
-            return seen is not None and self._clock() - seen < self.timeout
+    def pending(self, recipient: str) -> int:
+        return self._store.mail_count(recipient)

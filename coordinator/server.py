@@ -1,4 +1,4 @@
-"""Starts the coordinator: store, scheduler, gRPC services, health, background sweep."""
+"""Starts the coordinator: store, state, gRPC services, health, background sweep."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from cleanroom import jobtypes
 from cleanroom.audit.log import AuditLog
 from cleanroom.keys import NodeKeys, make_key_bundle
 from cleanroom.transport import secure_server
+from coordinator import lifecycle
 from coordinator.config import CoordinatorConfig, long_poll_slots
-from coordinator.scheduler import Scheduler
-from coordinator.service import AnalystServicer, NodeServicer
+from coordinator.servicers import AnalystServicer, NodeServicer
+from coordinator.state import CoordinatorState
 from coordinator.store import open_store
 from proto import cleanroom_pb2_grpc as pb_grpc
 
@@ -28,15 +29,18 @@ class RunningCoordinator:
     """A started coordinator; ``stop()`` shuts it down cleanly."""
 
     server: grpc.Server
-    scheduler: Scheduler
+    state: CoordinatorState
     port: int
     _stop: threading.Event
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
         self.server.stop(grace).wait()
-        self.scheduler.store.close()
-        self.scheduler.audit.close()
+        for run in self.state.runs():
+            run.stop()
+            run.join(5.0)
+        self.state.store.close()
+        self.state.audit.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -53,7 +57,7 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
         config.data_dir / "audit.db", owner=config.name, signing_key=keys.signing
     )
     bundle = make_key_bundle(config.name, keys, identity, role="coordinator")
-    scheduler = Scheduler(
+    state = CoordinatorState(
         store,
         ca_pem=identity.ca_pem,
         audit=audit,
@@ -61,14 +65,12 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
         node_timeout=config.node_timeout,
         long_poll_slots=long_poll_slots(config.rpc_workers),
     )
-    scheduler.recover()
+    lifecycle.recover(state)
     server, port = secure_server(
         identity, config.listen, max_workers=config.rpc_workers
     )
-    pb_grpc.add_NodeServiceServicer_to_server(
-        NodeServicer(scheduler, heartbeat_seconds=config.node_timeout / 3), server
-    )
-    pb_grpc.add_AnalystServiceServicer_to_server(AnalystServicer(scheduler), server)
+    pb_grpc.add_NodeServiceServicer_to_server(NodeServicer(state), server)
+    pb_grpc.add_AnalystServiceServicer_to_server(AnalystServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.start()
@@ -79,7 +81,7 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
     def sweep() -> None:
         while not stop.wait(0.5):
             try:
-                scheduler.sweep()
+                lifecycle.sweep(state)
             except Exception:
                 log.exception("sweep failed")
 
@@ -90,7 +92,7 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
         tmp.write_text(f"{host}:{port}\n")
         tmp.replace(config.address_file)
     log.info("coordinator %s serving on %s:%d", config.name, host, port)
-    return RunningCoordinator(server, scheduler, port, stop)
+    return RunningCoordinator(server, state, port, stop)
 
 
 def serve(config: CoordinatorConfig) -> None:

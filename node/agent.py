@@ -1,59 +1,58 @@
-"""The node agent: dials out to the coordinator, decides on every job with its own
-policy and meters before touching data, runs approved jobs and records it all."""
+"""The node agent: dials out to the coordinator, hands each work item to the part of
+the node that owns it (admission, the job runner, release signing) and records how
+every job ended. Calls go one way: the agent calls its parts; they report back
+only through the typed values they return or the callbacks it gave them."""
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-import grpc
-
-from cleanroom import errors, jobtypes, serde
-from cleanroom.audit.heads import cosign, verify_tree_head
+from cleanroom import errors, jobtypes, wire
 from cleanroom.audit.log import AuditLog
-from cleanroom.jobspec import JobSpec, parse_spec
+from cleanroom.jobspec import parse_spec
 from cleanroom.keys import (
     KeyBundle,
     NodeKeys,
-    canonical_json,
     make_key_bundle,
-    sign_statement,
     verify_key_bundle,
 )
-from cleanroom.provenance import head_from_dict, head_to_dict, release_statement
-from cleanroom.transport import (
-    DEFAULT_DEADLINE,
-    from_chunks,
-    raise_from_rpc,
-    secure_channel,
-)
+from cleanroom.localdb import LocalDatabase
+from node import services as node_services
+from node.admission import Admission
 from node.config import NodeConfig
 from node.datasets import DatasetRegistry
-from node.executor import JobOutcome, JobRunner
+from node.link import CoordinatorLink, GrpcCoordinatorLink, LinkFactory
 from node.meters import Meters
-from node.policy import JobRequest, Outcome, PolicySet
-from node.sandbox_service import SandboxService
-from node.state import JobStatus, LocalJob, NodeState
-from proto import cleanroom_pb2 as pb
-from proto import cleanroom_pb2_grpc as pb_grpc
-from protocols.party import NodeParty
+from node.policy import PolicySet
+from node.release import ReleaseSigner
+from node.runner import Ending, JobOutcome, JobRunner
+from node.state import JobStatus, NodeState, node_database
+from protocols.party import ANALYST, NodeParty, Progress
 
 log = logging.getLogger(__name__)
 
-PULL_WAIT = 5.0
-MAX_BACKOFF = 10.0
+PULL_WAIT: Final = 5.0
+MAX_BACKOFF: Final = 10.0
+PUSH_PATIENCE_S: Final = 60.0
+"""How long a push keeps retrying while the coordinator is unreachable (e.g. it is
+restarting); the job's own deadlines bound the wait beyond that."""
+SOFTWARE_VERSION: Final = "0.2.0"
 
 
 class NodeAgent:
     """One data holder's node. ``run()`` blocks until ``stop()``."""
 
     def __init__(
-        self, config: NodeConfig, *, clock: Callable[[], float] = time.time
+        self,
+        config: NodeConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        link_factory: LinkFactory | None = None,
     ) -> None:
         self.config = config
         self._clock = clock
@@ -63,36 +62,64 @@ class NodeAgent:
         self.keys = NodeKeys.load_or_create(config.data_dir / "node.keys")
         self.datasets = DatasetRegistry(config.datasets)
         self.policy = PolicySet.from_mapping(config.policy)
-        self.state = NodeState(config.state_path, clock=clock)
-        self.meters = Meters(config.data_dir / "meters.db", now=clock)
+        self.db = LocalDatabase(node_database(config.data_dir))
+        self.state = NodeState(self.db, clock=clock)
+        self.meters = Meters(self.db, now=clock)
         self.audit = AuditLog(
-            config.data_dir / "audit.db",
-            owner=config.name,
-            signing_key=self.keys.signing,
-            now=clock,
+            self.db, owner=config.name, signing_key=self.keys.signing, now=clock
         )
         self.bundle = make_key_bundle(config.name, self.keys, self.identity)
+        self._link_factory = link_factory or self._grpc_link
+        self._link: CoordinatorLink | None = None
+        self._coordinator_bundle: KeyBundle | None = None
+        self._delivered = 0
+        self.connected = threading.Event()
+        self._stop = threading.Event()
         self.runner = JobRunner(
             node=config.name,
             keys=self.keys,
-            ca_pem=self.identity.ca_pem,
             send=self._push,
             on_end=self._job_ended,
+            on_progress=self._progress,
+            clock=clock,
         )
-        self.sandbox = SandboxService(
+        self.services = node_services.build_services(
             config,
+            audit=self.audit,
+            datasets=self.datasets,
+            policy=self.policy,
+            db=self.db,
+            notify=self.runner.local_event,
+        )
+        self.admission = Admission(
+            node=config.name,
+            ca_pem=self.identity.ca_pem,
             state=self.state,
+            meters=self.meters,
             audit=self.audit,
             policy=self.policy,
             datasets=self.datasets,
-            deliver=self.runner.deliver,
+            services=self.services,
+            report=lambda r: self._call(lambda link: link.report_decision(r)),
+            clock=clock,
         )
-        self.connected = threading.Event()
-        self._stop = threading.Event()
-        self._stub: pb_grpc.NodeServiceStub | None = None
-        self._coordinator_bundle: KeyBundle | None = None
-        self._dataset_hashes: dict[str, str] = {}
+        self.releases = ReleaseSigner(
+            node=config.name,
+            keys=self.keys,
+            state=self.state,
+            audit=self.audit,
+            sign=lambda s: self._call(lambda link: link.sign_release(s)),
+            coordinator_bundle=lambda: self._coordinator_bundle,
+            fail=self._report_failure,
+        )
         self._audit_policy_version()
+
+    def _grpc_link(self) -> CoordinatorLink:
+        return GrpcCoordinatorLink(
+            self.config.coordinator,
+            self.identity,
+            server_name=self.config.coordinator_name,
+        )
 
     # -------------------------------------------------------------- lifecycle --
     def stop(self) -> None:
@@ -101,288 +128,95 @@ class NodeAgent:
     def run(self) -> None:
         """Connect, pull work, and reconnect with backoff until stopped."""
         threading.Thread(
-            target=self._report_holder_decisions, daemon=True, name="holder-decisions"
+            target=self._background, daemon=True, name="node-background"
         ).start()
         backoff = 0.5
         while not self._stop.is_set():
-            channel = secure_channel(
-                self.config.coordinator,
-                self.identity,
-                server_name=self.config.coordinator_name,
-            )
+            link = self._link_factory()
             try:
-                stub = pb_grpc.NodeServiceStub(channel)
-                reply = stub.Register(
-                    pb.RegisterRequest(
-                        key_bundle=self.bundle.to_bytes(),
-                        datasets=[
-                            serde.dataset_to_proto(i) for i in self.datasets.infos()
-                        ],
-                        software_version="0.1.0",
-                    ),
-                    timeout=DEFAULT_DEADLINE,
-                )
-                self._coordinator_bundle = verify_key_bundle(
-                    KeyBundle.from_bytes(reply.coordinator_bundle),
-                    self.identity.ca_pem,
-                    expected_name=self.config.coordinator_name,
-                    role="coordinator",
-                )
-                self._stub = stub
-                self.connected.set()
+                self._connect(link)
                 backoff = 0.5
-                log.info("connected to coordinator at %s", self.config.coordinator)
                 while not self._stop.is_set():
-                    chunks = stub.PullWork(
-                        pb.PullRequest(wait_seconds=PULL_WAIT),
-                        timeout=PULL_WAIT + DEFAULT_DEADLINE,
-                    )
-                    batch = from_chunks(chunks, pb.WorkBatch)
+                    batch = link.pull(wire.PullRequest(PULL_WAIT, self._delivered))
                     for item in batch.items:
-                        self._handle(item)
-                    if not batch.items and batch.retry_after_seconds > 0:
-                        # The coordinator had no long-poll slot free: pull later.
-                        self._stop.wait(min(batch.retry_after_seconds, PULL_WAIT))
-            except grpc.RpcError as exc:
-                self.connected.clear()
-                self._stub = None
+                        if item.seq and item.seq <= self._delivered:
+                            continue  # delivered again after a lost acknowledgement
+                        self._handle(item.work)
+                        self._delivered = max(self._delivered, item.seq)
+                    if not batch.items and batch.retry_after > 0:
+                        self._stop.wait(min(batch.retry_after, PULL_WAIT))
+            except errors.TransportError as exc:
                 wait = backoff * (1 + secrets.randbelow(1000) / 2000)
                 log.warning(
-                    "coordinator unreachable (%s); retrying in %.1fs",
-                    exc.code().name,
-                    wait,
+                    "coordinator unreachable (%s); retrying in %.1fs", exc, wait
                 )
                 self._stop.wait(wait)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+            except errors.CleanroomError as exc:
+                log.error("the coordinator refused this node: %s", exc)
+                self._stop.wait(MAX_BACKOFF)
             finally:
-                channel.close()
+                self.connected.clear()
+                self._link = None
+                link.close()
+
+    def _connect(self, link: CoordinatorLink) -> None:
+        reply = link.register(
+            wire.Registration(
+                key_bundle=self.bundle.to_bytes(),
+                datasets=tuple(self.datasets.infos()),
+                software_version=SOFTWARE_VERSION,
+                running_jobs=tuple(self.runner.active()),
+                delivered_seq=self._delivered,
+            )
+        )
+        self._coordinator_bundle = verify_key_bundle(
+            KeyBundle.from_bytes(reply.coordinator_bundle),
+            self.identity.ca_pem,
+            expected_name=self.config.coordinator_name,
+            role="coordinator",
+        )
+        self._link = link
+        self.connected.set()
+        log.info("connected to coordinator at %s", self.config.coordinator)
 
     def close(self) -> None:
-        self.state.close()
-        self.meters.close()
-        self.audit.close()
+        self.db.close()
+
+    def _background(self) -> None:
+        """Holder decisions, job-type services' polls, deadline ticks."""
+        while not self._stop.wait(0.5):
+            try:
+                node_services.poll(self.services)
+                self.admission.holder_decisions(self.connected.is_set())
+                self.runner.tick()
+            except Exception:  # the loop must survive a bad moment
+                log.exception("background step failed")
 
     # --------------------------------------------------------------- dispatch --
-    def _handle(self, item: pb.WorkItem) -> None:
-        kind = item.WhichOneof("kind")
+    def _handle(self, work: wire.Work) -> None:
         try:
-            if kind == "approval":
-                self._on_approval(item.approval)
-            elif kind == "start":
-                self._on_start(item.start)
-            elif kind == "message":
-                self.runner.deliver(item.message)
-            elif kind == "stop":
-                self._on_stop(item.stop)
-            elif kind == "release":
+            if isinstance(work, wire.ApprovalRequest):
+                self.admission.on_request(work)
+            elif isinstance(work, wire.StartJob):
+                self._on_start(work)
+            elif isinstance(work, wire.ProtocolMessage):
+                self.runner.deliver(work)
+            elif isinstance(work, wire.StopJob):
+                self._on_stop(work)
+            elif isinstance(work, wire.ReleaseRequest):
                 threading.Thread(
-                    target=self._on_release,
-                    args=(item.release,),
+                    target=self.releases.on_request,
+                    args=(work,),
                     daemon=True,
-                    name=f"release-{item.release.job_id}",
+                    name=f"release-{work.job_id}",
                 ).start()
         except errors.CleanroomError as exc:
-            job_id = getattr(getattr(item, kind), "job_id", "") if kind else ""
-            log.warning("job %s: %s", job_id, exc)
-            if job_id and kind == "start":
-                self._report_failure(job_id, str(exc))
+            log.warning("job %s: %s", work.job_id, exc)
+            if isinstance(work, wire.StartJob):
+                self._report_failure(work.job_id, str(exc))
 
-    def _request(
-        self, job_id: str, analyst: str, spec: JobSpec, organisation: str = ""
-    ) -> JobRequest:
-        """Check the job against this node's own view of its data, trusting no one."""
-        mine = spec.input_for(self.config.name)
-        job_type = jobtypes.get(spec.type)
-        dataset = self.datasets.fresh(mine.dataset)
-        job_type.validate_params(spec, {mine: dataset.info})
-        columns = job_type.columns_used(spec)
-        missing = sorted(columns - set(dataset.info.column_names()))
-        if missing:
-            raise errors.SpecError(
-                "params", f"dataset '{mine.dataset}' has no column '{missing[0]}'"
-            )
-        epsilon, delta = job_type.epsilon(spec)
-        rows = len(dataset.frame)
-        return JobRequest(
-            job_id=job_id,
-            analyst=analyst,
-            organisation=organisation,
-            job_type=spec.type,
-            dataset=mine.dataset,
-            columns=columns,
-            purpose=spec.purpose,
-            epsilon=epsilon,
-            delta=delta,
-            rows=rows,
-            units=job_type.estimate_units(spec, rows),
-        )
-
-    def _on_approval(self, req: pb.ApprovalRequest) -> None:
-        now = self._clock()
-        try:
-            spec = parse_spec(req.spec_yaml)
-            dataset = spec.input_for(self.config.name).dataset
-        except errors.SpecError as exc:
-            self._decide_now(req.job_id, False, f"invalid job spec: {exc}")
-            return
-        try:
-            existing = self.state.get(req.job_id)
-        except errors.NotFound:
-            existing = None
-        if (
-            existing is not None
-            and existing.status != JobStatus.PENDING
-            and existing.reported
-        ):
-            self._report(existing)  # the coordinator restarted and asks again
-            return
-        record = LocalJob(
-            req.job_id,
-            req.analyst,
-            spec.type,
-            dataset,
-            spec.purpose,
-            req.spec_yaml,
-            JobStatus.PENDING,
-            "",
-            "",
-            False,
-            now,
-            now,
-        )
-        try:
-            request = self._request(req.job_id, req.analyst, spec, req.organisation)
-        except errors.CleanroomError as exc:
-            self.state.record(record)
-            self._decide_now(req.job_id, False, str(exc))
-            return
-        decision = self.policy.evaluate(request, now=now)
-        decision = self.sandbox.admit(req.job_id, spec, decision)
-        reasons = "; ".join(decision.reasons)
-        self.state.record(record)
-        self.audit.append(
-            "job.requested",
-            job_id=req.job_id,
-            data={
-                "analyst": req.analyst,
-                "dataset": dataset,
-                "type": spec.type,
-                "purpose": spec.purpose,
-                "spec_hash": spec.spec_hash,
-                "policy_version": decision.policy_version,
-                "outcome": decision.outcome.value,
-                "reasons": list(decision.reasons),
-            },
-        )
-        if decision.outcome == Outcome.DENY:
-            self._decide_now(req.job_id, False, reasons)
-        elif decision.outcome == Outcome.HOLD:
-            self.state.set_status(req.job_id, JobStatus.PENDING, reasons)
-            log.info("job %s held for the holder's decision: %s", req.job_id, reasons)
-        else:
-            self._approve(req.job_id, request, decided_by="policy", reason=reasons)
-
-    def _approve(
-        self, job_id: str, request: JobRequest, *, decided_by: str, reason: str
-    ) -> None:
-        policy = self.policy.for_dataset(request.dataset)
-        try:
-            self.meters.reserve(
-                request,
-                policy.quota_limits(),
-                epsilon_budget=policy.epsilon_budget,
-                delta_budget=policy.delta_budget,
-            )
-        except errors.QuotaExceeded as exc:
-            self._decide_now(job_id, False, str(exc))
-            return
-        self.audit.append(
-            "quota.reserved",
-            job_id=job_id,
-            data={
-                "analyst": request.analyst,
-                "dataset": request.dataset,
-                "rows": request.rows,
-                "epsilon": request.epsilon,
-                "units": dict(request.units),
-            },
-        )
-        self._decide_now(job_id, True, reason, decided_by=decided_by)
-
-    def _decide_now(
-        self, job_id: str, approved: bool, reason: str, *, decided_by: str = "policy"
-    ) -> None:
-        status = JobStatus.APPROVED if approved else JobStatus.DENIED
-        self.state.set_status(
-            job_id, status, reason, decided_by=decided_by, reported=False
-        )
-        self.audit.append(
-            "job.approved" if approved else "job.refused",
-            job_id=job_id,
-            data={"reason": reason, "decided_by": decided_by},
-        )
-        try:
-            self._report(self.state.get(job_id))
-        except errors.NotFound:
-            pass
-
-    def _report(self, job: LocalJob) -> None:
-        stub = self._stub
-        if stub is None:
-            return  # reported by the holder-decision loop once reconnected
-        try:
-            stub.ReportDecision(
-                pb.DecisionRequest(
-                    job_id=job.job_id,
-                    approved=job.status
-                    in (JobStatus.APPROVED, JobStatus.RUNNING, JobStatus.DONE),
-                    reason=job.reason,
-                ),
-                timeout=DEFAULT_DEADLINE,
-            )
-            # Only the flag: the job may have started meanwhile (RUNNING must stay).
-            self.state.mark_reported(job.job_id)
-        except grpc.RpcError as exc:
-            log.warning(
-                "could not report decision on %s: %s", job.job_id, exc.code().name
-            )
-
-    def _report_holder_decisions(self) -> None:
-        """The holder's CLI writes decisions into the node's state; report them."""
-        while not self._stop.wait(0.5):
-            self.sandbox.poll_decisions()
-            for job in self.state.unreported():
-                if job.decided_by == "holder" and job.status == JobStatus.APPROVED:
-                    try:
-                        request = self._request(
-                            job.job_id, job.analyst, parse_spec(job.spec_yaml)
-                        )
-                    except errors.CleanroomError as exc:
-                        self._decide_now(
-                            job.job_id, False, str(exc), decided_by="holder"
-                        )
-                        continue
-                    self.state.set_status(job.job_id, JobStatus.PENDING, "")
-                    self._approve(
-                        job.job_id,
-                        request,
-                        decided_by="holder",
-                        reason=job.reason or "approved by the data holder",
-                    )
-                elif self._stub is not None:
-                    if job.decided_by == "holder" and not any(
-                        e.kind == "job.refused"
-                        for e in self.audit.entries_for_job(job.job_id)
-                    ):
-                        # Once, even if the report below must be retried.
-                        self.audit.append(
-                            "job.refused",
-                            job_id=job.job_id,
-                            data={"reason": job.reason, "decided_by": "holder"},
-                        )
-                    self._report(job)
-
-    def _on_start(self, start: pb.StartJob) -> None:
+    def _on_start(self, start: wire.StartJob) -> None:
         local = self.state.get(start.job_id)
         if local.status != JobStatus.APPROVED:
             raise errors.PolicyRefusal(
@@ -391,162 +225,132 @@ class NodeAgent:
         spec = parse_spec(start.spec_yaml)
         if spec.spec_hash != parse_spec(local.spec_yaml).spec_hash:
             raise errors.PolicyRefusal(["the job spec differs from the one approved"])
+        bundles: dict[str, KeyBundle] = {}
+        for raw in start.key_bundles:
+            bundle = verify_key_bundle(KeyBundle.from_bytes(raw), self.identity.ca_pem)
+            bundles[bundle.node] = bundle
+        missing = set(start.parties) - set(bundles)
+        if missing:
+            raise errors.AuthError(f"no verified keys for {', '.join(sorted(missing))}")
+        if start.analyst_bundle:
+            analyst = self.admission.analyst(
+                start.analyst_bundle, expected=local.analyst
+            )
+            bundles[ANALYST] = analyst.bundle
+        job_type = jobtypes.get(spec.type)
+        mine = spec.input_for(self.config.name)
         self.state.set_status(start.job_id, JobStatus.RUNNING, local.reason)
         self.audit.append(
             "job.started", job_id=start.job_id, data={"parties": list(start.parties)}
         )
 
-        def build(start: pb.StartJob, bundles: dict[str, KeyBundle]) -> NodeParty:
-            mine = spec.input_for(self.config.name)
-            dataset = self.datasets.fresh(
-                mine.dataset
-            )  # refuses a changed or vanished file
-            self._dataset_hashes[start.job_id] = dataset.content_hash
-            ctx = jobtypes.NodeContext(
-                job_id=start.job_id,
-                spec=spec,
-                node=self.config.name,
-                dataset=mine.dataset,
-                data=dataset.frame,
-                dataset_hash=dataset.content_hash,
-                min_group_size=self.policy.for_dataset(mine.dataset).min_group_size,
-                signing_key=self.keys.signing,
-                parties=tuple(start.parties),
-                peer_signing_keys={n: b.signing_public for n, b in bundles.items()},
-                services={"sandbox": self.sandbox},
+        def build() -> NodeParty:
+            dataset = self.datasets.fresh(mine.dataset)  # refuses a changed file
+            self.releases.started(start.job_id, dataset.content_hash)
+            return job_type.node_party(
+                jobtypes.NodeContext(
+                    job_id=start.job_id,
+                    spec=spec,
+                    node=self.config.name,
+                    dataset=mine.dataset,
+                    data=dataset.frame,
+                    dataset_hash=dataset.content_hash,
+                    min_group_size=self.policy.for_dataset(mine.dataset).min_group_size,
+                    signing_key=self.keys.signing,
+                    parties=tuple(start.parties),
+                    peer_signing_keys={n: b.signing_public for n, b in bundles.items()},
+                    analyst=local.analyst,
+                    organisation=local.organisation,
+                    service=self.services.get(spec.type),
+                )
             )
-            return jobtypes.get(spec.type).node_party(ctx)
 
-        self.runner.start(start, build)
+        self.runner.start(
+            start.job_id,
+            {n: b for n, b in bundles.items() if n != self.config.name},
+            build,
+            deadline=lambda stage: job_type.deadline(spec, stage),
+        )
 
-    def _on_stop(self, stop: pb.StopJob) -> None:
-        self.runner.stop(stop.job_id)
+    def _on_stop(self, stop: wire.StopJob) -> None:
+        self.runner.stop(stop)
         try:
             local = self.state.get(stop.job_id)
         except errors.NotFound:
             return
         if local.status in (JobStatus.PENDING, JobStatus.APPROVED):
             # Never started here: free what was reserved for it.
-            self.meters.release(stop.job_id, reason=f"job {stop.state}: {stop.reason}")
-            self.state.set_status(stop.job_id, JobStatus.STOPPED, stop.reason)
-        self.audit.append(
-            "job.ended",
-            job_id=stop.job_id,
-            data={"state": stop.state, "reason": stop.reason},
-        )
+            with self.db.transaction():
+                self.meters.release(
+                    stop.job_id, reason=f"job {stop.state}: {stop.reason}"
+                )
+                self.state.set_status(stop.job_id, JobStatus.STOPPED, stop.reason)
+        if not stop.dropped:
+            self.audit.append(
+                "job.ended",
+                job_id=stop.job_id,
+                data={"state": stop.state, "reason": stop.reason},
+            )
 
     def _job_ended(self, outcome: JobOutcome) -> None:
-        sandbox_cpu = self.sandbox.finished(outcome.job_id)
-        if outcome.ok and outcome.usage is not None:
-            self.meters.settle(
-                outcome.job_id, outcome.usage, sandbox_cpu_seconds=sandbox_cpu
-            )
-            self.state.set_status(outcome.job_id, JobStatus.DONE, "")
-            self.audit.append(
-                "job.released", job_id=outcome.job_id, data=_usage(outcome)
-            )
-            return
-        self.meters.release(
-            outcome.job_id,
-            partial=outcome.usage,
-            reason=outcome.reason,
-            sandbox_cpu_seconds=sandbox_cpu,
-        )
-        self.state.set_status(outcome.job_id, JobStatus.FAILED, outcome.reason)
-        self.audit.append(
-            "job.failed",
-            job_id=outcome.job_id,
-            data={"reason": outcome.reason, **_usage(outcome)},
-        )
-        if outcome.reason != "stopped by the coordinator":
+        """Meters, job book and audit log learn how our part ended, together."""
+        with self.db.transaction():
+            if outcome.ok and outcome.usage is not None:
+                self.meters.settle(outcome.job_id, outcome.usage)
+                self.state.set_status(outcome.job_id, JobStatus.DONE, "")
+                self.audit.append(
+                    "job.released", job_id=outcome.job_id, data=_usage(outcome)
+                )
+            else:
+                self.meters.release(
+                    outcome.job_id, partial=outcome.usage, reason=outcome.reason
+                )
+                self.state.set_status(outcome.job_id, JobStatus.FAILED, outcome.reason)
+                self.audit.append(
+                    "job.dropped" if outcome.ending is Ending.DROPPED else "job.failed",
+                    job_id=outcome.job_id,
+                    data={"reason": outcome.reason, **_usage(outcome)},
+                )
+        if not outcome.ok:
+            self.releases.forget(outcome.job_id)
+        if outcome.ending is Ending.FAILED:
             self._report_failure(outcome.job_id, outcome.reason)
 
-    def _on_release(self, req: pb.ReleaseRequest) -> None:
-        """Sign the provenance of a finished job's output and co-sign the coordinator's
-        audit head, after checking our part really finished and the head is genuine."""
-        try:
-            deadline = time.monotonic() + 30
-            local = self.state.get(req.job_id)
-            while local.status == JobStatus.RUNNING and time.monotonic() < deadline:
-                time.sleep(0.05)
-                local = self.state.get(req.job_id)
-            if local.status != JobStatus.DONE or req.job_id not in self._dataset_hashes:
-                raise errors.ProtocolError(
-                    f"our part of {req.job_id} did not finish ({local.status})"
-                )
-            if self._coordinator_bundle is None:
-                raise errors.AuthError("the coordinator's audit key is not known yet")
-            head = head_from_dict(json.loads(req.coordinator_head))
-            verify_tree_head(head, self._coordinator_bundle.signing_public)
-            spec = parse_spec(local.spec_yaml)
-            self.audit.append(
-                "coordinator.head", job_id=req.job_id, data=head_to_dict(head)
-            )
-            self.audit.append(
-                "job.release_signed",
-                job_id=req.job_id,
-                data={"output_hash": req.output_hash},
-            )
-            statement = release_statement(
-                job_id=req.job_id,
-                spec_hash=spec.spec_hash,
-                node=self.config.name,
-                dataset=local.dataset,
-                dataset_hash=self._dataset_hashes.pop(req.job_id),
-                output=req.output_hash,
-                node_head=self.audit.tree_head(),
-                coordinator_head=head,
-            )
-            signature = sign_statement(self.keys.signing, statement)
-            cosignature = cosign(head, self.config.name, self.keys.signing)
-            stub = self._stub
-            if stub is None:
-                raise errors.TransportError("not connected")
-            stub.SignRelease(
-                pb.ReleaseSignature(
-                    job_id=req.job_id,
-                    statement_json=canonical_json(statement).decode(),
-                    signature=signature,
-                    cosignature=cosignature,
-                ),
-                timeout=DEFAULT_DEADLINE,
-            )
-        except (errors.CleanroomError, ValueError) as exc:
-            log.warning("job %s: will not sign its release: %s", req.job_id, exc)
-            self._report_failure(req.job_id, f"refused to sign the release: {exc}")
-        except grpc.RpcError as exc:
-            log.warning(
-                "job %s: release signature not delivered: %s",
-                req.job_id,
-                exc.code().name,
-            )
-
     # ------------------------------------------------------------------- sends --
-    def _push(self, msg: pb.ProtocolMessage) -> None:
-        from cleanroom.transport import to_chunks
+    def _call(self, fn: Callable[[CoordinatorLink], Any]) -> Any:
+        link = self._link
+        if link is None:
+            raise errors.TransportError("not connected to the coordinator")
+        return fn(link)
 
-        for attempt in range(5):
-            stub = self._stub
-            if stub is not None:
-                try:
-                    stub.PushMessage(to_chunks(msg), timeout=DEFAULT_DEADLINE * 4)
-                    return
-                except grpc.RpcError as exc:
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                        raise_from_rpc(exc, what="push message")
-            self._stop.wait(0.2 * (attempt + 1))
-        raise errors.TransportError("coordinator unreachable; message not delivered")
+    def _push(self, msg: wire.ProtocolMessage) -> None:
+        deadline = time.monotonic() + PUSH_PATIENCE_S
+        attempt = 0
+        while True:
+            try:
+                self._call(lambda link: link.push(msg))
+                return
+            except errors.TransportError:
+                attempt += 1
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                self._stop.wait(min(0.2 * attempt, 2.0))
 
     def _report_failure(self, job_id: str, reason: str) -> None:
-        stub = self._stub
-        if stub is None:
-            return
         try:
-            stub.ReportFailure(
-                pb.FailureReport(job_id=job_id, reason=reason), timeout=DEFAULT_DEADLINE
+            self._call(
+                lambda link: link.report_failure(wire.FailureReport(job_id, reason))
             )
-        except grpc.RpcError as exc:
-            log.warning("could not report failure of %s: %s", job_id, exc.code().name)
+        except errors.CleanroomError as exc:
+            log.warning("could not report failure of %s: %s", job_id, exc)
+
+    def _progress(self, job_id: str, progress: Progress) -> None:
+        try:
+            self._call(
+                lambda link: link.report_progress(wire.ProgressReport(job_id, progress))
+            )
+        except errors.CleanroomError:
+            pass  # progress is advisory; the next report catches up
 
     def _audit_policy_version(self) -> None:
         heads = self.audit.entries_for_job("policy") if self.audit.size else []

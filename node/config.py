@@ -22,7 +22,7 @@ _TOP = {
     "policy",
     "tls",
     "datasets",
-    "sandbox",
+    "jobtypes",
     "plugins",
 }
 _DATASET = {"path", "id_column", "description", "format", "columns", "policy"}
@@ -53,9 +53,10 @@ class NodeConfig:
     ca: Path
     datasets: tuple[DatasetConfig, ...]
     policy: Mapping[str, Any]
-    sandbox: Mapping[str, Any] = field(default_factory=dict)
+    jobtypes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """``[jobtypes.<name>]`` tables: each job type's own node settings."""
     plugins: tuple[str, ...] = ()
-    """Modules to import at start; each registers extra job types the holder accepts."""
+    """Job-type plugins to load (entry points in ``cleanroom.job_types``)."""
 
     def identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.cert, self.key, self.ca)
@@ -99,6 +100,16 @@ class NodeConfig:
                     f"{policy_path}: expected a mapping of dataset -> policy"
                 )
             policy.update(loaded)
+        tables = raw.get("jobtypes", {})
+        if not isinstance(tables, dict) or not all(
+            isinstance(v, dict) for v in tables.values()
+        ):
+            raise ConfigError("node config: [jobtypes.NAME] must be tables of settings")
+        plugins = raw.get("plugins", [])
+        if not isinstance(plugins, list) or not all(
+            isinstance(p, str) for p in plugins
+        ):
+            raise ConfigError("node config: plugins must be a list of plugin names")
         datasets = []
         raw_sets = raw.get("datasets", {})
         if not isinstance(raw_sets, dict) or not raw_sets:
@@ -117,8 +128,8 @@ class NodeConfig:
             ca=base / tls["ca"],
             datasets=tuple(datasets),
             policy=policy,
-            sandbox=dict(raw.get("sandbox", {})),
-            plugins=tuple(raw.get("plugins", ())),
+            jobtypes={str(k): dict(v) for k, v in tables.items()},
+            plugins=tuple(plugins),
         )
 
 

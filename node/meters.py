@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,13 +16,12 @@ from types import MappingProxyType
 from typing import Any, Final, TextIO
 
 from cleanroom.errors import NotFound, QuotaExceeded, StoreError
+from cleanroom.localdb import LocalDatabase
 from node.policy import RESERVED_METERS, JobRequest, QuotaLimit
 from protocols.party import NodeUsage
 
-SANDBOX_CPU: Final = "sandbox_cpu_seconds"
 _TOLERANCE: Final = 1e-9
 """Relative slack so float sums such as ten 0.1-epsilon jobs fit a budget of 1."""
-_BUSY_TIMEOUT_S: Final = 60.0
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS reservations (
@@ -122,29 +120,29 @@ class UsageRow:
 
 
 class Meters:
-    """Per-analyst, per-dataset meters kept in their own SQLite file.
+    """Per-analyst, per-dataset meters in the node's database.
 
     A job reserves what it declares before it runs; at the end its reservation is
     settled with what it actually used, or released. Each check-and-reserve is one
-    ``BEGIN IMMEDIATE`` transaction, so concurrent reservations from threads or
-    from other processes sharing the file can never overspend a limit.
+    ``BEGIN IMMEDIATE`` transaction (or part of the caller's, e.g. with the
+    approval and its audit entry), so concurrent reservations from threads or from
+    other processes sharing the file can never overspend a limit.
     """
 
-    def __init__(self, path: Path, *, now: Callable[[], float] = time.time) -> None:
-        self._path = Path(path)
+    def __init__(
+        self, db: LocalDatabase | Path, *, now: Callable[[], float] = time.time
+    ) -> None:
+        """``db`` is the node's database (shared) or a file of the meters' own."""
+        self._owns_db = not isinstance(db, LocalDatabase)
+        self._db = db if isinstance(db, LocalDatabase) else LocalDatabase(Path(db))
+        self._path = self._db.path
         self._now = now
-        self._lock = threading.Lock()
-        self._idle: list[sqlite3.Connection] = []
-        with self._transaction() as db:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
+        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
-        """Close the pooled connections; call it once no operation is running."""
-        with self._lock:
-            for db in self._idle:
-                db.close()
-            self._idle.clear()
+        """Close the file if the meters opened it themselves."""
+        if self._owns_db:
+            self._db.close()
 
     def reserve(
         self,
@@ -186,33 +184,20 @@ class Meters:
             raise QuotaExceeded(reasons)
         return held
 
-    def settle(
-        self, job_id: str, actual: NodeUsage, *, sandbox_cpu_seconds: float = 0.0
-    ) -> None:
+    def settle(self, job_id: str, actual: NodeUsage) -> None:
         """Record what the job truly used, even past its hold, and free the rest."""
-        used = _usage_amounts(actual)
-        used[SANDBOX_CPU] = _non_negative(SANDBOX_CPU, sandbox_cpu_seconds)
-        self._close(job_id, Status.SETTLED, used, reason="")
+        self._close(job_id, Status.SETTLED, _usage_amounts(actual), reason="")
 
     def release(
-        self,
-        job_id: str,
-        *,
-        partial: NodeUsage | None = None,
-        reason: str,
-        sandbox_cpu_seconds: float = 0.0,
+        self, job_id: str, *, partial: NodeUsage | None = None, reason: str
     ) -> None:
         """Free a refused or failed job's hold, recording any ``partial`` use.
 
-        A job that ran part-way (``partial`` given, or sandbox CPU spent) counts as
-        one job, and the CPU seconds a failed sandbox run used are billed like a
+        A job that ran part-way (``partial`` given) counts as one job, and every
+        unit it used (e.g. the CPU seconds of a run that failed) is billed like a
         successful run's. Releasing a released job again does nothing.
         """
         used = {} if partial is None else _usage_amounts(partial)
-        cpu = _non_negative(SANDBOX_CPU, sandbox_cpu_seconds)
-        if cpu:
-            used[SANDBOX_CPU] = cpu
-            used.setdefault("jobs", 1.0)
         self._close(job_id, Status.RELEASED, used, reason=reason)
 
     def usage(
@@ -279,38 +264,13 @@ class Meters:
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        # A pool: concurrent threads each hold a connection and contend in SQLite's
-        # locks just as processes do; short-lived job threads leave none behind.
-        with self._lock:
-            db = self._idle.pop() if self._idle else None
-        if db is None:
-            db = sqlite3.connect(
-                self._path,
-                timeout=_BUSY_TIMEOUT_S,
-                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT
-                check_same_thread=False,
-            )
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-        try:
+        with self._db.read() as db:
             yield db
-        finally:
-            with self._lock:
-                self._idle.append(db)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as db:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                yield db
-                db.execute("COMMIT")
-            except BaseException as e:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                if isinstance(e, sqlite3.Error):
-                    raise StoreError(f"meters database {self._path}: {e}") from e
-                raise
+        with self._db.transaction() as db:
+            yield db
 
 
 def _exceeded(
@@ -383,8 +343,10 @@ def _usage_amounts(usage: NodeUsage) -> dict[str, float]:
         raise StoreError(f"usage report: rows_touched must be >= 0, got {rows!r}")
     amounts = {"jobs": 1.0, "rows": float(rows)}
     amounts["epsilon"] = _non_negative("epsilon", usage.epsilon)
+    if usage.delta:
+        amounts["delta"] = _non_negative("delta", usage.delta)
     for unit, amount in usage.units.items():
-        if not unit or unit in RESERVED_METERS or unit == SANDBOX_CPU:
+        if not unit or unit in RESERVED_METERS:
             raise StoreError(f"usage report: unit {unit!r} is metered by the node")
         amounts[unit] = _non_negative(unit, amount)
     return amounts

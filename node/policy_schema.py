@@ -28,7 +28,9 @@ _DATASET_KEYS: Final = (
     "dp",
     "quotas",
     "valid",
+    "max_deadline_seconds",
 )
+DEFAULT_MAX_DEADLINE_S: Final = 3600.0
 
 
 class Approval(StrEnum):
@@ -89,6 +91,8 @@ class DatasetPolicy:
     )
     valid_from: datetime | None = None
     valid_until: datetime | None = None
+    max_deadline_seconds: float = DEFAULT_MAX_DEADLINE_S
+    """The longest stage deadline (``deadline_seconds`` in a spec) accepted."""
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any], *, where: str) -> DatasetPolicy:
@@ -134,6 +138,10 @@ class DatasetPolicy:
             quotas=_quotas(m.get("quotas", {}), f"{where}.quotas"),
             valid_from=_optional_time(valid, "from", f"{where}.valid"),
             valid_until=_optional_time(valid, "until", f"{where}.valid"),
+            max_deadline_seconds=_positive(
+                m.get("max_deadline_seconds", DEFAULT_MAX_DEADLINE_S),
+                f"{where}.max_deadline_seconds",
+            ),
         )
         if (
             policy.valid_from is not None
@@ -176,6 +184,7 @@ class DatasetPolicy:
                 "from": format_time(self.valid_from),
                 "until": format_time(self.valid_until),
             },
+            "max_deadline_seconds": self.max_deadline_seconds,
         }
 
 
@@ -246,6 +255,13 @@ def _number(value: Any, path: str) -> float:
     ):
         _fail(path, "a non-negative number", value)
     return float(value)
+
+
+def _positive(value: Any, path: str) -> float:
+    number = _number(value, path)
+    if number <= 0:
+        _fail(path, "a number of seconds > 0", value)
+    return number
 
 
 def _optional_number(m: Mapping[str, Any], key: str, path: str) -> float | None:

@@ -126,21 +126,35 @@ class RegisterRequest(_message.Message):
     KEY_BUNDLE_FIELD_NUMBER: _builtins.int
     DATASETS_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    RUNNING_JOBS_FIELD_NUMBER: _builtins.int
+    DELIVERED_SEQ_FIELD_NUMBER: _builtins.int
     key_bundle: _builtins.bytes
     """cleanroom.keys.KeyBundle, signed by the node's TLS key"""
     software_version: _builtins.str
+    delivered_seq: _builtins.int
+    """The last work-item seq this node process handled (0 for a fresh process,
+    whose queued items from before are discarded).
+    """
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetInfo]: ...
+    @_builtins.property
+    def running_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Jobs this node process is still running: after a coordinator restart the node
+        keeps its part of them; any other running job it was in has lost it.
+        """
+
     def __init__(
         self,
         *,
         key_bundle: _builtins.bytes = ...,
         datasets: _abc.Iterable[Global___DatasetInfo] | None = ...,
         software_version: _builtins.str = ...,
+        running_jobs: _abc.Iterable[_builtins.str] | None = ...,
+        delivered_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets", "key_bundle", b"key_bundle", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets", "delivered_seq", b"delivered_seq", "key_bundle", b"key_bundle", "running_jobs", b"running_jobs", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,18 +188,28 @@ Global___RegisterResponse: _TypeAlias = RegisterResponse  # noqa: Y015
 
 @_typing.final
 class PullRequest(_message.Message):
+    """Pull queued work; every item up to ack_seq was handled and may be deleted.
+    Analysts pull one job's mailbox (job_id); nodes leave it empty.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    ACK_SEQ_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
     wait_seconds: _builtins.float
+    ack_seq: _builtins.int
+    job_id: _builtins.str
     def __init__(
         self,
         *,
         wait_seconds: _builtins.float = ...,
+        ack_seq: _builtins.int = ...,
+        job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_seq", b"ack_seq", "job_id", b"job_id", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,11 +223,17 @@ class ApprovalRequest(_message.Message):
     ANALYST_FIELD_NUMBER: _builtins.int
     SPEC_YAML_FIELD_NUMBER: _builtins.int
     ORGANISATION_FIELD_NUMBER: _builtins.int
+    SIGNED_REQUEST_FIELD_NUMBER: _builtins.int
+    ANALYST_BUNDLE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     analyst: _builtins.str
     spec_yaml: _builtins.str
     organisation: _builtins.str
     """the analyst's, from its certificate"""
+    signed_request: _builtins.bytes
+    """the analyst's signed submission (nodes verify it)"""
+    analyst_bundle: _builtins.bytes
+    """the analyst's KeyBundle, signed by its TLS key"""
     def __init__(
         self,
         *,
@@ -211,10 +241,12 @@ class ApprovalRequest(_message.Message):
         analyst: _builtins.str = ...,
         spec_yaml: _builtins.str = ...,
         organisation: _builtins.str = ...,
+        signed_request: _builtins.bytes = ...,
+        analyst_bundle: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "job_id", b"job_id", "organisation", b"organisation", "spec_yaml", b"spec_yaml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "analyst_bundle", b"analyst_bundle", "job_id", b"job_id", "organisation", b"organisation", "signed_request", b"signed_request", "spec_yaml", b"spec_yaml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,9 +261,12 @@ class StartJob(_message.Message):
     SPEC_YAML_FIELD_NUMBER: _builtins.int
     PARTIES_FIELD_NUMBER: _builtins.int
     KEY_BUNDLES_FIELD_NUMBER: _builtins.int
+    ANALYST_BUNDLE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     analyst: _builtins.str
     spec_yaml: _builtins.str
+    analyst_bundle: _builtins.bytes
+    """the analyst's KeyBundle (analyst party)"""
     @_builtins.property
     def parties(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -246,10 +281,11 @@ class StartJob(_message.Message):
         spec_yaml: _builtins.str = ...,
         parties: _abc.Iterable[_builtins.str] | None = ...,
         key_bundles: _abc.Iterable[_builtins.bytes] | None = ...,
+        analyst_bundle: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "job_id", b"job_id", "key_bundles", b"key_bundles", "parties", b"parties", "spec_yaml", b"spec_yaml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "analyst_bundle", b"analyst_bundle", "job_id", b"job_id", "key_bundles", b"key_bundles", "parties", b"parties", "spec_yaml", b"spec_yaml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,24 +329,29 @@ Global___ProtocolMessage: _TypeAlias = ProtocolMessage  # noqa: Y015
 
 @_typing.final
 class StopJob(_message.Message):
+    """The job ended (or, with `dropped`, only this party was dropped from it)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: _builtins.str
     reason: _builtins.str
+    dropped: _builtins.bool
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         state: _builtins.str = ...,
         reason: _builtins.str = ...,
+        dropped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "job_id", b"job_id", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -356,6 +397,9 @@ class WorkItem(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """acknowledge with PullRequest.ack_seq once handled"""
     @_builtins.property
     def approval(self) -> Global___ApprovalRequest: ...
     @_builtins.property
@@ -374,10 +418,11 @@ class WorkItem(_message.Message):
         message: Global___ProtocolMessage | None = ...,
         stop: Global___StopJob | None = ...,
         release: Global___ReleaseRequest | None = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "kind", b"kind", "message", b"message", "release", b"release", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "kind", b"kind", "message", b"message", "release", b"release", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "kind", b"kind", "message", b"message", "release", b"release", "seq", b"seq", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["approval", "start", "message", "stop", "release"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
@@ -492,21 +537,53 @@ class FailureReport(_message.Message):
 Global___FailureReport: _TypeAlias = FailureReport  # noqa: Y015
 
 @_typing.final
+class ProgressReport(_message.Message):
+    """A party's own account of what it is doing (protocols.party.Progress as JSON)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PROGRESS_JSON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    progress_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        progress_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "progress_json", b"progress_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgressReport: _TypeAlias = ProgressReport  # noqa: Y015
+
+@_typing.final
 class SubmitJobRequest(_message.Message):
     """------------------------------------------------------------- analysts ----"""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_YAML_FIELD_NUMBER: _builtins.int
+    SIGNED_REQUEST_FIELD_NUMBER: _builtins.int
+    KEY_BUNDLE_FIELD_NUMBER: _builtins.int
     spec_yaml: _builtins.str
+    signed_request: _builtins.bytes
+    """canonical JSON the analyst signed (see cleanroom.requests)"""
+    key_bundle: _builtins.bytes
+    """the analyst's KeyBundle, signed by its TLS key"""
     def __init__(
         self,
         *,
         spec_yaml: _builtins.str = ...,
+        signed_request: _builtins.bytes = ...,
+        key_bundle: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec_yaml", b"spec_yaml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_bundle", b"key_bundle", "signed_request", b"signed_request", "spec_yaml", b"spec_yaml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -553,6 +630,8 @@ class JobStatus(_message.Message):
     DECISIONS_FIELD_NUMBER: _builtins.int
     SPEC_YAML_FIELD_NUMBER: _builtins.int
     SPEC_HASH_FIELD_NUMBER: _builtins.int
+    PROGRESS_JSON_FIELD_NUMBER: _builtins.int
+    ANALYST_PARTY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     analyst: _builtins.str
     job_type: _builtins.str
@@ -563,6 +642,9 @@ class JobStatus(_message.Message):
     updated_at: _builtins.float
     spec_yaml: _builtins.str
     spec_hash: _builtins.str
+    progress_json: _builtins.str
+    analyst_party: _builtins.bool
+    """the analyst's client must run its party of the job"""
     @_builtins.property
     def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeDecision]: ...
     def __init__(
@@ -579,10 +661,12 @@ class JobStatus(_message.Message):
         decisions: _abc.Iterable[Global___NodeDecision] | None = ...,
         spec_yaml: _builtins.str = ...,
         spec_hash: _builtins.str = ...,
+        progress_json: _builtins.str = ...,
+        analyst_party: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "created_at", b"created_at", "decisions", b"decisions", "job_id", b"job_id", "job_type", b"job_type", "progress", b"progress", "reason", b"reason", "spec_hash", b"spec_hash", "spec_yaml", b"spec_yaml", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "analyst_party", b"analyst_party", "created_at", b"created_at", "decisions", b"decisions", "job_id", b"job_id", "job_type", b"job_type", "progress", b"progress", "progress_json", b"progress_json", "reason", b"reason", "spec_hash", b"spec_hash", "spec_yaml", b"spec_yaml", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,6 +64,11 @@ class NodeServiceStub:
                 request_serializer=proto_dot_cleanroom__pb2.ReleaseSignature.SerializeToString,
                 response_deserializer=proto_dot_cleanroom__pb2.Ack.FromString,
                 _registered_method=True)
+        self.ReportProgress = channel.unary_unary(
+                '/cleanroom.v1.NodeService/ReportProgress',
+                request_serializer=proto_dot_cleanroom__pb2.ProgressReport.SerializeToString,
+                response_deserializer=proto_dot_cleanroom__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -107,6 +112,12 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportProgress(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +149,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
             'SignRelease': grpc.unary_unary_rpc_method_handler(
                     servicer.SignRelease,
                     request_deserializer=proto_dot_cleanroom__pb2.ReleaseSignature.FromString,
+                    response_serializer=proto_dot_cleanroom__pb2.Ack.SerializeToString,
+            ),
+            'ReportProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProgress,
+                    request_deserializer=proto_dot_cleanroom__pb2.ProgressReport.FromString,
                     response_serializer=proto_dot_cleanroom__pb2.Ack.SerializeToString,
             ),
     }
@@ -313,6 +329,33 @@ class NodeService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ReportProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.NodeService/ReportProgress',
+            proto_dot_cleanroom__pb2.ProgressReport.SerializeToString,
+            proto_dot_cleanroom__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AnalystServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -357,6 +400,16 @@ class AnalystServiceStub:
                 '/cleanroom.v1.AnalystService/GetCatalog',
                 request_serializer=proto_dot_cleanroom__pb2.CatalogRequest.SerializeToString,
                 response_deserializer=proto_dot_cleanroom__pb2.Catalog.FromString,
+                _registered_method=True)
+        self.PullWork = channel.unary_stream(
+                '/cleanroom.v1.AnalystService/PullWork',
+                request_serializer=proto_dot_cleanroom__pb2.PullRequest.SerializeToString,
+                response_deserializer=proto_dot_cleanroom__pb2.Chunk.FromString,
+                _registered_method=True)
+        self.PushMessage = channel.stream_unary(
+                '/cleanroom.v1.AnalystService/PushMessage',
+                request_serializer=proto_dot_cleanroom__pb2.Chunk.SerializeToString,
+                response_deserializer=proto_dot_cleanroom__pb2.Ack.FromString,
                 _registered_method=True)
 
 
@@ -405,6 +458,20 @@ class AnalystServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullWork(self, request, context):
+        """The analyst party of a job: its mailbox (chunks form one WorkBatch) ...
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushMessage(self, request_iterator, context):
+        """... and its messages to the job's parties (chunks form one ProtocolMessage).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalystServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -442,6 +509,16 @@ def add_AnalystServiceServicer_to_server(servicer, server):
                     servicer.GetCatalog,
                     request_deserializer=proto_dot_cleanroom__pb2.CatalogRequest.FromString,
                     response_serializer=proto_dot_cleanroom__pb2.Catalog.SerializeToString,
+            ),
+            'PullWork': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullWork,
+                    request_deserializer=proto_dot_cleanroom__pb2.PullRequest.FromString,
+                    response_serializer=proto_dot_cleanroom__pb2.Chunk.SerializeToString,
+            ),
+            'PushMessage': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushMessage,
+                    request_deserializer=proto_dot_cleanroom__pb2.Chunk.FromString,
+                    response_serializer=proto_dot_cleanroom__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -633,6 +710,60 @@ class AnalystService:
             '/cleanroom.v1.AnalystService/GetCatalog',
             proto_dot_cleanroom__pb2.CatalogRequest.SerializeToString,
             proto_dot_cleanroom__pb2.Catalog.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullWork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cleanroom.v1.AnalystService/PullWork',
+            proto_dot_cleanroom__pb2.PullRequest.SerializeToString,
+            proto_dot_cleanroom__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushMessage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/cleanroom.v1.AnalystService/PushMessage',
+            proto_dot_cleanroom__pb2.Chunk.SerializeToString,
+            proto_dot_cleanroom__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,7 @@ class NodeServiceStub:
     ReportDecision: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.DecisionRequest, _cleanroom_pb2.Ack]
     ReportFailure: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.FailureReport, _cleanroom_pb2.Ack]
     SignRelease: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.ReleaseSignature, _cleanroom_pb2.Ack]
+    ReportProgress: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.ProgressReport, _cleanroom_pb2.Ack]
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -58,6 +59,7 @@ class NodeServiceAsyncStub(NodeServiceStub):
     ReportDecision: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.DecisionRequest, _cleanroom_pb2.Ack]  # type: ignore[assignment]
     ReportFailure: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.FailureReport, _cleanroom_pb2.Ack]  # type: ignore[assignment]
     SignRelease: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.ReleaseSignature, _cleanroom_pb2.Ack]  # type: ignore[assignment]
+    ReportProgress: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.ProgressReport, _cleanroom_pb2.Ack]  # type: ignore[assignment]
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -104,6 +106,13 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cleanroom_pb2.Ack, _abc.Awaitable[_cleanroom_pb2.Ack]]: ...
 
+    @_abc_1.abstractmethod
+    def ReportProgress(
+        self,
+        request: _cleanroom_pb2.ProgressReport,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cleanroom_pb2.Ack, _abc.Awaitable[_cleanroom_pb2.Ack]]: ...
+
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class AnalystServiceStub:
@@ -118,6 +127,10 @@ class AnalystServiceStub:
     GetJobEvents: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.GetJobRequest, _cleanroom_pb2.JobEventList]
     FetchResult: _grpc.UnaryStreamMultiCallable[_cleanroom_pb2.FetchResultRequest, _cleanroom_pb2.Chunk]
     GetCatalog: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.CatalogRequest, _cleanroom_pb2.Catalog]
+    PullWork: _grpc.UnaryStreamMultiCallable[_cleanroom_pb2.PullRequest, _cleanroom_pb2.Chunk]
+    """The analyst party of a job: its mailbox (chunks form one WorkBatch) ..."""
+    PushMessage: _grpc.StreamUnaryMultiCallable[_cleanroom_pb2.Chunk, _cleanroom_pb2.Ack]
+    """... and its messages to the job's parties (chunks form one ProtocolMessage)."""
 
 @_typing.type_check_only
 class AnalystServiceAsyncStub(AnalystServiceStub):
@@ -129,6 +142,10 @@ class AnalystServiceAsyncStub(AnalystServiceStub):
     GetJobEvents: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.GetJobRequest, _cleanroom_pb2.JobEventList]  # type: ignore[assignment]
     FetchResult: _aio.UnaryStreamMultiCallable[_cleanroom_pb2.FetchResultRequest, _cleanroom_pb2.Chunk]  # type: ignore[assignment]
     GetCatalog: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.CatalogRequest, _cleanroom_pb2.Catalog]  # type: ignore[assignment]
+    PullWork: _aio.UnaryStreamMultiCallable[_cleanroom_pb2.PullRequest, _cleanroom_pb2.Chunk]  # type: ignore[assignment]
+    """The analyst party of a job: its mailbox (chunks form one WorkBatch) ..."""
+    PushMessage: _aio.StreamUnaryMultiCallable[_cleanroom_pb2.Chunk, _cleanroom_pb2.Ack]  # type: ignore[assignment]
+    """... and its messages to the job's parties (chunks form one ProtocolMessage)."""
 
 class AnalystServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -179,5 +196,21 @@ class AnalystServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cleanroom_pb2.CatalogRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cleanroom_pb2.Catalog, _abc.Awaitable[_cleanroom_pb2.Catalog]]: ...
+
+    @_abc_1.abstractmethod
+    def PullWork(
+        self,
+        request: _cleanroom_pb2.PullRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cleanroom_pb2.Chunk], _abc.AsyncIterator[_cleanroom_pb2.Chunk]]:
+        """The analyst party of a job: its mailbox (chunks form one WorkBatch) ..."""
+
+    @_abc_1.abstractmethod
+    def PushMessage(
+        self,
+        request_iterator: _MaybeAsyncIterator[_cleanroom_pb2.Chunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_cleanroom_pb2.Ack, _abc.Awaitable[_cleanroom_pb2.Ack]]:
+        """... and its messages to the job's parties (chunks form one ProtocolMessage)."""
 
 def add_AnalystServiceServicer_to_server(servicer: AnalystServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

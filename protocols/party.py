@@ -2,15 +2,24 @@
 
 A protocol is a set of parties. Each party is built with its inputs, keys and an
 injectable randomness source, then driven by one executor: ``start()`` once, then
-``receive()`` for every inbound message, and ``dropped()`` when the executor
-learns that parties have gone away. Each call returns the messages to send. A
-party has no sockets, files or clocks, so all parties of a protocol can run in
-one process in tests and unchanged across real nodes.
+``receive()`` for every inbound message, ``dropped()`` when the executor learns
+that parties have gone away (lost contact, or missed a stage's deadline), and
+``local_event()`` for something that happened on the party's own premises (a
+holder's decision). Each call returns the messages to send. A party has no
+sockets, files or clocks, so all parties of a protocol can run in one process in
+tests and unchanged across real nodes.
 
-Party names are node names; the coordinator (the aggregator/relay) is the party
-named ``COORDINATOR``. Node-to-node messages are relayed by the coordinator
-inside envelopes encrypted to the recipient and signed by the sender; that
-wrapping is the executor's job, not the protocol's.
+Party names are node names; the coordinator (aggregator and relay) is the party
+named ``COORDINATOR`` and the analyst who submitted the job is ``ANALYST``.
+Messages between nodes and the analyst are relayed by the coordinator inside
+envelopes encrypted to the recipient and signed by the sender; that wrapping is
+the executor's job, not the protocol's.
+
+Time is the executor's too: a party says which parties its current stage waits
+for (``waiting_for``) and what it is doing (``progress``); the executor gives each
+stage a deadline from its clock and calls ``dropped`` with the parties that
+missed it. Stage names may be namespaced (``r7/secagg/masked``) by combinators
+that run sub-protocols in sequence (``protocols.compose``).
 """
 
 from __future__ import annotations
@@ -21,9 +30,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cleanroom.errors import ProtocolAbort
+from cleanroom.errors import ProtocolAbort, ProtocolError
 
 COORDINATOR: Final = "@coordinator"
+ANALYST: Final = "@analyst"
+"""The analyst's party in every job; its keys come from the analyst's CA-anchored
+key bundle, its name and organisation from the analyst's certificate."""
 
 RandomSource = Callable[[int], bytes]
 """Returns n cryptographically random bytes; ``os.urandom`` unless a test injects."""
@@ -50,6 +62,86 @@ class Inbound:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """What a party is doing, as it reports it (never counted from stage names).
+
+    ``heard``/``expected`` count the parties the current stage has heard from and
+    waits for in total; ``done``/``total`` count work items (rows, ciphertexts).
+    """
+
+    stage: str = ""
+    round: int | None = None
+    rounds: int | None = None
+    heard: int = 0
+    expected: int = 0
+    done: int = 0
+    total: int = 0
+    unit: str = ""
+
+    def describe(self) -> str:
+        parts = []
+        if self.round is not None:
+            parts.append(
+                f"round {self.round + 1}"
+                + (f" of {self.rounds}" if self.rounds is not None else "")
+            )
+        if self.stage:
+            parts.append(f"stage {self.stage}")
+        if self.expected:
+            parts.append(f"{self.heard} of {self.expected} parties heard from")
+        if self.total:
+            parts.append(f"{self.done} of {self.total} {self.unit or 'items'}")
+        return ", ".join(parts) or "running"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "round": self.round,
+            "rounds": self.rounds,
+            "heard": self.heard,
+            "expected": self.expected,
+            "done": self.done,
+            "total": self.total,
+            "unit": self.unit,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Progress:
+        def integer(key: str) -> int:
+            value = raw.get(key, 0)
+            return (
+                value if isinstance(value, int) and not isinstance(value, bool) else 0
+            )
+
+        def optional(key: str) -> int | None:
+            value = raw.get(key)
+            return (
+                value
+                if isinstance(value, int) and not isinstance(value, bool)
+                else None
+            )
+
+        return cls(
+            stage=str(raw.get("stage", ""))[:200],
+            round=optional("round"),
+            rounds=optional("rounds"),
+            heard=integer("heard"),
+            expected=integer("expected"),
+            done=integer("done"),
+            total=integer("total"),
+            unit=str(raw.get("unit", ""))[:40],
+        )
+
+
+@dataclass(frozen=True)
+class LocalEvent:
+    """Something that happened on a party's own premises, e.g. a holder's decision."""
+
+    kind: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class NodeUsage:
     """What a node-side party consumed, reported to the node's meters.
 
@@ -58,6 +150,7 @@ class NodeUsage:
 
     rows_touched: int = 0
     epsilon: float = 0.0
+    delta: float = 0.0
     units: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -76,6 +169,20 @@ class Party(ABC):
         """Learn that ``parties`` are gone. By default a protocol cannot recover."""
         raise ProtocolAbort(f"parties dropped out: {', '.join(sorted(parties))}")
 
+    def local_event(self, event: LocalEvent) -> list[Outbound]:
+        """An event on the party's own premises; by default none is expected."""
+        raise ProtocolError(f"{type(self).__name__} expects no local event")
+
+    def waiting_for(self) -> frozenset[str]:
+        """The parties the current stage still waits for; the executor drops those
+        that miss the stage's deadline. Empty: nothing to time out (e.g. waiting
+        for a person's review)."""
+        return frozenset()
+
+    def progress(self) -> Progress:
+        """What the party is doing now."""
+        return Progress()
+
     @property
     @abstractmethod
     def finished(self) -> bool:
@@ -83,7 +190,12 @@ class Party(ABC):
 
 
 class CoordinatorParty(Party):
-    """The coordinator's side of a protocol: it produces the job's released result."""
+    """The coordinator's side of a protocol: it assembles the job's released result.
+
+    A coordinator party must be deterministic given its context (randomness only
+    from ``CoordinatorContext.random``): the coordinator resumes a job after a
+    restart by replaying the party's journal of inbound messages.
+    """
 
     @abstractmethod
     def result(self) -> Mapping[str, Any]:
@@ -96,3 +208,19 @@ class NodeParty(Party):
     def usage(self) -> NodeUsage:
         """What this party consumed; the node's meters record it."""
         return NodeUsage()
+
+
+class AnalystParty(Party):
+    """The analyst's side of a protocol, run by the analyst's client.
+
+    It must be deterministic given its context (randomness from
+    ``AnalystContext.random``, which the client seeds from a secret it keeps), so
+    that ``cleanroom job run`` can resume it by replaying what it received.
+    """
+
+    def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Turn the released result into what the analyst reads (decrypt, unmask).
+
+        Called once the job succeeded, with the released document's ``result``.
+        """
+        return result

@@ -9,7 +9,7 @@ When the node runs as root, the job runs as ``nobody`` (uid 65534), so dataset
 files must be readable by others; otherwise it runs as the node's own user.
 
 It is weaker than the Docker runner and is therefore off unless the holder sets
-``sandbox.allow_unshare_fallback = true``: there is no seccomp filter (the
+``jobtypes.sandbox.allow_unshare_fallback = true``: there is no seccomp filter (the
 whole kernel syscall surface is reachable, including creating further
 namespaces), memory is an address-space rlimit rather than a cgroup limit
 (tmpfs pages are not counted), CPU is capped in seconds rather than shares,
@@ -48,9 +48,9 @@ from sandbox.runner import (
 
 NOBODY = 65534
 NO_ENGINE = (
-    "no Docker engine is available; sandbox jobs are refused "
-    "(set sandbox.allow_unshare_fallback = true to accept the weaker namespace "
-    "fallback)"
+    "no Docker engine is available; sandbox jobs are refused (set "
+    "allow_unshare_fallback = true under [jobtypes.sandbox] to accept the weaker "
+    "namespace fallback)"
 )
 _UNSHARE_FLAGS = ("--user", "--net", "--pid", "--fork", "--mount")
 

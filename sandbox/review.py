@@ -69,8 +69,13 @@ def read_bundle(path: Path) -> dict[str, bytes]:
 
 def bundle_digest(path: Path) -> str:
     """SHA-256 over sorted relative paths and contents; any changed byte changes it."""
+    return files_digest(read_bundle(path))
+
+
+def files_digest(files: dict[str, bytes]) -> str:
+    """``bundle_digest`` of files already read."""
     hasher = hashlib.sha256(_DIGEST_DOMAIN)
-    for name, data in sorted(read_bundle(path).items()):
+    for name, data in sorted(files.items()):
         encoded = name.encode()
         hasher.update(len(encoded).to_bytes(8, "big") + encoded)
         hasher.update(len(data).to_bytes(8, "big") + data)

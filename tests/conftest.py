@@ -173,3 +173,23 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("alice", "bob"):
         pki.issue(directory, "analyst", name)
     return directory
+
+
+TEST_PLUGINS = Path(__file__).parent / "plugins"
+"""A test-only job-type distribution (``testjobs`` and its ``*.dist-info``)."""
+
+
+@pytest.fixture
+def test_job_types(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """Puts the test-only job-type plugin on this process's path and on that of
+    every process it starts, and loads it here; the plugin names."""
+    from cleanroom import jobtypes
+
+    old = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(TEST_PLUGINS), old]))
+    )
+    monkeypatch.syspath_prepend(str(TEST_PLUGINS))
+    names = ("sealed_value", "rounds_sum", "rounds_sum_fragile")
+    jobtypes.load_plugins(names)
+    return names

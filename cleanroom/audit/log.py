@@ -7,7 +7,6 @@ import json
 import math
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cleanroom.errors import AuditError, StoreError
+from cleanroom.localdb import LocalDatabase
 
 from .entry import (
     GENESIS_PREV_HASH,
@@ -78,38 +78,50 @@ class AuditLog:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | LocalDatabase,
         *,
         owner: str,
         signing_key: Ed25519PrivateKey,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self._path = Path(path)
+        """``path`` is the log's own SQLite file, or a ``LocalDatabase`` the log
+        shares with other stores (its entries then commit with theirs)."""
+        self._owns_db = not isinstance(path, LocalDatabase)
+        self._ldb = (
+            path if isinstance(path, LocalDatabase) else LocalDatabase(Path(path))
+        )
+        self._path = self._ldb.path
         self._owner = owner
         self._key = signing_key
         self._public_key = public_key_bytes(signing_key)
         self._now = now
-        self._lock = threading.Lock()
-        self._tree = MerkleTree()
-        self._last_hash = GENESIS_PREV_HASH
-        self._last_ts = -math.inf
+        self._lock = self._ldb.lock
         try:
-            self._db = sqlite3.connect(
-                str(self._path), isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._claim_owner()
-            self._load()
-        except sqlite3.Error as exc:
+            self._ldb.executescript(_SCHEMA)
+            with self._ldb.transaction():
+                self._claim_owner()
+            self._reload()
+        except StoreError as exc:
             raise StoreError(f"cannot open audit log {self._path}: {exc}") from exc
 
+    def _q(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._ldb.read() as db:
+            return db.execute(sql, params).fetchall()
+
+    def _reload(self) -> None:
+        """(Re)build the in-memory tree from the file, e.g. after a rollback."""
+        with self._lock:
+            self._tree = MerkleTree()
+            self._last_hash = GENESIS_PREV_HASH
+            self._last_ts = -math.inf
+            self._load()
+
     def _claim_owner(self) -> None:
-        stored = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        stored = dict(self._q("SELECT key, value FROM meta"))
         mine = {"owner": self._owner, "public_key": self._public_key.hex()}
         if not stored:
-            self._db.executemany("INSERT INTO meta VALUES (?, ?)", mine.items())
+            with self._ldb.transaction() as db:
+                db.executemany("INSERT INTO meta VALUES (?, ?)", mine.items())
         elif stored != mine:
             raise AuditError(
                 f"audit log {self._path} belongs to {stored.get('owner')!r} with "
@@ -117,12 +129,12 @@ class AuditLog:
             )
 
     def _load(self) -> None:
-        rows = self._db.execute("SELECT leaf_hash FROM entries ORDER BY idx")
+        rows = self._q("SELECT leaf_hash FROM entries ORDER BY idx")
         self._tree.extend_hashes(h for (h,) in rows)
         size = self._tree.size
         if size == 0:
             return
-        (max_idx,) = self._db.execute("SELECT max(idx) FROM entries").fetchone()
+        ((max_idx,),) = self._q("SELECT max(idx) FROM entries")
         if max_idx != size - 1:
             raise AuditError(f"audit log {self._path}: entry indices have gaps")
         last = self._read(size - 1, size)[0]
@@ -193,23 +205,22 @@ class AuditLog:
             return entry
 
     def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
-        """Run statements in one immediate transaction; commit syncs to disk."""
+        """Run statements in one immediate transaction (or the enclosing one);
+        commit syncs to disk. A rollback reloads the in-memory tree."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._ldb.transaction() as db:
+                self._ldb.on_rollback(self._reload)
                 for sql, params in statements:
-                    self._db.execute(sql, params)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.IntegrityError as exc:
-            raise AuditError(f"audit log {self._path} changed under us: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"audit log {self._path}: {exc}") from exc
+                    db.execute(sql, params)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise AuditError(
+                    f"audit log {self._path} changed under us: {exc}"
+                ) from exc
+            raise
 
     def _read(self, start: int, stop: int) -> list[AuditEntry]:
-        rows = self._db.execute(
+        rows = self._q(
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE idx >= ? AND idx < ? "  # noqa: S608
             "ORDER BY idx",
             (start, stop),
@@ -230,7 +241,7 @@ class AuditLog:
     def entries_for_job(self, job_id: str) -> list[AuditEntry]:
         """Every entry recorded for ``job_id``, in log order."""
         with self._lock:
-            rows = self._db.execute(
+            rows = self._q(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE job_id = ? "  # noqa: S608
                 "ORDER BY idx",
                 (job_id,),
@@ -311,9 +322,9 @@ class AuditLog:
 
     def _heads(self) -> list[SignedTreeHead]:
         cosigs: dict[tuple[int, float], dict[str, bytes]] = {}
-        for size, ts, name, sig in self._db.execute("SELECT * FROM cosignatures"):
+        for size, ts, name, sig in self._q("SELECT * FROM cosignatures"):
             cosigs.setdefault((size, ts), {})[name] = sig
-        rows = self._db.execute("SELECT * FROM tree_heads ORDER BY size, timestamp")
+        rows = self._q("SELECT * FROM tree_heads ORDER BY size, timestamp")
         return [
             SignedTreeHead(self._owner, size, root, ts, sig, cosigs.get((size, ts), {}))
             for size, ts, root, sig in rows
@@ -331,8 +342,8 @@ class AuditLog:
                 verify_tree_head(head, self._public_key)
 
     def _iter_entries(self) -> Iterator[AuditEntry]:
-        cursor = self._db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries ORDER BY idx")  # noqa: S608
-        return (_entry_from_row(r) for r in cursor)
+        rows = self._q(f"SELECT {_ENTRY_COLUMNS} FROM entries ORDER BY idx")  # noqa: S608
+        return (_entry_from_row(r) for r in rows)
 
     def export(self, path: str | os.PathLike[str]) -> SignedTreeHead:
         """Write a self-contained JSON-lines copy for offline checking; return its head.
@@ -363,8 +374,8 @@ class AuditLog:
         return head
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owns_db:
+            self._ldb.close()
 
     def __enter__(self) -> AuditLog:
         return self

@@ -11,11 +11,15 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from cleanroom import jobtypes, pki
 from cleanroom import local as local_fed
-from cleanroom import pki
 from cleanroom.cli.common import err, handle_errors, out, print_json
-from cleanroom.errors import ConfigError
-from node.state import JobStatus, NodeState
+from cleanroom.errors import ConfigError, NotFound
+from cleanroom.jobspec import parse_spec
+from cleanroom.jobtypes.hooks import HeldItem, HolderContext, HolderOpener
+from cleanroom.localdb import LocalDatabase
+from node.config import NodeConfig
+from node.state import JobStatus, LocalJob, NodeState, node_database
 
 config_option = click.option(
     "--config",
@@ -116,9 +120,37 @@ def coordinator_serve(config: Path) -> None:
 
 
 # ------------------------------------------------------------------ node --
+class _Holder(HolderOpener):
+    """Opens a node's database for the holder's commands, from its config."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, tuple[NodeConfig, LocalDatabase]] = {}
+
+    def config(self, path: Path) -> tuple[NodeConfig, LocalDatabase]:
+        key = path.resolve()
+        if key not in self._open:
+            config = NodeConfig.load(path)
+            jobtypes.load_plugins(config.plugins)
+            db_path = node_database(config.data_dir)
+            if not db_path.exists():
+                raise ConfigError(
+                    f"no node state at {db_path}: has the node been started?"
+                )
+            self._open[key] = (config, LocalDatabase(db_path))
+        return self._open[key]
+
+    def open(self, config: Path, job_type: str) -> HolderContext:
+        node, db = self.config(config)
+        return HolderContext(
+            node.name, node.data_dir, db, node.jobtypes.get(job_type, {})
+        )
+
+
 @click.group("node")
-def node_group() -> None:
+@click.pass_context
+def node_group(ctx: click.Context) -> None:
     """Run a data holder's node and decide on held jobs."""
+    ctx.obj = _Holder()
 
 
 @node_group.command("serve")
@@ -127,7 +159,6 @@ def node_group() -> None:
 def node_serve(config: Path) -> None:
     """Dial out to the coordinator and serve jobs until interrupted."""
     from node.agent import NodeAgent
-    from node.config import NodeConfig
 
     _logging()
     agent = NodeAgent(NodeConfig.load(config))
@@ -140,10 +171,9 @@ def node_serve(config: Path) -> None:
     agent.close()
 
 
-def _state(config: Path) -> NodeState:
-    from node.config import NodeConfig
-
-    return NodeState.open_existing(NodeConfig.load(config).state_path)
+def _state(config: Path) -> tuple[NodeState, _Holder]:
+    holder = click.get_current_context().find_object(_Holder) or _Holder()
+    return NodeState(holder.config(config)[1]), holder
 
 
 @node_group.command("jobs")
@@ -154,54 +184,37 @@ def _state(config: Path) -> NodeState:
 @click.option(
     "--show", "show", default=None, metavar="JOB", help="Show one job in full."
 )
-@click.option("--source", is_flag=True, help="With --show: print a sandbox job's code.")
+@click.option(
+    "--source", is_flag=True, help="With --show: print the job's code or material."
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def node_jobs(
     config: Path, show_all: bool, show: str | None, source: bool, as_json: bool
 ) -> None:
     """List jobs held for your decision (or all jobs this node saw)."""
-    from cleanroom.cli import sandbox as sandbox_cli
-
-    state = _state(config)
+    state, holder = _state(config)
     if show:
-        job = state.get(show)
-        if job.job_type == "sandbox":
-            if as_json:
-                print_json(
-                    {**job.__dict__, "sandbox": sandbox_cli.review_document(job, state)}
-                )
-            elif source:
-                sandbox_cli.print_source(job)
-            else:
-                sandbox_cli.print_review(job, state)
-            return
-        if as_json:
-            print_json(job.__dict__)
-            return
-        out.print(
-            f"[bold]{job.job_id}[/] {job.job_type} on '{job.dataset}' "
-            f"by {job.analyst}: "
-            f"{job.status.value} {job.reason}",
-            highlight=False,
-        )
-        out.print(job.spec_yaml, highlight=False, markup=False)
+        _show_job(state, holder, config, show, source=source, as_json=as_json)
         return
     jobs = state.jobs(status=None if show_all else JobStatus.PENDING)
-    held = {
-        r.job_id: r
-        for r in state.held_outputs()
-        if state.get(r.job_id).status == JobStatus.RUNNING
-    }
-    if not show_all:  # sandbox output held for review waits for the holder too
+    held: dict[str, HeldItem] = {}
+    for job_type in jobtypes.all_types():
+        for item in job_type.holder_waiting(holder.open(config, job_type.name)):
+            try:
+                if state.get(item.job_id).status == JobStatus.RUNNING:
+                    held[item.job_id] = item
+            except NotFound:
+                continue
+    if not show_all:  # work held for review inside a running job waits for you too
         jobs += [state.get(job_id) for job_id in held]
     if as_json:
         print_json(
             [
                 {
-                    **j.__dict__,
+                    **_public(j),
                     **(
-                        {"output_held": list(held[j.job_id].reasons)}
+                        {"waiting": held[j.job_id].status, "why": held[j.job_id].reason}
                         if j.job_id in held
                         else {}
                     ),
@@ -214,11 +227,51 @@ def node_jobs(
     for j in jobs:
         status, reason = j.status.value, j.reason
         if j.job_id in held:
-            status, reason = "output held", "; ".join(held[j.job_id].reasons)
+            status, reason = held[j.job_id].status, held[j.job_id].reason
         table.add_row(
             j.job_id, j.analyst, j.job_type, j.dataset, j.purpose, status, reason
         )
     out.print(table)
+
+
+def _public(job: LocalJob) -> dict[str, object]:
+    """A job for the holder's JSON: everything but the raw signed request bytes."""
+    doc = {k: v for k, v in job.__dict__.items() if not isinstance(v, bytes)}
+    doc["status"] = job.status.value
+    return doc
+
+
+def _show_job(
+    state: NodeState,
+    holder: _Holder,
+    config: Path,
+    job_id: str,
+    *,
+    source: bool,
+    as_json: bool,
+) -> None:
+    job = state.get(job_id)
+    spec = parse_spec(job.spec_yaml)
+    review = jobtypes.get(spec.type).review(
+        spec, job_id, holder.open(config, spec.type)
+    )
+    if as_json:
+        print_json({**_public(job), "review": dict(review.document)})
+        return
+    if source:
+        click.echo(review.source or job.spec_yaml, nl=False)
+        return
+    out.print(
+        f"[bold]{job.job_id}[/] {job.job_type} on '{job.dataset}' by {job.analyst}"
+        + (f" ({job.organisation})" if job.organisation else "")
+        + f" for '{job.purpose}': {job.status.value} {job.reason}",
+        highlight=False,
+    )
+    if review.lines:
+        for line in review.lines:
+            out.print(line, highlight=False, markup=False)
+    else:
+        out.print(job.spec_yaml, highlight=False, markup=False)
 
 
 @node_group.command("approve")
@@ -228,34 +281,25 @@ def node_jobs(
 @click.option(
     "--digest",
     default=None,
-    metavar="SHA256",
-    help="Sandbox jobs: approve only if the code's digest starts with this.",
+    metavar="PREFIX",
+    help="Approve only if what you reviewed (e.g. the digest of a job's code) "
+    "still starts with this.",
 )
 @handle_errors
 def node_approve(job_id: str, config: Path, reason: str, digest: str | None) -> None:
     """Approve a held job; the running node reports it and reserves quota.
 
-    For a sandbox job this approves its exact code (by SHA-256) for the dataset;
-    changed code has another digest and needs its own approval."""
-    from cleanroom.jobspec import parse_spec
-    from cleanroom.jobtypes.sandbox_job import spec_bundle_digest
-
-    state = _state(config)
+    The job type records what the approval covers in the same transaction (e.g.
+    a job's exact code, by SHA-256, for the dataset, so changed code has another
+    digest and needs its own approval)."""
+    state, holder = _state(config)
     job = state.get(job_id)
-    code = None
-    if job.job_type == "sandbox":
-        code = spec_bundle_digest(parse_spec(job.spec_yaml))
-        if digest is not None and (len(digest) < 12 or not code.startswith(digest)):
-            raise ConfigError(
-                f"{job_id}: its code's digest is {code}, not "
-                f"{digest}…; review it again with "
-                "`cleanroom node jobs --show`"
-            )
-    state.holder_decide(job_id, True, reason, sandbox_digest=code)
-    out.print(
-        f"{job_id}: approved" + (f" (code sha256 {code})" if code else ""),
-        highlight=False,
-    )
+    spec = parse_spec(job.spec_yaml)
+    context = holder.open(config, spec.type)
+    with context.db.transaction():
+        state.holder_decide(job_id, True, reason)
+        note = jobtypes.get(spec.type).holder_approved(spec, job_id, context, digest)
+    out.print(f"{job_id}: approved" + (f" ({note})" if note else ""), highlight=False)
 
 
 @node_group.command("deny")
@@ -265,30 +309,8 @@ def node_approve(job_id: str, config: Path, reason: str, digest: str | None) -> 
 @handle_errors
 def node_deny(job_id: str, config: Path, reason: str) -> None:
     """Refuse a held job with a reason."""
-    _state(config).holder_decide(job_id, False, reason)
+    _state(config)[0].holder_decide(job_id, False, reason)
     out.print(f"{job_id}: denied")
-
-
-@node_group.command("release")
-@click.argument("job_id")
-@config_option
-@click.option("--reason", default="released by the data holder after review")
-@handle_errors
-def node_release(job_id: str, config: Path, reason: str) -> None:
-    """Release a sandbox job's held output to the analyst anyway."""
-    _state(config).decide_output(job_id, True, reason)
-    out.print(f"{job_id}: output released")
-
-
-@node_group.command("reject")
-@click.argument("job_id")
-@config_option
-@click.option("--reason", required=True, help="Told to the analyst.")
-@handle_errors
-def node_reject(job_id: str, config: Path, reason: str) -> None:
-    """Reject a sandbox job's held output; the job fails with your reason."""
-    _state(config).decide_output(job_id, False, reason)
-    out.print(f"{job_id}: output rejected")
 
 
 # ----------------------------------------------------------------- local --

@@ -21,17 +21,24 @@ from cleanroom.keys import NodeKeys
 from cleanroom.provenance import head_from_dict, verify_result_bytes
 
 
+def node_database(data_dir: Path) -> Path:
+    from node.state import node_database as path_of
+
+    return path_of(data_dir)
+
+
 def _node_config(path: Path):  # type: ignore[no-untyped-def]
     from node.config import NodeConfig
 
     return NodeConfig.load(path)
 
 
-def _export_log(data_dir: Path, keys_file: str, owner: str, dest: Path) -> Path:
-    db = data_dir / "audit.db"
+def _export_log(db: Path, keys_file: Path, owner: str, dest: Path) -> Path:
+    """Export the audit log kept in ``db`` (a node's database or the coordinator's
+    own audit file)."""
     if not db.exists():
         raise ConfigError(f"no audit log at {db}")
-    keys = NodeKeys.load_or_create(data_dir / keys_file)
+    keys = NodeKeys.load_or_create(keys_file)
     with AuditLog(db, owner=owner, signing_key=keys.signing) as log:
         log.export(dest)
     return dest
@@ -78,21 +85,33 @@ def audit_export(
     written: list[Path] = []
     if config:
         node = _node_config(config)
-        written.append(_export_log(node.data_dir, "node.keys", node.name, out_path))
+        written.append(
+            _export_log(
+                node_database(node.data_dir),
+                node.data_dir / "node.keys",
+                node.name,
+                out_path,
+            )
+        )
     elif coordinator_config:
         from coordinator.config import CoordinatorConfig
 
         coord = CoordinatorConfig.load(coordinator_config)
         written.append(
-            _export_log(coord.data_dir, "coordinator.keys", coord.name, out_path)
+            _export_log(
+                coord.data_dir / "audit.db",
+                coord.data_dir / "coordinator.keys",
+                coord.name,
+                out_path,
+            )
         )
     elif workdir:
         fed = Federation.load(workdir / "federation.json")
         out_path.mkdir(parents=True, exist_ok=True)
         written.append(
             _export_log(
-                workdir.resolve() / "coordinator" / "data",
-                "coordinator.keys",
+                workdir.resolve() / "coordinator" / "data" / "audit.db",
+                workdir.resolve() / "coordinator" / "data" / "coordinator.keys",
                 fed.coordinator_name,
                 out_path / "coordinator.jsonl",
             )
@@ -101,7 +120,10 @@ def audit_export(
             node = _node_config(Path(info["config"]))
             written.append(
                 _export_log(
-                    node.data_dir, "node.keys", name, out_path / f"{name}.jsonl"
+                    node_database(node.data_dir),
+                    node.data_dir / "node.keys",
+                    name,
+                    out_path / f"{name}.jsonl",
                 )
             )
     else:
@@ -232,13 +254,14 @@ def result_verify(result_file: Path, ca: Path | None, federation: Path | None) -
 
 # ----------------------------------------------------------------- usage --
 def _meters(config: Path):  # type: ignore[no-untyped-def]
+    from cleanroom.localdb import LocalDatabase
     from node.meters import Meters
 
     node = _node_config(config)
-    path = node.data_dir / "meters.db"
+    path = node_database(node.data_dir)
     if not path.exists():
         raise ConfigError(f"no meters at {path}: has the node run?")
-    return node, Meters(path)
+    return node, Meters(LocalDatabase(path))
 
 
 def usage_table(config: Path) -> Table:

@@ -84,19 +84,48 @@ def submit(
         view = client.submit(text)
         if not wait:
             print_json(view.as_dict()) if as_json else _show(view)
+            if view.analyst_party and not as_json:
+                out.print(
+                    f"  this job needs your party: run `cleanroom job run "
+                    f"{view.job.job_id}` (it waits for you)",
+                    highlight=False,
+                )
             return
-        final = _wait(client, view.job.job_id, timeout)
-        doc: dict[str, Any] = final.as_dict()
-        if final.job.state == JobState.SUCCEEDED:
-            doc["result"] = client.result(final.job.job_id)
-        if as_json:
-            print_json(doc)
-        else:
-            _show(final)
-            if "result" in doc:
-                print_json(doc["result"]["result"])
-        if final.job.state != JobState.SUCCEEDED:
-            sys.exit(EXIT_FAILED)
+        _run_to_end(client, view.job.job_id, timeout, as_json)
+
+
+@job_group.command("run")
+@click.argument("job_id")
+@federation_option
+@click.option(
+    "--timeout", type=float, default=None, help="Give up waiting after N seconds."
+)
+@json_option
+@handle_errors
+def run(job_id: str, federation: Path, timeout: float | None, as_json: bool) -> None:
+    """Run (or resume) your party of JOB_ID until the job ends, then show its result.
+
+    Jobs whose type has an analyst party (e.g. homomorphic queries) wait for it;
+    what it received is kept locally, so this can be stopped and run again."""
+    with Client.from_federation(federation) as client:
+        _run_to_end(client, job_id, timeout, as_json)
+
+
+def _run_to_end(
+    client: Client, job_id: str, timeout: float | None, as_json: bool
+) -> None:
+    final = _wait(client, job_id, timeout)
+    doc: dict[str, Any] = final.as_dict()
+    if final.job.state == JobState.SUCCEEDED:
+        doc["result"] = client.result(final.job.job_id)
+    if as_json:
+        print_json(doc)
+    else:
+        _show(final)
+        if "result" in doc:
+            print_json(doc["result"]["result"])
+    if final.job.state != JobState.SUCCEEDED:
+        sys.exit(EXIT_FAILED)
 
 
 def _wait(client: Client, job_id: str, timeout: float | None) -> JobView:
@@ -105,8 +134,11 @@ def _wait(client: Client, job_id: str, timeout: float | None) -> JobView:
 
         def update(view: JobView) -> None:
             elapsed = time.monotonic() - started
+            mine = ""
+            if view.analyst_party and not view.job.state.terminal:
+                mine = f"; your party: {client.session(job_id).progress().describe()}"
             status.update(
-                f"{job_id}: {view.job.state.value} — {view.job.progress} "
+                f"{job_id}: {view.job.state.value} — {view.job.progress}{mine} "
                 f"[dim]({elapsed:.0f}s)[/]"
             )
 

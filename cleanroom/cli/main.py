@@ -48,5 +48,19 @@ for command in (
 node_group.add_command(node_usage)
 
 
+def _add_job_type_commands() -> None:
+    """Each job type registers its own commands, so none can silently fall out."""
+    from cleanroom import jobtypes
+
+    for job_type in jobtypes.all_types():
+        for command in job_type.cli_commands():
+            cli.add_command(command)
+        for command in job_type.node_cli_commands():
+            node_group.add_command(command)
+
+
+_add_job_type_commands()
+
+
 def main() -> None:
     cli()

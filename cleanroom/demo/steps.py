@@ -110,43 +110,54 @@ def _node_config(node: str) -> Any:
 
 def _approve_as_holder(spec_yaml: str, digest: str) -> None:
     """What the holder of hospital-a does with ``cleanroom node approve``."""
+    import json
+    import subprocess
+    import sys
     import time
 
     from rich.console import Console
-
-    from node.config import NodeConfig
-    from node.state import JobStatus, NodeState
 
     config = _node_config(_SANDBOX_NODE)
     if config is None:
         _sandbox_review["note"] = "could not find hospital-a's node to approve"
         return
-    state = NodeState.open_existing(NodeConfig.load(config).state_path)
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            for job in state.jobs(status=JobStatus.PENDING):
-                if job.spec_yaml == spec_yaml:
-                    state.holder_decide(
-                        job.job_id, True, "reviewed in the demo", sandbox_digest=digest
-                    )
+
+    def holder(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cleanroom", "node", *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        listed = holder("jobs", "--json")
+        for job in json.loads(listed.stdout or "[]") if listed.returncode == 0 else []:
+            if job.get("spec_yaml") == spec_yaml:
+                approved = holder(
+                    "approve", job["job_id"], "--reason", "reviewed in the demo",
+                    "--digest", digest[:16],
+                )  # fmt: skip
+                if approved.returncode == 0:
                     note = (
                         f"held for code review, then approved by the holder: "
                         f"sha256 {digest[:16]}…"
                     )
                     _sandbox_review["note"] = note
                     Console().print(
-                        f"[yellow]{_SANDBOX_NODE} held {job.job_id} for code review "
-                        "(sandbox jobs always are until their exact code is "
+                        f"[yellow]{_SANDBOX_NODE} held {job['job_id']} for code "
+                        "review (sandbox jobs always are until their exact code is "
                         "approved); the demo approves code sha256 "
-                        f"{digest[:16]}… as the holder would with `cleanroom node "
-                        f"approve {job.job_id} --config {config}`[/]",
+                        f"{digest[:16]}… as the holder does: `cleanroom node "
+                        f"approve {job['job_id']} --digest {digest[:16]} --config "
+                        f"{config}`[/]",
                         highlight=False,
                     )
-                    return
-            time.sleep(0.2)
-    finally:
-        state.close()
+                else:
+                    _sandbox_review["note"] = approved.stderr.strip()[:200]
+                return
+        time.sleep(0.3)
 
 
 def _sandbox_spec(datasets: Mapping[str, str]) -> str:
@@ -154,7 +165,7 @@ def _sandbox_spec(datasets: Mapping[str, str]) -> str:
     import threading
     from pathlib import Path
 
-    from cleanroom.jobtypes.sandbox_job import make_spec
+    from cleanroom.jobtypes.sandbox import make_spec
     from sandbox import bundle_digest
 
     with tempfile.TemporaryDirectory(prefix="cleanroom-demo-code-") as tmp:

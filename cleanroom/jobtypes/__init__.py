@@ -1,9 +1,13 @@
-"""Job types and their registry; importing this package registers the built-ins."""
+"""Job types and their registry; importing this package registers the built-ins.
+Plugins are entry points in ``cleanroom.job_types``, loaded by name from a config."""
 
 from cleanroom.jobtypes.base import (
+    AnalystContext,
     CoordinatorContext,
     JobType,
     NodeContext,
+    Review,
+    all_types,
     get,
     load_plugins,
     names,
@@ -12,13 +16,16 @@ from cleanroom.jobtypes.base import (
 from cleanroom.jobtypes.count import CountJob
 
 register(CountJob())
-import cleanroom.jobtypes.sandbox_job  # noqa: E402 - registers itself
+import cleanroom.jobtypes.sandbox  # noqa: E402 - registers itself
 import cleanroom.jobtypes.secure_stats  # noqa: E402, F401 - registers itself
 
 __all__ = [
+    "AnalystContext",
     "CoordinatorContext",
     "JobType",
     "NodeContext",
+    "Review",
+    "all_types",
     "get",
     "load_plugins",
     "names",

@@ -1,14 +1,16 @@
-"""The job-type interface and registry: each protocol adds its type without
-touching the scheduler, the node or the CLI."""
+"""The job-type interface and registry: a job type owns all of its behaviour — its
+params, its parties, its admission and review hooks on the node, its node-side
+service, its CLI commands — so the scheduler, the node and the CLI name none."""
 
 from __future__ import annotations
 
-import importlib
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,6 +21,7 @@ from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.keys import verify_statement
 from protocols.party import (
     SYSTEM_RANDOM,
+    AnalystParty,
     CoordinatorParty,
     Inbound,
     NodeParty,
@@ -26,6 +29,23 @@ from protocols.party import (
     Outbound,
     RandomSource,
 )
+
+if TYPE_CHECKING:
+    import click
+
+    from cleanroom.jobtypes.hooks import (
+        Admission,
+        AdmissionContext,
+        HeldItem,
+        HolderContext,
+        NodeEnvironment,
+    )
+
+P = TypeVar("P")
+PLUGIN_GROUP = "cleanroom.job_types"
+"""Entry-point group of job-type plugins; a config's ``plugins`` names which to load."""
+DEFAULT_DEADLINE_S = 120.0
+MAX_DEADLINE_S = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -42,14 +62,25 @@ class NodeContext:
     signing_key: Ed25519PrivateKey
     parties: tuple[str, ...]
     peer_signing_keys: Mapping[str, bytes]
+    """Identity keys of the job's other parties (nodes, and ``ANALYST`` if any)."""
+    analyst: str = ""
+    organisation: str = ""
     random: RandomSource = SYSTEM_RANDOM
-    services: Mapping[str, Any] = field(default_factory=dict)
-    """Node-side services a job type needs by name (e.g. ``sandbox``)."""
+    service: Any = None
+    """The job type's own node-side service (``JobType.node_service``), if any."""
+
+    @property
+    def params(self) -> Any:
+        """The spec's params as the job type parsed them (once per spec)."""
+        return get(self.spec.type).params(self.spec)
 
 
 @dataclass(frozen=True)
 class CoordinatorContext:
-    """What the coordinator's party may use: public keys and the spec, never data."""
+    """What the coordinator's party may use: public keys and the spec, never data.
+
+    ``random`` is seeded per job so that a replay after a restart is exact.
+    """
 
     job_id: str
     spec: JobSpec
@@ -57,6 +88,27 @@ class CoordinatorContext:
     signing_keys: Mapping[str, bytes]
     random: RandomSource = SYSTEM_RANDOM
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> Any:
+        return get(self.spec.type).params(self.spec)
+
+
+@dataclass(frozen=True)
+class AnalystContext:
+    """What the analyst's party may use: its own keys, the spec, public keys."""
+
+    job_id: str
+    spec: JobSpec
+    analyst: str
+    parties: tuple[str, ...]
+    signing_key: Ed25519PrivateKey
+    peer_signing_keys: Mapping[str, bytes]
+    random: RandomSource = SYSTEM_RANDOM
+
+    @property
+    def params(self) -> Any:
+        return get(self.spec.type).params(self.spec)
 
 
 def check_node_statement(
@@ -115,28 +167,71 @@ class OneShotNode(NodeParty):
         return NodeUsage(rows_touched=len(self._ctx.data))
 
 
-class JobType(ABC):
-    """A kind of job: how its spec is checked and which parties run it."""
+@dataclass(frozen=True)
+class Review:
+    """What a holder is shown about a job before approving it (``node jobs --show``)
+    and what it must explicitly accept; ``document`` is the same as plain data."""
+
+    lines: tuple[str, ...] = ()
+    document: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+    """Code or other material the holder can print in full (``--source``)."""
+
+
+class JobType(ABC, Generic[P]):
+    """A kind of job: its params, its parties and its hooks.
+
+    Params are parsed once per spec (``params``) into the job type's own typed
+    object; every hook and every party context receives that object.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
     units: ClassVar[tuple[str, ...]] = ()
     """Usage units this job type meters beyond jobs and rows (e.g. ``lookups``)."""
     min_inputs: ClassVar[int] = 1
+    resumable: ClassVar[bool] = True
+    """Whether the coordinator may resume a running job after a restart by
+    replaying its party's journal (the party must be deterministic)."""
+    default_deadline: ClassVar[float] = DEFAULT_DEADLINE_S
+    """Seconds a stage may wait for a party before that party counts as dropped."""
+    _CACHE_SIZE: ClassVar[int] = 256
+
+    def __init__(self) -> None:
+        self._cache: OrderedDict[str, P] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- params --
+    @abstractmethod
+    def parse_params(self, spec: JobSpec) -> P:
+        """``spec.params`` checked and typed; SpecError names the field path."""
+
+    def params(self, spec: JobSpec) -> P:
+        """The spec's parsed params, parsed once per spec text."""
+        key = spec.spec_hash
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        parsed = self.parse_params(spec)
+        with self._cache_lock:
+            self._cache[key] = parsed
+            while len(self._cache) > self._CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return parsed
 
     def validate(self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]) -> None:
-        """Check ``spec.params`` against the inputs' schemas; SpecError has the path."""
+        """Check the spec against the inputs' schemas; SpecError has the path."""
         if len(spec.inputs) < self.min_inputs:
             raise SpecError(
                 "inputs", f"'{self.name}' needs at least {self.min_inputs} inputs"
             )
-        self.validate_params(spec, catalog)
+        self.check_catalog(spec, self.params(spec), catalog)
 
-    @abstractmethod
-    def validate_params(
-        self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]
+    def check_catalog(
+        self, spec: JobSpec, params: P, catalog: Mapping[JobInput, DatasetInfo]
     ) -> None:
-        """Job-type specific checks of ``params``."""
+        """Job-type specific checks of the params against the inputs' schemas."""
 
     @abstractmethod
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
@@ -150,6 +245,16 @@ class JobType(ABC):
         """The declared units the job will consume on a dataset of ``rows`` rows."""
         return {}
 
+    def deadline(self, spec: JobSpec, stage: str) -> float:
+        """Seconds ``stage`` may wait for a party: the spec's ``deadline_seconds``
+        if it sets one, else the job type's default."""
+        return spec.deadline_seconds or self.default_deadline
+
+    # --------------------------------------------------------------- parties --
+    def has_analyst_party(self, spec: JobSpec) -> bool:
+        """True if the analyst's client runs a party of this job."""
+        return False
+
     @abstractmethod
     def node_party(self, ctx: NodeContext) -> NodeParty:
         """The data holder's state machine."""
@@ -158,45 +263,107 @@ class JobType(ABC):
     def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
         """The coordinator's state machine, which assembles the released result."""
 
+    def analyst_party(self, ctx: AnalystContext) -> AnalystParty:
+        """The analyst's state machine, when ``has_analyst_party``."""
+        raise ProtocolError(f"'{self.name}' has no analyst party")
 
-_REGISTRY: dict[str, JobType] = {}
+    # ------------------------------------------------------- node-side hooks --
+    def node_service(self, env: NodeEnvironment) -> Any:
+        """The job type's own long-lived service on a node (None if it needs none);
+        handed to its parties and hooks. Built when the node starts."""
+        return None
+
+    def admit(self, spec: JobSpec, ctx: AdmissionContext) -> Admission | None:
+        """Refine the node policy's decision (None: nothing to add)."""
+        return None
+
+    def review(self, spec: JobSpec, job_id: str, holder: HolderContext) -> Review:
+        """What the holder sees before approving the job by hand."""
+        return Review()
+
+    def holder_approved(
+        self, spec: JobSpec, job_id: str, holder: HolderContext, expect: str | None
+    ) -> str:
+        """The holder approves the job by hand: check ``expect`` (what the holder
+        reviewed, e.g. a code digest prefix) and record what the approval covers,
+        inside the approval's transaction. Returns a note for the holder."""
+        if expect is not None:
+            raise SpecError("digest", f"'{self.name}' jobs have no digest to approve")
+        return ""
+
+    def holder_waiting(self, holder: HolderContext) -> Sequence[HeldItem]:
+        """This job type's work waiting for the holder beyond approvals."""
+        return ()
+
+    # ------------------------------------------------------------------ CLI --
+    def cli_commands(self) -> Sequence[click.Command]:
+        """Top-level ``cleanroom`` commands this job type adds (e.g. a group)."""
+        return ()
+
+    def node_cli_commands(self) -> Sequence[click.Command]:
+        """Commands it adds under ``cleanroom node`` (e.g. releasing held output)."""
+        return ()
 
 
-def register(job_type: JobType) -> JobType:
-    """Add a job type; later registrations of the same name are refused."""
-    if job_type.name in _REGISTRY:
-        raise ValueError(f"job type '{job_type.name}' is already registered")
-    _REGISTRY[job_type.name] = job_type
+_REGISTRY: dict[str, JobType[Any]] = {}
+_LOCK = threading.Lock()
+
+
+def register(job_type: JobType[Any]) -> JobType[Any]:
+    """Add a built-in job type; a second registration of a name is refused."""
+    with _LOCK:
+        if job_type.name in _REGISTRY:
+            raise ValueError(f"job type '{job_type.name}' is already registered")
+        _REGISTRY[job_type.name] = job_type
     return job_type
 
 
-def _load_plugins() -> None:
-    for ep in entry_points(group="cleanroom.job_types"):
-        if ep.name not in _REGISTRY:
-            register(ep.load()())
+def load_plugins(names: Sequence[str]) -> None:
+    """Load the named job-type plugins: entry points in ``cleanroom.job_types``.
 
-
-def load_plugins(modules: Sequence[str]) -> None:
-    """Import modules named in a config; each registers its job types on import."""
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
+    Each entry point names a JobType subclass (or a factory returning one). A
+    name that no installed distribution provides is a ConfigError.
+    """
+    if not names:
+        return
+    found = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+    for name in names:
+        if name in _REGISTRY:
+            continue
+        if name not in found:
             raise ConfigError(
-                f"cannot load job-type plugin '{module}': {exc}"
-            ) from None
+                f"no job-type plugin '{name}' is installed (entry points in "
+                f"'{PLUGIN_GROUP}': {', '.join(sorted(found)) or 'none'})"
+            )
+        try:
+            loaded = found[name].load()
+            job_type = loaded() if callable(loaded) else loaded
+        except Exception as exc:  # a broken plugin must say which one broke
+            raise ConfigError(f"cannot load job-type plugin '{name}': {exc}") from None
+        if not isinstance(job_type, JobType) or job_type.name != name:
+            raise ConfigError(
+                f"job-type plugin '{name}' did not give a JobType named '{name}'"
+            )
+        with _LOCK:
+            _REGISTRY.setdefault(name, job_type)
 
 
-def get(name: str) -> JobType:
+def get(name: str) -> JobType[Any]:
     """The registered job type; SpecError naming the known types otherwise."""
-    if name not in _REGISTRY:
-        _load_plugins()
-    if name not in _REGISTRY:
+    with _LOCK:
+        found = _REGISTRY.get(name)
+    if found is None:
         raise SpecError(
             "type", f"unknown job type '{name}' (known: {', '.join(names())})"
         )
-    return _REGISTRY[name]
+    return found
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    with _LOCK:
+        return sorted(_REGISTRY)
+
+
+def all_types() -> list[JobType[Any]]:
+    with _LOCK:
+        return [_REGISTRY[n] for n in sorted(_REGISTRY)]

@@ -1,10 +1,15 @@
 """The ``count`` job: rows per input, optionally filtered, each released only when it
-reaches the dataset's minimum group size and signed by the node that computed it."""
+reaches the dataset's minimum group size and signed by the node that computed it.
+
+What each party learns: every node's (suppressed or released) count, and which
+counts were suppressed, is seen by the coordinator and the analyst; a node learns
+nothing of the others."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from cleanroom.catalog import DatasetInfo
@@ -25,9 +30,15 @@ from protocols.party import (
     Inbound,
     NodeParty,
     Outbound,
+    Progress,
 )
 
 STAGE_COUNT: Final = "count.report"
+
+
+@dataclass(frozen=True)
+class CountParams:
+    where: tuple[predicates.Predicate, ...]
 
 
 class CountNode(OneShotNode):
@@ -35,8 +46,8 @@ class CountNode(OneShotNode):
 
     def report(self) -> Outbound:
         ctx = self._ctx
-        where = predicates.parse_where(ctx.spec.params.get("where"), [])
-        count = int(predicates.apply(where, ctx.data).sum())
+        params: CountParams = ctx.params
+        count = int(predicates.apply(params.where, ctx.data).sum())
         released = count >= ctx.min_group_size
         statement: dict[str, Any] = {
             "job_id": ctx.job_id,
@@ -83,6 +94,16 @@ class CountCoordinator(CoordinatorParty):
     def finished(self) -> bool:
         return len(self._reports) == len(self._ctx.parties)
 
+    def waiting_for(self) -> frozenset[str]:
+        return frozenset(self._ctx.parties) - set(self._reports)
+
+    def progress(self) -> Progress:
+        return Progress(
+            stage=STAGE_COUNT,
+            heard=len(self._reports),
+            expected=len(self._ctx.parties),
+        )
+
     def result(self) -> Mapping[str, Any]:
         counts = [
             {
@@ -103,22 +124,26 @@ class CountCoordinator(CoordinatorParty):
         }
 
 
-class CountJob(JobType):
+class CountJob(JobType[CountParams]):
     name = "count"
     summary = "rows per input, optionally filtered; small counts are suppressed"
 
-    def validate_params(
-        self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]
-    ) -> None:
+    def parse_params(self, spec: JobSpec) -> CountParams:
         extra = sorted(set(spec.params) - {"where"})
         if extra:
             raise SpecError(f"params.{extra[0]}", "unknown parameter (allowed: where)")
+        return CountParams(predicates.parse_where(spec.params.get("where"), []))
+
+    def check_catalog(
+        self,
+        spec: JobSpec,
+        params: CountParams,
+        catalog: Mapping[JobInput, DatasetInfo],
+    ) -> None:
         predicates.parse_where(spec.params.get("where"), list(catalog.values()))
 
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
-        return frozenset(
-            p.column for p in predicates.parse_where(spec.params.get("where"), [])
-        )
+        return frozenset(p.column for p in self.params(spec).where)
 
     def node_party(self, ctx: NodeContext) -> NodeParty:
         return CountNode(ctx)

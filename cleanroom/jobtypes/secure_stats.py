@@ -66,22 +66,14 @@ from cleanroom.jobtypes.base import (
     NodeContext,
     register,
 )
-from cleanroom.jobtypes.stats.layout import Layout, build_layout
+from cleanroom.jobtypes.stats.layout import build_layout
 from cleanroom.jobtypes.stats.params import StatsParams, parse_params
 from cleanroom.jobtypes.stats.parties import StatsCoordinator, StatsNode
 from protocols.party import CoordinatorParty, NodeParty
 from protocols.secagg.config import MIN_PARTIES
 
 
-def _params(spec: JobSpec) -> StatsParams:
-    return parse_params(spec.params, parties=len(spec.inputs), schemas=())
-
-
-def _layout(spec: JobSpec) -> Layout:
-    return build_layout(_params(spec))
-
-
-class SecureStatsJob(JobType):
+class SecureStatsJob(JobType[StatsParams]):
     """Pooled statistics over every input, by secure aggregation."""
 
     name = "secure_stats"
@@ -91,26 +83,38 @@ class SecureStatsJob(JobType):
     )
     min_inputs = MIN_PARTIES
 
-    def validate_params(
-        self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]
+    def validate(self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]) -> None:
+        # Against the schemas first: "no such column" says more than what follows.
+        self.check_catalog(spec, None, catalog)  # type: ignore[arg-type]
+        super().validate(spec, catalog)
+
+    def parse_params(self, spec: JobSpec) -> StatsParams:
+        params = parse_params(spec.params, parties=len(spec.inputs), schemas=())
+        build_layout(params)  # refuses a layout too large or that could overflow
+        return params
+
+    def check_catalog(
+        self,
+        spec: JobSpec,
+        params: StatsParams,
+        catalog: Mapping[JobInput, DatasetInfo],
     ) -> None:
-        params = parse_params(
+        parse_params(
             spec.params, parties=len(spec.inputs), schemas=list(catalog.values())
         )
-        build_layout(params)
 
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
-        return _params(spec).columns_used()
+        return self.params(spec).columns_used()
 
     def epsilon(self, spec: JobSpec) -> tuple[float, float]:
-        privacy = _params(spec).privacy
+        privacy = self.params(spec).privacy
         return (0.0, 0.0) if privacy is None else (privacy.epsilon, privacy.delta)
 
     def node_party(self, ctx: NodeContext) -> NodeParty:
-        return StatsNode(ctx, _layout(ctx.spec))
+        return StatsNode(ctx, build_layout(ctx.params))
 
     def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
-        return StatsCoordinator(ctx, _layout(ctx.spec))
+        return StatsCoordinator(ctx, build_layout(ctx.params))
 
 
 register(SecureStatsJob())

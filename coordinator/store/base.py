@@ -7,9 +7,43 @@ every implementation: in-memory, SQLite and PostgreSQL.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from cleanroom.model import Decision, JobEvent, JobRecord, JobState, NodeRecord
+
+
+@dataclass(frozen=True)
+class Mail:
+    """A work item waiting for its recipient (a node, or one job's analyst party).
+
+    ``seq`` grows with every item put (gaps allowed); a recipient acknowledges
+    every item up to a seq once it has processed them, and only then are they
+    deleted, so nothing queued is lost when the coordinator or a connection dies.
+    """
+
+    seq: int
+    recipient: str
+    job_id: str
+    kind: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one step of a job's coordinator party changes, committed atomically:
+    journal entries (for replay after a restart), mail to queue, the inbound items
+    it consumed, and progress."""
+
+    job_id: str
+    journal: Sequence[bytes] = ()
+    mail: Sequence[tuple[str, str, bytes]] = ()
+    """(recipient, kind, body) triples."""
+    consumed: tuple[str, tuple[int, ...]] | None = None
+    """(mailbox, seqs): the party's inbox items it is done with."""
+    progress: str | None = None
+    progress_json: str = ""
+    at: float = 0.0
 
 
 class Store(ABC):
@@ -50,9 +84,11 @@ class Store(ABC):
         NotFound if the job does not exist."""
 
     @abstractmethod
-    def set_progress(self, job_id: str, progress: str, *, at: float) -> None:
-        """Record a human-readable description of the job's current step; NotFound
-        if the job does not exist."""
+    def set_progress(
+        self, job_id: str, progress: str, *, at: float, progress_json: str = ""
+    ) -> None:
+        """Record a human-readable description of the job's current step (and the
+        party's structured progress as JSON); NotFound if the job does not exist."""
 
     # --- decisions, results, events -----------------------------------------
     @abstractmethod
@@ -101,6 +137,48 @@ class Store(ABC):
     @abstractmethod
     def touch_node(self, name: str, *, at: float) -> None:
         """Record that the node was seen at ``at``; NotFound if it never registered."""
+
+    # --- mailboxes -------------------------------------------------------------
+    @abstractmethod
+    def mail_put(self, items: Sequence[tuple[str, str, str, bytes]]) -> list[int]:
+        """Queue (recipient, job_id, kind, body) items atomically; their seqs."""
+
+    @abstractmethod
+    def mail_after(self, recipient: str, after: int, *, limit: int) -> list[Mail]:
+        """Up to ``limit`` of the recipient's items with seq > ``after``, in order."""
+
+    @abstractmethod
+    def mail_ack(self, recipient: str, upto: int) -> None:
+        """Delete the recipient's items with seq <= ``upto``."""
+
+    @abstractmethod
+    def mail_discard(
+        self, job_id: str, kinds: Collection[str], *, keep: Collection[str] = ()
+    ) -> None:
+        """Delete the job's queued items of the given kinds, for every recipient
+        but those in ``keep``."""
+
+    @abstractmethod
+    def mail_clear(self, recipient: str, kinds: Collection[str]) -> None:
+        """Delete the recipient's queued items of the given kinds (it restarted)."""
+
+    @abstractmethod
+    def mail_count(self, recipient: str) -> int:
+        """How many items wait for the recipient."""
+
+    # --- protocol journals ----------------------------------------------------
+    @abstractmethod
+    def commit_step(self, step: Step) -> list[int]:
+        """Append the step's journal entries, queue its mail (the seqs returned)
+        and set its progress, all in one transaction; NotFound if no such job."""
+
+    @abstractmethod
+    def journal(self, job_id: str) -> list[bytes]:
+        """The job's journal entries in order (empty if none)."""
+
+    @abstractmethod
+    def journal_drop(self, job_id: str) -> None:
+        """Forget the job's journal (it ended)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 from cleanroom.errors import NotFound, StoreError
 from cleanroom.model import Decision, JobEvent, JobRecord, JobState, NodeRecord
-from coordinator.store.base import Store
+from coordinator.store.base import Mail, Step, Store
 
 
 class MemoryStore(Store):
@@ -21,6 +22,9 @@ class MemoryStore(Store):
         self._results: dict[str, bytes] = {}
         self._events: dict[str, list[JobEvent]] = {}
         self._nodes: dict[str, NodeRecord] = {}
+        self._mail: dict[str, dict[int, Mail]] = {}
+        self._seq = itertools.count(1)
+        self._journals: dict[str, list[bytes]] = {}
 
     # --- jobs -------------------------------------------------------------
     def create_job(self, job: JobRecord) -> None:
@@ -70,10 +74,19 @@ class MemoryStore(Store):
             self._jobs[job_id] = job
             return job
 
-    def set_progress(self, job_id: str, progress: str, *, at: float) -> None:
+    def set_progress(
+        self, job_id: str, progress: str, *, at: float, progress_json: str = ""
+    ) -> None:
         with self._lock:
-            job = self._job(job_id)
-            self._jobs[job_id] = replace(job, progress=progress, updated_at=at)
+            self._set_progress(job_id, progress, at, progress_json)
+
+    def _set_progress(
+        self, job_id: str, progress: str, at: float, progress_json: str
+    ) -> None:
+        job = self._job(job_id)
+        self._jobs[job_id] = replace(
+            job, progress=progress, progress_json=progress_json, updated_at=at
+        )
 
     # --- decisions, results, events -----------------------------------------
     def record_decision(self, decision: Decision) -> None:
@@ -130,6 +143,81 @@ class MemoryStore(Store):
     def touch_node(self, name: str, *, at: float) -> None:
         with self._lock:
             self._nodes[name] = replace(self._node(name), last_seen=at)
+
+    # --- mailboxes -------------------------------------------------------------
+    def mail_put(self, items: Sequence[tuple[str, str, str, bytes]]) -> list[int]:
+        with self._lock:
+            return self._put(items)
+
+    def _put(self, items: Sequence[tuple[str, str, str, bytes]]) -> list[int]:
+        seqs = []
+        for recipient, job_id, kind, body in items:
+            seq = next(self._seq)
+            box = self._mail.setdefault(recipient, {})
+            box[seq] = Mail(seq, recipient, job_id, kind, bytes(body))
+            seqs.append(seq)
+        return seqs
+
+    def mail_after(self, recipient: str, after: int, *, limit: int) -> list[Mail]:
+        with self._lock:
+            box = self._mail.get(recipient, {})
+            return [box[s] for s in sorted(box) if s > after][: max(limit, 0)]
+
+    def mail_ack(self, recipient: str, upto: int) -> None:
+        with self._lock:
+            box = self._mail.get(recipient, {})
+            for seq in [s for s in box if s <= upto]:
+                del box[seq]
+
+    def mail_discard(
+        self, job_id: str, kinds: Collection[str], *, keep: Collection[str] = ()
+    ) -> None:
+        wanted = set(kinds)
+        with self._lock:
+            for recipient, box in self._mail.items():
+                if recipient in keep:
+                    continue
+                for seq in [
+                    s for s, m in box.items() if m.job_id == job_id and m.kind in wanted
+                ]:
+                    del box[seq]
+
+    def mail_clear(self, recipient: str, kinds: Collection[str]) -> None:
+        wanted = set(kinds)
+        with self._lock:
+            box = self._mail.get(recipient, {})
+            for seq in [s for s, m in box.items() if m.kind in wanted]:
+                del box[seq]
+
+    def mail_count(self, recipient: str) -> int:
+        with self._lock:
+            return len(self._mail.get(recipient, {}))
+
+    # --- protocol journals ----------------------------------------------------
+    def commit_step(self, step: Step) -> list[int]:
+        with self._lock:
+            self._job(step.job_id)
+            self._journals.setdefault(step.job_id, []).extend(
+                bytes(e) for e in step.journal
+            )
+            seqs = self._put([(r, step.job_id, k, b) for r, k, b in step.mail])
+            if step.consumed is not None:
+                box = self._mail.get(step.consumed[0], {})
+                for seq in step.consumed[1]:
+                    box.pop(seq, None)
+            if step.progress is not None:
+                self._set_progress(
+                    step.job_id, step.progress, step.at, step.progress_json
+                )
+            return seqs
+
+    def journal(self, job_id: str) -> list[bytes]:
+        with self._lock:
+            return list(self._journals.get(job_id, []))
+
+    def journal_drop(self, job_id: str) -> None:
+        with self._lock:
+            self._journals.pop(job_id, None)
 
     def close(self) -> None:
         """Nothing to release; the data stays until the object is garbage."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -23,8 +24,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
+    delete,
     event,
+    func,
     insert,
     select,
     update,
@@ -35,9 +39,9 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from cleanroom.errors import ConfigError, NotFound, StoreError
 from cleanroom.model import Decision, JobEvent, JobRecord, JobState, NodeRecord
-from coordinator.store.base import Store
+from coordinator.store.base import Mail, Step, Store
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Seconds a SQLite writer waits for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT = 30.0
@@ -58,6 +62,9 @@ jobs_table = Table(
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
     Column("organisation", String(200), nullable=False, server_default=""),
+    Column("progress_json", Text, nullable=False, server_default=""),
+    Column("signed_request", LargeBinary, nullable=False, default=b""),
+    Column("analyst_bundle", LargeBinary, nullable=False, default=b""),
     # Bumped by append_event; the row lock this takes is what makes seq atomic.
     Column("last_event_seq", Integer, nullable=False, server_default="0"),
     Index("ix_jobs_analyst_created", "analyst", "created_at"),
@@ -102,6 +109,29 @@ nodes_table = Table(
     Column("last_seen", Double, nullable=False),
 )
 
+mail_table = Table(
+    "mail",
+    METADATA,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("recipient", String(300), nullable=False),
+    Column("job_id", String(200), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Index("ix_mail_recipient_seq", "recipient", "seq"),
+    Index("ix_mail_job", "job_id"),
+    sqlite_autoincrement=True,
+)
+
+journal_table = Table(
+    "journal",
+    METADATA,
+    Column("idx", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(200), nullable=False),
+    Column("entry", LargeBinary, nullable=False),
+    Index("ix_journal_job_idx", "job_id", "idx"),
+    sqlite_autoincrement=True,
+)
+
 schema_version_table = Table(
     "schema_version",
     METADATA,
@@ -109,6 +139,33 @@ schema_version_table = Table(
 )
 
 _JOB_COLUMNS = [c for c in jobs_table.c if c.name != "last_event_seq"]
+
+# Hot statements, built once: SQLAlchemy then reuses their compiled form.
+_SELECT_JOB = select(*_JOB_COLUMNS).where(jobs_table.c.job_id == bindparam("job_id"))
+_SET_PROGRESS = (
+    update(jobs_table)
+    .where(jobs_table.c.job_id == bindparam("b_job_id"))
+    .values(
+        progress=bindparam("b_progress"),
+        progress_json=bindparam("b_doc"),
+        updated_at=bindparam("b_at"),
+    )
+)
+_PUT_MAIL = insert(mail_table).returning(mail_table.c.seq)
+_MAIL_AFTER = (
+    select(mail_table)
+    .where(
+        mail_table.c.recipient == bindparam("recipient"),
+        mail_table.c.seq > bindparam("after"),
+    )
+    .order_by(mail_table.c.seq)
+    .limit(bindparam("limit"))
+)
+_ACK_MAIL = delete(mail_table).where(
+    mail_table.c.recipient == bindparam("b_recipient"),
+    mail_table.c.seq <= bindparam("b_upto"),
+)
+_ADD_JOURNAL = insert(journal_table)
 
 
 class SqlStore(Store):
@@ -126,6 +183,11 @@ class SqlStore(Store):
         # SQLite writers take the write lock up front (BEGIN IMMEDIATE) so that
         # they queue on the busy timeout instead of failing mid-transaction.
         self._writer = self._engine.execution_options(cleanroom_write=True)
+        # SQLite has one writer at a time; writers of this process queue on a lock
+        # here rather than in SQLite's busy handler, which sleeps up to 100 ms.
+        self._serial = (
+            threading.Lock() if self._url.get_backend_name() == "sqlite" else None
+        )
         try:
             self._open_schema()
         except BaseException:
@@ -202,15 +264,18 @@ class SqlStore(Store):
                 return None
             return _job_from_row(row)
 
-    def set_progress(self, job_id: str, progress: str, *, at: float) -> None:
-        stmt = (
-            update(jobs_table)
-            .where(jobs_table.c.job_id == job_id)
-            .values(progress=progress, updated_at=at)
-        )
+    def set_progress(
+        self, job_id: str, progress: str, *, at: float, progress_json: str = ""
+    ) -> None:
         with self._write("set progress") as conn:
-            if conn.execute(stmt).rowcount == 0:
-                raise NotFound(f"no job {job_id!r}")
+            self._set_progress(conn, job_id, progress, at, progress_json)
+
+    def _set_progress(
+        self, conn: Connection, job_id: str, progress: str, at: float, doc: str
+    ) -> None:
+        values = {"b_job_id": job_id, "b_progress": progress, "b_doc": doc, "b_at": at}
+        if conn.execute(_SET_PROGRESS, values).rowcount == 0:
+            raise NotFound(f"no job {job_id!r}")
 
     # --- decisions, results, events -----------------------------------------
     def record_decision(self, decision: Decision) -> None:
@@ -320,6 +385,101 @@ class SqlStore(Store):
             if conn.execute(stmt).rowcount == 0:
                 raise NotFound(f"no node {name!r}")
 
+    # --- mailboxes -------------------------------------------------------------
+    def mail_put(self, items: Sequence[tuple[str, str, str, bytes]]) -> list[int]:
+        with self._write("queue mail") as conn:
+            return self._put(conn, items)
+
+    def _put(
+        self, conn: Connection, items: Sequence[tuple[str, str, str, bytes]]
+    ) -> list[int]:
+        seqs = []
+        for recipient, job_id, kind, body in items:
+            row = {"recipient": recipient, "job_id": job_id, "kind": kind, "body": body}
+            seqs.append(int(conn.execute(_PUT_MAIL, row).scalar_one()))
+        return seqs
+
+    def mail_after(self, recipient: str, after: int, *, limit: int) -> list[Mail]:
+        if limit <= 0:
+            return []
+        args = {"recipient": recipient, "after": after, "limit": limit}
+        with self._read("read mail") as conn:
+            return [
+                Mail(int(r.seq), r.recipient, r.job_id, r.kind, bytes(r.body))
+                for r in conn.execute(_MAIL_AFTER, args)
+            ]
+
+    def mail_ack(self, recipient: str, upto: int) -> None:
+        with self._write("acknowledge mail") as conn:
+            conn.execute(_ACK_MAIL, {"b_recipient": recipient, "b_upto": upto})
+
+    def mail_discard(
+        self, job_id: str, kinds: Collection[str], *, keep: Collection[str] = ()
+    ) -> None:
+        wanted = sorted(set(kinds))
+        if not wanted:
+            return
+        stmt = delete(mail_table).where(
+            mail_table.c.job_id == job_id, mail_table.c.kind.in_(wanted)
+        )
+        if keep:
+            stmt = stmt.where(mail_table.c.recipient.not_in(sorted(set(keep))))
+        with self._write("discard mail") as conn:
+            conn.execute(stmt)
+
+    def mail_clear(self, recipient: str, kinds: Collection[str]) -> None:
+        wanted = sorted(set(kinds))
+        if not wanted:
+            return
+        stmt = delete(mail_table).where(
+            mail_table.c.recipient == recipient, mail_table.c.kind.in_(wanted)
+        )
+        with self._write("clear mail") as conn:
+            conn.execute(stmt)
+
+    def mail_count(self, recipient: str) -> int:
+        query = select(func.count()).where(mail_table.c.recipient == recipient)
+        with self._read("count mail") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # --- protocol journals ----------------------------------------------------
+    def commit_step(self, step: Step) -> list[int]:
+        with self._write("commit a protocol step") as conn:
+            self._job_row(conn, step.job_id)
+            if step.journal:
+                conn.execute(
+                    _ADD_JOURNAL,
+                    [{"job_id": step.job_id, "entry": e} for e in step.journal],
+                )
+            seqs = self._put(conn, [(r, step.job_id, k, b) for r, k, b in step.mail])
+            if step.consumed is not None:
+                box, done = step.consumed
+                conn.execute(
+                    delete(mail_table).where(
+                        mail_table.c.recipient == box,
+                        mail_table.c.seq.in_(sorted(done)),
+                    )
+                )
+            if step.progress is not None:
+                self._set_progress(
+                    conn, step.job_id, step.progress, step.at, step.progress_json
+                )
+            return seqs
+
+    def journal(self, job_id: str) -> list[bytes]:
+        query = (
+            select(journal_table.c.entry)
+            .where(journal_table.c.job_id == job_id)
+            .order_by(journal_table.c.idx)
+        )
+        with self._read("read journal") as conn:
+            return [bytes(e) for e in conn.execute(query).scalars()]
+
+    def journal_drop(self, job_id: str) -> None:
+        stmt = delete(journal_table).where(journal_table.c.job_id == job_id)
+        with self._write("drop journal") as conn:
+            conn.execute(stmt)
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -331,12 +491,15 @@ class SqlStore(Store):
 
     @contextmanager
     def _write(self, action: str) -> Iterator[Connection]:
-        with _store_errors(action), self._writer.begin() as conn:
+        if self._serial is None:
+            with _store_errors(action), self._writer.begin() as conn:
+                yield conn
+            return
+        with self._serial, _store_errors(action), self._writer.begin() as conn:
             yield conn
 
     def _job_row(self, conn: Connection, job_id: str) -> Row[Any]:
-        query = select(*_JOB_COLUMNS).where(jobs_table.c.job_id == job_id)
-        row = conn.execute(query).first()
+        row = conn.execute(_SELECT_JOB, {"job_id": job_id}).first()
         if row is None:
             raise NotFound(f"no job {job_id!r}")
         return row
@@ -465,6 +628,9 @@ def _job_from_row(row: Row[Any]) -> JobRecord:
         created_at=float(row.created_at),
         updated_at=float(row.updated_at),
         organisation=row.organisation,
+        progress_json=row.progress_json,
+        signed_request=bytes(row.signed_request or b""),
+        analyst_bundle=bytes(row.analyst_bundle or b""),
     )
 
 

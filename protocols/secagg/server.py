@@ -9,7 +9,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cleanroom.errors import ConfigError, ProtocolAbort, ProtocolError
-from protocols.party import CoordinatorParty, Inbound, Outbound
+from protocols.party import CoordinatorParty, Inbound, Outbound, Progress
 from protocols.prg import MaskVector, add_masks
 from protocols.secagg import keys
 from protocols.secagg.config import SecAggConfig
@@ -121,6 +121,22 @@ class SecAggServer(CoordinatorParty):
             return []
         self._check_threshold()
         return self._advance_if_complete()
+
+    def waiting_for(self) -> frozenset[str]:
+        """The live parties the current stage still waits for."""
+        if not self._started or self._stage is None:
+            return frozenset()
+        return frozenset(self._expected - self._received - self._gone)
+
+    def progress(self) -> Progress:
+        if self._stage is None:
+            return Progress(stage="unmasked")
+        live = self._expected - self._gone
+        return Progress(
+            stage=self._stage,
+            heard=len(self._received & live),
+            expected=len(live),
+        )
 
     def sum_vector(self) -> MaskVector:
         """The survivors' exact sum mod 2^modulus_bits; only valid once finished."""

@@ -13,11 +13,17 @@ from benchmarks import plain_jobs
 from cleanroom.catalog import ColumnInfo, DatasetInfo
 from cleanroom.errors import SpecError
 from cleanroom.jobspec import parse_spec
-from cleanroom.jobtypes import get
+from cleanroom.jobtypes import get, load_plugins, names
 from cleanroom.jobtypes.base import CoordinatorContext, NodeContext
 from protocols.party import COORDINATOR, Inbound
 
 NODES = ("n1", "n2", "n3")
+PLUGINS = ("bench_plain_sum", "bench_plain_vector", "bench_secure_vector")
+
+
+@pytest.fixture(autouse=True)
+def _plugins() -> None:
+    load_plugins(PLUGINS)
 
 
 def _spec(job_type: str, params: dict[str, object]) -> str:
@@ -59,7 +65,8 @@ def _run(spec_text: str, frames: dict[str, pd.DataFrame], min_group: int = 5) ->
     return dict(coordinator.result())
 
 
-def test_registered_only_by_importing_the_plugin() -> None:
+def test_loaded_only_as_named_entry_point_plugins() -> None:
+    assert set(PLUGINS) <= set(names())
     assert get("bench_plain_sum").summary.startswith("BENCHMARK ONLY")
     assert get("bench_plain_vector").summary.startswith("BENCHMARK ONLY")
 

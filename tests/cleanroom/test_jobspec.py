@@ -69,3 +69,31 @@ def test_unknown_job_type_lists_known_types() -> None:
         jobtypes.get("no_such_type")
     assert info.value.path == "type"
     assert "count" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("type: count\ntype: x\ninputs: []\npurpose: r\n", "duplicate key"),
+        ("type: count\nparams: {where: 1, where: 2}\n", "duplicate key"),
+        ("a: &x 1\nb: *x\n", "aliases are not allowed"),
+        ("x: " + "[" * 3000 + "]" * 3000 + "\n", "nested deeper than 64"),
+        (
+            "type: count\ninputs: [{node: a, dataset: d}]\npurpose: r\n"
+            "deadline_seconds: 0\n",
+            "deadline_seconds",
+        ),
+    ],
+)
+def test_hostile_yaml_is_refused_with_a_clear_error(text: str, fragment: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(text)
+    assert fragment in str(caught.value)
+
+
+def test_a_deadline_is_read() -> None:
+    spec = parse_spec(
+        "type: count\ninputs: [{node: a, dataset: d}]\npurpose: r\n"
+        "deadline_seconds: 2.5\n"
+    )
+    assert spec.deadline_seconds == 2.5

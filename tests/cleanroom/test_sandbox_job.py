@@ -23,23 +23,33 @@ from cleanroom.audit.log import AuditLog
 from cleanroom.catalog import ColumnInfo, DatasetInfo
 from cleanroom.errors import ConfigError, ProtocolError, SandboxError, SpecError
 from cleanroom.jobspec import JobInput, parse_spec
-from cleanroom.jobtypes import sandbox_job
-from cleanroom.jobtypes.sandbox_job import (
-    STAGE_DECISION,
+from cleanroom.jobtypes.hooks import (
+    AdmissionContext,
+    NodeEnvironment,
+    Verdict,
+)
+from cleanroom.jobtypes.sandbox import make_spec
+from cleanroom.jobtypes.sandbox import params as sandbox_params
+from cleanroom.jobtypes.sandbox import service as sandbox_service
+from cleanroom.jobtypes.sandbox.book import SandboxBook
+from cleanroom.jobtypes.sandbox.parties import (
+    HOLDER_DECIDED,
     STAGE_HELD,
     STAGE_OUTPUT,
     SandboxOutcome,
-    make_spec,
-    spec_bundle_digest,
+)
+from cleanroom.jobtypes.sandbox.service import (
+    SandboxService,
+    SandboxSettings,
+    public_reason,
 )
 from cleanroom.keys import verify_statement
-from node import sandbox_service
-from node.config import DatasetConfig, NodeConfig
+from cleanroom.localdb import LocalDatabase
+from node.config import DatasetConfig
 from node.datasets import DatasetRegistry
-from node.policy import Outcome, PolicyDecision, PolicySet
-from node.sandbox_service import SandboxService, SandboxSettings, public_reason
-from node.state import JobStatus, LocalJob, NodeState
-from protocols.party import COORDINATOR, Inbound
+from node.policy import PolicySet
+from node.services import Datasets, Policies
+from protocols.party import COORDINATOR, Inbound, LocalEvent
 from sandbox import NO_ENGINE, bundle_digest
 
 TRAIN = "import pandas as pd\nprint(len(pd.read_csv('/data/data.csv')))\n"
@@ -69,6 +79,15 @@ def _validate(text: str, catalog: Mapping[JobInput, DatasetInfo] | None = None) 
     jobtypes.get("sandbox").validate(spec, catalog or {})
 
 
+def spec_bundle_digest(spec: Any) -> str:
+    digest: str = jobtypes.get("sandbox").params(spec).digest
+    return digest
+
+
+def _review(spec: Any) -> sandbox_params.BundleReview:
+    return sandbox_params.review(jobtypes.get("sandbox").params(spec))
+
+
 # ------------------------------------------------------------ spec building --
 def test_make_spec_round_trips_and_pins_the_code(code: Path) -> None:
     text = _spec(code, timeout_seconds=30, outputs={"metrics.json": "accuracy"})
@@ -78,7 +97,7 @@ def test_make_spec_round_trips_and_pins_the_code(code: Path) -> None:
     assert spec.params["timeout_seconds"] == 30
     assert spec_bundle_digest(spec) == bundle_digest(code)
     assert _spec(code, timeout_seconds=30, outputs={"metrics.json": "accuracy"}) == text
-    review = sandbox_job.review(spec)
+    review = _review(spec)
     assert [name for name, _ in review.files] == ["lib/util.py", "main.py"]
     assert review.findings == ()
 
@@ -91,7 +110,7 @@ def test_one_changed_byte_is_a_different_digest(code: Path) -> None:
 
 def test_static_findings_are_shown_for_review(code: Path) -> None:
     (code / "main.py").write_text("import socket\nopen('/etc/passwd')\n")
-    rules = {f.rule for f in sandbox_job.review(parse_spec(_spec(code))).findings}
+    rules = {f.rule for f in _review(parse_spec(_spec(code))).findings}
     assert rules == {"network", "host-path"}
 
 
@@ -191,7 +210,7 @@ def _parties(code: Path, host: FakeHost) -> tuple[Any, Any, bytes]:
     node = job.node_party(
         jobtypes.NodeContext(
             "j1", spec, "n1", "d", frame, "dhash", 5, key, spec.nodes, publics,
-            services={"sandbox": host},
+            service=host,
         )
     )  # fmt: skip
     coord = job.coordinator_party(
@@ -232,9 +251,9 @@ def test_held_output_waits_for_the_holder_then_is_released(code: Path) -> None:
     assert notice.stage == STAGE_HELD and not node.finished
     assert coord.receive(Inbound("n1", notice.stage, notice.payload)) == []
     assert not coord.finished
-    assert node.receive(Inbound(COORDINATOR, STAGE_DECISION, b"")) == []
+    assert node.local_event(LocalEvent(HOLDER_DECIDED)) == []
     host.decision = ("released", "fine")
-    (out,) = node.receive(Inbound(COORDINATOR, STAGE_DECISION, b""))
+    (out,) = node.local_event(LocalEvent(HOLDER_DECIDED))
     coord.receive(Inbound("n1", out.stage, out.payload))
     result = dict(coord.result())
     assert result["released_by"] == "holder"
@@ -249,7 +268,7 @@ def test_rejected_output_fails_the_job_with_the_reason(code: Path) -> None:
     with pytest.raises(
         SandboxError, match="rejected the output: raw rows, not a model"
     ):
-        node.receive(Inbound(COORDINATOR, STAGE_DECISION, b""))
+        node.local_event(LocalEvent(HOLDER_DECIDED))
     with pytest.raises(ProtocolError):
         node.receive(Inbound(COORDINATOR, "sandbox.other", b""))
 
@@ -280,62 +299,50 @@ def service(tmp_path: Path) -> Any:
     data = tmp_path / "d.csv"
     pd.DataFrame({"pid": [f"p{i}" for i in range(30)], "age": range(30),
                   "ssn": range(30)}).to_csv(data, index=False)  # fmt: skip
-    datasets = (DatasetConfig("d", data, id_column="pid"),)
-    config = NodeConfig(
-        "n1", "localhost:1", "coordinator", tmp_path, tmp_path / "c", tmp_path / "k",
-        tmp_path / "ca", datasets, POLICY, {"max_timeout_seconds": 600},
+    registry = DatasetRegistry((DatasetConfig("d", data, id_column="pid"),))
+    db = LocalDatabase(tmp_path / "node.db")
+    audit = AuditLog(db, owner="n1", signing_key=Ed25519PrivateKey.generate())
+    policy = PolicySet.from_mapping(POLICY)
+    env = NodeEnvironment(
+        node="n1", data_dir=tmp_path, settings={"max_timeout_seconds": 600},
+        audit=audit, datasets=Datasets(registry), policy=Policies(policy, registry),
+        db=db,
     )  # fmt: skip
-    state = NodeState(tmp_path / "node.db")
-    audit = AuditLog(tmp_path / "audit.db", owner="n1",
-                     signing_key=Ed25519PrivateKey.generate())  # fmt: skip
-    svc = SandboxService(
-        config, state=state, audit=audit, policy=PolicySet.from_mapping(POLICY),
-        datasets=DatasetRegistry(datasets), deliver=lambda m: None,
-    )  # fmt: skip
-    svc.test_state, svc.test_audit = state, audit  # type: ignore[attr-defined]
+    svc = SandboxService(env)
+    svc.test_audit, svc.test_registry = audit, registry  # type: ignore[attr-defined]
     yield svc
-    state.close()
-    audit.close()
+    db.close()
 
 
-APPROVE = PolicyDecision(Outcome.APPROVE, ("ok",), "v1")
-
-
-def _record(state: NodeState, job_id: str, text: str) -> None:
-    state.record(LocalJob(job_id, "alice", "sandbox", "d", "research", text,
-                          JobStatus.PENDING, "", "", False, 0.0, 0.0))  # fmt: skip
+def _admit(service: Any, job_id: str, spec: Any) -> Any:
+    ctx = AdmissionContext(job_id, "n1", "d", "alice", "", service, service.test_audit,
+                           "approve")  # fmt: skip
+    return service.admit(jobtypes.get("sandbox").params(spec), ctx)
 
 
 def test_unapproved_code_is_held_and_approving_pins_its_digest(
     service: Any, code: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sandbox_service, "engine_available", lambda: True)
-    state = service.test_state
     text = _spec(code)
     spec = parse_spec(text)
-    held = service.admit("j1", spec, APPROVE)
-    assert held.outcome == Outcome.HOLD
+    held = _admit(service, "j1", spec)
+    assert held.verdict == Verdict.HOLD
     assert "has not been approved for dataset 'd'" in held.reasons[0]
-    _record(state, "j1", text)
-    state.holder_decide("j1", True, "ok", sandbox_digest=spec_bundle_digest(spec))
-    assert service.admit("j2", spec, APPROVE) == APPROVE
+    service.book.approve_digest("d", spec_bundle_digest(spec), "j1")
+    assert _admit(service, "j2", spec) is None
     # The same approval never covers changed code, even by one byte.
     (code / "main.py").write_text(TRAIN + "# one more line\n")
-    again = service.admit("j3", parse_spec(_spec(code)), APPROVE)
-    assert again.outcome == Outcome.HOLD
-    # A policy hold stays a hold, and a denial stays a denial.
-    manual = PolicyDecision(Outcome.HOLD, ("manual",), "v1")
-    assert service.admit("j4", spec, manual) == manual
-    deny = PolicyDecision(Outcome.DENY, ("no",), "v1")
-    assert service.admit("j5", spec, deny) == deny
+    again = _admit(service, "j3", parse_spec(_spec(code)))
+    assert again.verdict == Verdict.HOLD
 
 
 def test_without_an_engine_sandbox_jobs_are_refused(
     service: Any, code: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sandbox_service, "engine_available", lambda: False)
-    decision = service.admit("j1", parse_spec(_spec(code)), APPROVE)
-    assert decision.outcome == Outcome.DENY
+    decision = _admit(service, "j1", parse_spec(_spec(code)))
+    assert decision.verdict == Verdict.DENY
     assert decision.reasons == (NO_ENGINE,)
 
 
@@ -343,10 +350,8 @@ def test_timeouts_beyond_the_nodes_limit_are_refused(
     service: Any, code: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sandbox_service, "engine_available", lambda: True)
-    decision = service.admit(
-        "j1", parse_spec(_spec(code, timeout_seconds=601)), APPROVE
-    )
-    assert decision.outcome == Outcome.DENY
+    decision = _admit(service, "j1", parse_spec(_spec(code, timeout_seconds=601)))
+    assert decision.verdict == Verdict.DENY
     assert "exceeds this node's limit 600" in decision.reasons[0]
 
 
@@ -356,7 +361,7 @@ def test_unapproved_code_never_reaches_a_runner(service: Any, code: Path) -> Non
 
     service._runner = no_runner
     spec = parse_spec(_spec(code))
-    frame = pd.read_csv(service._registry.fresh("d").config.path)
+    frame = pd.read_csv(service.test_registry.fresh("d").config.path)
     ctx = jobtypes.NodeContext("j1", spec, "n1", "d", frame, "h", 5,
                                Ed25519PrivateKey.generate(), ("n1",), {})  # fmt: skip
     with pytest.raises(SandboxError, match="is not approved for dataset 'd'"):
@@ -366,8 +371,8 @@ def test_unapproved_code_never_reaches_a_runner(service: Any, code: Path) -> Non
 
 
 def test_forbidden_columns_never_reach_the_sandbox(service: Any, code: Path) -> None:
-    params = sandbox_job.parse_params(parse_spec(_spec(code)))
-    frame = pd.read_csv(service._registry.fresh("d").config.path)
+    params = sandbox_params.parse_params(parse_spec(_spec(code)))
+    frame = pd.read_csv(service.test_registry.fresh("d").config.path)
     spec = parse_spec(_spec(code))
     key = Ed25519PrivateKey.generate()
     ctx = jobtypes.NodeContext("j1", spec, "n1", "d", frame, "h", 5, key, ("n1",), {})
@@ -375,7 +380,7 @@ def test_forbidden_columns_never_reach_the_sandbox(service: Any, code: Path) -> 
 
 
 def test_held_output_decisions_are_recorded_once(service: Any) -> None:
-    state = service.test_state
+    state: SandboxBook = service.book
     assert service.output_decision("j1") is None
     state.hold_output("j1", ["a reason"])
     assert service.output_decision("j1") is None

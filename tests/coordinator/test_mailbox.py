@@ -1,37 +1,59 @@
-"""Mailboxes: a waiting long poll must see work queued after another job ends."""
+"""Mailboxes: durable in the store, acknowledged by seq, and a waiting long poll
+sees work queued after another job ends."""
 
 import threading
 import time
 
-from coordinator.mailbox import Mailboxes, Presence
-from proto import cleanroom_pb2 as pb
+from cleanroom import wire
+from coordinator.mailbox import Mailboxes
+from coordinator.presence import Presence
+from coordinator.store import MemoryStore
+
+
+def _message(job_id: str) -> wire.ProtocolMessage:
+    return wire.ProtocolMessage(job_id, "a", "n1", "s", b"x")
 
 
 def test_waiting_pull_sees_work_after_a_job_is_discarded() -> None:
-    boxes = Mailboxes()
-    boxes.put("n1", pb.WorkItem(message=pb.ProtocolMessage(job_id="old")))
-    assert len(boxes.take("n1", 0.1)) == 1
-    got: list[pb.WorkItem] = []
-    waiter = threading.Thread(target=lambda: got.extend(boxes.take("n1", 5.0)))
+    boxes = Mailboxes(MemoryStore())
+    boxes.put("n1", _message("old"))
+    (first,) = boxes.take("n1", ack=0, wait=0.1)
+    got: list[wire.WorkItem] = []
+    waiter = threading.Thread(
+        target=lambda: got.extend(boxes.take("n1", ack=first.seq, wait=5.0))
+    )
     waiter.start()
     time.sleep(0.1)
     boxes.discard_job("old")
     started = time.monotonic()
-    boxes.put("n1", pb.WorkItem(stop=pb.StopJob(job_id="new")))
+    boxes.put("n1", wire.StopJob("new", "failed", ""))
     waiter.join(6)
-    assert [i.stop.job_id for i in got] == ["new"]
+    assert [i.work.job_id for i in got] == ["new"]
     assert time.monotonic() - started < 2.0
 
 
+def test_items_stay_until_acknowledged() -> None:
+    store = MemoryStore()
+    boxes = Mailboxes(store)
+    boxes.put_many([("n1", _message("a")), ("n1", _message("b"))])
+    once = boxes.take("n1", ack=0, wait=0.0)
+    again = boxes.take("n1", ack=0, wait=0.0)  # the first batch was lost
+    assert [i.work for i in once] == [i.work for i in again]
+    assert once[0].seq < once[1].seq
+    rest = boxes.take("n1", ack=once[0].seq, wait=0.0)
+    assert [i.work.job_id for i in rest] == ["b"]
+    assert store.mail_count("n1") == 1
+
+
 def test_discard_keeps_other_jobs_and_stop_notices() -> None:
-    boxes = Mailboxes()
-    boxes.put("n1", pb.WorkItem(message=pb.ProtocolMessage(job_id="a")))
-    boxes.put("n1", pb.WorkItem(message=pb.ProtocolMessage(job_id="b")))
-    boxes.put("n1", pb.WorkItem(stop=pb.StopJob(job_id="a")))
+    boxes = Mailboxes(MemoryStore())
+    boxes.put("n1", _message("a"))
+    boxes.put("n1", _message("b"))
+    boxes.put("n1", wire.StopJob("a", "failed", "why"))
     boxes.discard_job("a")
-    items = boxes.take("n1", 0.1)
-    assert [i.WhichOneof("kind") for i in items] == ["message", "stop"]
-    assert items[0].message.job_id == "b"
+    items = boxes.take("n1", ack=0, wait=0.1)
+    assert [type(i.work).__name__ for i in items] == ["ProtocolMessage", "StopJob"]
+    assert items[0].work.job_id == "b"
 
 
 def test_presence_times_out_without_contact() -> None:

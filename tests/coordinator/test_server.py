@@ -12,10 +12,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cleanroom import pki
-from cleanroom.client import Client
+from cleanroom import pki, wire
 from cleanroom.errors import AuthError, ConfigError, NotFound
 from cleanroom.keys import NodeKeys, make_key_bundle
+from cleanroom.links import GrpcAnalystLink
 from cleanroom.model import JobRecord, JobState
 from cleanroom.pki import TlsIdentity
 from cleanroom.transport import from_chunks, secure_channel
@@ -56,8 +56,7 @@ def _address(c: RunningCoordinator) -> str:
 
 
 def test_health_service_serves(coordinator: RunningCoordinator, pki_dir: Path) -> None:
-    with Client(
-        address=_address(coordinator), identity=_identity(pki_dir, "alice")
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "alice")
     ) as client:
         assert client.healthy()
 
@@ -90,7 +89,7 @@ def test_certificate_from_another_ca_is_refused(
         (other / "alice.key").read_bytes(),
         (pki_dir / "ca.crt").read_bytes(),
     )
-    with Client(address=_address(coordinator), identity=forged, deadline=5) as client:
+    with GrpcAnalystLink(_address(coordinator), forged, deadline=5) as client:
         assert not client.healthy()
         with pytest.raises(Exception):
             client.list_jobs()
@@ -115,8 +114,7 @@ def test_analyst_certificate_cannot_act_as_node(
 def test_node_certificate_cannot_use_analyst_api(
     coordinator: RunningCoordinator, pki_dir: Path
 ) -> None:
-    with Client(
-        address=_address(coordinator), identity=_identity(pki_dir, "n1")
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "n1")
     ) as client:
         with pytest.raises(AuthError, match="node certificate"):
             client.list_jobs()
@@ -140,7 +138,7 @@ def test_node_cannot_register_another_nodes_keys(
 def test_result_of_100_mb_streams_in_chunks(
     coordinator: RunningCoordinator, pki_dir: Path
 ) -> None:
-    store = coordinator.scheduler.store
+    store = coordinator.state.store
     store.create_job(
         JobRecord(
             "job-big",
@@ -158,12 +156,10 @@ def test_result_of_100_mb_streams_in_chunks(
     blob = {"result": {"payload": "x" * (100 * 1024 * 1024)}}
     data = json.dumps(blob).encode()
     store.put_result("job-big", data)
-    with Client(
-        address=_address(coordinator), identity=_identity(pki_dir, "alice")
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "alice")
     ) as client:
         assert client.result_bytes("job-big") == data
-    with Client(
-        address=_address(coordinator), identity=_identity(pki_dir, "bob")
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "bob")
     ) as client:
         with pytest.raises(NotFound):
             client.result_bytes(
@@ -190,35 +186,34 @@ def test_long_polls_leave_workers_free_and_extra_pulls_retry_later(
         bundle = make_key_bundle(name, NodeKeys.generate(), _identity(pki_dir, name))
         stub.Register(pb.RegisterRequest(key_bundle=bundle.to_bytes()), timeout=5)
 
-    def pull(node: str, wait: float) -> pb.WorkBatch:
-        chunks = stubs[node].PullWork(pb.PullRequest(wait_seconds=wait), timeout=30)
+    def pull(node: str, wait: float, ack: int = 0) -> pb.WorkBatch:
+        request = pb.PullRequest(wait_seconds=wait, ack_seq=ack)
+        chunks = stubs[node].PullWork(request, timeout=30)
         return from_chunks(chunks, pb.WorkBatch)
 
     try:
         with ThreadPoolExecutor(2) as pool:
             waiting = [pool.submit(pull, n, 20.0) for n in ("n1", "n2")]
-            presence = running.scheduler.presence
+            presence = running.state.presence
             assert wait_until(
                 lambda: presence.connected("n1") and presence.connected("n2")
             )
-            assert wait_until(lambda: running.scheduler.polls_waiting == 2)
+            assert wait_until(lambda: running.state.polls.waiting == 2)
             extra = pull("n1", 20.0)
             assert not extra.items and extra.retry_after_seconds > 0
-            with Client(address=address, identity=_identity(pki_dir, "alice")) as c:
+            with GrpcAnalystLink(address, _identity(pki_dir, "alice")) as c:
                 assert c.healthy()
-                assert c.list_jobs() == []
+                assert c.list_jobs(100) == []
             assert not any(w.done() for w in waiting), "the long polls gave up early"
             # Work for a waiting node still reaches it.
-            running.scheduler.mailboxes.put(
-                "n2", pb.WorkItem(stop=pb.StopJob(job_id="j"))
-            )
-            running.scheduler.mailboxes.put(
-                "n1", pb.WorkItem(stop=pb.StopJob(job_id="j"))
-            )
+            running.state.mailboxes.put("n2", wire.StopJob("j", "failed", ""))
+            running.state.mailboxes.put("n1", wire.StopJob("j", "failed", ""))
             batches = [w.result(timeout=10) for w in waiting]
         assert all(len(b.items) == 1 and b.retry_after_seconds == 0 for b in batches)
-        # With the slots free again a pull waits, and an empty one asks for no pause.
-        again = pull("n1", 0.2)
+        # With the slots free again a pull waits, and an empty one asks for no pause;
+        # the item delivered before comes again until it is acknowledged.
+        assert pull("n1", 0.2).items[0].seq == batches[0].items[0].seq
+        again = pull("n1", 0.2, ack=max(b.items[0].seq for b in batches))
         assert not again.items and again.retry_after_seconds == 0
     finally:
         for channel in channels.values():

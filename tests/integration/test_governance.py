@@ -186,7 +186,7 @@ def test_fifty_concurrent_submissions_never_overspend(tmp_path: Path) -> None:
                 assert "quota 'jobs' per day" in job.reason
         for node in two:
             config = NodeConfig.load(workdir / "nodes" / node / "node.toml")
-            meters = Meters(config.data_dir / "meters.db")
+            meters = Meters(config.data_dir / "node.db")
             try:
                 jobs = [r for r in meters.usage() if r.meter == "jobs"]
                 assert sum(r.used_today for r in jobs) <= 5
@@ -198,7 +198,6 @@ def test_fifty_concurrent_submissions_never_overspend(tmp_path: Path) -> None:
 
 
 def test_policy_by_organisation_reads_the_analysts_certificate(tmp_path: Path) -> None:
-    from cleanroom import pki
 
     paths = make_csvs(tmp_path)
     rules = {**RULES, "organisations": ["acme-research"]}

@@ -267,7 +267,7 @@ def test_node_killed_mid_job_fails_it_and_the_node_reconnects(
     config = NodeConfig.load(Path(_node_config(workdir, "h2")))
 
     def released() -> bool:
-        meters = Meters(config.data_dir / "meters.db")
+        meters = Meters(config.data_dir / "node.db")
         try:
             return sum(r.reserved_total for r in meters.usage()) == 0
         finally:

@@ -22,7 +22,7 @@ from helpers.federation import cli, wait_for
 
 from cleanroom import local
 from cleanroom.client import Client
-from cleanroom.jobtypes.sandbox_job import make_spec
+from cleanroom.jobtypes.sandbox import make_spec
 from sandbox import bundle_digest
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -104,7 +104,7 @@ class Fed:
         return cli("node", *args, "--config", self.config, check=check)
 
     def audit(self, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-        with sqlite3.connect(self.data_dir / "audit.db") as db:
+        with sqlite3.connect(self.data_dir / "node.db") as db:
             rows = db.execute("SELECT kind, data FROM entries WHERE job_id=? "
                               "ORDER BY idx", (job_id,)).fetchall()  # fmt: skip
         return [(kind, json.loads(data)) for kind, data in rows]
@@ -148,13 +148,13 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
     federation = local.up(workdir=workdir, nodes=[(NODE, csv)], policy=policy,
                           node_timeout=5.0)  # fmt: skip
     try:
-        # Restart the node with its identifier column and a [sandbox] table.
+        # Restart the node with its identifier column and a [jobtypes.sandbox] table.
         pid = federation.processes[f"node:{NODE}"]
         os.killpg(pid, signal.SIGTERM)
         wait_for(lambda: not local._alive(pid), what="the node to stop")
         config = workdir / "nodes" / NODE / "node.toml"
         config.write_text(config.read_text() + 'id_column = "patient_id"\n\n'
-                          "[sandbox]\nmemory_mb = 512\npids = 64\ntmp_mb = 32\n"
+                          "[jobtypes.sandbox]\nmemory_mb = 512\npids = 64\ntmp_mb = 32\n"
                           "output_mb = 8\nmax_timeout_seconds = 120\n"
                           'sensitive_columns = ["diagnosis"]\n')  # fmt: skip
         federation.processes[f"node:{NODE}"] = local._spawn(
@@ -201,8 +201,8 @@ def test_reviewed_training_code_runs_and_its_metrics_reach_the_analyst(
         shown = fed.node("jobs", "--show", job).stdout
         assert "main.py" in shown and digest in shown and "static findings" in shown
         doc = json.loads(fed.node("jobs", "--show", job, "--json").stdout)
-        assert doc["sandbox"]["digest"] == digest
-        assert doc["sandbox"]["approved_for_dataset"] is False
+        assert doc["review"]["digest"] == digest
+        assert doc["review"]["approved_for_dataset"] is False
         # Unapproved code never starts: no container, no run in the audit log.
         time.sleep(1.5)
         assert fed.containers() == []
@@ -225,7 +225,7 @@ def test_reviewed_training_code_runs_and_its_metrics_reach_the_analyst(
         assert ran["digest"] == digest and ran["image"] == fed.image
         assert ran["image_id"].startswith("sha256:") and ran["exit_code"] == 0
         assert ran["cpu_seconds"] > 0
-        with sqlite3.connect(fed.data_dir / "meters.db") as db:
+        with sqlite3.connect(fed.data_dir / "node.db") as db:
             used = dict(db.execute("SELECT meter, used FROM amounts WHERE job_id=?",
                                    (job,)).fetchall())  # fmt: skip
         assert used["sandbox_cpu_seconds"] > 0 and used["rows"] == len(fed.frame)
@@ -318,7 +318,7 @@ def test_hostile_code_fails_clearly_and_is_audited(fed: Fed) -> None:
             assert expected in failed["reason"] and failed["image"] == fed.image
             assert any(k == "job.failed" and expected in d["reason"] for k, d in audit)
             # A failed run is billed the CPU it burned, as a successful one is.
-            with sqlite3.connect(fed.data_dir / "meters.db") as db:
+            with sqlite3.connect(fed.data_dir / "node.db") as db:
                 used = dict(db.execute("SELECT meter, used FROM amounts WHERE job_id=?",
                                        (job,)).fetchall())  # fmt: skip
             billed = used.get("sandbox_cpu_seconds", 0.0)
@@ -351,13 +351,14 @@ def test_suspicious_output_is_held_until_the_holder_decides(fed: Fed) -> None:
                      timeout=90, what="the output to be held")  # fmt: skip
             assert client.status(job).job.state.value == "running"
         listed = {j["job_id"]: j for j in json.loads(fed.node("jobs", "--json").stdout)}
-        assert "reproduces a dataset row" in " ".join(listed[rows_job]["output_held"])
+        assert listed[rows_job]["waiting"] == "output held"
+        assert "reproduces a dataset row" in listed[rows_job]["why"]
         review = json.loads(fed.node("jobs", "--show", rows_job, "--json").stdout)
-        reasons = " ".join(review["sandbox"]["held_output"]["reasons"])
+        reasons = " ".join(review["review"]["held_output"]["reasons"])
         assert "reproduces a dataset row" in reasons
         ids_review = json.loads(fed.node("jobs", "--show", ids_job, "--json").stdout)
         assert "identifier column 'patient_id'" in " ".join(
-            ids_review["sandbox"]["held_output"]["reasons"]
+            ids_review["review"]["held_output"]["reasons"]
         )
         time.sleep(1)
         assert client.status(rows_job).job.state.value == "running"

@@ -2,17 +2,17 @@
 equal numpy's, nodes killed mid-protocol leave the survivors' exact result, and the
 coordinator's logs and store never hold one node's own contribution.
 
-Nodes are killed deterministically: a test-only plugin, loaded by every node through
-the ordinary ``plugins`` setting, SIGKILLs its own process when a secure_stats
-message of the stage named for it in a plan file arrives (``secagg/advertise-keys``:
-when the job starts) — before the node answers it, exactly like
+Nodes are killed deterministically: a test-only job-type plugin, installed like any
+plugin (an entry point) and loaded through the ordinary ``plugins`` setting, is
+``secure_stats`` itself except that a node SIGKILLs its own process when a message
+of the stage named for it in a plan file arrives (``secagg/advertise-keys``: when
+the job starts) — before the node answers it, exactly like
 ``protocols.secagg.simulate``'s ``drop_at``. The coordinator only notices the silence.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.federation import wait_for
+from helpers.plugins import install_plugin
 
 from cleanroom import local
 from cleanroom.client import Client
@@ -44,12 +45,11 @@ import os
 import signal
 from pathlib import Path
 
-from cleanroom.jobtypes import secure_stats
+from cleanroom.jobtypes.secure_stats import SecureStatsJob
 from protocols.party import NodeParty
 from protocols.secagg import ADVERTISE_KEYS
 
 _PLAN = Path(os.environ["{PLAN_ENV}"])
-_build = secure_stats.SecureStatsJob.node_party
 
 
 def _die_at(node, stage):
@@ -72,6 +72,9 @@ class _Mortal(NodeParty):
     def dropped(self, parties):
         return self._party.dropped(parties)
 
+    def waiting_for(self):
+        return self._party.waiting_for()
+
     @property
     def finished(self):
         return self._party.finished
@@ -80,11 +83,11 @@ class _Mortal(NodeParty):
         return self._party.usage()
 
 
-def _node_party(self, ctx):
-    return _Mortal(_build(self, ctx), ctx.node)
+class MortalStats(SecureStatsJob):
+    name = "{PLUGIN}"
 
-
-secure_stats.SecureStatsJob.node_party = _node_party
+    def node_party(self, ctx):
+        return _Mortal(super().node_party(ctx), ctx.node)
 '''
 
 PARAMS: dict[str, Any] = {
@@ -128,17 +131,17 @@ def make_csvs(directory: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
     root = tmp_path_factory.mktemp("secure-stats")
-    plugin_dir = root / "plugin"
-    plugin_dir.mkdir()
-    (plugin_dir / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
     plan = root / "kill-plan.json"
     plan.write_text("{}")
     env = pytest.MonkeyPatch()
-    python_path = os.environ.get("PYTHONPATH")
-    env.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), python_path]))
-    )
     env.setenv(PLAN_ENV, str(plan))
+    install_plugin(
+        root / "plugin",
+        "mortal_stats",
+        PLUGIN_SOURCE,
+        {PLUGIN: "mortal_stats:MortalStats"},
+        env,
+    )
     state = Fed(root / "fed", make_csvs(root), plan)
     local.up(
         workdir=state.workdir,
@@ -156,7 +159,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
 def spec(params: Mapping[str, Any]) -> str:
     return yaml.safe_dump(
         {
-            "type": "secure_stats",
+            "type": PLUGIN,
             "inputs": [{"node": n, "dataset": n} for n in NODES],
             "params": dict(params),
             "purpose": "research",

@@ -201,31 +201,37 @@ def test_custom_units_are_metered_without_schema_changes(meters: Meters) -> None
     assert (records.used_today, records.reserved_today) == (40, 100)
 
 
-def test_sandbox_cpu_is_reserved_as_a_unit_and_settled_by_keyword(
+def test_sandbox_cpu_is_reserved_as_a_unit_and_settled_from_the_usage(
     meters: Meters,
 ) -> None:
     limits = {"sandbox_cpu_seconds": QuotaLimit(per_day=100)}
     job = request("s1", job_type="sandbox", units={"sandbox_cpu_seconds": 60})
     meters.reserve(job, limits, epsilon_budget=None)
-    meters.settle("s1", NodeUsage(rows_touched=10), sandbox_cpu_seconds=12.5)
+    used = NodeUsage(rows_touched=10, units={"sandbox_cpu_seconds": 12.5})
+    meters.settle("s1", used)
     cpu = usage_of(meters, "sandbox_cpu_seconds")
     assert (cpu.used_total, cpu.remaining()) == (12.5, 87.5)
     meters.reserve(request("s2"), {}, epsilon_budget=None)
     with pytest.raises(StoreError, match="metered by the node"):
-        meters.settle("s2", NodeUsage(units={"sandbox_cpu_seconds": 1}))
+        meters.settle("s2", NodeUsage(units={"rows": 1}))
 
 
 def test_a_failed_sandbox_run_is_billed_its_cpu(meters: Meters) -> None:
     limits = {"sandbox_cpu_seconds": QuotaLimit(per_day=100)}
     job = request("s1", job_type="sandbox", units={"sandbox_cpu_seconds": 60})
     meters.reserve(job, limits, epsilon_budget=None)
-    meters.release("s1", reason="timed out after 5s", sandbox_cpu_seconds=4.5)
+    partial = NodeUsage(units={"sandbox_cpu_seconds": 4.5})
+    meters.release("s1", partial=partial, reason="timed out after 5s")
     cpu = usage_of(meters, "sandbox_cpu_seconds")
     assert (cpu.used_total, cpu.remaining()) == (4.5, 95.5)
     assert charged(meters._path, "jobs") == 1  # it ran, so it counts as a job
     meters.reserve(request("s2"), {}, epsilon_budget=None)
     with pytest.raises(StoreError, match="sandbox_cpu_seconds"):
-        meters.release("s2", reason="x", sandbox_cpu_seconds=-1.0)
+        meters.release(
+            "s2",
+            partial=NodeUsage(units={"sandbox_cpu_seconds": -1.0}),
+            reason="x",
+        )
 
 
 def test_released_reservation_frees_its_quota(meters: Meters) -> None:

@@ -21,6 +21,7 @@ from protocols.party import (
     NodeParty,
     NodeUsage,
     Outbound,
+    Progress,
 )
 from protocols.secagg import (
     ADVERTISE_KEYS,
@@ -98,6 +99,9 @@ class StatsNode(NodeParty):
     def finished(self) -> bool:
         return self._client is not None and self._client.finished
 
+    def waiting_for(self) -> frozenset[str]:
+        return frozenset() if self.finished else frozenset({COORDINATOR})
+
     def usage(self) -> NodeUsage:
         """Rows read; epsilon is spent once the noised vector has been sent."""
         privacy = self._layout.params.privacy
@@ -152,6 +156,12 @@ class StatsCoordinator(CoordinatorParty):
     @property
     def finished(self) -> bool:
         return self._result is not None
+
+    def waiting_for(self) -> frozenset[str]:
+        return self._server.waiting_for()
+
+    def progress(self) -> Progress:
+        return self._server.progress()
 
     def result(self) -> Mapping[str, Any]:
         if self._result is None:

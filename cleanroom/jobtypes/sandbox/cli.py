@@ -1,35 +1,39 @@
-"""``cleanroom sandbox``: build the sandbox image, write sandbox job specs; and the
-holder's view of a sandbox job's code under ``cleanroom node jobs --show``."""
+"""The sandbox's commands: ``cleanroom sandbox build-image | spec`` for analysts and
+operators, ``cleanroom node release | reject`` for the holder's held output, and
+what ``cleanroom node jobs --show`` tells the holder about a sandbox job's code."""
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 import yaml
+from rich.console import Console
 from rich.table import Table
 
 from cleanroom.cli.common import EXIT_FAILED, err, handle_errors, out
 from cleanroom.errors import SandboxError
-from cleanroom.jobspec import parse_spec
-from cleanroom.jobtypes.sandbox_job import (
+from cleanroom.jobtypes.base import Review
+from cleanroom.jobtypes.hooks import HolderContext, open_holder
+from cleanroom.jobtypes.sandbox.book import SandboxBook
+from cleanroom.jobtypes.sandbox.params import (
     DEFAULT_ENTRYPOINT,
     DEFAULT_TIMEOUT_S,
-    bundle_files,
+    NAME,
+    SandboxParams,
     make_spec,
-    parse_params,
     review,
 )
-from node.state import LocalJob, NodeState
 
 NO_ENGINE_HELP = (
     "no Docker engine is reachable, so the sandbox image cannot be built here. "
     "Start one (as root: bash scripts/setup-docker.sh, or your distribution's "
     "docker service) and retry. A node without Docker refuses sandbox jobs unless "
-    "its holder sets sandbox.allow_unshare_fallback = true (weaker isolation; see "
-    "docs/sandbox.md)."
+    "its holder sets allow_unshare_fallback = true under [jobtypes.sandbox] "
+    "(weaker isolation; see docs/sandbox.md)."
 )
 
 
@@ -105,15 +109,48 @@ def spec_command(
     )
 
 
+# ------------------------------------------------------ the holder's commands --
+_config = click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The node's TOML config file.",
+)
+
+
+@click.command("release")
+@click.argument("job_id")
+@_config
+@click.option("--reason", default="released by the data holder after review")
+@handle_errors
+def node_release(job_id: str, config: Path, reason: str) -> None:
+    """Release a sandbox job's held output to the analyst anyway."""
+    SandboxBook(open_holder(config, NAME).db).decide_output(job_id, True, reason)
+    out.print(f"{job_id}: output released")
+
+
+@click.command("reject")
+@click.argument("job_id")
+@_config
+@click.option("--reason", required=True, help="Told to the analyst.")
+@handle_errors
+def node_reject(job_id: str, config: Path, reason: str) -> None:
+    """Reject a sandbox job's held output; the job fails with your reason."""
+    SandboxBook(open_holder(config, NAME).db).decide_output(job_id, False, reason)
+    out.print(f"{job_id}: output rejected")
+
+
 # ------------------------------------------------- the holder's review view --
-def review_document(job: LocalJob, state: NodeState) -> dict[str, Any]:
+def review_document(
+    params: SandboxParams, job_id: str, dataset: str, book: SandboxBook
+) -> dict[str, Any]:
     """A sandbox job's code review and held output, as plain data."""
-    spec = parse_spec(job.spec_yaml)
-    seen = review(spec)
-    held = state.output_review(job.job_id)
+    seen = review(params)
+    held = book.output_review(job_id)
     return {
         "digest": seen.digest,
-        "approved_for_dataset": state.digest_approved(job.dataset, seen.digest),
+        "approved_for_dataset": book.digest_approved(dataset, seen.digest),
         "entrypoint": seen.entrypoint,
         "timeout_seconds": seen.timeout_s,
         "outputs": seen.outputs,
@@ -130,19 +167,22 @@ def review_document(job: LocalJob, state: NodeState) -> dict[str, Any]:
     }
 
 
-def print_review(job: LocalJob, state: NodeState) -> None:
-    """Show the holder the bundle: files, digest, static findings, held output."""
-    doc = review_document(job, state)
-    out.print(
-        f"[bold]{job.job_id}[/] sandbox on '{job.dataset}' by {job.analyst} for "
-        f"'{job.purpose}': {job.status.value} {job.reason}",
-        highlight=False,
-    )
-    out.print(f"code bundle sha256: [bold]{doc['digest']}[/]", highlight=False)
+def holder_review(
+    params: SandboxParams,
+    job_id: str,
+    dataset: str,
+    spec_yaml: str,
+    holder: HolderContext,
+) -> Review:
+    """What ``cleanroom node jobs --show`` prints for a sandbox job."""
+    doc = review_document(params, job_id, dataset, SandboxBook(holder.db))
+    buffer = io.StringIO()
+    show = Console(file=buffer, width=100, color_system=None)
+    show.print(f"code bundle sha256: {doc['digest']}", highlight=False, markup=False)
     if doc["approved_for_dataset"]:
-        out.print("[green]you approved this exact code for this dataset before[/]")
+        show.print("you approved this exact code for this dataset before")
     columns = doc["columns"]
-    out.print(
+    show.print(
         f"runs: python3 /code/{doc['entrypoint']} (timeout "
         f"{doc['timeout_seconds']:g}s) on /data/data.csv with "
         + (columns if isinstance(columns, str) else ", ".join(columns)),
@@ -150,40 +190,37 @@ def print_review(job: LocalJob, state: NodeState) -> None:
         markup=False,
     )
     if doc["outputs"] is not None:
-        out.print(f"declared outputs: {doc['outputs']}", highlight=False, markup=False)
+        show.print(f"declared outputs: {doc['outputs']}", highlight=False, markup=False)
     files = Table("file", "bytes")
     for entry in doc["files"]:
         files.add_row(entry["path"], str(entry["bytes"]))
-    out.print(files)
+    show.print(files)
     if doc["findings"]:
-        out.print(
-            "[yellow]static findings[/] (aids for your review, not the security "
-            "boundary: the sandbox is):"
+        show.print(
+            "static findings (aids for your review, not the security boundary: "
+            "the sandbox is):"
         )
         for finding in doc["findings"]:
-            out.print(f"  {finding}", highlight=False, markup=False)
+            show.print(f"  {finding}", highlight=False, markup=False)
     else:
-        out.print("static findings: none (the sandbox confines the code regardless)")
+        show.print("static findings: none (the sandbox confines the code regardless)")
     held = doc["held_output"]
     if held is not None:
-        out.print(f"[bold]output {held['status']}[/] {held['reason']}", highlight=False)
+        show.print(f"output {held['status']} {held['reason']}", highlight=False)
         for reason in held["reasons"]:
-            out.print(f"  - {reason}", highlight=False, markup=False)
-    out.print(spec_without_bundle(job.spec_yaml), highlight=False, markup=False)
-    out.print(
+            show.print(f"  - {reason}", highlight=False, markup=False)
+    show.print(spec_without_bundle(spec_yaml), highlight=False, markup=False)
+    show.print(
         "read every file with --source; approve this exact code with "
-        f"`cleanroom node approve {job.job_id} --digest {doc['digest'][:16]}`",
+        f"`cleanroom node approve {job_id} --digest {doc['digest'][:16]}`",
         highlight=False,
         markup=False,
     )
-
-
-def print_source(job: LocalJob) -> None:
-    """Print every file of the bundle, for reading it in full."""
-    files = bundle_files(parse_params(parse_spec(job.spec_yaml)).bundle)
-    for name, data in sorted(files.items()):
-        click.echo(f"===== {name} =====")
-        click.echo(data.decode("utf-8", errors="replace"))
+    source = "".join(
+        f"===== {name} =====\n{data.decode('utf-8', errors='replace')}\n"
+        for name, data in sorted(params.files.items())
+    )
+    return Review(tuple(buffer.getvalue().splitlines()), doc, source)
 
 
 def spec_without_bundle(spec_yaml: str) -> str:

@@ -1,5 +1,6 @@
 """The node's sandbox service: holds sandbox jobs for code review, runs approved
 bundles in the sandbox, vets their output and keeps held output for the holder.
+Built by the node from a ``NodeEnvironment``; it never sees the node itself.
 
 Everything it decides goes to the node's audit log: the bundle's digest when a
 job arrives, the image that ran it, the exit code and CPU seconds, the vetting
@@ -14,31 +15,25 @@ import math
 import secrets
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import pandas as pd
 
-from cleanroom.audit.log import AuditLog
 from cleanroom.errors import ConfigError, SandboxError
-from cleanroom.jobspec import JobSpec
 from cleanroom.jobtypes.base import NodeContext
-from cleanroom.jobtypes.sandbox_job import (
-    NAME,
-    STAGE_DECISION,
-    SandboxOutcome,
-    SandboxParams,
-    parse_params,
-    spec_bundle_digest,
+from cleanroom.jobtypes.hooks import (
+    Admission,
+    AdmissionContext,
+    NodeEnvironment,
+    Verdict,
 )
-from node.config import NodeConfig
-from node.datasets import DatasetRegistry
-from node.policy import Outcome, PolicyDecision, PolicySet
-from node.state import NodeState, OutputStatus
-from proto import cleanroom_pb2 as pb
-from protocols.party import COORDINATOR
+from cleanroom.jobtypes.sandbox.book import OutputStatus, SandboxBook
+from cleanroom.jobtypes.sandbox.params import SandboxParams
+from cleanroom.jobtypes.sandbox.parties import HOLDER_DECIDED, SandboxOutcome
+from protocols.party import LocalEvent
 from sandbox import (
     NO_ENGINE,
     SandboxLimits,
@@ -77,7 +72,7 @@ _BUILD_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class SandboxSettings:
-    """The node's ``[sandbox]`` table, checked; every key is optional."""
+    """The node's ``[jobtypes.sandbox]`` table, checked; every key is optional."""
 
     allow_unshare_fallback: bool = False
     build_image: bool = True
@@ -167,39 +162,25 @@ class SandboxSettings:
         )
 
 
-Deliver = Callable[[pb.ProtocolMessage], None]
-
-
 class SandboxService:
     """One node's sandbox: admission, runs, vetting and held-output decisions."""
 
-    def __init__(
-        self,
-        config: NodeConfig,
-        *,
-        state: NodeState,
-        audit: AuditLog,
-        policy: PolicySet,
-        datasets: DatasetRegistry,
-        deliver: Deliver,
-    ) -> None:
-        self.settings = SandboxSettings.from_mapping(config.sandbox)
-        self._node = config.name
-        self._datasets = {d.name: d for d in config.datasets}
+    def __init__(self, env: NodeEnvironment) -> None:
+        self.settings = SandboxSettings.from_mapping(env.settings)
+        self._node = env.node
         for name in self.settings.sensitive_by_dataset:
-            if name not in self._datasets:
+            if name not in env.datasets.names():
                 raise ConfigError(
-                    f"node config: sandbox.sensitive_columns names unknown dataset "
-                    f"'{name}'"
+                    f"node config: jobtypes.sandbox.sensitive_columns names unknown "
+                    f"dataset '{name}'"
                 )
-        self._state = state
-        self._audit = audit
-        self._policy = policy
-        self._registry = datasets
-        self._deliver = deliver
+        self.book = SandboxBook(env.db)
+        self._audit = env.audit
+        self._datasets = env.datasets
+        self._policy = env.policy
+        self._notify = env.notify
         self._lock = threading.Lock()
         self._waiting: set[str] = set()
-        self._cpu: dict[str, float] = {}
 
     # -------------------------------------------------------------- admission --
     def unavailable(self) -> str | None:
@@ -215,15 +196,10 @@ class SandboxService:
             )
         return None
 
-    def admit(
-        self, job_id: str, spec: JobSpec, decision: PolicyDecision
-    ) -> PolicyDecision:
-        """The policy's decision, refined for sandbox jobs: refused without a
-        sandbox, held for review unless this exact code was approved before."""
-        if spec.type != NAME or decision.outcome == Outcome.DENY:
-            return decision
-        params = parse_params(spec)
-        dataset = spec.input_for(self._node).dataset
+    def admit(self, params: SandboxParams, ctx: AdmissionContext) -> Admission | None:
+        """Refused without a sandbox, held for review unless this exact code was
+        approved before for the dataset."""
+        dataset = ctx.dataset
         denials = []
         if problem := self.unavailable():
             denials.append(problem)
@@ -232,31 +208,33 @@ class SandboxService:
                 f"timeout_seconds {params.timeout_s:g} exceeds this node's limit "
                 f"{self.settings.max_timeout_s:g}"
             )
-        if params.columns is None and not self._permitted_columns(dataset):
+        if params.columns is None and not self._policy.permitted_columns(dataset):
             denials.append(f"the policy permits no column of dataset '{dataset}'")
         if denials:
-            return PolicyDecision(Outcome.DENY, tuple(denials), decision.policy_version)
-        digest = spec_bundle_digest(spec)
-        approved = self._state.digest_approved(dataset, digest)
+            return Admission(Verdict.DENY, tuple(denials))
+        digest = params.digest
+        approved = self.book.digest_approved(dataset, digest)
         self._audit.append(
             "sandbox.bundle",
-            job_id=job_id,
+            job_id=ctx.job_id,
             data={"dataset": dataset, "digest": digest, "approved_before": approved},
         )
         if approved:
-            return decision
-        hold = (
-            f"sandbox code {digest[:16]}… has not been approved for dataset "
-            f"'{dataset}'; review it with `cleanroom node jobs --show {job_id}` and "
-            f"approve it with `cleanroom node approve {job_id}`"
+            return None
+        return Admission(
+            Verdict.HOLD,
+            (
+                f"sandbox code {digest[:16]}… has not been approved for dataset "
+                f"'{dataset}'; review it with `cleanroom node jobs --show "
+                f"{ctx.job_id}` and approve it with `cleanroom node approve "
+                f"{ctx.job_id}`",
+            ),
         )
-        earlier = decision.reasons if decision.outcome == Outcome.HOLD else ()
-        return PolicyDecision(Outcome.HOLD, (*earlier, hold), decision.policy_version)
 
     # -------------------------------------------------------------------- run --
     def execute(self, ctx: NodeContext) -> SandboxOutcome:
         """Run the approved bundle on the dataset and vet what it wrote."""
-        params = parse_params(ctx.spec)
+        params: SandboxParams = ctx.params
         with tempfile.TemporaryDirectory(prefix="cleanroom-sandbox-") as tmp:
             root = Path(tmp)
             # The sandbox user must reach code/ and data/, but other local users
@@ -271,7 +249,7 @@ class SandboxService:
             archive.write_bytes(params.bundle)
             unpack_bundle(archive, code)
             digest = bundle_digest(code)  # of exactly what will be mounted
-            if not self._state.digest_approved(ctx.dataset, digest):
+            if not self.book.digest_approved(ctx.dataset, digest):
                 reason = (
                     f"code bundle {digest[:16]}… is not approved for dataset "
                     f"'{ctx.dataset}'; refusing to run it"
@@ -311,8 +289,6 @@ class SandboxService:
             except SandboxError as exc:
                 public = public_reason(exc)
                 log.warning("job %s: sandbox run failed: %s", ctx.job_id, exc)
-                with self._lock:
-                    self._cpu[ctx.job_id] = exc.cpu_s  # billed although it failed
                 self._audit.append(
                     "sandbox.failed",
                     job_id=ctx.job_id,
@@ -323,9 +299,9 @@ class SandboxService:
                         "cpu_seconds": round(exc.cpu_s, 3),
                     },
                 )
-                raise SandboxError(f"the sandboxed code {public}") from None
-            with self._lock:
-                self._cpu[ctx.job_id] = report.cpu_s
+                raise SandboxError(
+                    f"the sandboxed code {public}", cpu_s=exc.cpu_s
+                ) from None
             self._audit.append(
                 "sandbox.ran",
                 job_id=ctx.job_id,
@@ -353,11 +329,10 @@ class SandboxService:
         cpu_s: float,
         out: Path,
     ) -> SandboxOutcome:
-        config = self._datasets.get(ctx.dataset)
         rules = self.settings.rules(
             min_cell_count=ctx.min_group_size,
             columns=ctx.data.columns,
-            id_column=config.id_column if config else "",
+            id_column=self._datasets.info(ctx.dataset).id_column,
             dataset=ctx.dataset,
         )
         result = vet_outputs(out, ctx.data, rules)
@@ -373,7 +348,7 @@ class SandboxService:
         reasons = tuple(result.reasons)
         with self._lock:
             self._waiting.add(ctx.job_id)
-        self._state.hold_output(ctx.job_id, reasons)
+        self.book.hold_output(ctx.job_id, reasons)
         self._audit.append(
             "sandbox.output_held",
             job_id=ctx.job_id,
@@ -392,22 +367,13 @@ class SandboxService:
     def _frame(self, ctx: NodeContext, params: SandboxParams) -> pd.DataFrame:
         """The dataset as the code sees it: the asked-for columns, else every
         column the policy permits (forbidden ones never reach the sandbox)."""
-        columns = list(params.columns or self._permitted_columns(ctx.dataset))
+        columns = list(params.columns or self._policy.permitted_columns(ctx.dataset))
         missing = [c for c in columns if c not in ctx.data.columns]
         if missing:
             raise SandboxError(f"dataset '{ctx.dataset}' has no column '{missing[0]}'")
         if not columns:
             raise SandboxError(f"the policy permits no column of '{ctx.dataset}'")
         return ctx.data[columns]
-
-    def _permitted_columns(self, dataset: str) -> list[str]:
-        policy = self._policy.for_dataset(dataset)
-        return [
-            name
-            for name in self._registry.fresh(dataset).info.column_names()
-            if name not in policy.columns_forbidden
-            and policy.columns_allowed.permits(name)
-        ]
 
     def _runner(self) -> tuple[SandboxRunner, str, str]:
         """The runner, image and runner kind; builds the image first if missing."""
@@ -433,7 +399,7 @@ class SandboxService:
     # ------------------------------------------------------ held-output flow --
     def output_decision(self, job_id: str) -> tuple[str, str] | None:
         """The holder's decision on held output, recorded in the audit log once."""
-        review = self._state.output_review(job_id)
+        review = self.book.output_review(job_id)
         if review is None or review.status == OutputStatus.HELD:
             return None
         with self._lock:
@@ -445,31 +411,17 @@ class SandboxService:
         )
         return review.status.value, review.reason
 
-    def poll_decisions(self) -> None:
+    def poll(self) -> None:
         """Wake each job whose held output the holder has decided on."""
         with self._lock:
             waiting = list(self._waiting)
         for job_id in waiting:
-            review = self._state.output_review(job_id)
+            review = self.book.output_review(job_id)
             if review is None or review.status == OutputStatus.HELD:
                 continue
             with self._lock:
                 self._waiting.discard(job_id)
-            self._deliver(
-                pb.ProtocolMessage(
-                    job_id=job_id,
-                    sender=COORDINATOR,
-                    recipient=self._node,
-                    stage=STAGE_DECISION,
-                    body=b"",
-                )
-            )
-
-    def finished(self, job_id: str) -> float:
-        """Forget an ended job; the sandbox CPU seconds its run used (0 if none)."""
-        with self._lock:
-            self._waiting.discard(job_id)
-            return self._cpu.pop(job_id, 0.0)
+            self._notify(job_id, LocalEvent(HOLDER_DECIDED))
 
 
 def public_reason(exc: SandboxError) -> str:

@@ -1,0 +1,135 @@
+"""What analysts ask of the coordinator: submit, watch, cancel and fetch jobs, read
+the catalog, and run their party of a job (pull its mailbox, push messages)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cleanroom import errors, serde, wire
+from cleanroom.keys import KeyBundle, verify_key_bundle
+from cleanroom.model import JobEvent, JobRecord, JobState
+from cleanroom.pki import Principal
+from cleanroom.requests import verify_request
+from coordinator import lifecycle
+from coordinator.handlers import nodes, relay
+from coordinator.mailbox import analyst_mailbox
+from coordinator.state import CoordinatorState
+from protocols.party import ANALYST
+
+
+def submit(
+    state: CoordinatorState, analyst: Principal, submission: wire.Submission
+) -> JobRecord:
+    """Validate, create and send out for approval. The signed request fixes the job
+    id (the coordinator cannot choose one) and is checked here too, so junk is
+    refused early; every node checks it again itself."""
+    signed, bundle_bytes = submission.signed_request, submission.key_bundle
+    if not signed or not bundle_bytes:
+        raise errors.AuthError(
+            "a job must be submitted as a request signed with the analyst's "
+            "protocol key (use cleanroom.Client or the cleanroom CLI)"
+        )
+    spec = lifecycle.validate(state, submission.spec_yaml)
+    now = state.clock()
+    bundle = verify_key_bundle(
+        KeyBundle.from_bytes(bundle_bytes),
+        state.ca_pem,
+        expected_name=analyst.name,
+        role="analyst",
+    )
+    job_id = verify_request(
+        signed, spec_yaml=submission.spec_yaml, bundle=bundle, now=now
+    ).job_id
+    job = JobRecord(
+        job_id=job_id,
+        analyst=analyst.name,
+        job_type=spec.type,
+        spec_yaml=submission.spec_yaml,
+        spec_hash=spec.spec_hash,
+        state=JobState.SUBMITTED,
+        reason="",
+        progress="submitted",
+        created_at=now,
+        updated_at=now,
+        organisation=analyst.organisation,
+        signed_request=signed,
+        analyst_bundle=bundle_bytes,
+    )
+    try:
+        state.store.create_job(job)
+    except errors.StoreError:
+        state.store.get_job(job_id)  # NotFound: the store failed, say so
+        raise errors.AuthError("this signed request was submitted before") from None
+    state.record(
+        job.job_id,
+        "job.submitted",
+        f"by {analyst.name}: {spec.type} on "
+        + ", ".join(f"{i.node}/{i.dataset}" for i in spec.inputs),
+    )
+    lifecycle.request_approvals(state, job)
+    return state.store.get_job(job.job_id)
+
+
+def get_job(state: CoordinatorState, analyst: Principal, job_id: str) -> JobRecord:
+    job = state.store.get_job(job_id)
+    if job.analyst != analyst.name:
+        raise errors.NotFound(f"no job {job_id}")
+    return job
+
+
+def list_jobs(
+    state: CoordinatorState, analyst: Principal, limit: int
+) -> list[JobRecord]:
+    return state.store.list_jobs(analyst=analyst.name, limit=limit or 100)
+
+
+def cancel(
+    state: CoordinatorState, analyst: Principal, job_id: str, reason: str
+) -> JobRecord:
+    return lifecycle.cancel(state, analyst.name, job_id, reason)
+
+
+def events(state: CoordinatorState, analyst: Principal, job_id: str) -> list[JobEvent]:
+    get_job(state, analyst, job_id)
+    return state.store.events(job_id)
+
+
+def result(state: CoordinatorState, analyst: Principal, job_id: str) -> bytes:
+    job = get_job(state, analyst, job_id)
+    if job.state != JobState.SUCCEEDED:
+        raise errors.NotFound(
+            f"job {job_id} has no result (state: {job.state}"
+            + (f": {job.reason})" if job.reason else ")")
+        )
+    return state.store.get_result(job_id)
+
+
+def pull(
+    state: CoordinatorState,
+    analyst: Principal,
+    req: wire.PullRequest,
+    is_active: Callable[[], bool] = lambda: True,
+) -> wire.WorkBatch:
+    """The analyst party's mailbox of one of the analyst's own jobs."""
+    get_job(state, analyst, req.job_id)
+    return nodes.pull(state, analyst_mailbox(req.job_id), req, is_active)
+
+
+def push(
+    state: CoordinatorState, analyst: Principal, msg: wire.ProtocolMessage
+) -> None:
+    get_job(state, analyst, msg.job_id)
+    relay.push(state, ANALYST, msg)
+
+
+def catalog(state: CoordinatorState) -> list[wire.CatalogNode]:
+    return [
+        wire.CatalogNode(
+            record.name,
+            state.presence.connected(record.name),
+            state.presence.last_seen(record.name) or record.last_seen,
+            tuple(serde.catalog_from_json(record.catalog_json)),
+            record.key_bundle,
+        )
+        for record in state.store.list_nodes()
+    ]

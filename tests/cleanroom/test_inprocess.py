@@ -1,0 +1,236 @@
+"""The whole job lifecycle in one process (the transport seam): the real coordinator
+state, handlers and runners, real node agents and a real analyst client, joined by
+in-memory links. Fast enough to exercise approvals, quotas, deadlines and restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cleanroom.local import default_policy
+from cleanroom.testing import InProcessFederation, wait_until
+from node.state import JobStatus
+
+NODES = ("h1", "h2", "h3")
+
+
+def _frames(
+    sizes: tuple[int, ...] = (40, 55, 70), seed: int = 5
+) -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    return {
+        f"h{i}": pd.DataFrame(
+            {
+                "pid": [f"h{i}-{k}" for k in range(n)],
+                "age": rng.integers(18, 90, n),
+                "bmi": rng.normal(26, 4, n).round(2),
+                "income": rng.uniform(12_345, 98_765, n).round(3),
+            }
+        )
+        for i, n in enumerate(sizes, start=1)
+    }
+
+
+def _spec(job_type: str, nodes: tuple[str, ...] = NODES, **extra: object) -> str:
+    doc = {
+        "type": job_type,
+        "inputs": [{"node": n, "dataset": n} for n in nodes],
+        "purpose": "research",
+        **extra,
+    }
+    return json.dumps(doc)
+
+
+STATS = {
+    "columns": ["age", "bmi"],
+    "stats": ["count", "sum", "mean"],
+    "clip": {"age": [0, 120], "bmi": [10, 70]},
+}
+
+
+def test_count_and_secure_stats_lifecycle_in_process() -> None:
+    frames = _frames()
+    with InProcessFederation(frames) as fed:
+        started = time.perf_counter()
+        view = fed.run(_spec("count"))
+        count_s = time.perf_counter() - started
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(view.job.job_id)["result"]
+        assert result["total"] == sum(len(f) for f in frames.values())
+        started = time.perf_counter()
+        view = fed.run(_spec("secure_stats", params=STATS))
+        stats_s = time.perf_counter() - started
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(view.job.job_id)["result"]
+        pooled = pd.concat(frames.values())
+        (cell,) = result["groups"].values()
+        assert cell["count"] == len(pooled)
+        assert cell["mean"]["age"] == pytest.approx(pooled.age.mean(), rel=1e-9)
+        assert result["survivors"] == list(NODES)
+        progress = fed.client.status(view.job.job_id)
+        assert progress.job.state.terminal
+    print(f"\nin process: count {count_s:.3f}s, secure_stats {stats_s:.3f}s")
+
+
+def test_a_held_job_runs_once_the_holder_approves() -> None:
+    policy = default_policy("analyst")
+    policy["default"]["approval"] = "manual"
+    with InProcessFederation(_frames(), policy=policy) as fed:
+        job = fed.client.submit(_spec("count")).job.job_id
+        agents = fed.agents.values()
+        wait_until(
+            lambda: (
+                all(a.state.get(job).status == JobStatus.PENDING for a in agents)
+                if all(_has(a, job) for a in agents)
+                else False
+            )
+        )
+        assert fed.client.status(job).job.state.value == "awaiting_approval"
+        for agent in agents:
+            agent.state.holder_decide(job, True, "looks fine")
+        final = fed.client.wait(job, timeout=20, poll=0.01)
+        assert final.job.state.value == "succeeded", final.job.reason
+        events = [e.kind for e in fed.client.events(job)]
+        assert events.count("node.approved") == len(NODES)
+
+
+def _has(agent: object, job: str) -> bool:
+    try:
+        agent.state.get(job)  # type: ignore[attr-defined]
+        return True
+    except Exception:
+        return False
+
+
+def test_a_quota_refuses_the_job_and_holds_nothing() -> None:
+    policy = default_policy("analyst")
+    policy["default"]["quotas"] = {"jobs": {"per_day": 1}}
+    with InProcessFederation(_frames(), policy=policy) as fed:
+        assert fed.run(_spec("count")).job.state.value == "succeeded"
+        second = fed.run(_spec("count"))
+        assert second.job.state.value == "refused"
+        assert "quota 'jobs' per day" in second.job.reason
+        for agent in fed.agents.values():
+            assert sum(r.reserved_total for r in agent.meters.usage()) == 0
+
+
+def test_a_replayed_signed_request_is_refused(tmp_path: Path) -> None:
+    from cleanroom import wire
+    from cleanroom.errors import AuthError
+    from cleanroom.requests import sign_request
+
+    with InProcessFederation(_frames()) as fed:
+        spec = _spec("count")
+        client = fed.client
+        signed = sign_request(
+            spec, analyst="analyst", signing_key=client._keys.signing, now=time.time()
+        )
+        submission = wire.Submission(spec, signed, client._bundle.to_bytes())
+        first = client._link.submit(submission)
+        with pytest.raises(AuthError, match="submitted before"):
+            client._link.submit(submission)
+        assert client.wait(first.job.job_id, timeout=20, poll=0.01).job.state.value == (
+            "succeeded"
+        )
+
+
+def test_sealed_values_reach_only_the_analyst(test_job_types: tuple[str, ...]) -> None:
+    frames = _frames()
+    with InProcessFederation(frames, plugins=test_job_types) as fed:
+        view = fed.run(_spec("sealed_value", params={"column": "income"}))
+        assert view.job.state.value == "succeeded", view.job.reason
+        assert view.analyst_party
+        document = fed.client.result(view.job.job_id)
+        values = document["result"]["values"]
+        for node, frame in frames.items():
+            assert values[node] == pytest.approx(float(frame.income.sum()))
+        assert document["result"]["delivered_to_analyst"] == list(NODES)
+        raw = fed.client.result_bytes(view.job.job_id)
+        for value in values.values():
+            assert repr(value).encode() not in raw  # the stored result has none
+
+
+def test_a_stalled_node_is_dropped_at_the_deadline_and_rounds_go_on(
+    test_job_types: tuple[str, ...],
+) -> None:
+    frames = _frames((30, 30, 30, 30, 30))
+    nodes = tuple(frames)
+    params = {
+        "rounds": 4,
+        "column": "age",
+        "length": 6,
+        "stall": {"node": "h4", "round": 1},
+    }
+    with InProcessFederation(frames, plugins=test_job_types) as fed:
+        view = fed.run(
+            _spec("rounds_sum", nodes, params=params, deadline_seconds=0.5),
+            timeout=30,
+        )
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(view.job.job_id)["result"]["rounds"]
+        assert [r["round"] for r in result] == [0, 1, 2, 3]
+        assert result[0]["survivors"] == list(nodes)
+        for r in result[1:]:
+            assert "h4" not in r["survivors"]
+            expected = _round_sum(frames, r["survivors"], r["round"], 6)
+            assert r["sum"] == expected
+        kinds = {e.kind: e.detail for e in fed.client.events(view.job.job_id)}
+        assert "missed the 0.5s deadline" in kinds["node.dropped"]
+        assert "round 2 of 4" in kinds["node.dropped"]
+
+
+def _round_sum(
+    frames: dict[str, pd.DataFrame], nodes: list[str], round_: int, length: int
+) -> list[int]:
+    total = [0] * length
+    for node in nodes:
+        base = int(frames[node].age.astype(float).sum()) + 1000 * round_
+        total = [t + base + i for i, t in enumerate(total)]
+    return [t % 2**64 for t in total]
+
+
+def test_a_coordinator_restart_resumes_a_multi_round_job(
+    test_job_types: tuple[str, ...], tmp_path: Path
+) -> None:
+    frames = _frames((30, 30, 30, 30))
+    nodes = tuple(frames)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    with InProcessFederation(frames, plugins=test_job_types, store_url=url) as fed:
+        job = fed.client.submit(
+            _spec(
+                "rounds_sum", nodes, params={"rounds": 30, "column": "age", "length": 4}
+            )
+        ).job.job_id
+        wait_until(lambda: "round 3 " in fed.client.status(job).job.progress)
+        fed.kill_coordinator()
+        time.sleep(0.3)
+        fed.start_coordinator()
+        final = fed.client.wait(job, timeout=60, poll=0.01)
+        assert final.job.state.value == "succeeded", final.job.reason
+        rounds = fed.client.result(job)["result"]["rounds"]
+        assert len(rounds) == 30
+        for r in rounds:
+            assert r["survivors"] == list(nodes)
+            assert r["sum"] == _round_sum(frames, list(nodes), r["round"], 4)
+        assert "job.resumed" in [e.kind for e in fed.client.events(job)]
+
+
+def test_a_job_type_that_cannot_resume_ends_with_a_clear_reason(
+    test_job_types: tuple[str, ...], tmp_path: Path
+) -> None:
+    frames = _frames((30, 30, 30))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    with InProcessFederation(frames, plugins=test_job_types, store_url=url) as fed:
+        params = {"rounds": 200, "column": "age", "length": 4}
+        job = fed.client.submit(_spec("rounds_sum_fragile", params=params)).job.job_id
+        wait_until(lambda: "round 2 " in fed.client.status(job).job.progress)
+        fed.kill_coordinator()
+        fed.start_coordinator()
+        final = fed.client.wait(job, timeout=20, poll=0.01)
+        assert final.job.state.value == "failed"
+        assert "cannot resume" in final.job.reason
