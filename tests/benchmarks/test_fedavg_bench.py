@@ -1,0 +1,37 @@
+"""The federated-training benchmark's set-up: its plans, and a tiny local round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_fedavg import _bounds, _dataset, _local_round, _params
+from benchmarks.registry import Context
+from protocols.fl.plan import FedAvgPlan
+
+
+def test_plans_match_the_table() -> None:
+    x_train, _, y_train, _ = _dataset("wine")
+    plain = FedAvgPlan.create(_params(x_train, 3, None))
+    assert plain.privacy is None and plain.params.rounds == 100
+    assert plain.params.l2 == pytest.approx(1 / len(y_train))
+    private = FedAvgPlan.create(_params(x_train, 3, 1.0))
+    assert private.privacy is not None
+    assert private.privacy.epsilon_total <= 1.0
+    assert private.privacy.aggregations == 21
+
+
+def test_bounds_contain_every_training_row_with_margin() -> None:
+    x_train, _, _, _ = _dataset("breast_cancer")
+    bounds = np.array(_bounds(x_train))
+    assert np.all(x_train > bounds[:, 0]) and np.all(x_train < bounds[:, 1])
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_local_round_measures_against_its_baseline(dp: bool, tmp_path: Path) -> None:
+    ctx = Context("fedavg_local_round", "quick", 1, tmp_path, log=lambda _: None)
+    m = _local_round(ctx, 300, 5, 0, dp)
+    assert m.baseline is not None and m.measured.n == 1 and m.params["dp"] is dp
+    assert m.details["n_params"] == 6
