@@ -27,25 +27,28 @@ The bound
 ---------
 Let p = 2**-precision_bits be the declared output precision. The flood's total
 per-slot standard deviation (real and imaginary part each) is ``sigma_p = p / 8``
-in value units; the draw is truncated at 8.65 sigma, so no slot moves by more than
-1.09 p. In coefficient units at the result's scale S that is
-``sigma_c = sigma_p * S / sqrt(N / 2)``: iid complex slot Gaussians are iid
-coefficient Gaussians. The flood is encoded from double-precision slot values, and
-a double carries 53 bits, so a layer of coefficient std sigma has integer
-resolution only up to about ``sigma * 2**-49``. F is therefore a sum of layers:
-the finest with coefficient std ``2**49`` (every coefficient exactly rounded) or
-``sigma_c`` if smaller, each next one at most ``2**40`` times the previous, the top
-one ``sigma_c``; every layer's granularity is then below 2**-8 of the standard
-deviation of the layer under it, which smooths it.
+in value units; the draw is truncated at 8.65 sigma. In coefficient units at the
+result's scale S that is ``sigma_c = sigma_p * S / sqrt(N / 2)``: iid complex slot
+Gaussians are iid coefficient Gaussians. The flood is encoded from double-precision
+slot values, and a double carries 53 bits, so a layer of coefficient std sigma has
+integer resolution only up to about ``sigma * 2**-49``. If ``sigma_c <= 2**49`` the
+flood is one layer; otherwise F is a sum of layers: the top one ``sigma_c``, each
+lower one ``2**40`` times smaller while above ``2**89``, and the finest
+``min(2**49, 2**-8 * the one above)``, whose coefficients are all exactly rounded.
+Every layer's granularity is then below 2**-8 of the standard deviation of the
+layer under it, which smooths it, and the lower layers add at most 2**-8 to the
+spread, so no slot moves by more than ``max_shift`` <= 1.09 p.
 
 With ``e`` the owner-side error (``||e||_2 <= 2 sqrt(N) * rms``) and sigma_0 the
 finest layer, the real and the ideal (``e = 0``) output distributions differ in
 statistical distance by at most ``||e||_2 / (sigma_0 * sqrt(2 pi))``. The margin
-``kappa = -log2`` of that is infinite for linear models (e = 0) and about 34 bits
-for the depth-2 sets (rms ~ 2**8.5 coefficient units against sigma_0 = 2**49,
-at a top scale of 2**124 or more). Relative to the ciphertext's own error: the
-buyer's fresh-encryption error is ``3.2 * sqrt(N/2) / 2**scale_bits`` per input
-slot (value units), about 2**-22 for the 8192 sets; sigma_p exceeds it by ~2**9.
+``kappa = -log2`` of that is infinite for linear models (e = 0) and 34.4 bits
+(ckks-8192-d2) or 32.4 bits (ckks-16384-d2) for the quadratic ones (rms 2**8.5 or
+2**9.9 coefficient units against sigma_0 = 2**49, at top scales 2**124, 2**170).
+Relative to the ciphertext's own error: the buyer's fresh-encryption error is
+``3.2 * sqrt(N/2) / 2**scale_bits`` per input slot (value units): 2**-20.3 for
+ckks-8192-d1, 2**-24.3 for ckks-8192-d2; sigma_p exceeds it at least 64-fold at
+every precision the sets allow.
 
 Assumptions: the buyer's keys were generated honestly (a public key whose uniform
 part is degenerate would void step 1, a crafted relinearisation key would enlarge
@@ -78,6 +81,8 @@ from protocols.party import RandomSource
 PRECISION_SIGMAS: Final = 8.0
 FINEST_COEFF_STD: Final = 2.0**49
 LAYER_RATIO: Final = 2.0**40
+FINEST_SHARE: Final = 2.0**8
+"""The finest layer is at most this much smaller than the one above it."""
 TRUNCATION_SIGMAS: Final = math.sqrt(2 * 54 * math.log(2))
 """Box-Muller's radius is at most sqrt(-2 ln u1) with u1 >= 2**-54."""
 
@@ -151,12 +156,12 @@ class FloodPlan:
         n = params.poly_modulus_degree
         to_value = math.sqrt(n / 2) / 2.0**params.top_scale_bits
         slot_std = 2.0**-precision_bits / PRECISION_SIGMAS
-        top = slot_std / to_value
-        coeff = [min(FINEST_COEFF_STD, top)]
-        while coeff[-1] * LAYER_RATIO < top:
-            coeff.append(coeff[-1] * LAYER_RATIO)
-        if coeff[-1] < top:
-            coeff.append(top)
+        coeff = [slot_std / to_value]
+        if coeff[0] > FINEST_COEFF_STD:
+            while coeff[-1] > FINEST_COEFF_STD * LAYER_RATIO:
+                coeff.append(coeff[-1] / LAYER_RATIO)
+            coeff.append(min(FINEST_COEFF_STD, coeff[-1] / FINEST_SHARE))
+        coeff.reverse()
         rms = owner_error_rms(params)
         margin = None
         if rms > 0:

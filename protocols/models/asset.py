@@ -99,6 +99,7 @@ class InputSchema:
                 raise fail(f"input.features[{i}]", "must not be empty")
         if len(set(names)) != len(names):
             raise fail("input.features", "names must be unique")
+        object.__setattr__(self, "features", tuple(str(n) for n in names))
         if (self.mean is None) != (self.scale is None):
             raise fail("input", "mean and scale must be given together")
         if self.mean is not None and self.scale is not None:
