@@ -46,7 +46,7 @@ def _kind(stage: str, from_owner: bool) -> int:
 
 def _body(
     payload: bytes, stage: str, from_owner: bool, digest: bytes, cap: int
-) -> bytes:
+) -> memoryview:
     if not isinstance(payload, bytes):
         raise ProtocolError("payload must be bytes")
     if len(payload) > HEADER_BYTES + cap:
@@ -61,7 +61,7 @@ def _body(
         raise ProtocolError(f"payload is not a {stage} message in this direction")
     if payload[4:HEADER_BYTES] != digest:
         raise ProtocolError("payload belongs to another run or configuration")
-    return payload[HEADER_BYTES:]
+    return memoryview(payload)[HEADER_BYTES:]  # no copy of megabytes of ciphertext
 
 
 def encode_context(context: bytes, digest: bytes) -> bytes:
@@ -71,7 +71,7 @@ def encode_context(context: bytes, digest: bytes) -> bytes:
 
 def decode_context(payload: bytes, digest: bytes, cap: int) -> bytes:
     """The public context bytes (at most ``cap``), not yet validated as a context."""
-    return _body(payload, CONTEXT, False, digest, cap)
+    return bytes(_body(payload, CONTEXT, False, digest, cap))
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,11 @@ class FeatureBatch:
             offset += 4
             if length > ciphertext_cap or offset + length > len(body):
                 raise ProtocolError("a feature ciphertext is oversized or truncated")
-            cts.append(body[offset : offset + length])
+            cts.append(bytes(body[offset : offset + length]))
             offset += length
         if offset != len(body):
             raise ProtocolError("a feature batch has trailing bytes")
-        return cls(body[:DIGEST_BYTES], block, tuple(cts))
+        return cls(bytes(body[:DIGEST_BYTES]), block, tuple(cts))
 
 
 @dataclass(frozen=True)
@@ -149,4 +149,4 @@ class ScoreBlock:
         if len(body) <= DIGEST_BYTES + 4:
             raise ProtocolError("a score block is truncated")
         (block,) = struct.unpack_from(">I", body, DIGEST_BYTES)
-        return cls(body[:DIGEST_BYTES], block, body[DIGEST_BYTES + 4 :])
+        return cls(bytes(body[:DIGEST_BYTES]), block, bytes(body[DIGEST_BYTES + 4 :]))

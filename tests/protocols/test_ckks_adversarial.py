@@ -456,3 +456,37 @@ def test_owner_dropping_out_aborts_the_buyer(
         buyer.dropped(frozenset({"clinic"}))
     with pytest.raises(ProtocolError, match="not received every score"):
         buyer.scores
+
+
+def encode_fields(entries: list[tuple[int, int, object]]) -> bytes:
+    out = []
+    for number, wire, value in entries:
+        key = sealwire.encode_varint(number << 3 | wire)
+        if wire == sealwire.BYTES:
+            raw = bytes(value)  # type: ignore[call-overload]
+            out.append(key + sealwire.encode_varint(len(raw)) + raw)
+        elif wire == sealwire.FIXED64:
+            out.append(key + bytes(value))  # type: ignore[call-overload]
+        else:
+            out.append(key + sealwire.encode_varint(value))  # type: ignore[arg-type]
+    return b"".join(out)
+
+
+def test_a_degenerate_public_key_is_refused(
+    owner: CkksOwner, logistic_config: InferenceConfig
+) -> None:
+    """A public key whose halves are zero would make re-randomising a no-op."""
+    context = tenseal_context([60, 60])
+    data = context.serialize(save_galois_keys=False, save_relin_keys=False)
+    top = list(sealwire.fields(data, "context"))
+    version = sealwire.seal_version(top[0][2])
+    key_level = list(context.seal_context().data.key_parms_id())
+    zeros = np.zeros(2 * 2 * 8192, dtype=np.uint64)
+    key = sealwire.seal_ciphertext(version, key_level, 2, 8192, 2, 1.0, zeros)
+    public = [
+        (n, w, key if n == 1 else v)
+        for n, w, v in sealwire.fields(bytes(top[1][2]), "pk")
+    ]
+    forged = encode_fields([top[0], (2, sealwire.BYTES, encode_fields(public))])
+    with pytest.raises(ProtocolError, match="public key is degenerate"):
+        deliver(owner, context_message(logistic_config, forged))
