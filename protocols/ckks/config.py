@@ -11,6 +11,15 @@ different configurations fail at the first message.
 What the chosen set tells the buyer: that the model's worst-case output over
 inputs within +-``input_bound`` fits the set's value range, a coarse bound on the
 weights' size.
+
+What no configuration can bound: the owner cannot see the inputs, so a buyer whose
+party ignores the input bound, or fills the unused and imaginary parts of its
+slots, gets up to ``N`` noisy evaluations per block (two per slot, real and
+imaginary part) at inputs of its choice, whatever ``row_count`` says. The model is
+a polynomial in its inputs, so values at complex points tell no more than values
+at more real points, but a linear model is recovered from about ``features + 1``
+scores, to roughly p / |x| at inputs of size |x|. Quotas should therefore count
+:attr:`InferenceConfig.evaluations_exposed`, not rows.
 """
 
 from __future__ import annotations
@@ -75,7 +84,10 @@ class InferenceConfig:
             0 < bound <= MAX_INPUT_BOUND
         ):
             raise ConfigError(f"input_bound must be a float in (0, {MAX_INPUT_BOUND}]")
-        self.flood  # noqa: B018 - validates precision_bits against the set
+        bits = self.precision_bits
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise ConfigError("precision_bits must be an int")
+        FloodPlan.for_output(self.params, bits)  # refuses a precision the set lacks
 
     @property
     def feature_count(self) -> int:
@@ -91,6 +103,11 @@ class InferenceConfig:
         if not 0 <= block < self.blocks:
             raise ConfigError(f"block {block} is outside 0..{self.blocks - 1}")
         return min(self.params.slots, self.row_count - block * self.params.slots)
+
+    @property
+    def evaluations_exposed(self) -> int:
+        """Model evaluations a dishonest buyer can obtain from this run (see above)."""
+        return self.blocks * self.params.poly_modulus_degree
 
     @cached_property
     def flood(self) -> FloodPlan:
@@ -152,6 +169,7 @@ class InferenceConfig:
             "features": self.feature_count,
             "rows": self.row_count,
             "blocks": self.blocks,
+            "evaluations_exposed": self.evaluations_exposed,
             "parameters": self.params.to_json(),
             "precision": f"2^-{self.precision_bits}",
             "input_bound": self.input_bound,

@@ -72,8 +72,13 @@ class CkksOwner(NodeParty):
         return min(self._next_block * self._config.params.slots, self._config.row_count)
 
     def usage(self) -> NodeUsage:
-        """No dataset row is touched; the scored rows are the billable unit."""
-        return NodeUsage(units={"scored_rows": self.rows_evaluated})
+        """No dataset row is touched. ``scored_rows`` is what an honest buyer got;
+        ``evaluations_exposed`` what a dishonest one could get (quotas count it)."""
+        blocks = self._next_block
+        exposed = blocks * self._config.params.poly_modulus_degree
+        return NodeUsage(
+            units={"scored_rows": self.rows_evaluated, "evaluations_exposed": exposed}
+        )
 
     def start(self) -> list[Outbound]:
         """The owner waits for the buyer's context."""

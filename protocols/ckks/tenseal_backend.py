@@ -175,7 +175,6 @@ class _OwnerContext(OwnerContext):
             raise ProtocolError("the public context carries a secret key")
         if context.has_galois_keys() or context.has_relin_keys() != (params.depth == 2):
             raise ProtocolError("the public context carries the wrong evaluation keys")
-        _check_public_key(context.public_key().data.data(), params)
         seal = context.seal_context().data
         key_parms = seal.key_context_data().parms()
         primes = [m.value() for m in key_parms.coeff_modulus()]
@@ -190,6 +189,7 @@ class _OwnerContext(OwnerContext):
             raise ProtocolError(
                 f"the public context is not parameter set {params.name}"
             )
+        _check_public_key(context.public_key().data.data(), params)
         self._params = params
         self._context = context
         self._seal = seal
@@ -357,9 +357,9 @@ def _check_public_key(key: Any, params: ParameterSet) -> None:
 
     Both halves of an honest key are uniform modulo each prime (in SEAL's NTT form),
     so any 256 coefficients of one limb are distinct except with probability below
-    2**-30 (primes of 46 bits or more). A zero, constant or low-entropy half, which would make re-randomising
-    with this key ineffective, fails. A key crafted to look uniform would pass: the
-    flooding argument assumes honestly generated keys.
+    2**-30 (primes of 46 bits or more). A zero, constant or low-entropy half,
+    which would make re-randomising with this key ineffective, fails. A key crafted
+    to look uniform would pass: the flooding argument assumes honest keys.
     """
     n = params.poly_modulus_degree
     limbs = key.coeff_modulus_size()

@@ -45,10 +45,9 @@ def test_logistic_on_breast_cancer_matches_plaintext(
     assert np.abs(buyer.scores - predict(logistic_model, x)).max() <= 1e-3
     assert np.abs(buyer.raw_scores - decision_function(logistic_model, x)).max() <= 4e-3
     assert buyer.rows_encrypted == buyer.rows_scored == owner.rows_evaluated == len(x)
-    assert (
-        owner.usage().units == {"scored_rows": len(x)}
-        and owner.usage().rows_touched == 0
-    )
+    usage = owner.usage()
+    assert usage.units == {"scored_rows": len(x), "evaluations_exposed": 8192}
+    assert usage.rows_touched == 0 and logistic_config.evaluations_exposed == 8192
     assert set(traffic.bytes_by_stage) == {CONTEXT, FEATURES, SCORES}
     assert traffic.messages_sent == {"bank": 2, "clinic": 1}
 
