@@ -29,6 +29,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_governance",
     "benchmarks.bench_sandbox",
     "benchmarks.bench_fedavg",
+    "benchmarks.bench_he_inference",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")

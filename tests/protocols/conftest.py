@@ -1,4 +1,4 @@
-"""Shared fixtures for protocol tests: identity keys made once per test session."""
+"""Shared fixtures for protocol tests: keys, models and runs made once per session."""
 
 from __future__ import annotations
 
@@ -8,6 +8,16 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protocols.ckks import CkksBuyer, InferenceConfig, plan_inference
+from protocols.models import (
+    InputSchema,
+    ModelAsset,
+    ModelCard,
+    fit_poly_mlp,
+    from_sklearn,
+    standardiser,
+)
+from protocols.party import Outbound
 from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 from protocols.secagg.simulate import build_session
 
@@ -57,3 +67,68 @@ def build_parties(secagg_identities: dict[str, Ed25519PrivateKey]) -> BuildParti
         return build_session(inputs, cfg, identities=ids)
 
     return build
+
+
+# CKKS private inference: models trained and runs planned once per session.
+
+
+@pytest.fixture(scope="session")
+def breast_cancer() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    return data.data, data.target, list(data.feature_names)
+
+
+@pytest.fixture(scope="session")
+def logistic_model(
+    breast_cancer: tuple[np.ndarray, np.ndarray, list[str]],
+) -> ModelAsset:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, names = breast_cancer
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
+    card = ModelCard.of("breast cancer", provenance="sklearn breast_cancer, C=1")
+    return from_sklearn(
+        pipe, feature_names=names, model_id="bc-lr", version="1", card=card
+    )
+
+
+@pytest.fixture(scope="session")
+def mlp_model(breast_cancer: tuple[np.ndarray, np.ndarray, list[str]]) -> ModelAsset:
+    x, y, names = breast_cancer
+    mean, scale = standardiser(x)
+    params = fit_poly_mlp((x - mean) / scale, y, task="binary", hidden=4, seed=1)
+    return ModelAsset(
+        kind="poly_mlp",
+        model_id="bc-mlp",
+        version="1",
+        schema=InputSchema(tuple(names), mean, scale),
+        card=ModelCard.of("breast cancer MLP", provenance="fit_poly_mlp seed=1"),
+        parameters=params,
+        link="logistic",
+    )
+
+
+@pytest.fixture(scope="session")
+def logistic_config(
+    logistic_model: ModelAsset, breast_cancer: tuple[np.ndarray, np.ndarray, list[str]]
+) -> InferenceConfig:
+    return plan_inference(
+        logistic_model,
+        session_id="run-lr",
+        buyer="bank",
+        owner="clinic",
+        row_count=len(breast_cancer[0]),
+    )
+
+
+@pytest.fixture(scope="session")
+def logistic_messages(
+    logistic_config: InferenceConfig,
+    breast_cancer: tuple[np.ndarray, np.ndarray, list[str]],
+) -> list[Outbound]:
+    """What an honest buyer sends for the logistic run: context, then one batch."""
+    return CkksBuyer("bank", logistic_config, breast_cancer[0]).start()
