@@ -1,4 +1,4 @@
-"""Shared fixtures for protocol tests: identity keys made once per test session."""
+"""Shared fixtures for protocol tests: identity and Paillier keys, once per session."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protocols.paillier import KeyPair, generate_keypair
 from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 from protocols.secagg.simulate import build_session
 
@@ -57,3 +58,15 @@ def build_parties(secagg_identities: dict[str, Ed25519PrivateKey]) -> BuildParti
         return build_session(inputs, cfg, identities=ids)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def paillier_keys() -> KeyPair:
+    """One 3072-bit Paillier key pair for the whole session (generation is slow)."""
+    return generate_keypair()
+
+
+@pytest.fixture(scope="session")
+def other_paillier_keys() -> KeyPair:
+    """A second 3072-bit key pair, for ciphertexts under another key."""
+    return generate_keypair()

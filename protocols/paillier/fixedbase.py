@@ -1,0 +1,171 @@
+"""Hazardous arithmetic: fixed-base window tables and multi-exponentiation mod m.
+
+Nothing here is encryption by itself: these are the exponentiations that the
+obfuscator (h_s^a) and the homomorphic dot products are built from. Use
+``protocols.paillier.Encryptor`` and ``protocols.paillier.vectors`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Final
+
+import gmpy2
+import numpy as np
+import numpy.typing as npt
+from gmpy2 import mpz
+
+MAX_WINDOW_BITS: Final = 12
+MAX_TABLE_BYTES: Final = 64 << 20
+"""A fixed-base table never takes more memory than this (per process)."""
+
+Table = tuple[tuple[mpz, ...], ...]
+"""``table[i][d] = base^(d * 2^(w*(first + i)))`` for the windows of one range."""
+Digits = npt.NDArray[np.int64]
+"""Exponents as rows of base-2^w digits, least significant window first."""
+
+
+def exponent_windows(exponent_bits: int, window: int) -> int:
+    """How many w-bit windows cover an exponent (its length rounds up to whole ones)."""
+    return -(-exponent_bits // window)
+
+
+def choose_window(exponent_bits: int, count: int, modulus_bits: int) -> int:
+    """The window minimising table building plus ``count`` exponentiations.
+
+    Building a table costs about 2^w multiplications per window and each
+    exponentiation one per window, so the cost is windows(w) * (2^w + count);
+    tables above MAX_TABLE_BYTES are not considered.
+    """
+    entry_bytes = (modulus_bits + 7) // 8
+    best, best_cost = 1, float("inf")
+    for window in range(1, MAX_WINDOW_BITS + 1):
+        windows = exponent_windows(exponent_bits, window)
+        if windows * (1 << window) * entry_bytes > MAX_TABLE_BYTES:
+            break
+        cost = windows * ((1 << window) + count)
+        if cost < best_cost:
+            best, best_cost = window, cost
+    return best
+
+
+def random_digits(raw: bytes, count: int, exponent_bits: int, window: int) -> Digits:
+    """Split ``count`` uniformly random exponents of whole windows into digits.
+
+    ``raw`` holds ``count * ceil(windows * w / 8)`` random bytes; exponent k is the
+    little-endian integer of its bytes, cut to windows * w bits, so it is uniform
+    in [0, 2^(windows * w)).
+    """
+    windows = exponent_windows(exponent_bits, window)
+    total_bits = windows * window
+    width = (total_bits + 7) // 8
+    if len(raw) != count * width:
+        raise ValueError("random_digits: wrong number of random bytes")
+    octets = np.frombuffer(raw, dtype=np.uint8).reshape(count, width)
+    bits = np.unpackbits(octets, axis=1, bitorder="little")[:, :total_bits]
+    weights = np.left_shift(np.int64(1), np.arange(window, dtype=np.int64))
+    digits: Digits = bits.reshape(count, windows, window).astype(np.int64) @ weights
+    return digits
+
+
+def digits_to_exponent(digits: Sequence[int], window: int) -> int:
+    """The integer whose base-2^w digits are ``digits`` (for tests and checks)."""
+    value = 0
+    for digit in reversed(digits):
+        value = (value << window) | int(digit)
+    return value
+
+
+@lru_cache(maxsize=4)
+def window_table(base: mpz, modulus: mpz, window: int, first: int, last: int) -> Table:
+    """The fixed-base table for windows [first, last), cached per process.
+
+    Cached because a node encrypts many batches under one key; the cache holds a
+    few tables of at most MAX_TABLE_BYTES each.
+    """
+    step = gmpy2.powmod(base, mpz(1) << (window * first), modulus)
+    rows = []
+    for _ in range(first, last):
+        row = [mpz(1), step]
+        for _ in range(2, 1 << window):
+            row.append(row[-1] * step % modulus)
+        rows.append(tuple(row))
+        step = row[-1] * step % modulus
+    return tuple(rows)
+
+
+def fixed_base_powers(table: Table, modulus: mpz, digits: Digits) -> list[mpz]:
+    """base^e mod m for each exponent e given as a row of digits over the table."""
+    results = []
+    for row in digits.tolist():
+        acc = mpz(1)
+        for entries, digit in zip(table, row, strict=True):
+            if digit:
+                acc = acc * entries[digit] % modulus
+        results.append(acc)
+    return results
+
+
+def multi_exp(bases: Sequence[mpz], exponents: Sequence[int], modulus: mpz) -> mpz:
+    """prod_i bases[i]^exponents[i] mod m (exponents of any sign; bases units).
+
+    Negative exponents are gathered into one denominator inverted once; each part
+    uses Pippenger's bucket method when it beats one powmod per base.
+    """
+    if len(bases) != len(exponents):
+        raise ValueError("multi_exp: as many exponents as bases are needed")
+    positive = [(b, e) for b, e in zip(bases, exponents, strict=True) if e > 0]
+    negative = [(b, -e) for b, e in zip(bases, exponents, strict=True) if e < 0]
+    result = _multi_exp_positive(positive, modulus)
+    if negative:
+        result = result * gmpy2.invert(_multi_exp_positive(negative, modulus), modulus)
+    return result % modulus
+
+
+def _multi_exp_positive(pairs: Sequence[tuple[mpz, int]], modulus: mpz) -> mpz:
+    if not pairs:
+        return mpz(1)
+    bits = max(e.bit_length() for _, e in pairs)
+    window = _bucket_window(len(pairs), bits)
+    if window == 0:
+        acc = mpz(1)
+        for base, exponent in pairs:
+            acc = acc * gmpy2.powmod(base, exponent, modulus) % modulus
+        return acc
+    mask = (1 << window) - 1
+    acc = mpz(1)
+    for shift in range(exponent_windows(bits, window) * window - window, -1, -window):
+        for _ in range(window):
+            acc = acc * acc % modulus
+        buckets: dict[int, mpz] = {}
+        for base, exponent in pairs:
+            digit = (exponent >> shift) & mask
+            if digit:
+                held = buckets.get(digit)
+                buckets[digit] = base if held is None else held * base % modulus
+        # sum_d d * bucket[d] as a running product from the top digit down.
+        running, total = mpz(1), mpz(1)
+        for digit in range(mask, 0, -1):
+            held = buckets.get(digit)
+            if held is not None:
+                running = running * held % modulus
+            if running != 1:
+                total = total * running % modulus
+        acc = acc * total % modulus
+    return acc
+
+
+def _bucket_window(count: int, bits: int) -> int:
+    """Pippenger's window for ``count`` bases, or 0 when separate powmods are cheaper.
+
+    A powmod costs about 1.2 * bits multiplications (its squarings are not
+    shared); the bucket method about bits/c * (count + 2^(c+1)) + bits.
+    """
+    separate = 1.2 * bits * count
+    best, best_cost = 0, separate
+    for window in range(1, 17):
+        cost = exponent_windows(bits, window) * (count + (2 << window)) + bits
+        if cost < best_cost:
+            best, best_cost = window, cost
+    return best
