@@ -7,12 +7,12 @@ builds only its share of the table, so the pool helps even for one-off batches.
 
 Whether a batch goes to the pool is decided from measurements, not a constant:
 at start the pool times its own task round trip, and on first use per modulus
-size it times a multiplication mod m. A batch of W multiplications is sent to
-the pool when W * t_mul / workers + round trip < 0.8 * W * t_mul, i.e. when the
-pool saves at least a fifth of the time. On the 2-core reference machine that
-is from about 2 ciphertexts up for 3072-bit encryption (the round trip is about
-1 ms, one obfuscator about 250 multiplications of 15 us); the he_sum benchmark
-prints the measured crossover.
+size it times a multiplication mod m. A batch that costs S multiplications in
+this process, or P split over the workers (P includes the table shares they
+build), is sent to the pool when P * t_mul / workers + round trip < 0.8 * S *
+t_mul, i.e. when the pool saves at least a fifth of the time. ``min_batch``
+turns that into a batch size; the ``he_pool_threshold`` benchmark measures the
+real crossover beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import gmpy2
 from gmpy2 import mpz
@@ -33,9 +33,10 @@ from protocols.paillier.fixedbase import Digits, fixed_base_powers, window_table
 from protocols.paillier.keys import CrtKey
 
 PAYOFF: Final = 0.8
-"""The pool is used when it is predicted to take at most this share of the time."""
+"""The pool is used when predicted to take at most this share of the serial time."""
 _ROUND_TRIPS: Final = 5
 _TIMED_MULMODS: Final = 200
+_MAX_REPORTED_BATCH: Final = 4096
 
 R = TypeVar("R")
 
@@ -85,21 +86,29 @@ class CryptoPool:
             self._mulmod_seconds[modulus_bits] = elapsed / _TIMED_MULMODS
         return self._mulmod_seconds[modulus_bits]
 
-    def worth_it(self, mulmods: float, modulus_bits: int) -> bool:
-        """True if ``mulmods`` multiplications finish sooner split over the pool."""
-        serial = mulmods * self.mulmod_seconds(modulus_bits)
-        return serial / self.workers + self.round_trip_seconds < PAYOFF * serial
+    def worth_it(self, serial: float, parallel: float, modulus_bits: int) -> bool:
+        """True if ``parallel`` multiplications split over the workers (plus a
+        round trip) beat ``serial`` ones here by the PAYOFF margin."""
+        t_mul = self.mulmod_seconds(modulus_bits)
+        split = parallel * t_mul / self.workers + self.round_trip_seconds
+        return split < PAYOFF * serial * t_mul
 
-    def min_batch(self, mulmods_per_item: float, modulus_bits: int) -> int:
-        """The smallest batch that ``worth_it`` sends to the pool (for reports)."""
-        saved = PAYOFF - 1 / self.workers
-        per_item = mulmods_per_item * self.mulmod_seconds(modulus_bits)
-        return max(1, int(self.round_trip_seconds / (saved * per_item)) + 1)
+    def min_batch(
+        self, per_item: float, fixed: float, modulus_bits: int, *, cached: bool
+    ) -> int | None:
+        """The smallest batch ``worth_it`` sends to the pool (None: none up to
+        4096), for items costing ``per_item`` multiplications plus ``fixed``
+        table ones, the table already ``cached`` in this process or not."""
+        for count in range(1, _MAX_REPORTED_BATCH + 1):
+            serial = count * per_item + (0 if cached else fixed)
+            if self.worth_it(serial, count * per_item + fixed, modulus_bits):
+                return count
+        return None
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> CryptoPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:

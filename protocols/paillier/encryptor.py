@@ -20,6 +20,8 @@ from cleanroom.errors import ProtocolError
 from protocols.paillier import wire
 from protocols.paillier.batch import CryptoPool, crt_decrypt, partial_powers
 from protocols.paillier.fixedbase import (
+    Digits,
+    Table,
     choose_window,
     exponent_windows,
     fixed_base_powers,
@@ -40,8 +42,11 @@ def exponent_bits(key: PublicKey) -> int:
 class Encryptor:
     """Encrypts and re-randomises under ``key``; the key holder passes its ``private``.
 
-    ``pool`` (optional) takes batches large enough to pay for it. Randomness comes
-    from ``random`` (os.urandom unless a test injects a source).
+    The fixed-base table built for the first batch is kept for later ones (one
+    table, at most ``fixedbase.MAX_TABLE_BYTES``), so a long-lived encryptor pays
+    for it once; a new encryptor (a new job, a new party) builds its own. ``pool``
+    (optional) takes batches large enough to pay for it. Randomness comes from
+    ``random`` (os.urandom unless a test injects a source).
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class Encryptor:
         self._private = private
         self._pool = pool
         self._random = random
+        self._tables: dict[int, list[Table]] = {}
 
     def encrypt_integers(
         self,
@@ -129,35 +135,53 @@ class Encryptor:
         )
         modulus_bits = moduli[0][1].bit_length()
         bits = exponent_bits(self.key)
-        window = choose_window(bits, count, modulus_bits)
+        # A table this encryptor already built is reused; else the window suits
+        # this batch (building a table costs about 2^w products per window).
+        window = next(iter(self._tables), 0) or choose_window(bits, count, modulus_bits)
         windows = exponent_windows(bits, window)
         width = (windows * window + 7) // 8
         digits = random_digits(self._random(count * width), count, bits, window)
+        per_batch = count * windows * len(moduli)
+        table = windows * ((1 << window) - 1) * len(moduli)
+        serial = per_batch + (0 if window in self._tables else table)
         pool = self._pool
-        mulmods = count * windows * len(moduli)
-        if pool is not None and pool.worth_it(mulmods, modulus_bits):
-            pieces = max(1, pool.workers // len(moduli))
-            cuts = [windows * k // pieces for k in range(pieces + 1)]
-            tasks = [
-                (base, modulus, window, lo, hi, digits[:, lo:hi])
-                for base, modulus in moduli
-                for lo, hi in itertools.pairwise(cuts)
-            ]
-            parts = pool.run(partial_powers, tasks)
-            powers = [
-                _multiply(parts[k * pieces : (k + 1) * pieces], modulus)
-                for k, (_, modulus) in enumerate(moduli)
-            ]
+        if pool is not None and pool.worth_it(serial, per_batch + table, modulus_bits):
+            powers = self._pooled_powers(pool, moduli, window, windows, digits)
         else:
+            tables = self._tables.get(window)
+            if tables is None:
+                tables = [window_table(b, m, window, 0, windows) for b, m in moduli]
+                self._tables = {window: tables}
             powers = [
-                fixed_base_powers(
-                    window_table(base, modulus, window, 0, windows), modulus, digits
-                )
-                for base, modulus in moduli
+                fixed_base_powers(t, modulus, digits)
+                for t, (_, modulus) in zip(tables, moduli, strict=True)
             ]
         if crt is None:
             return powers[0]
         return [crt.combine_ciphertext(a, b) for a, b in zip(*powers, strict=True)]
+
+    @staticmethod
+    def _pooled_powers(
+        pool: CryptoPool,
+        moduli: list[tuple[mpz, mpz]],
+        window: int,
+        windows: int,
+        digits: Digits,
+    ) -> list[list[mpz]]:
+        # Each worker builds the table of its own windows only, so the table's
+        # cost is split too; the key holder's two primes go to separate workers.
+        pieces = max(1, pool.workers // len(moduli))
+        cuts = [windows * k // pieces for k in range(pieces + 1)]
+        tasks = [
+            (base, modulus, window, lo, hi, digits[:, lo:hi])
+            for base, modulus in moduli
+            for lo, hi in itertools.pairwise(cuts)
+        ]
+        parts = pool.run(partial_powers, tasks)
+        return [
+            _multiply(parts[k * pieces : (k + 1) * pieces], modulus)
+            for k, (_, modulus) in enumerate(moduli)
+        ]
 
     def _encrypt(
         self, ints: list[int], layout: PackingLayout, packed: bool
@@ -198,9 +222,8 @@ def decrypt_vector(
         raise ProtocolError("the vector is encrypted under another key")
     crt, ciphertexts = private.crt, list(vector.ciphertexts)
     # One CRT decryption is two exponentiations of bits/2 bits mod p^2 and q^2.
-    half_bits = crt.psquare.bit_length()
     mulmods = len(ciphertexts) * 2.4 * crt.p.bit_length()
-    if pool is not None and pool.worth_it(mulmods, half_bits):
+    if pool is not None and pool.worth_it(mulmods, mulmods, crt.psquare.bit_length()):
         chunks = [ciphertexts[k :: pool.workers] for k in range(pool.workers)]
         parts = pool.run(crt_decrypt, [(crt, chunk) for chunk in chunks])
         plaintexts: list[mpz] = [mpz(0)] * len(ciphertexts)

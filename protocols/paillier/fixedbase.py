@@ -8,7 +8,6 @@ obfuscator (h_s^a) and the homomorphic dot products are built from. Use
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Final
 
 import gmpy2
@@ -77,13 +76,8 @@ def digits_to_exponent(digits: Sequence[int], window: int) -> int:
     return value
 
 
-@lru_cache(maxsize=4)
 def window_table(base: mpz, modulus: mpz, window: int, first: int, last: int) -> Table:
-    """The fixed-base table for windows [first, last), cached per process.
-
-    Cached because a node encrypts many batches under one key; the cache holds a
-    few tables of at most MAX_TABLE_BYTES each.
-    """
+    """The fixed-base table for windows [first, last): (2^w - 1) products each."""
     step = gmpy2.powmod(base, mpz(1) << (window * first), modulus)
     rows = []
     for _ in range(first, last):
