@@ -29,7 +29,12 @@ import gmpy2
 from gmpy2 import mpz
 
 from cleanroom.errors import ConfigError
-from protocols.paillier.fixedbase import Digits, fixed_base_powers, window_table
+from protocols.paillier.fixedbase import (
+    Digits,
+    Fraction,
+    fixed_base_fractions,
+    window_table,
+)
 from protocols.paillier.keys import CrtKey
 
 PAYOFF: Final = 0.8
@@ -128,12 +133,12 @@ def _noop() -> None:
     return None
 
 
-def partial_powers(
-    base: mpz, modulus: mpz, window: int, first: int, last: int, digits: Digits
-) -> list[mpz]:
+def partial_fractions(
+    base: mpz, modulus: mpz, window: int, first: int, last: int, signed: Digits
+) -> list[Fraction]:
     """Worker task: the factors of base^e over windows [first, last) of each e."""
-    return fixed_base_powers(
-        window_table(base, modulus, window, first, last), modulus, digits
+    return fixed_base_fractions(
+        window_table(base, modulus, window, first, last), modulus, signed
     )
 
 

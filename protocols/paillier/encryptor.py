@@ -18,14 +18,20 @@ from gmpy2 import mpz
 
 from cleanroom.errors import ProtocolError
 from protocols.paillier import wire
-from protocols.paillier.batch import CryptoPool, crt_decrypt, partial_powers
+from protocols.paillier.batch import CryptoPool, crt_decrypt, partial_fractions
 from protocols.paillier.fixedbase import (
     Digits,
+    Fraction,
     Table,
     choose_window,
     exponent_windows,
     fixed_base_powers,
+    power_cost,
     random_digits,
+    resolve,
+    signed_digits,
+    table_cost,
+    table_windows,
     window_table,
 )
 from protocols.paillier.keys import PrivateKey, PublicKey
@@ -136,24 +142,25 @@ class Encryptor:
         modulus_bits = moduli[0][1].bit_length()
         bits = exponent_bits(self.key)
         # A table this encryptor already built is reused; else the window suits
-        # this batch (building a table costs about 2^w products per window).
+        # this batch (a table costs 2^(w-1) products per window).
         window = next(iter(self._tables), 0) or choose_window(bits, count, modulus_bits)
-        windows = exponent_windows(bits, window)
-        width = (windows * window + 7) // 8
-        digits = random_digits(self._random(count * width), count, bits, window)
-        per_batch = count * windows * len(moduli)
-        table = windows * ((1 << window) - 1) * len(moduli)
+        width = (exponent_windows(bits, window) * window + 7) // 8
+        raw = random_digits(self._random(count * width), count, bits, window)
+        signed = signed_digits(raw, window)
+        windows = table_windows(bits, window)
+        per_batch = count * power_cost(bits, window) * len(moduli)
+        table = table_cost(bits, window) * len(moduli)
         serial = per_batch + (0 if window in self._tables else table)
         pool = self._pool
         if pool is not None and pool.worth_it(serial, per_batch + table, modulus_bits):
-            powers = self._pooled_powers(pool, moduli, window, windows, digits)
+            powers = self._pooled_powers(pool, moduli, window, windows, signed)
         else:
             tables = self._tables.get(window)
             if tables is None:
                 tables = [window_table(b, m, window, 0, windows) for b, m in moduli]
                 self._tables = {window: tables}
             powers = [
-                fixed_base_powers(t, modulus, digits)
+                fixed_base_powers(t, modulus, signed)
                 for t, (_, modulus) in zip(tables, moduli, strict=True)
             ]
         if crt is None:
@@ -166,20 +173,20 @@ class Encryptor:
         moduli: list[tuple[mpz, mpz]],
         window: int,
         windows: int,
-        digits: Digits,
+        signed: Digits,
     ) -> list[list[mpz]]:
         # Each worker builds the table of its own windows only, so the table's
         # cost is split too; the key holder's two primes go to separate workers.
         pieces = max(1, pool.workers // len(moduli))
         cuts = [windows * k // pieces for k in range(pieces + 1)]
         tasks = [
-            (base, modulus, window, lo, hi, digits[:, lo:hi])
+            (base, modulus, window, lo, hi, signed[:, lo:hi])
             for base, modulus in moduli
             for lo, hi in itertools.pairwise(cuts)
         ]
-        parts = pool.run(partial_powers, tasks)
+        parts = pool.run(partial_fractions, tasks)
         return [
-            _multiply(parts[k * pieces : (k + 1) * pieces], modulus)
+            resolve(_multiply(parts[k * pieces : (k + 1) * pieces], modulus), modulus)
             for k, (_, modulus) in enumerate(moduli)
         ]
 
@@ -240,8 +247,11 @@ def decrypt_vector(
     )
 
 
-def _multiply(parts: list[list[mpz]], modulus: mpz) -> list[mpz]:
+def _multiply(parts: list[list[Fraction]], modulus: mpz) -> list[Fraction]:
     result = parts[0]
     for part in parts[1:]:
-        result = [a * b % modulus for a, b in zip(result, part, strict=True)]
+        result = [
+            (a * c % modulus, b * d % modulus)
+            for (a, b), (c, d) in zip(result, part, strict=True)
+        ]
     return result

@@ -20,9 +20,11 @@ MAX_TABLE_BYTES: Final = 64 << 20
 """A fixed-base table never takes more memory than this (per process)."""
 
 Table = tuple[tuple[mpz, ...], ...]
-"""``table[i][d] = base^(d * 2^(w*(first + i)))`` for the windows of one range."""
+"""``table[i][d] = base^(d * 2^(w*(first + i)))`` for d in 0..2^(w-1)."""
 Digits = npt.NDArray[np.int64]
 """Exponents as rows of base-2^w digits, least significant window first."""
+Fraction = tuple[mpz, mpz]
+"""A power as numerator and denominator: negative digits go below the line."""
 
 
 def exponent_windows(exponent_bits: int, window: int) -> int:
@@ -30,20 +32,36 @@ def exponent_windows(exponent_bits: int, window: int) -> int:
     return -(-exponent_bits // window)
 
 
+def table_windows(exponent_bits: int, window: int) -> int:
+    """Windows of a table for signed digits: one more, for the final carry."""
+    return exponent_windows(exponent_bits, window) + 1
+
+
+def table_cost(exponent_bits: int, window: int) -> int:
+    """Multiplications to build a table: 2^(w-1) per window."""
+    return table_windows(exponent_bits, window) << (window - 1)
+
+
+def power_cost(exponent_bits: int, window: int) -> int:
+    """Multiplications per power: one per window, plus ~4 for the batch inversion."""
+    return table_windows(exponent_bits, window) + 4
+
+
 def choose_window(exponent_bits: int, count: int, modulus_bits: int) -> int:
     """The window minimising table building plus ``count`` exponentiations.
 
-    Building a table costs about 2^w multiplications per window and each
-    exponentiation one per window, so the cost is windows(w) * (2^w + count);
-    tables above MAX_TABLE_BYTES are not considered.
+    With signed digits a table costs 2^(w-1) multiplications per window and each
+    exponentiation one per window; tables above MAX_TABLE_BYTES are not considered.
     """
     entry_bytes = (modulus_bits + 7) // 8
     best, best_cost = 1, float("inf")
     for window in range(1, MAX_WINDOW_BITS + 1):
-        windows = exponent_windows(exponent_bits, window)
-        if windows * (1 << window) * entry_bytes > MAX_TABLE_BYTES:
+        entries = table_windows(exponent_bits, window) * ((1 << (window - 1)) + 1)
+        if entries * entry_bytes > MAX_TABLE_BYTES:
             break
-        cost = windows * ((1 << window) + count)
+        cost = table_cost(exponent_bits, window) + count * power_cost(
+            exponent_bits, window
+        )
         if cost < best_cost:
             best, best_cost = window, cost
     return best
@@ -76,29 +94,72 @@ def digits_to_exponent(digits: Sequence[int], window: int) -> int:
     return value
 
 
+def signed_digits(digits: Digits, window: int) -> Digits:
+    """The same exponents in digits of [-2^(w-1), 2^(w-1)], one window longer.
+
+    A digit of 2^(w-1) or more becomes digit - 2^w and carries one into the next
+    window, so a table needs only the powers 0..2^(w-1) of each window's base.
+    """
+    count, windows = digits.shape
+    signed = np.zeros((count, windows + 1), dtype=np.int64)
+    carry = np.zeros(count, dtype=np.int64)
+    for i in range(windows):
+        value = digits[:, i] + carry
+        carry = (value >= 1 << (window - 1)).astype(np.int64)
+        signed[:, i] = value - (carry << window)
+    signed[:, windows] = carry
+    return signed
+
+
 def window_table(base: mpz, modulus: mpz, window: int, first: int, last: int) -> Table:
-    """The fixed-base table for windows [first, last): (2^w - 1) products each."""
+    """The fixed-base table for windows [first, last): 2^(w-1) products each."""
     step = gmpy2.powmod(base, mpz(1) << (window * first), modulus)
     rows = []
     for _ in range(first, last):
         row = [mpz(1), step]
-        for _ in range(2, 1 << window):
+        for _ in range(2, (1 << (window - 1)) + 1):
             row.append(row[-1] * step % modulus)
         rows.append(tuple(row))
-        step = row[-1] * step % modulus
+        step = row[-1] * row[-1] % modulus
     return tuple(rows)
 
 
-def fixed_base_powers(table: Table, modulus: mpz, digits: Digits) -> list[mpz]:
-    """base^e mod m for each exponent e given as a row of digits over the table."""
+def fixed_base_fractions(table: Table, modulus: mpz, signed: Digits) -> list[Fraction]:
+    """base^e mod m as (numerator, denominator) for exponents in signed digits."""
     results = []
-    for row in digits.tolist():
-        acc = mpz(1)
+    for row in signed.tolist():
+        above, below = mpz(1), mpz(1)
         for entries, digit in zip(table, row, strict=True):
-            if digit:
-                acc = acc * entries[digit] % modulus
-        results.append(acc)
+            if digit > 0:
+                above = above * entries[digit] % modulus
+            elif digit < 0:
+                below = below * entries[-digit] % modulus
+        results.append((above, below))
     return results
+
+
+def resolve(fractions: Sequence[Fraction], modulus: mpz) -> list[mpz]:
+    """numerator / denominator for each fraction, with a single modular inversion.
+
+    Montgomery's trick: invert the product of all denominators once, then peel
+    each inverse off with two multiplications.
+    """
+    prefix, running = [], mpz(1)
+    for _, below in fractions:
+        prefix.append(running)
+        running = running * below % modulus
+    inverse = gmpy2.invert(running, modulus)
+    results = [mpz(0)] * len(fractions)
+    for k in range(len(fractions) - 1, -1, -1):
+        above, below = fractions[k]
+        results[k] = above * inverse % modulus * prefix[k] % modulus
+        inverse = inverse * below % modulus
+    return results
+
+
+def fixed_base_powers(table: Table, modulus: mpz, signed: Digits) -> list[mpz]:
+    """base^e mod m for each exponent in signed digits over the table."""
+    return resolve(fixed_base_fractions(table, modulus, signed), modulus)
 
 
 def multi_exp(bases: Sequence[mpz], exponents: Sequence[int], modulus: mpz) -> mpz:
