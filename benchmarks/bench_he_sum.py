@@ -188,7 +188,7 @@ def he_sum(ctx: Context) -> Iterator[Measurement]:
     )
     peers = _open_heu(ctx, parties, heu_values)
     with CryptoPool(2) as pool:
-        round_trip = pool.round_trip_seconds
+        round_trip, parallelism = pool.round_trip_seconds, pool.parallelism
         serial: list[Sample] = []
         pooled: list[Sample] = []
         phe: list[Sample] = []
@@ -206,7 +206,8 @@ def he_sum(ctx: Context) -> Iterator[Measurement]:
         ctx.log(f"  ours, {name}, median per phase: {_phases_text(samples)}")
     ctx.log(
         f"  key generation {keygen_s:.1f} s; pool round trip "
-        f"{round_trip * 1e3:.2f} ms; phe sampled on {phe_positions} positions"
+        f"{round_trip * 1e3:.2f} ms, measured parallelism {parallelism:.2f} of 2; "
+        f"phe sampled on {phe_positions} positions"
     )
     everything = {"parties": 1.0, "coordinator": 1.0, "analyst": 1.0}
     ours = {

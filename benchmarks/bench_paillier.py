@@ -124,6 +124,10 @@ def he_pool_threshold(ctx: Context) -> Iterator[Measurement]:
     counts = ctx.pick(quick=(1, 4), full=(1, 2, 3, 4, 6, 8, 16, 32))
     repeat = ctx.pick(quick=ctx.repeat, full=min(ctx.repeat, 5))
     with _AlwaysPool(2) as pool:
+        ctx.log(
+            f"  pool: round trip {pool.round_trip_seconds * 1e3:.2f} ms, "
+            f"measured parallelism {pool.parallelism:.2f} of 2"
+        )
         for count in counts:
             cases = _threshold_cases(keys, layout, pool, count)
             for case, (serial_fn, pooled_fn) in cases.items():

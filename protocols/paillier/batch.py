@@ -5,14 +5,15 @@ receive plain integers: fixed-base products over a range of windows, or CRT
 decryptions. Splitting the windows of one exponent between workers means each
 builds only its share of the table, so the pool helps even for one-off batches.
 
-Whether a batch goes to the pool is decided from measurements, not a constant:
-at start the pool times its own task round trip, and on first use per modulus
-size it times a multiplication mod m. A batch that costs S multiplications in
-this process, or P split over the workers (P includes the table shares they
-build), is sent to the pool when P * t_mul / workers + round trip < 0.8 * S *
-t_mul, i.e. when the pool saves at least a fifth of the time. ``min_batch``
-turns that into a batch size; the ``he_pool_threshold`` benchmark measures the
-real crossover beside it.
+Whether a batch goes to the pool is decided from measurements, not a constant.
+At start the pool times its task round trip and its real parallelism (the same
+work in this process and, at once, in every worker: on a loaded machine the
+workers get less than a core each); on first use per modulus size it times a
+multiplication mod m. A batch costing S multiplications here, or P split over
+the workers (P includes the table shares they build), goes to the pool when
+P * t_mul / parallelism + round trip < 0.8 * S * t_mul, i.e. when the pool is
+predicted to save a fifth of the time. ``min_batch`` turns that into a batch
+size; the ``he_pool_threshold`` benchmark measures the real crossover beside it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ PAYOFF: Final = 0.8
 _ROUND_TRIPS: Final = 5
 _TIMED_MULMODS: Final = 200
 _MAX_REPORTED_BATCH: Final = 4096
+_CALIBRATION_MULMODS: Final = 4000
+"""About 20 ms of work, enough to see whether the workers really run at once."""
 
 R = TypeVar("R")
 
@@ -68,6 +71,17 @@ class CryptoPool:
             self.run(_noop, [()])
             trips.append(time.perf_counter() - start)
         self.round_trip_seconds = statistics.median(trips)
+        self.parallelism = self._measure_parallelism()
+
+    def _measure_parallelism(self) -> float:
+        """How many workers' worth of work runs at once (1 to ``workers``)."""
+        start = time.process_time()
+        _spin(_CALIBRATION_MULMODS)
+        alone = time.process_time() - start
+        start = time.perf_counter()
+        self.run(_spin, [(_CALIBRATION_MULMODS,)] * self.workers)
+        together = time.perf_counter() - start
+        return min(float(self.workers), max(1.0, self.workers * alone / together))
 
     def run(self, fn: Callable[..., R], tasks: Sequence[tuple[Any, ...]]) -> list[R]:
         """Run ``fn(*task)`` for every task in the workers; results in task order."""
@@ -95,7 +109,7 @@ class CryptoPool:
         """True if ``parallel`` multiplications split over the workers (plus a
         round trip) beat ``serial`` ones here by the PAYOFF margin."""
         t_mul = self.mulmod_seconds(modulus_bits)
-        split = parallel * t_mul / self.workers + self.round_trip_seconds
+        split = parallel * t_mul / self.parallelism + self.round_trip_seconds
         return split < PAYOFF * serial * t_mul
 
     def min_batch(
@@ -120,7 +134,7 @@ class CryptoPool:
         self.close()
 
     def __repr__(self) -> str:
-        return f"CryptoPool(workers={self.workers})"
+        return f"CryptoPool(workers={self.workers}, parallelism={self.parallelism:.2f})"
 
 
 def _timed(fn: Callable[..., R], task: tuple[Any, ...]) -> tuple[R, float]:
@@ -131,6 +145,14 @@ def _timed(fn: Callable[..., R], task: tuple[Any, ...]) -> tuple[R, float]:
 
 def _noop() -> None:
     return None
+
+
+def _spin(count: int) -> None:
+    """Calibration work: ``count`` multiplications mod a 3072-bit number."""
+    modulus = (mpz(1) << 3072) - 1103
+    value = modulus // 3
+    for _ in range(count):
+        value = value * (value + 1) % modulus
 
 
 def partial_fractions(
