@@ -86,14 +86,6 @@ def random_digits(raw: bytes, count: int, exponent_bits: int, window: int) -> Di
     return digits
 
 
-def digits_to_exponent(digits: Sequence[int], window: int) -> int:
-    """The integer whose base-2^w digits are ``digits`` (for tests and checks)."""
-    value = 0
-    for digit in reversed(digits):
-        value = (value << window) | int(digit)
-    return value
-
-
 def signed_digits(digits: Digits, window: int) -> Digits:
     """The same exponents in digits of [-2^(w-1), 2^(w-1)], one window longer.
 

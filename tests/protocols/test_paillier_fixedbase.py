@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from protocols.paillier.fixedbase import (
     choose_window,
-    digits_to_exponent,
     exponent_windows,
     fixed_base_powers,
     multi_exp,
@@ -23,6 +22,12 @@ from protocols.paillier.fixedbase import (
     table_windows,
     window_table,
 )
+
+
+def digits_to_exponent(digits: list[int], window: int) -> int:
+    """The integer whose base-2^w digits (least significant first) are ``digits``."""
+    return sum(digit << (window * i) for i, digit in enumerate(digits))
+
 
 MODULUS = gmpy2.next_prime(mpz(1) << 511) * gmpy2.next_prime(mpz(3) << 254)
 

@@ -26,10 +26,14 @@ from protocols.paillier import (
 )
 from protocols.paillier.fixedbase import (
     choose_window,
-    digits_to_exponent,
     exponent_windows,
     random_digits,
 )
+
+
+def digits_to_exponent(digits: list[int], window: int) -> int:
+    """The integer whose base-2^w digits (least significant first) are ``digits``."""
+    return sum(digit << (window * i) for i, digit in enumerate(digits))
 
 
 class CountingRandom:
