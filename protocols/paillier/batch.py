@@ -24,12 +24,13 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Final, Self, TypeVar
 
 import gmpy2
 from gmpy2 import mpz
 
-from cleanroom.errors import ConfigError
+from cleanroom.errors import ConfigError, ProtocolAbort
 from protocols.paillier.fixedbase import (
     Digits,
     Fraction,
@@ -85,13 +86,13 @@ class CryptoPool:
 
     def run(self, fn: Callable[..., R], tasks: Sequence[tuple[Any, ...]]) -> list[R]:
         """Run ``fn(*task)`` for every task in the workers; results in task order."""
-        futures = [self._executor.submit(_timed, fn, task) for task in tasks]
-        results = []
-        for future in futures:
-            result, cpu = future.result()
-            self.cpu_seconds += cpu
-            results.append(result)
-        return results
+        try:
+            futures = [self._executor.submit(_timed, fn, task) for task in tasks]
+            outcomes = [future.result() for future in futures]
+        except BrokenProcessPool:
+            raise ProtocolAbort("a crypto pool worker died") from None
+        self.cpu_seconds += sum(cpu for _, cpu in outcomes)
+        return [result for result, _ in outcomes]
 
     def mulmod_seconds(self, modulus_bits: int) -> float:
         """Measured time of one multiplication mod a ``modulus_bits``-bit modulus."""

@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from gmpy2 import mpz
 
+from cleanroom.errors import ConfigError, ProtocolError
+
 MAX_WINDOW_BITS: Final = 12
 MAX_TABLE_BYTES: Final = 64 << 20
 """A fixed-base table never takes more memory than this (per process)."""
@@ -78,7 +80,9 @@ def random_digits(raw: bytes, count: int, exponent_bits: int, window: int) -> Di
     total_bits = windows * window
     width = (total_bits + 7) // 8
     if len(raw) != count * width:
-        raise ValueError("random_digits: wrong number of random bytes")
+        raise ConfigError(
+            f"the random source gave {len(raw)} bytes, not {count * width}"
+        )
     octets = np.frombuffer(raw, dtype=np.uint8).reshape(count, width)
     bits = np.unpackbits(octets, axis=1, bitorder="little")[:, :total_bits]
     weights = np.left_shift(np.int64(1), np.arange(window, dtype=np.int64))
@@ -161,7 +165,7 @@ def multi_exp(bases: Sequence[mpz], exponents: Sequence[int], modulus: mpz) -> m
     uses Pippenger's bucket method when it beats one powmod per base.
     """
     if len(bases) != len(exponents):
-        raise ValueError("multi_exp: as many exponents as bases are needed")
+        raise ProtocolError("multi_exp: as many exponents as bases are needed")
     positive = [(b, e) for b, e in zip(bases, exponents, strict=True) if e > 0]
     negative = [(b, -e) for b, e in zip(bases, exponents, strict=True) if e < 0]
     result = _multi_exp_positive(positive, modulus)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cleanroom.errors import ProtocolError, SpecError
+from cleanroom.errors import ConfigError, ProtocolError, SpecError
 from protocols.paillier import (
     CryptoPool,
     Encryptor,
@@ -278,3 +278,9 @@ def test_vectors_under_different_keys_do_not_mix(
         Encryptor(paillier_keys.public).rerandomize(theirs)
     with pytest.raises(ProtocolError, match="does not belong"):
         Encryptor(paillier_keys.public, private=other_paillier_keys.private)
+
+
+def test_a_short_random_source_is_refused(paillier_keys: KeyPair) -> None:
+    encryptor = Encryptor(paillier_keys.public, random=lambda count: b"\x00" * 8)
+    with pytest.raises(ConfigError, match="random source"):
+        encryptor.obfuscators(2)
