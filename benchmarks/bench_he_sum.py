@@ -234,7 +234,9 @@ def he_sum(ctx: Context) -> Iterator[Measurement]:
             yield ctx.measurement(
                 case=f"{case} vs {label}",
                 params=params,
-                details=details,
+                details=details
+                if index == 0
+                else details | {"pool_parallelism": round(parallelism, 2)},
                 metric=metric,
                 measured=_per_value(mine, index, everything, total_values),
                 baseline=_per_value(samples, index, weights, unit),
@@ -251,7 +253,8 @@ def _note(label: str, index: int, heu_values: int, phe_positions: int) -> str:
     what = (
         "CPU of this process (no pool)"
         if index == 0
-        else "wall time, 2 worker processes on 2 cores"
+        else "wall time with a 2-worker pool (it takes a batch only when its "
+        "measured parallelism says it pays)"
     )
     if label.startswith("phe"):
         return f"{what}; phe measured on {phe_positions} positions and scaled"
