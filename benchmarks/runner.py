@@ -25,6 +25,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_masks",
     "benchmarks.bench_secagg",
     "benchmarks.bench_paillier",
+    "benchmarks.bench_he_sum",
     "benchmarks.bench_e2e",
     "benchmarks.bench_governance",
     "benchmarks.bench_sandbox",

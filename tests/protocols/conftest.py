@@ -17,6 +17,7 @@ from protocols.models import (
     from_sklearn,
     standardiser,
 )
+from protocols.paillier import KeyPair, generate_keypair
 from protocols.party import Outbound
 from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 from protocols.secagg.simulate import build_session
@@ -132,3 +133,13 @@ def logistic_messages(
 ) -> list[Outbound]:
     """What an honest buyer sends for the logistic run: context, then one batch."""
     return CkksBuyer("bank", logistic_config, breast_cancer[0]).start()
+@pytest.fixture(scope="session")
+def paillier_keys() -> KeyPair:
+    """One 3072-bit Paillier key pair for the whole session (generation is slow)."""
+    return generate_keypair()
+
+
+@pytest.fixture(scope="session")
+def other_paillier_keys() -> KeyPair:
+    """A second 3072-bit key pair, for ciphertexts under another key."""
+    return generate_keypair()
