@@ -35,9 +35,9 @@ Assumptions, named: corruption is static and independent of the graph order
 honest dropouts are independent of the order; the union bounds are evaluated
 exactly in floating point (log-gamma), not by Chernoff approximations. What the
 bounds do not cover: the coordinator can still tell different honest holders
-different survivor sets (there is no consistency round), which in the sparse
-graph can expose the sum of an arc of a few ``k`` honest parties rather than
-of all honest survivors; see the module docstring of graph.py.
+different survivor sets (there is no consistency round), which can expose the
+sum of a subset of the honest survivors (of the order of ``k`` of them on the
+ring) rather than only of all of them; see the module docstring of graph.py.
 """
 
 from __future__ import annotations

@@ -40,10 +40,15 @@ What the coordinator can still influence, and the bound on it:
   collusion is in scope. A commit-reveal among the nodes would remove it at the
   price of an extra round of O(n) messages per node; it is not implemented.
 * *Different survivor sets for different holders* at UNMASK (there is no
-  consistency round): each party still leaks at most one of its two secrets,
-  but the coordinator can strip the masks around an arc of a few ``k``
-  consecutive honest parties and learn that arc's sum rather than only the sum
-  of all survivors.
+  consistency round): each party still leaks at most one of its two secrets
+  (bounds.py), but calling a party "dropped" to some holders and "survived" to
+  others lets the coordinator cancel the masks around a set of honest parties
+  and learn that set's sum. Each holder can call at most ``k + 1 - t`` of its
+  neighbourhood dropped, which by counting keeps such a set at least
+  ``|H| (1 - (n - t) / (t - c))`` honest parties in the complete graph and, on
+  the ring, of the order of ``k`` consecutive ones. A consistency round
+  (survivors sign the survivor set, as in Bonawitz et al.) would remove this;
+  it changes the wire format and is left to a later version.
 
 A party needs only its own neighbourhood and those of its neighbours, so
 neighbourhoods are computed on first use (O(k) each) rather than all N up front.
