@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Final, Literal
 
@@ -13,6 +12,11 @@ import numpy as np
 
 from cleanroom.errors import ConfigError
 from protocols.party import COORDINATOR
+from protocols.secagg.bounds import (
+    DEFAULT_CORRUPTION,
+    DEFAULT_DROPOUT,
+    sound_parameters,
+)
 
 GraphKind = Literal["complete", "k-regular"]
 
@@ -21,15 +25,8 @@ MIN_PARTIES: Final = 3
 MAX_PARTIES: Final = 2**16 - 1
 MAX_NAME_BYTES: Final = 255
 MAX_VECTOR_LENGTH: Final = 2**28
+GRAPH_SEED_BYTES: Final = 32
 _DIGEST_DOMAIN: Final = b"cleanroom/secagg/v1/config\x00"
-
-
-def default_degree(n: int) -> int:
-    """Bell et al.'s logarithmic neighbourhood: 2*ceil(log2 n) peers, at most n - 1.
-
-    Even, so a circulant (Harary) graph of that degree exists for every n.
-    """
-    return min(n - 1, 2 * math.ceil(math.log2(n)))
 
 
 def smallest_ring(n: int, max_input: int | None) -> Literal[32, 64]:
@@ -58,6 +55,18 @@ class SecAggConfig:
     party's shares go to its closed neighbourhood (itself plus ``degree`` peers);
     ``threshold`` of them recover a secret. In a complete graph that is every party,
     so the sum survives any ``n - threshold`` dropouts.
+
+    A ``k-regular`` graph is drawn from ``graph_seed`` (32 bytes), which the caller
+    derives from inputs the coordinator cannot choose (``graph.graph_seed_from``:
+    the analyst's signed request); see graph.py for what that buys. Its default
+    degree and threshold are Bell et al.'s sound parameters for the Harary graph
+    (``bounds.sound_parameters``) at 5% corrupt and 5% dropped parties, privacy
+    failure <= 2^-40 and abort <= 2^-20: e.g. (18, 13) at 100 parties, (52, 37) at
+    1,000, (62, 44) at 10,000, (72, 51) at 100,000; where no sparse degree saves a
+    third of the complete graph's work, the default is the complete graph (degree
+    ``n - 1``) with its smallest threshold that keeps both secrets of an honest
+    party apart. Pass ``corruption``/``dropout`` to plan for other rates, or an
+    explicit ``degree``/``threshold`` (validated only structurally) to override.
     """
 
     session_id: str
@@ -70,6 +79,8 @@ class SecAggConfig:
     max_input: int | None = None
     """Public bound on every input element, if declared: clients refuse larger
     values, and the ring must hold ``n * max_input`` without wrapping."""
+    graph_seed: bytes | None = field(default=None, repr=False)
+    """The k-regular graph's public seed (required for it, refused otherwise)."""
 
     @classmethod
     def create(
@@ -83,12 +94,17 @@ class SecAggConfig:
         graph: GraphKind = "complete",
         degree: int | None = None,
         max_input: int | None = None,
+        graph_seed: bytes | None = None,
+        corruption: float = DEFAULT_CORRUPTION,
+        dropout: float = DEFAULT_DROPOUT,
     ) -> SecAggConfig:
         """Sort ``parties``, fill the defaults, then validate.
 
         Without ``modulus_bits`` the ring is the smallest that holds the sum: 2^32
         when a declared ``max_input`` times the party count fits below 2^32 (half
-        the masking work and bytes), else 2^64.
+        the masking work and bytes), else 2^64. ``corruption`` and ``dropout`` are
+        the planned rates behind a k-regular graph's default degree and threshold;
+        they are not part of the configuration itself.
         """
         names = list(parties)
         if not all(isinstance(p, str) for p in names):
@@ -96,8 +112,18 @@ class SecAggConfig:
         if len(set(names)) != len(names):
             raise ConfigError("party names must be unique")
         n = len(names)
+        if graph == "k-regular" and n >= MIN_PARTIES and None in (degree, threshold):
+            sound_degree, sound_threshold = sound_parameters(n, corruption, dropout)
+            if degree is None:
+                degree = sound_degree
+            if threshold is None:
+                threshold = (
+                    sound_threshold
+                    if degree == sound_degree
+                    else default_threshold(degree + 1)
+                )
         if degree is None:
-            degree = n - 1 if graph == "complete" else default_degree(max(n, 2))
+            degree = n - 1
         if threshold is None:
             threshold = default_threshold(degree + 1)
         if modulus_bits is None:
@@ -111,6 +137,7 @@ class SecAggConfig:
             graph=graph,
             degree=degree,
             max_input=max_input,
+            graph_seed=graph_seed,
         )
 
     def __post_init__(self) -> None:
@@ -130,6 +157,7 @@ class SecAggConfig:
         _check_int("degree", self.degree, 2, n - 1)
         if self.graph == "complete" and self.degree != n - 1:
             raise ConfigError(f"a complete graph of {n} parties has degree {n - 1}")
+        self._check_graph_seed()
         if (n * self.degree) % 2:
             raise ConfigError(
                 f"no {self.degree}-regular graph on {n} parties exists (n*k is odd)"
@@ -151,6 +179,20 @@ class SecAggConfig:
                 f"threshold {self.threshold} must exceed half of the neighbourhood "
                 f"size {m} and be at most {m}"
             )
+
+    def _check_graph_seed(self) -> None:
+        seed = self.graph_seed
+        if self.graph == "complete":
+            if seed is not None:
+                raise ConfigError("a complete graph takes no graph_seed")
+            return
+        if seed is None:
+            raise ConfigError(
+                "a k-regular graph needs a graph_seed the coordinator cannot choose "
+                "(see protocols.secagg.graph.graph_seed_from)"
+            )
+        if not isinstance(seed, bytes) or len(seed) != GRAPH_SEED_BYTES:
+            raise ConfigError(f"graph_seed must be {GRAPH_SEED_BYTES} bytes")
 
     def _check_parties(self) -> None:
         if not isinstance(self.parties, tuple):
@@ -198,14 +240,18 @@ class SecAggConfig:
         message rather than computing inconsistent masks.
         """
         h = hashlib.sha256(_DIGEST_DOMAIN)
-        for field in (self.session_id, self.graph, *self.parties):
-            raw = field.encode()
+        for part in (self.session_id, self.graph, *self.parties):
+            raw = part.encode()
             h.update(len(raw).to_bytes(2, "big") + raw)
         for number in (self.threshold, self.vector_length, self.modulus_bits):
             h.update(number.to_bytes(8, "big"))
         h.update(self.degree.to_bytes(8, "big") + len(self.parties).to_bytes(8, "big"))
         if self.max_input is not None:
             h.update(b"max_input" + self.max_input.to_bytes(8, "big"))
+        if self.graph_seed is not None:
+            # Every advert is signed over this digest: a node's signature commits
+            # it to the graph, and a party holding another seed fails at once.
+            h.update(b"graph_seed" + self.graph_seed)
         return h.digest()
 
 

@@ -38,11 +38,16 @@ def secagg_identities() -> dict[str, Ed25519PrivateKey]:
 
 @pytest.fixture(scope="session")
 def make_session() -> MakeSession:
-    """``make_session(n, d=16, bits=64, seed=0, **config)`` -> (config, inputs)."""
+    """``make_session(n, d=16, bits=64, seed=0, **config)`` -> (config, inputs).
+
+    A k-regular session gets a fixed test graph seed unless ``config`` names one.
+    """
 
     def make(
         n: int, d: int = 16, bits: int = 64, seed: int = 0, **config: object
     ) -> Session:
+        if config.get("graph") == "k-regular":
+            config.setdefault("graph_seed", bytes([seed]) * 32)
         cfg = SecAggConfig.create(
             session_id=f"job-{n}-{d}-{bits}-{seed}",
             parties=NAMES[:n],

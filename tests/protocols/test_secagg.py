@@ -24,7 +24,7 @@ from protocols.secagg import (
     SecAggConfig,
     run_in_process,
 )
-from protocols.secagg.config import default_degree
+from protocols.secagg.bounds import sound_parameters
 from protocols.secagg.graph import build_graph
 from protocols.secagg.keys import agree, public_key
 from protocols.secagg.simulate import build_session, drive, plaintext_sum
@@ -48,14 +48,15 @@ def test_complete_graph_sum_is_exact(make_session: MakeSession, bits: int) -> No
 
 def test_k_regular_twenty_parties_sum_is_exact(make_session: MakeSession) -> None:
     cfg, inputs = make_session(20, d=1000, graph="k-regular")
-    assert cfg.degree == default_degree(20) == 10 < 19
+    assert (cfg.degree, cfg.threshold) == sound_parameters(20) == (6, 5)
     total = run_in_process(inputs, cfg)
     assert np.array_equal(total, plaintext_sum(inputs, cfg, list(cfg.parties)))
 
 
 def test_k_regular_with_dropouts_at_several_stages(make_session: MakeSession) -> None:
     # Closed neighbourhoods of 11 with threshold 8: any 3 dropouts are tolerated.
-    cfg, inputs = make_session(20, d=200, bits=32, graph="k-regular", seed=3)
+    cfg, inputs = make_session(20, d=200, bits=32, graph="k-regular", seed=3, degree=10)
+    assert cfg.threshold == 8
     drop = {"p03": SHARE_KEYS, "p11": MASKED_INPUT, "p17": UNMASK}
     total = run_in_process(inputs, cfg, drop_at=drop)
     assert np.array_equal(total, plaintext_sum(inputs, cfg, survivors_of(cfg, drop)))
@@ -105,7 +106,7 @@ def test_dropouts_spread_over_stages_count_together(make_session: MakeSession) -
 def test_k_regular_neighbourhood_below_threshold_aborts(
     make_session: MakeSession,
 ) -> None:
-    cfg, inputs = make_session(20, graph="k-regular")
+    cfg, inputs = make_session(20, graph="k-regular", degree=10)
     victim_neighbours = build_graph(cfg).neighbours("p00")[:4]
     drop = dict.fromkeys(victim_neighbours, MASKED_INPUT)
     with pytest.raises(ProtocolAbort, match="neighbourhood remain; threshold is 8"):
@@ -166,10 +167,15 @@ def test_client_ignores_peer_dropouts_but_not_the_coordinator(
 def test_config_defaults() -> None:
     names = [f"n{i}" for i in range(100)]
     cfg = SecAggConfig.create(
-        session_id="s", parties=reversed(names), vector_length=10, graph="k-regular"
+        session_id="s",
+        parties=reversed(names),
+        vector_length=10,
+        graph="k-regular",
+        graph_seed=bytes(32),
     )
     assert cfg.parties == tuple(sorted(names))
-    assert (cfg.degree, cfg.neighbourhood_size, cfg.threshold) == (14, 15, 11)
+    # Bell et al.'s bounds at 5% corrupt, 5% dropped (tests/protocols/test_bounds.py).
+    assert (cfg.degree, cfg.neighbourhood_size, cfg.threshold) == (18, 19, 13)
     complete = SecAggConfig.create(session_id="s", parties=names[:5], vector_length=1)
     assert (complete.degree, complete.threshold) == (4, 4)
 
@@ -240,19 +246,25 @@ def test_config_digest_binds_every_parameter() -> None:
 @pytest.mark.parametrize(("n", "k"), [(20, 10), (21, 6), (30, 9), (100, 14)])
 def test_k_regular_graph_is_regular_symmetric_and_deterministic(n: int, k: int) -> None:
     names = [f"n{i:03d}" for i in range(n)]
-    cfg = SecAggConfig.create(
-        session_id="g", parties=names, vector_length=1, graph="k-regular", degree=k
-    )
+
+    def make(seed: bytes) -> SecAggConfig:
+        return SecAggConfig.create(
+            session_id="g",
+            parties=names,
+            vector_length=1,
+            graph="k-regular",
+            degree=k,
+            graph_seed=seed,
+        )
+
+    cfg = make(b"a" * 32)
     graph = build_graph(cfg)
     for name in names:
         peers = graph.neighbours(name)
         assert len(peers) == k and name not in peers
         assert all(name in graph.neighbours(p) for p in peers)
     assert build_graph(cfg) == graph
-    other = SecAggConfig.create(
-        session_id="h", parties=names, vector_length=1, graph="k-regular", degree=k
-    )
-    assert build_graph(other) != graph
+    assert build_graph(make(b"b" * 32)) != graph
 
 
 def test_fixed_point_floats_sum_exactly_through_secagg(
