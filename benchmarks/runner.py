@@ -28,6 +28,8 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_e2e",
     "benchmarks.bench_governance",
     "benchmarks.bench_sandbox",
+    "benchmarks.bench_psi",
+    "benchmarks.bench_pir",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")

@@ -102,8 +102,18 @@ def is_valid_point(point: bytes) -> bool:
     """True for a canonical encoding of a non-identity ristretto255 element."""
     return (
         len(point) == POINT_BYTES
+        and any(point)
+        and not _high_bit_set(point)
         and _lib().crypto_core_ristretto255_is_valid_point(point) == 1
     )
+
+
+def _high_bit_set(points: bytes) -> bool:
+    """libsodium 1.0.18 decodes s with bit 255 set as if it were clear; refuse it.
+
+    (Later releases reject it themselves; an encoding has one canonical form.)
+    """
+    return max(points[POINT_BYTES - 1 :: POINT_BYTES], default=0) >= 0x80
 
 
 def from_hashes(digests: bytes) -> bytes:
@@ -128,6 +138,8 @@ def multiply_points(scalar: bytes, points: bytes) -> bytes:
     """
     if len(scalar) != SCALAR_BYTES or len(points) % POINT_BYTES:
         raise ValueError("a 32-byte scalar and packed 32-byte points are required")
+    if _high_bit_set(points):
+        raise ProtocolError("a received group element is malformed or the identity")
     size = len(points)
     out = _ffi.new("unsigned char[]", size)
     src = _ffi.from_buffer(points)

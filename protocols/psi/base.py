@@ -129,7 +129,9 @@ class PsiPartyBase(NodeParty):
         if self._done or not parties - {self._name}:
             return []
         gone = ", ".join(sorted(parties))
-        raise ProtocolAbort(f"PSI: {gone} dropped while {self._name} was in {self._waiting}")
+        raise ProtocolAbort(
+            f"PSI: {gone} dropped while {self._name} was in {self._waiting}"
+        )
 
     def _check_start(self) -> None:
         if self._started:

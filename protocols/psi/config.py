@@ -69,9 +69,10 @@ class PsiConfig:
         )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.session_id, str) or not 0 < len(
-            self.session_id.encode()
-        ) <= 255:
+        if (
+            not isinstance(self.session_id, str)
+            or not 0 < len(self.session_id.encode()) <= 255
+        ):
             raise ConfigError("session_id must be a string of 1..255 bytes")
         if not isinstance(self.parties, tuple) or list(self.parties) != sorted(
             set(self.parties)
@@ -118,10 +119,16 @@ class PsiConfig:
         h.update(len(self.columns).to_bytes(2, "big"))
         for column in self.columns:
             h.update(column.describe())
-        h.update(self.max_items.to_bytes(8, "big") + self.chunk_items.to_bytes(8, "big"))
+        h.update(
+            self.max_items.to_bytes(8, "big") + self.chunk_items.to_bytes(8, "big")
+        )
         return h.digest()
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= high
+    ):
         raise ConfigError(f"{name} must be an int in {low}..{high}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -108,14 +109,16 @@ def split(count: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous (start, stop) ranges covering ``range(count)``."""
     parts = max(1, min(parts, count))
     bounds = [count * i // parts for i in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return list(itertools.pairwise(bounds))
 
 
 def blind_keys(
     runner: BatchRunner, scalar: bytes, prefix: bytes, encoded: Sequence[bytes]
 ) -> bytes:
     """Packed k * H(x) for every encoded key, spread over the runner's workers."""
-    jobs = [(scalar, prefix, encoded[a:b]) for a, b in split(len(encoded), runner.workers)]
+    jobs = [
+        (scalar, prefix, encoded[a:b]) for a, b in split(len(encoded), runner.workers)
+    ]
     return b"".join(runner.map(_hash_and_multiply, jobs))
 
 

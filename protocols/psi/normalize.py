@@ -95,7 +95,9 @@ def normalize_keys(
     for index, row in enumerate(rows):
         values = (row,) if isinstance(row, str) else tuple(row)
         if len(values) != width:
-            raise DatasetError(f"row {index} has {len(values)} key columns, not {width}")
+            raise DatasetError(
+                f"row {index} has {len(values)} key columns, not {width}"
+            )
         parts = []
         blank = False
         for rule, value in zip(columns, values, strict=True):

@@ -203,7 +203,9 @@ class RingPsi(PsiPartyBase):
                 members = set(split_tags(data))
                 others = members if others is None else others & members
         own = split_tags(sets[r] or b"")
-        matched = [j for j, tag in enumerate(own) if others is not None and tag in others]
+        matched = [
+            j for j, tag in enumerate(own) if others is not None and tag in others
+        ]
         if self._config.output == "cardinality":
             column = np.array([len(matched)], dtype=">u4")
         else:
@@ -248,7 +250,9 @@ class RingPsi(PsiPartyBase):
             self._finish(None, int(values[0]), ranks=False)
             return
         if values.size != len(self._keys):
-            raise ProtocolError(f"{RESULT}: {values.size} entries for {len(self._keys)} keys")
+            raise ProtocolError(
+                f"{RESULT}: {values.size} entries for {len(self._keys)} keys"
+            )
         positions = np.flatnonzero(values != _ABSENT)
         if mode == "intersection":
             if np.any(values[positions] != 1):

@@ -63,20 +63,28 @@ class TwoPartyPsi(PsiPartyBase):
     def receive(self, message: Inbound) -> list[Outbound]:
         """Re-blind a chunk of the peer's set, or take a chunk of our own back."""
         stage = message.stage
-        chunk = self._intake(message, (BLIND, REBLIND) if self.is_receiver else (BLIND,))
+        chunk = self._intake(
+            message, (BLIND, REBLIND) if self.is_receiver else (BLIND,)
+        )
         if stage == BLIND:
             expected = (self._peer_index, 1)
         else:
             expected = (self._me, 2)
         if (chunk.origin, chunk.hop) != expected:
             raise ProtocolError(f"{stage}: chunk carries the wrong origin or hop")
-        out = self._on_blind(chunk.index, chunk.items, chunk.data) if stage == BLIND else []
+        out = (
+            self._on_blind(chunk.index, chunk.items, chunk.data)
+            if stage == BLIND
+            else []
+        )
         self._maybe_finish()
         return out
 
     def _on_blind(self, index: int, items: int, data: bytes) -> list[Outbound]:
         self._peer_sizes[self._peer] = items
-        tags = tags_of(multiply_all(self._runner, self._scalar, data), self._config.digest)
+        tags = tags_of(
+            multiply_all(self._runner, self._scalar, data), self._config.digest
+        )
         self._peer_tags += tags
         out = []
         if self._peer_receives and self._positional:
@@ -119,7 +127,9 @@ class TwoPartyPsi(PsiPartyBase):
         if mine is None or not mine.complete:
             return
         if mine.items != len(self._keys):
-            raise ProtocolError(f"{REBLIND}: {mine.items} tags for {len(self._keys)} keys")
+            raise ProtocolError(
+                f"{REBLIND}: {mine.items} tags for {len(self._keys)} keys"
+            )
         theirs = set(split_tags(bytes(self._peer_tags)))
         own = split_tags(mine.data())
         matched = [j for j, tag in enumerate(own) if tag in theirs]
