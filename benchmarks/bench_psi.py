@@ -76,7 +76,7 @@ def psi_throughput(ctx: Context) -> Iterator[Measurement]:
     sizes = ctx.pick(quick=(10_000,), full=(100_000, 1_000_000))
     for n in sizes:
         overlap = n // 2
-        repeat = ctx.pick(quick=2, full=1 if n >= 1_000_000 else 2)
+        repeat = ctx.pick(quick=1, full=1 if n >= 1_000_000 else 2)
         ours: list[PsiRun] = []
         peer: list[dict[str, Any]] = []
         for _ in range(repeat):  # interleaved, so machine drift hits both alike
@@ -122,7 +122,7 @@ def psi_throughput(ctx: Context) -> Iterator[Measurement]:
             note="throughput ratio = peer wall / ours for the same 2n keys; "
             "SecretFlow's per-core figure is their published number, not measured",
         )
-        if n <= 100_000:
+        if ctx.preset == "full" and n <= 100_000:
             yield from _pool_measurement(ctx, n, overlap, peer_wall)
         if ctx.preset == "full" and n == SPU_SIZE:
             yield from _spu_measurement(ctx, n, overlap, wall)
@@ -131,7 +131,7 @@ def psi_throughput(ctx: Context) -> Iterator[Measurement]:
 def _pool_measurement(
     ctx: Context, n: int, overlap: int, peer_wall: Stats
 ) -> Iterator[Measurement]:
-    runs = [_pool_run(n, overlap) for _ in range(ctx.pick(quick=1, full=2))]
+    runs = [_pool_run(n, overlap) for _ in range(2)]
     for run in runs:
         _check(run.cardinality, overlap, "cleanroom (pool)")
     yield ctx.measurement(

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cleanroom.errors import ConfigError, DatasetError, ProtocolAbort
-from protocols.psi import ColumnRule, PsiConfig, psi_party
+from protocols.psi import ColumnRule, ProcessRunner, PsiConfig, psi_party
+from protocols.psi.group import split
 from protocols.psi.normalize import normalize_keys
 from protocols.psi.simulate import drive
 
@@ -161,3 +162,31 @@ def test_finished_party_ignores_a_later_drop() -> None:
     parties = {n: psi_party(config, n, ["x"]) for n in ("a", "b")}
     drive(parties)
     assert parties["b"].dropped(frozenset({"a"})) == []
+
+
+def test_process_pool_gives_the_same_result() -> None:
+    sets = {
+        "alice": [f"k{i}" for i in range(50)],
+        "bob": [f"k{i}" for i in range(25, 90)],
+    }
+    config = PsiConfig.create(
+        session_id="pool", parties=sets, output="aligned", chunk_items=16
+    )
+    runner = ProcessRunner(2)
+    try:
+        parties = {
+            n: psi_party(config, n, rows, runner=runner) for n, rows in sets.items()
+        }
+        drive(parties)
+    finally:
+        runner.close()
+    rows = {n: [sets[n][r] for r in p.output().rows or ()] for n, p in parties.items()}
+    assert rows["alice"] == rows["bob"] and set(rows["alice"]) == {
+        f"k{i}" for i in range(25, 50)
+    }
+
+
+def test_split_covers_the_range() -> None:
+    assert split(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert split(0, 2) == [(0, 0)]
+    assert split(1, 4) == [(0, 1)]
