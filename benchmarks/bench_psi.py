@@ -92,6 +92,9 @@ def psi_throughput(ctx: Context) -> Iterator[Measurement]:
             "items_per_s": round(items / wall.median),
             "items_per_s_per_core": round(items / wall.median / 2),
             "cpu_s_both_parties": round(ours[-1].cpu_s, 2),
+            # per CPU-second: what a core gives when the machine's load steals some
+            "items_per_cpu_s": round(items / ours[-1].cpu_s),
+            "peer_items_per_cpu_s": round(items / peer[-1]["cpu_s"]),
             "bytes_sent": ours[-1].bytes_sent,
             "messages": ours[-1].messages,
             "largest_message_bytes": ours[-1].largest_message,
