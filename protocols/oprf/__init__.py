@@ -7,7 +7,9 @@ permitted record encrypted under a key derived from F_k(id) and indexed by a tag
 derived from it; for verification, tags of F_k(id, field, value) per configured
 field and/or one all-fields tag F_k(id, every field) per record, as the policy
 says. The buyer downloads the table once (:mod:`protocols.oprf.download`) and
-caches it by version (:class:`~protocols.oprf.table.TableCache`). Each check or
+caches it by version (:class:`~protocols.oprf.table.TableCache`). The header
+carries the normalisation rule of the id and of every verify field, so the buyer
+normalises its claims exactly as the holder normalised its rows. Each check or
 lookup is then one blind evaluation by the holder (:mod:`protocols.oprf.parties`),
 which meters one unit per evaluation and learns nothing of the key asked about,
 nor whether it was present: absent keys cost the same and look the same.

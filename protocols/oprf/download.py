@@ -10,8 +10,9 @@ from typing import Final
 
 import numpy as np
 
-from cleanroom.errors import ProtocolError
+from cleanroom.errors import ConfigError, ProtocolError
 from protocols.oprf.table import _MAGIC, AEAD_BYTES, TAG_BYTES, OprfTable, TableHeader
+from protocols.psi.normalize import ColumnRule
 
 MAX_TABLE_BYTES: Final = 2**34
 
@@ -92,8 +93,13 @@ class _Reader:
         verify = tuple(self.text() for _ in range(self.u16()))
         flag = self.take(1)[0]
         records, record_bytes = self.u32(), self.u32()
+        rules = tuple(self.rule() for _ in range(self.u16()))
         if flag > 3 or self._offset != end or (flag and not verify):
             raise ProtocolError("the table header is malformed")
+        if [r.name for r in rules] != [id_column, *verify]:
+            raise ProtocolError(
+                "the table's normalisation rules do not match its columns"
+            )
         if not pir and record_bytes:
             raise ProtocolError("a table without PIR fields has no records to pad")
         return TableHeader(
@@ -107,4 +113,15 @@ class _Reader:
             bool(flag & 2),
             records,
             record_bytes,
+            rules,
         )
+
+    def rule(self) -> ColumnRule:
+        name, flags = self.text(), self.text()
+        if len(flags) < 4 or any(f not in "01" for f in flags[:3]):
+            raise ProtocolError("a table normalisation rule is malformed")
+        try:
+            trim, casefold, nfc = (f == "1" for f in flags[:3])
+            return ColumnRule(name, trim, casefold, nfc, flags[3:])  # type: ignore[arg-type]
+        except ConfigError:
+            raise ProtocolError("a table normalisation rule is malformed") from None

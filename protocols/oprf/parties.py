@@ -24,7 +24,6 @@ from protocols.oprf.table import (
     all_fields_input,
     derive_tag,
     field_input,
-    normalise,
     pir_input,
 )
 from protocols.party import (
@@ -37,7 +36,7 @@ from protocols.party import (
     RandomSource,
 )
 from protocols.psi.group import SERIAL, BatchRunner
-from protocols.psi.normalize import ColumnRule, encode_field
+from protocols.psi.normalize import encode_field
 
 Product = Literal["verify", "pir"]
 MAX_BATCH: Final = 2**16
@@ -250,11 +249,9 @@ class VerifyBuyer(_LookupBuyer):
         table: OprfTable,
         claims: Sequence[Mapping[str, str]],
         *,
-        rules: Mapping[str, ColumnRule] | None = None,
         random: RandomSource = SYSTEM_RANDOM,
         runner: BatchRunner = SERIAL,
     ) -> None:
-        self._rules = dict(rules or {})
         header = table.header
         self._claims = [
             self._claim_inputs(header, c, config.all_fields) for c in claims
@@ -265,18 +262,17 @@ class VerifyBuyer(_LookupBuyer):
     def _claim_inputs(
         self, header: TableHeader, claim: Mapping[str, str], all_fields: bool
     ) -> dict[str, bytes]:
-        rid = normalise(self._rules, header.id_column, claim[header.id_column])
+        norm = header.normalise
+        rid = norm(header.id_column, claim[header.id_column])
         c = header.content_hash
         if all_fields:
             missing = [f for f in header.verify_fields if f not in claim]
             if missing:
                 raise ConfigError(f"an all-fields claim lacks {missing}")
-            values = [
-                (f, normalise(self._rules, f, claim[f])) for f in header.verify_fields
-            ]
+            values = [(f, norm(f, claim[f])) for f in header.verify_fields]
             return {"*": all_fields_input(c, rid, values)}
         return {
-            f: field_input(c, rid, f, normalise(self._rules, f, claim[f]))
+            f: field_input(c, rid, f, norm(f, claim[f]))
             for f in header.verify_fields
             if f in claim
         }
@@ -305,15 +301,13 @@ class PirBuyer(_LookupBuyer):
         table: OprfTable,
         keys: Sequence[str],
         *,
-        rules: Mapping[str, ColumnRule] | None = None,
         random: RandomSource = SYSTEM_RANDOM,
         runner: BatchRunner = SERIAL,
     ) -> None:
         header = table.header
-        rules = dict(rules or {})
         self._keys = list(keys)
         self._key_inputs = [
-            pir_input(header.content_hash, normalise(rules, header.id_column, k))
+            pir_input(header.content_hash, header.normalise(header.id_column, k))
             for k in self._keys
         ]
         inputs = _distinct(self._key_inputs)

@@ -12,6 +12,7 @@ it: its size (records, fields, record size) and nothing else without the key.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +82,16 @@ class TableHeader:
     all_fields: bool
     records: int
     record_bytes: int
+    rules: tuple[ColumnRule, ...] = ()
+    """How the id and each verify field are normalised, on both sides: part of
+    the version, so a buyer cannot silently normalise differently."""
+
+    def normalise(self, name: str, value: str) -> str:
+        """``value`` of column ``name`` under this table's rule for it."""
+        for rule in self.rules:
+            if rule.name == name:
+                return rule.apply(value)
+        raise ProtocolError(f"the table has no normalisation rule for {name!r}")
 
     def encode(self) -> bytes:
         """Canonical bytes (what the digest and the AEAD's associated data cover)."""
@@ -93,6 +104,8 @@ class TableHeader:
         parts.append(
             self.records.to_bytes(4, "big") + self.record_bytes.to_bytes(4, "big")
         )
+        parts.append(len(self.rules).to_bytes(2, "big"))
+        parts += [rule.describe() for rule in self.rules]
         return b"".join(parts)
 
     @property
@@ -175,11 +188,6 @@ def _decode_record(padded: bytes, names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def normalise(rules: Mapping[str, ColumnRule], name: str, value: str) -> str:
-    """A column's value under its rule (default: trim, case fold, NFC)."""
-    return rules.get(name, ColumnRule(name)).apply(value)
-
-
 def build_table(
     key: OprfKey,
     *,
@@ -207,17 +215,8 @@ def build_table(
         raise ConfigError("a table needs PIR fields, verify fields or both")
     if verify_fields and not (per_field or all_fields):
         raise ConfigError("verify fields need per-field tags, all-fields tags or both")
-    rules = dict(rules or {})
-    ids: list[str] = []
-    seen: set[str] = set()
-    for index, row in enumerate(rows):
-        record_id = normalise(rules, id_column, row[id_column])
-        if not record_id or record_id in seen:
-            raise DatasetError(f"row {index}: the id is blank or repeated")
-        seen.add(record_id)
-        ids.append(record_id)
-    bodies = [_encode_record([row[f] for f in pir_fields]) for row in rows]
-    record_bytes = 2 + max((len(b) for b in bodies), default=0) if pir_fields else 0
+    given = dict(rules or {})
+    columns = (id_column, *verify_fields)
     header = TableHeader(
         dataset,
         content_hash,
@@ -227,9 +226,22 @@ def build_table(
         tuple(verify_fields),
         per_field and bool(verify_fields),
         all_fields and bool(verify_fields),
-        len(ids),
-        record_bytes,
+        len(rows),
+        0,
+        tuple(given.get(c, ColumnRule(c)) for c in columns),
     )
+    norm = header.normalise
+    ids: list[str] = []
+    seen: set[str] = set()
+    for index, row in enumerate(rows):
+        record_id = norm(id_column, row[id_column])
+        if not record_id or record_id in seen:
+            raise DatasetError(f"row {index}: the id is blank or repeated")
+        seen.add(record_id)
+        ids.append(record_id)
+    bodies = [_encode_record([row[f] for f in pir_fields]) for row in rows]
+    record_bytes = 2 + max((len(b) for b in bodies), default=0) if pir_fields else 0
+    header = dataclasses.replace(header, record_bytes=record_bytes)
     pir_tags = np.zeros(0, dtype=f"S{TAG_BYTES}")
     ciphertexts = b""
     if pir_fields:
@@ -240,7 +252,7 @@ def build_table(
     field_tags = {}
     for name in verify_fields if header.per_field else ():
         inputs = [
-            field_input(content_hash, i, name, normalise(rules, name, row[name]))
+            field_input(content_hash, i, name, norm(name, row[name]))
             for i, row in zip(ids, rows, strict=True)
         ]
         field_tags[name] = _sorted_tags(evaluate_direct(key, inputs, runner))
@@ -250,7 +262,7 @@ def build_table(
             all_fields_input(
                 content_hash,
                 i,
-                [(n, normalise(rules, n, row[n])) for n in verify_fields],
+                [(n, norm(n, row[n])) for n in verify_fields],
             )
             for i, row in zip(ids, rows, strict=True)
         ]

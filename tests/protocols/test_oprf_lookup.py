@@ -15,6 +15,7 @@ from protocols.oprf.download import decode_table, encode_table
 from protocols.oprf.parties import LookupConfig, LookupHolder, PirBuyer, VerifyBuyer
 from protocols.oprf.table import OprfTable, TableCache, build_table, pir_input
 from protocols.party import Inbound
+from protocols.psi.normalize import ColumnRule
 from protocols.psi.simulate import drive
 
 V1 = hashlib.sha256(b"dataset v1").digest()
@@ -222,3 +223,22 @@ def test_tampered_download_refused(table: OprfTable) -> None:
         decode_table(blob[:-1])
     with pytest.raises(ProtocolError, match="cap"):
         decode_table(blob, max_bytes=len(blob) - 1)
+
+
+def test_normalisation_rules_travel_with_the_table(holder_key: OprfKey) -> None:
+    strict = build_table(
+        holder_key,
+        dataset="strict",
+        content_hash=V1,
+        rows=ROWS[:5],
+        id_column="id",
+        pir_fields=("name",),
+        rules={"id": ColumnRule("id", casefold=False)},
+    )
+    cached = decode_table(encode_table(strict))
+    assert cached.header == strict.header
+    assert cached.header.rules[0] == ColumnRule("id", casefold=False)
+    config = LookupConfig("r", "holder", "buyer", "pir", strict.header, 2)
+    buyer = PirBuyer(config, "buyer", cached, ["ID-001", "id-002"])
+    run(config, buyer, holder_key, strict)
+    assert buyer.results() == {"ID-001": {"name": ROWS[1]["name"]}, "id-002": None}
