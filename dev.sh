@@ -9,7 +9,16 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=.venv
 
+setup_system() {
+  # PSI/OPRF bind the system libsodium (>= 1.0.18) for ristretto255.
+  if ! ldconfig -p | grep -q 'libsodium\.so'; then
+    (apt-get update -qq && apt-get install -y -qq libsodium23) \
+      || echo "!! libsodium23 could not be installed; PSI/OPRF tests will fail"
+  fi
+}
+
 setup_python() {
+  setup_system
   if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
   fi

@@ -32,6 +32,8 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_sandbox",
     "benchmarks.bench_fedavg",
     "benchmarks.bench_he_inference",
+    "benchmarks.bench_psi",
+    "benchmarks.bench_pir",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")

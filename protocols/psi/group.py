@@ -1,0 +1,145 @@
+"""Hash-to-ristretto255, secret scalars, shuffles and the optional process pool."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Final, Protocol, TypeVar
+
+import numpy as np
+
+from protocols.party import RandomSource
+from protocols.psi import _sodium
+from protocols.psi._sodium import POINT_BYTES
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+_SCALAR_DOMAIN: Final = b"cleanroom/psi/v1/scalar\x00"
+
+
+class BatchRunner(Protocol):
+    """Runs a picklable function over work items, possibly in parallel."""
+
+    @property
+    def workers(self) -> int:
+        """How many items are worth running at once."""
+        ...
+
+    def map(self, fn: Callable[[A], R], items: Sequence[A]) -> list[R]:
+        """``[fn(item) for item in items]``, in order."""
+        ...
+
+
+class SerialRunner:
+    """The default: everything in the calling process."""
+
+    workers: Final = 1
+
+    def map(self, fn: Callable[[A], R], items: Sequence[A]) -> list[R]:
+        return [fn(item) for item in items]
+
+
+class ProcessRunner:
+    """A process pool for the scalar multiplications (libsodium holds the GIL).
+
+    Secret scalars travel to the workers over the pool's pipes: they are the same
+    party's processes on the same host. ``spawn`` is the default start method so a
+    node process that runs threads is never forked.
+    """
+
+    def __init__(self, workers: int = 2, *, start_method: str = "spawn") -> None:
+        if workers < 1:
+            raise ValueError("a pool needs at least one worker")
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(workers, mp_context=get_context(start_method))
+
+    def map(self, fn: Callable[[A], R], items: Sequence[A]) -> list[R]:
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self._pool.shutdown()
+
+
+SERIAL: Final[BatchRunner] = SerialRunner()
+
+
+def random_scalar(random: RandomSource) -> bytes:
+    """A uniform non-zero scalar mod l from 64 bytes of the CSPRNG (bias < 2^-250)."""
+    while True:
+        scalar = _sodium.reduce_scalar(
+            hashlib.sha512(_SCALAR_DOMAIN + random(64)).digest()
+        )
+        if any(scalar):
+            return scalar
+
+
+def hash_to_group(prefix: bytes, encoded: Sequence[bytes]) -> bytes:
+    """Packed ristretto255 elements H(prefix || x): SHA-512 then the one-way map.
+
+    ``prefix`` carries the domain and the job's configuration digest, so the same
+    key hashes to unrelated elements in different jobs.
+    """
+    base = hashlib.sha512(prefix)
+    digests = bytearray()
+    for item in encoded:
+        h = base.copy()
+        h.update(item)
+        digests += h.digest()
+    return _sodium.from_hashes(bytes(digests))
+
+
+def _hash_and_multiply(job: tuple[bytes, bytes, Sequence[bytes]]) -> bytes:
+    scalar, prefix, encoded = job
+    return _sodium.multiply_points(scalar, hash_to_group(prefix, encoded))
+
+
+def _multiply(job: tuple[bytes, bytes]) -> bytes:
+    scalar, points = job
+    return _sodium.multiply_points(scalar, points)
+
+
+def split(count: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous (start, stop) ranges covering ``range(count)``."""
+    parts = max(1, min(parts, count))
+    bounds = [count * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def blind_keys(
+    runner: BatchRunner, scalar: bytes, prefix: bytes, encoded: Sequence[bytes]
+) -> bytes:
+    """Packed k * H(x) for every encoded key, spread over the runner's workers."""
+    jobs = [
+        (scalar, prefix, encoded[a:b]) for a, b in split(len(encoded), runner.workers)
+    ]
+    return b"".join(runner.map(_hash_and_multiply, jobs))
+
+
+def multiply_all(runner: BatchRunner, scalar: bytes, points: bytes) -> bytes:
+    """Packed k * P for packed points from another party (ProtocolError if invalid)."""
+    count = len(points) // POINT_BYTES
+    jobs = [
+        (scalar, points[a * POINT_BYTES : b * POINT_BYTES])
+        for a, b in split(count, runner.workers)
+    ]
+    return b"".join(runner.map(_multiply, jobs))
+
+
+def random_permutation(count: int, random: RandomSource) -> np.ndarray:
+    """A uniformly random permutation: argsort of CSPRNG words.
+
+    Sorting 64-bit words from the CSPRNG (ties, probability < count^2 / 2^65, fall
+    back to index order) costs one urandom call instead of ``count`` of them and
+    never touches a non-cryptographic generator.
+    """
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    words = np.frombuffer(random(8 * count), dtype=np.uint64)
+    return np.argsort(words, kind="stable")
