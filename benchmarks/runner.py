@@ -28,6 +28,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_e2e",
     "benchmarks.bench_governance",
     "benchmarks.bench_sandbox",
+    "benchmarks.bench_differencing",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")
