@@ -7,14 +7,15 @@ diagnosis. Suppressing cells below k does not stop it; comparing row sets does.
 
 Design (two levels, both keyed with a per-dataset secret, ``DifferencingKey``):
 
-1. ``rows``: each row id goes through a PRF; the output gives the row one of 1,024
-   buckets and a 32-bit tag. A cell becomes at most 1,024 *items*, one per bucket it
-   touches: (bucket, its rows there, the sum of their tags mod 2^32). A row added
+1. ``rows``: each row id goes through a PRF; the output gives the row one of 256
+   buckets and a 16-bit tag. A cell becomes at most 256 *items*, one per bucket it
+   touches: (bucket, its rows there, the sum of their tags mod 2^16). A row added
    or removed changes its bucket's item only, whatever the row order or version.
-   With the frame arranged by bucket, this costs about 1 ns per row (a packed
-   popcount and one segmented sum), instead of hashing and scattering every row.
+   With the frame arranged by bucket, this is a packed popcount of the mask and
+   one segmented sum of 16-bit tags (3 bytes read per row), instead of hashing and
+   scattering every row into a table.
 2. ``table``/``geometry``: each released cell is kept as an invertible Bloom lookup
-   table of its items, sized to decode 2(k-1) items (two per differing bucket): 72
+   table of its items, sized to decode 2(k-1) items (two per differing bucket): 60
    table cells for k = 5, whatever the number of rows. ``record`` subtracts tables
    and peels; a decoded difference yields a lower bound on the rows apart (exact
    unless three or more differing rows share a bucket). Before that, two exact
@@ -27,16 +28,19 @@ allow.
 
 Probabilities, per comparison, for an analyst who does not know the key:
 
-- false allow (a difference of 1..k-1 rows let through): at most 2^-30 from peeling
+- false allow (a difference of 1..k-1 rows let through): at most 2^-24 from peeling
   (``geometry`` computes the union bound over stopping sets and sizes the table
-  for it), plus 2^-32 for a count-preserving change within a bucket whose tag sums
-  collide, plus about 2^-55 from the 64-bit checksums;
+  for it), plus 2^-24 when every differing row is hidden in count-preserving
+  changes inside buckets (a two-row swap shares a bucket with probability 2^-8 and
+  then collides in the 16-bit tag sum with probability 2^-16), plus about 2^-55
+  from the 64-bit checksums: a small difference is caught with probability at
+  least 1 - 2^-23 per comparison;
 - false refuse (a difference of >= k rows refused): only when at least three of the
-  differing rows share one of 1,024 buckets with mixed signs, about
-  C(d, 3) / 1024^2 (1e-5 for d = 5); never for identical sets.
+  differing rows share one of 256 buckets with mixed signs, about C(d, 3) / 256^2
+  (1.5e-4 for d = 5); never for identical sets.
 
 Cost (``benchmarks/bench_differencing.py``): per released cell 8 + 256 + 18 x
-table-cells bytes (1.6 KB for k = 5); per dataset 6 bytes per row for the index.
+table-cells bytes (1,344 B for k = 5); per dataset 4 bytes per row for the index.
 Records are bounded by a capacity and refuse new releases when full (never evict:
 eviction re-opens differencing against the evicted cell).
 
