@@ -27,6 +27,7 @@ from cleanroom.jobtypes.stats.layout import Layout, build_layout
 from cleanroom.jobtypes.stats.limits import bucket_bound, rows_bound
 from cleanroom.jobtypes.stats.params import parse_params
 from cleanroom.jobtypes.stats.release import release
+from protocols.differencing import DifferencingKey, ReleaseRecord, RowIndex, admit
 
 NODES = ("n1", "n2", "n3")
 
@@ -278,3 +279,25 @@ def test_the_top_level_noise_summary_is_exact_and_value_independent() -> None:
     plain = {k: v for k, v in DP_PARAMS.items() if k != "dp"}
     released = pooled_release(layout_of(plain), frames())
     assert released["dp"] is None and "noise" not in released["groups"]["all"]
+
+
+def test_a_nodes_cells_feed_its_differencing_record() -> None:
+    """The node-side wiring: each cell's local rows, sketched and admitted; a bin
+    1..k-1 rows away from its group's cell is refused, the coarse bins pass."""
+    data = frames(rows=40)["n1"]
+    secret = DifferencingKey(bytes(range(32)))
+    index = RowIndex.build(data["pid"].to_numpy(), secret)
+    record = ReleaseRecord(secret, "d/analyst:a", group_size=5, capacity=100)
+    params = {
+        "columns": ["age"],
+        "stats": ["count", "histogram"],
+        "clip": {"age": [18, 90]},
+        "bins": {"age": [18, 19, 90]},  # one bin nearly the whole cell
+        "max_rows": 1000,
+    }
+    data.loc[0, "age"] = 18  # exactly one row in the first bin
+    sketches = []
+    for names, labels in cell_partitions(layout_of(params), data):
+        sketches += index.cells(labels, len(names))
+    allowed = admit(sketches, [record], min_group_size=5)
+    assert allowed == [True, True, False]  # all; bin 0 (1 row); bin 1 (all but 1)
