@@ -34,6 +34,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_he_inference",
     "benchmarks.bench_psi",
     "benchmarks.bench_pir",
+    "benchmarks.bench_differencing",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")

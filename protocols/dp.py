@@ -15,6 +15,12 @@ Aggregation", ICML 2021, Proposition 14) bound its Rényi divergence; ``calibrat
 uses that bound and the Rényi-to-(epsilon, delta) conversion of Canonne et al.
 (Proposition 12 / Corollary 13) to choose ``s``. The guarantee assumes the parties
 are honest: a party that withholds or later subtracts its own share weakens it.
+
+Local release: ``noisy_count`` is one node releasing its own count with all the
+noise that count needs (a single-party discrete Gaussian, sensitivity 1), reporting
+the exact standard deviation of what it released. ``PrivacyCost`` and ``charge``
+are what a node meters per job: basic composition (epsilon and delta add), checked
+against its budget before any row is read.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Final
 
-from cleanroom.errors import ConfigError
+from cleanroom.errors import ConfigError, QuotaExceeded
 from protocols.party import SYSTEM_RANDOM, RandomSource
 
 MIN_NODE_STD: Final = 0.5
@@ -39,6 +45,8 @@ _ORDERS: Final = tuple(range(2, 257)) + tuple(
 """Rényi orders searched (integers only; the largest is about 10^6)."""
 _MAX_NODE_STD: Final = 1e12
 _CHUNK_BYTES: Final = 512
+_BUDGET_SLACK: Final = 1e-9
+"""Relative slack so float sums such as ten 0.1-epsilon jobs fit a budget of 1."""
 
 
 class _UniformIntegers:
@@ -299,3 +307,97 @@ def _calibrate(
         parties=parties,
         node_variance=Fraction(high) ** 2,
     )
+
+
+@dataclass(frozen=True)
+class PrivacyCost:
+    """An (epsilon, delta) spent by one job, or a budget, or a running total."""
+
+    epsilon: float
+    delta: float
+
+    def __post_init__(self) -> None:
+        if not (
+            isinstance(self.epsilon, int | float)
+            and not isinstance(self.epsilon, bool)
+            and math.isfinite(self.epsilon)
+            and self.epsilon >= 0
+        ):
+            raise ConfigError(f"epsilon must be finite and >= 0, got {self.epsilon!r}")
+        if not (
+            isinstance(self.delta, int | float)
+            and not isinstance(self.delta, bool)
+            and 0 <= self.delta < 1
+        ):
+            raise ConfigError(f"delta must lie in [0, 1), got {self.delta!r}")
+
+    def __add__(self, other: PrivacyCost) -> PrivacyCost:
+        """Basic composition: running both mechanisms costs the sum."""
+        return PrivacyCost(self.epsilon + other.epsilon, self.delta + other.delta)
+
+
+NO_COST: Final = PrivacyCost(0.0, 0.0)
+
+
+def charge(spent: PrivacyCost, cost: PrivacyCost, budget: PrivacyCost) -> PrivacyCost:
+    """The total after a job costing ``cost``: QuotaExceeded, naming each part of
+    the budget it would overrun, if ``spent + cost`` exceeds ``budget``."""
+    total = spent + cost
+    over = [
+        f"{name} budget: {used:g} spent + {more:g} asked > {limit:g}"
+        for name, used, more, limit in (
+            ("epsilon", spent.epsilon, cost.epsilon, budget.epsilon),
+            ("delta", spent.delta, cost.delta, budget.delta),
+        )
+        if used + more > limit * (1 + _BUDGET_SLACK)
+    ]
+    if over:
+        raise QuotaExceeded(over)
+    return total
+
+
+@dataclass(frozen=True)
+class NoisyCount:
+    """A count released under DP: ``value`` is the true count plus N_Z(0, sigma^2)
+    noise; ``std`` is the exact standard deviation of that noise (the discrete
+    Gaussian's, slightly below sigma for small sigma). Unclamped, so unbiased."""
+
+    value: int
+    std: float
+    cost: PrivacyCost
+
+    def below(self, threshold: int) -> bool:
+        """Suppression decided on the released value only (post-processing): a
+        decision on the true count would itself leak it without noise."""
+        return self.value < threshold
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "value": self.value,
+            "noise_std": self.std,
+            "epsilon": self.cost.epsilon,
+            "delta": self.cost.delta,
+            "mechanism": "discrete Gaussian, added by the releasing node",
+        }
+
+
+def count_noise(cost: PrivacyCost) -> DistributedGaussian:
+    """The noise one node adds to one count (sensitivity 1) to meet ``cost``."""
+    if cost.epsilon <= 0 or cost.delta <= 0:
+        raise ConfigError("a noisy count needs epsilon > 0 and delta > 0")
+    return calibrate(cost.epsilon, cost.delta, dimensions=1, parties=1)
+
+
+def noisy_count(
+    count: int, cost: PrivacyCost, random: RandomSource = SYSTEM_RANDOM
+) -> NoisyCount:
+    """``count`` released by one node with all the noise it needs for ``cost``.
+
+    Adding or removing one row moves a count by 1, so this is the Gaussian mechanism
+    with sensitivity 1 on the integers (exact sampler, no floating point)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ConfigError(f"a count is a non-negative int, got {count!r}")
+    noise = count_noise(cost)
+    draw = sample_discrete_gaussian(noise.node_variance, random)
+    std = math.sqrt(discrete_gaussian_variance(float(noise.node_variance)))
+    return NoisyCount(count + draw, std, cost)

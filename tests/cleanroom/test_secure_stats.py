@@ -184,15 +184,19 @@ def check_cell(
                 cov[a, b], rel=1e-9, abs=1e-9
             )
             assert cell["correlation"][ca][cb] == pytest.approx(corr[a, b], abs=1e-9)
+    k = result["min_group_size"]
     for c in ("age", "bmi"):
         hist = cell["histogram"][c]
         counts, _ = np.histogram(data[c].to_numpy(float), bins=hist["edges"])
-        assert hist["counts"] == counts.tolist()
+        # every bin is a cell: below the minimum group size it is withheld
+        assert hist["counts"] == [int(n) if n >= k else None for n in counts]
+        released = [int(n) if n >= k else 0 for n in counts]
         width = max(np.diff(hist["edges"]))
         for p, q in cell["quantiles"][c].items():
-            exact = histogram_quantile(hist["edges"], counts.tolist(), float(p))
+            exact = histogram_quantile(hist["edges"], released, float(p))
             assert q == pytest.approx(exact, abs=1e-9)
-            assert abs(q - np.quantile(data[c], float(p))) <= width
+            if released == counts.tolist():
+                assert abs(q - np.quantile(data[c], float(p))) <= width
     assert "income" not in cell["histogram"]
 
 
@@ -260,17 +264,29 @@ def _numbers(value: Any) -> list[Any]:
     return [value] if isinstance(value, int | float) else []
 
 
-def test_out_of_range_values_are_refused_or_clipped() -> None:
+def test_out_of_range_values_are_clipped_unless_the_holder_allows_errors() -> None:
     frames = make_frames()
     frames["n2"].loc[0, "age"] = 130
     params = {"columns": ["age"], "stats": ["sum", "mean"], "clip": {"age": [18, 90]}}
-    layout = build_layout(parse_params(params, parties=5, schemas=()))
-    with pytest.raises(ProtocolError, match=r"column 'age' has values outside") as err:
-        contribution(layout, frames["n2"])
-    assert "130" not in str(err.value)
-    result = run({**params, "out_of_range": "clip"}, frames)
     clipped = pd.concat(frames.values()).age.clip(18, 90)
-    assert result["groups"]["all"]["sum"]["age"] == int(clipped.sum())
+    for asked in ({}, {"out_of_range": "clip"}):
+        result = run({**params, **asked}, frames)
+        assert result["groups"]["all"]["sum"]["age"] == int(clipped.sum())
+    # an analyst cannot turn clipping into an oracle...
+    with pytest.raises(SpecError, match="not offered") as refused:
+        parse_params({**params, "out_of_range": "error"}, parties=5, schemas=())
+    assert refused.value.path == "params.out_of_range"
+    # ...only the holder can offer the error mode, and never with dp
+    holder = {"parties": 5, "schemas": (), "allow_out_of_range_error": True}
+    strict = parse_params({**params, "out_of_range": "error"}, **holder)
+    with pytest.raises(ProtocolError, match=r"column 'age' has values outside") as err:
+        contribution(build_layout(strict), frames["n2"])
+    assert "130" not in str(err.value)
+    with pytest.raises(SpecError, match="with dp, values must be clipped"):
+        parse_params(
+            {**params, "out_of_range": "error", "dp": {"epsilon": 1, "delta": 1e-6}},
+            **holder,
+        )
 
 
 def test_nan_rows_are_left_out_and_the_plaintext_is_the_node_summary() -> None:
@@ -433,7 +449,7 @@ def test_invalid_params_name_their_path(
         (
             {"dp": {"epsilon": 1, "delta": 1e-6}, "out_of_range": "error"},
             "params.out_of_range",
-            "with dp, values must be clipped",
+            "not offered",
         ),
         (
             {"where": [{"column": "nope", "op": "==", "value": 1}]},

@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from cleanroom.errors import ConfigError
+from cleanroom.errors import ConfigError, QuotaExceeded
 from protocols import dp
 
 
@@ -127,3 +127,66 @@ def test_noise_per_coordinate_scales_with_its_sensitivity() -> None:
 def test_calibration_refuses_meaningless_privacy(epsilon: float, delta: float) -> None:
     with pytest.raises(ConfigError):
         dp.calibrate(epsilon, delta, dimensions=1, parties=3)
+
+
+def test_a_noisy_count_carries_the_std_it_reports() -> None:
+    cost = dp.PrivacyCost(1.0, 1e-6)
+    releases = [dp.noisy_count(40, cost, source(100 + s)) for s in range(4000)]
+    values = np.array([r.value for r in releases], dtype=float)
+    std = releases[0].std
+    assert {r.std for r in releases} == {std} and {r.cost for r in releases} == {cost}
+    assert std == pytest.approx(dp.count_noise(cost).node_std, rel=1e-3)
+    assert abs(values.mean() - 40) < 4 * std / math.sqrt(4000)
+    # sample std of 4000 draws: relative standard error about 1.1%
+    assert values.std() / std == pytest.approx(1, abs=0.05)
+    assert releases[0].to_json()["noise_std"] == std
+
+
+def test_small_noise_reports_the_discrete_gaussians_true_std() -> None:
+    # a huge epsilon gives sigma near the sampler's floor, where the discrete
+    # Gaussian's variance is visibly below sigma^2
+    cost = dp.PrivacyCost(60.0, 0.1)
+    noise = dp.count_noise(cost)
+    released = dp.noisy_count(3, cost, source(1))
+    assert released.std == pytest.approx(
+        math.sqrt(dp.discrete_gaussian_variance(float(noise.node_variance)))
+    )
+    assert released.std <= noise.node_std
+
+
+def test_suppression_looks_at_the_released_value_only() -> None:
+    released = dp.NoisyCount(value=4, std=3.0, cost=dp.PrivacyCost(1.0, 1e-6))
+    assert released.below(5) and not released.below(4)
+
+
+@pytest.mark.parametrize(
+    ("count", "cost"),
+    [(-1, (1.0, 1e-6)), (True, (1.0, 1e-6)), (3, (0.0, 1e-6)), (3, (1.0, 0.0))],
+)
+def test_noisy_counts_refuse_bad_input(count: int, cost: tuple[float, float]) -> None:
+    with pytest.raises(ConfigError):
+        dp.noisy_count(count, dp.PrivacyCost(*cost), source(0))
+
+
+def test_costs_compose_and_charge_against_a_budget() -> None:
+    budget = dp.PrivacyCost(1.0, 1e-5)
+    spent = dp.NO_COST
+    for _ in range(10):  # ten 0.1-epsilon jobs fit a budget of 1 despite floats
+        spent = dp.charge(spent, dp.PrivacyCost(0.1, 1e-6), budget)
+    assert spent.epsilon == pytest.approx(1.0) and spent.delta == pytest.approx(1e-5)
+    with pytest.raises(QuotaExceeded) as refused:
+        dp.charge(spent, dp.PrivacyCost(0.01, 0.0), budget)
+    assert (
+        len(refused.value.reasons) == 1 and "epsilon budget" in refused.value.reasons[0]
+    )
+    with pytest.raises(QuotaExceeded) as refused:
+        dp.charge(dp.NO_COST, dp.PrivacyCost(2.0, 1e-4), budget)
+    assert len(refused.value.reasons) == 2
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "delta"), [(-0.1, 0.0), (math.nan, 0.0), (1.0, 1.0), (1.0, -1e-9)]
+)
+def test_costs_must_be_meaningful(epsilon: float, delta: float) -> None:
+    with pytest.raises(ConfigError):
+        dp.PrivacyCost(epsilon, delta)

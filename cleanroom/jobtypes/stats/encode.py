@@ -6,12 +6,18 @@ Row rules, applied in this order and the same on every node:
 1. ``where`` selects rows (``predicates``).
 2. Complete cases only: a row with a missing (NaN/empty) value in any of
    ``columns`` or in ``group_by`` is left out of every cell.
-3. Out-of-range values (beyond ``clip``, infinities included): with
-   ``out_of_range: error`` (the default without DP) the node refuses the job,
-   naming the column but no value; with ``clip`` they are saturated to the bound.
+3. Out-of-range values (beyond ``clip``, infinities included) are saturated to the
+   bound. Only where the holder enabled it (``allow_out_of_range_error``) may an
+   analyst ask for ``out_of_range: error``: the node then refuses the job, naming
+   the column but no value.
 4. A row whose ``group_by`` value is not a declared group is in no cell.
 
-The dataset must not have more than ``max_rows`` rows, or the node refuses.
+``max_rows`` must cover the dataset's row bucket (``limits.rows_bound``: 100, 1k,
+10k, ...), or the node refuses, naming the bucket, never the exact count: an exact
+check would let an analyst binary-search the row count through refusals.
+
+``cell_partitions`` gives the node the local row set of every cell (groups, and
+bins per group), for its differencing record (``protocols.differencing``).
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from cleanroom.catalog import row_bucket
 from cleanroom.errors import ProtocolError
 from cleanroom.jobtypes import predicates
 from cleanroom.jobtypes.stats.layout import NOISE_TAIL_SIGMAS, Layout
+from cleanroom.jobtypes.stats.limits import rows_bound
 from protocols.party import RandomSource
 from protocols.prg import MaskVector
 
@@ -36,14 +44,8 @@ def contribution(layout: Layout, frame: pd.DataFrame) -> npt.NDArray[np.int64]:
     This is the plaintext that never leaves the node.
     """
     params = layout.params
-    if len(frame) > params.max_rows:
-        raise ProtocolError(
-            f"the dataset has more rows than params.max_rows ({params.max_rows})"
-        )
-    values = _numeric(frame, params.columns)
-    keep = predicates.apply(params.where, frame) & ~np.isnan(values).any(axis=1)
-    cells = _cell_masks(frame, params.group_by, params.groups, keep)
-    values = _bounded(values, keep, layout)
+    check_rows(len(frame), params.max_rows)
+    values, cells = _rows(layout, frame)
     centred = values - np.array([layout.centre(c) for c in params.columns])
     index = {c: i for i, c in enumerate(params.columns)}
     out = np.empty(layout.vector_length, dtype=np.int64)
@@ -66,6 +68,59 @@ def contribution(layout: Layout, frame: pd.DataFrame) -> npt.NDArray[np.int64]:
             encoded = segment.encode(slot).view(np.int64)
             out[start : start + segment.size] = encoded
     return out
+
+
+def check_rows(rows: int, max_rows: int) -> None:
+    """Refuse when ``max_rows`` does not cover the row bucket of ``rows``."""
+    bound = rows_bound(rows)
+    if bound > max_rows:
+        raise ProtocolError(
+            f"the dataset has {row_bucket(rows)} rows (its catalog bucket): "
+            f"params.max_rows must be at least {bound}"
+        )
+
+
+def cell_partitions(
+    layout: Layout, frame: pd.DataFrame
+) -> list[tuple[tuple[str, ...], npt.NDArray[np.int64]]]:
+    """Every cell's local rows, as partitions of the frame's rows: for the groups,
+    then for each binned column, (cell names, label per row: the cell's index in
+    the names, or -1 for rows in none of them). Bin cells are named
+    ``group/column/bin`` with the bin's index."""
+    params = layout.params
+    values, cells = _rows(layout, frame)
+    keys = params.group_keys
+    labels = np.full(len(frame), -1, dtype=np.int64)
+    for g, cell in enumerate(cells):
+        labels[cell] = g
+    out = [(keys, labels)]
+    index = {c: i for i, c in enumerate(params.columns)}
+    for column, edges in params.edges.items():
+        bins = len(edges) - 1
+        position = _bin_of(values[:, index[column]], edges)
+        binned = np.where(labels >= 0, labels * bins + position, -1)
+        names = tuple(f"{g}/{column}/{b}" for g in keys for b in range(bins))
+        out.append((names, binned))
+    return out
+
+
+def _bin_of(
+    values: npt.NDArray[np.float64], edges: Sequence[float]
+) -> npt.NDArray[np.int64]:
+    """Each value's bin as ``np.histogram`` counts: [e_i, e_i+1), the last closed."""
+    position = np.searchsorted(np.asarray(edges), values, side="right") - 1
+    return np.clip(position, 0, len(edges) - 2).astype(np.int64)
+
+
+def _rows(
+    layout: Layout, frame: pd.DataFrame
+) -> tuple[npt.NDArray[np.float64], list[npt.NDArray[np.bool_]]]:
+    """The bounded values of ``columns`` and each cell's row mask (rules 1-4)."""
+    params = layout.params
+    values = _numeric(frame, params.columns)
+    keep = predicates.apply(params.where, frame) & ~np.isnan(values).any(axis=1)
+    cells = _cell_masks(frame, params.group_by, params.groups, keep)
+    return _bounded(values, keep, layout), cells
 
 
 def add_noise(

@@ -4,6 +4,14 @@ Every error is a SpecError naming the offending field (``params.columns[2]``,
 ``params.bins.age[3]``, ``params.dp.epsilon``). Parsing is pure: the coordinator runs
 it against every input's schema, each node against its own, and every party derives
 the same public layout from the result.
+
+What the holder decides, not the analyst (the node passes it from its policy):
+``max_cells`` caps the cells a job releases (each declared group, and each bin of
+each histogram in each group, is a cell), and ``allow_out_of_range_error`` is the
+only way to get ``out_of_range: error``; otherwise values are always clipped, since
+failing on an out-of-range value is an oracle (``where`` + a moving clip bound).
+Filters, groups and bins on a dataset's identifier column are refused, and
+``max_rows`` is checked against the catalog's row bucket, never an exact count.
 """
 
 from __future__ import annotations
@@ -18,6 +26,13 @@ import numpy as np
 from cleanroom.catalog import NUMERIC_TYPES, DatasetInfo
 from cleanroom.errors import SpecError
 from cleanroom.jobtypes import predicates
+from cleanroom.jobtypes.stats.limits import (
+    MAX_ROWS_LIMIT,
+    GroupValue,
+    check_cells,
+    check_row_buckets,
+    refuse_identifiers,
+)
 from protocols.secagg.config import MIN_PARTIES, default_threshold
 
 STATS: Final = (
@@ -53,12 +68,12 @@ PARAMS: Final = (
     "max_rows",
 )
 DEFAULT_MAX_ROWS: Final = 1_000_000
-MAX_ROWS_LIMIT: Final = 2**40
 MAX_COLUMNS: Final = 32
 MAX_GROUPS: Final = 1000
 MAX_BINS: Final = 10_000
+DEFAULT_MAX_CELLS: Final = 1000
+"""Cells (groups x (1 + bins)) a job may release when the node's policy says nothing."""
 
-GroupValue = str | int | float | bool
 OutOfRange = Literal["error", "clip"]
 
 
@@ -111,9 +126,16 @@ def group_key(value: GroupValue) -> str:
 
 
 def parse_params(
-    params: Mapping[str, Any], *, parties: int, schemas: Sequence[DatasetInfo]
+    params: Mapping[str, Any],
+    *,
+    parties: int,
+    schemas: Sequence[DatasetInfo],
+    max_cells: int = DEFAULT_MAX_CELLS,
+    allow_out_of_range_error: bool = False,
 ) -> StatsParams:
-    """Parse ``params`` for a job with ``parties`` inputs; check each schema."""
+    """Parse ``params`` for a job with ``parties`` inputs; check each schema.
+
+    ``max_cells`` and ``allow_out_of_range_error`` come from the holder's policy."""
     extra = sorted(set(map(str, params)) - set(PARAMS))
     if extra:
         raise SpecError(
@@ -130,7 +152,13 @@ def parse_params(
     quantiles = _quantiles(params.get("quantiles"), stats)
     group_by, groups = _groups(params.get("group_by"), params.get("groups"), schemas)
     where = predicates.parse_where(params.get("where"), schemas)
+    refuse_identifiers(schemas, where, group_by, edges)
     privacy = _privacy(params.get("dp"))
+    check_cells(group_by, groups, edges, max_cells)
+    max_rows = _int(
+        params.get("max_rows", DEFAULT_MAX_ROWS), "params.max_rows", 1, MAX_ROWS_LIMIT
+    )
+    check_row_buckets(max_rows, schemas)
     return StatsParams(
         columns=columns,
         stats=stats,
@@ -141,15 +169,12 @@ def parse_params(
         groups=groups,
         where=where,
         privacy=privacy,
-        out_of_range=_out_of_range(params.get("out_of_range"), privacy),
+        out_of_range=_out_of_range(
+            params.get("out_of_range"), privacy, allow_out_of_range_error
+        ),
         parties=parties,
         threshold=_threshold(params.get("threshold"), parties),
-        max_rows=_int(
-            params.get("max_rows", DEFAULT_MAX_ROWS),
-            "params.max_rows",
-            1,
-            MAX_ROWS_LIMIT,
-        ),
+        max_rows=max_rows,
     )
 
 
@@ -403,14 +428,18 @@ def _privacy(raw: Any) -> Privacy | None:
     return Privacy(epsilon, delta)
 
 
-def _out_of_range(raw: Any, privacy: Privacy | None) -> OutOfRange:
-    if raw is None:
-        return "clip" if privacy is not None else "error"
-    if raw == "clip":
+def _out_of_range(raw: Any, privacy: Privacy | None, allow_error: bool) -> OutOfRange:
+    if raw is None or raw == "clip":
         return "clip"
     if raw != "error":
         raise SpecError(
             "params.out_of_range", f"expected 'error' or 'clip', got {raw!r}"
+        )
+    if not allow_error:
+        raise SpecError(
+            "params.out_of_range",
+            "'error' is not offered: values are always clipped to params.clip "
+            "(whether one lies outside would otherwise be answered without noise)",
         )
     if privacy is not None:
         raise SpecError(
