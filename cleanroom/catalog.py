@@ -47,3 +47,15 @@ class DatasetInfo:
 
     def column_names(self) -> Sequence[str]:
         return [c.name for c in self.columns]
+
+
+@dataclass(frozen=True)
+class AssetInfo:
+    """What a node publishes about an asset a job type offers (e.g. a model): its
+    name, kind (the job type's word for it), description and a JSON document
+    (schema, model card ...). Never the asset itself."""
+
+    name: str
+    kind: str
+    description: str = ""
+    document_json: str = "{}"

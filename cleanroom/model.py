@@ -63,6 +63,8 @@ class NodeRecord:
     catalog_json: str
     registered_at: float
     last_seen: float
+    assets_json: str = "[]"
+    """What the node's job types offer beside datasets (``AssetInfo``s)."""
 
 
 @dataclass(frozen=True)

@@ -71,9 +71,12 @@ def release_statement(
     output: str,
     node_head: SignedTreeHead,
     coordinator_head: SignedTreeHead,
+    checked: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a node signs before its part of a result is released."""
+    """What a node signs before its part of a result is released: ``checked``
+    holds the released values its own party vouched for."""
     return {
+        "checked": dict(checked or {}),
         "kind": "cleanroom.release.v1",
         "job_id": job_id,
         "spec_hash": spec_hash,
@@ -91,6 +94,30 @@ class VerifiedResult:
     job_id: str
     output_hash: str
     signers: tuple[str, ...]
+    missing: tuple[str, ...] = ()
+    """Inputs whose node did not sign (only with ``allow_partial``)."""
+    checked: int = 0
+    """Released values some signer's own party vouched for, all found equal."""
+
+
+def resolve(result: Any, pointer: str) -> Any:
+    """The value at a JSON pointer (RFC 6901) in ``result``; KeyError if absent."""
+    if pointer == "":
+        return result
+    if not pointer.startswith("/"):
+        raise KeyError(pointer)
+    node = result
+    for raw in pointer[1:].split("/"):
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise KeyError(pointer)
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise KeyError(pointer)
+    return node
 
 
 def serialize_result(document: Mapping[str, Any]) -> bytes:
@@ -123,7 +150,9 @@ def _bundle(text: Any) -> KeyBundle:
     return bundle
 
 
-def verify_result_bytes(raw: bytes, ca_pem: bytes) -> VerifiedResult:
+def verify_result_bytes(
+    raw: bytes, ca_pem: bytes, *, allow_partial: bool = False
+) -> VerifiedResult:
     """Verify a result file byte for byte: it must be the canonical serialization of a
     document every signer signed, so no changed byte can go unnoticed."""
     try:
@@ -132,13 +161,18 @@ def verify_result_bytes(raw: bytes, ca_pem: bytes) -> VerifiedResult:
         raise InvalidSignature("result is not valid JSON") from exc
     if not isinstance(document, dict) or serialize_result(document) != raw:
         raise InvalidSignature("result is not in its canonical form; it was altered")
-    return verify_result(document, ca_pem)
+    return verify_result(document, ca_pem, allow_partial=allow_partial)
 
 
-def verify_result(document: Mapping[str, Any], ca_pem: bytes) -> VerifiedResult:
-    """Check every node's signature over this document; CryptoError if not."""
+def verify_result(
+    document: Mapping[str, Any], ca_pem: bytes, *, allow_partial: bool = False
+) -> VerifiedResult:
+    """Check that every input's node signed this document, and that every value a
+    node vouched for (``checked``: JSON pointer -> value) is the released one;
+    CryptoError if not. ``allow_partial`` accepts missing signers (named in the
+    result) but never a wrong value."""
     try:
-        return _verify(document, ca_pem)
+        return _verify(document, ca_pem, allow_partial)
     except AuthError as exc:
         raise InvalidSignature(
             f"a signer's certificate does not verify: {exc}"
@@ -149,7 +183,9 @@ def verify_result(document: Mapping[str, Any], ca_pem: bytes) -> VerifiedResult:
         raise InvalidSignature(f"malformed result ({type(exc).__name__})") from exc
 
 
-def _verify(document: Mapping[str, Any], ca_pem: bytes) -> VerifiedResult:
+def _verify(
+    document: Mapping[str, Any], ca_pem: bytes, allow_partial: bool
+) -> VerifiedResult:
     try:
         prov = document["provenance"]
         attestations = prov["attestations"]
@@ -160,7 +196,8 @@ def _verify(document: Mapping[str, Any], ca_pem: bytes) -> VerifiedResult:
     digest = output_hash(document)
     if prov.get("output_hash") != digest:
         raise InvalidSignature("result content does not match its output hash")
-    signers = []
+    signers: list[str] = []
+    checked = 0
     for att in attestations:
         node, statement = att.get("node"), att.get("statement", {})
         bundle = verify_key_bundle(_bundle(bundles[node]), ca_pem, expected_name=node)
@@ -177,9 +214,18 @@ def _verify(document: Mapping[str, Any], ca_pem: bytes) -> VerifiedResult:
             raise InvalidSignature(f"statement by {node} is for another result")
         if (node, statement.get("dataset")) not in inputs:
             raise InvalidSignature(f"{node} signed for a dataset that is not an input")
+        if node in signers:
+            raise InvalidSignature(f"{node} signed twice")
+        checked += _check_values(node, statement.get("checked", {}), document)
         signers.append(node)
     if not signers:
         raise InvalidSignature("no node signed this result")
+    missing = sorted({n for n, _ in inputs} - set(signers))
+    if missing and not allow_partial:
+        raise InvalidSignature(
+            f"not signed by every input: {', '.join(missing)} did not sign "
+            "(--allow-partial shows such a result anyway)"
+        )
     # The coordinator's head that every node co-signed must be the one shipped here,
     # signed by a key the CA vouches for as the coordinator's.
     head = prov.get("coordinator_head")
@@ -193,4 +239,43 @@ def _verify(document: Mapping[str, Any], ca_pem: bytes) -> VerifiedResult:
         verify_tree_head(head_from_dict(head), coordinator.signing_public)
     except AuditError as exc:
         raise InvalidSignature(str(exc)) from exc
-    return VerifiedResult(str(document["job_id"]), digest, tuple(sorted(signers)))
+    return VerifiedResult(
+        str(document["job_id"]),
+        digest,
+        tuple(sorted(signers)),
+        tuple(missing),
+        checked,
+    )
+
+
+def _check_values(node: str, checked: Any, document: Mapping[str, Any]) -> int:
+    """Every value ``node``'s party vouched for must be the released one."""
+    if not isinstance(checked, dict):
+        raise InvalidSignature(f"{node}'s checked values are malformed")
+    for pointer, value in checked.items():
+        try:
+            released = resolve(document["result"], pointer)
+        except KeyError:
+            raise InvalidSignature(
+                f"{node} vouched for {pointer}, which the result does not hold"
+            ) from None
+        if released != value:
+            raise InvalidSignature(
+                f"the released {pointer} is not what {node} computed"
+            )
+    return len(checked)
+
+
+def verify_opened_file(result: bytes, opened: bytes) -> int:
+    """Check the opened reports saved beside a result (already verified) against
+    it: each signed by its node (keys from the result's CA-checked bundles) and
+    committed to in the release. The number of reports."""
+    from cleanroom.jobtypes.sealing import verify_opened
+
+    document = json.loads(result)
+    reading = json.loads(opened)
+    bundles = document["provenance"]["key_bundles"]
+    keys = {n: _bundle(b).signing_public for n, b in bundles.items()}
+    reports = reading.get("reports", [])
+    statements = verify_opened(document, reports, keys)
+    return len(statements)

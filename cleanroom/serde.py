@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cleanroom import wire
-from cleanroom.catalog import ColumnInfo, DatasetInfo
+from cleanroom.catalog import AssetInfo, ColumnInfo, DatasetInfo
 from cleanroom.errors import ProtocolError
 from cleanroom.model import JobRecord, JobState
 from proto import cleanroom_pb2 as pb
@@ -33,6 +33,27 @@ def dataset_from_proto(msg: pb.DatasetInfo) -> DatasetInfo:
         id_column=msg.id_column,
         description=msg.description,
     )
+
+
+def asset_to_proto(asset: AssetInfo) -> pb.Asset:
+    return pb.Asset(
+        name=asset.name,
+        kind=asset.kind,
+        description=asset.description,
+        document_json=asset.document_json,
+    )
+
+
+def asset_from_proto(msg: pb.Asset) -> AssetInfo:
+    return AssetInfo(msg.name, msg.kind, msg.description, msg.document_json or "{}")
+
+
+def assets_to_json(assets: Sequence[AssetInfo]) -> str:
+    return json.dumps([a.__dict__ for a in assets])
+
+
+def assets_from_json(text: str) -> list[AssetInfo]:
+    return [AssetInfo(**a) for a in json.loads(text or "[]")]
 
 
 def catalog_to_json(infos: Sequence[DatasetInfo]) -> str:
@@ -216,6 +237,7 @@ def work_item_to_proto(item: wire.WorkItem) -> pb.WorkItem:
             job_id=work.job_id,
             output_hash=work.output_hash,
             coordinator_head=work.coordinator_head,
+            document=work.document,
         ),
     )
 
@@ -251,7 +273,9 @@ def work_item_from_proto(msg: pb.WorkItem) -> wire.WorkItem:
         )
     elif kind == "release":
         r = msg.release
-        work = wire.ReleaseRequest(r.job_id, r.output_hash, bytes(r.coordinator_head))
+        work = wire.ReleaseRequest(
+            r.job_id, r.output_hash, bytes(r.coordinator_head), bytes(r.document)
+        )
     else:
         raise ProtocolError("a work item of no known kind")
     return wire.WorkItem(msg.seq, work)
@@ -289,6 +313,7 @@ def registration_to_proto(reg: wire.Registration) -> pb.RegisterRequest:
         software_version=reg.software_version,
         running_jobs=list(reg.running_jobs),
         delivered_seq=reg.delivered_seq,
+        assets=[asset_to_proto(a) for a in reg.assets],
     )
 
 
@@ -299,6 +324,7 @@ def registration_from_proto(msg: pb.RegisterRequest) -> wire.Registration:
         msg.software_version,
         tuple(msg.running_jobs),
         msg.delivered_seq,
+        tuple(asset_from_proto(a) for a in msg.assets),
     )
 
 
@@ -327,6 +353,7 @@ def catalog_to_proto(nodes: Sequence[wire.CatalogNode]) -> pb.Catalog:
                 last_seen=n.last_seen,
                 datasets=[dataset_to_proto(d) for d in n.datasets],
                 key_bundle=n.key_bundle,
+                assets=[asset_to_proto(a) for a in n.assets],
             )
             for n in nodes
         ]
@@ -341,6 +368,7 @@ def catalog_from_proto(msg: pb.Catalog) -> list[wire.CatalogNode]:
             n.last_seen,
             tuple(dataset_from_proto(d) for d in n.datasets),
             bytes(n.key_bundle),
+            tuple(asset_from_proto(a) for a in n.assets),
         )
         for n in msg.nodes
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cleanroom.catalog import DatasetInfo
+from cleanroom.catalog import AssetInfo, DatasetInfo
 from protocols.party import Progress
 
 
@@ -62,6 +62,7 @@ class ReleaseRequest:
     job_id: str
     output_hash: str
     coordinator_head: bytes
+    document: bytes = b""
 
 
 Work = ApprovalRequest | StartJob | ProtocolMessage | StopJob | ReleaseRequest
@@ -101,6 +102,7 @@ class Registration:
     software_version: str = ""
     running_jobs: tuple[str, ...] = ()
     delivered_seq: int = 0
+    assets: tuple[AssetInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,3 +164,4 @@ class CatalogNode:
     last_seen: float
     datasets: tuple[DatasetInfo, ...]
     key_bundle: bytes
+    assets: tuple[AssetInfo, ...] = ()

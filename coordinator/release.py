@@ -54,7 +54,10 @@ class Release:
         head = state.audit.tree_head()
         release = cls(state, setup, document, digest, head, tuple(signers))
         request = wire.ReleaseRequest(
-            setup.job_id, digest, canonical_json(head_to_dict(head))
+            setup.job_id,
+            digest,
+            canonical_json(head_to_dict(head)),
+            canonical_json(document),
         )
         state.mailboxes.put_many((node, request) for node in signers)
         state.store.set_progress(

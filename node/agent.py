@@ -168,6 +168,7 @@ class NodeAgent:
                 software_version=SOFTWARE_VERSION,
                 running_jobs=tuple(self.runner.active()),
                 delivered_seq=self._delivered,
+                assets=tuple(node_services.catalog_assets(self.services)),
             )
         )
         self._coordinator_bundle = verify_key_bundle(
@@ -311,7 +312,9 @@ class NodeAgent:
                     job_id=outcome.job_id,
                     data={"reason": outcome.reason, **_usage(outcome)},
                 )
-        if not outcome.ok:
+        if outcome.ok and outcome.party is not None:
+            self.releases.finished(outcome.job_id, outcome.party)
+        else:
             self.releases.forget(outcome.job_id)
         if outcome.ending is Ending.FAILED:
             self._report_failure(outcome.job_id, outcome.reason)

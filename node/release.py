@@ -1,6 +1,8 @@
 """Signing a finished job's release: the node signs the provenance of the output
 and co-signs the coordinator's audit head, only after checking that its own part
-really finished and that the head is the coordinator's."""
+really finished, that the document it is shown hashes to what it signs, that its
+party agrees with the released values (``NodeParty.attest``), and that the head
+is the coordinator's."""
 
 from __future__ import annotations
 
@@ -8,19 +10,27 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from cleanroom import errors, wire
 from cleanroom.audit.heads import cosign, verify_tree_head
 from cleanroom.audit.log import AuditLog
 from cleanroom.jobspec import parse_spec
 from cleanroom.keys import KeyBundle, NodeKeys, canonical_json, sign_statement
-from cleanroom.provenance import head_from_dict, head_to_dict, release_statement
+from cleanroom.provenance import (
+    head_from_dict,
+    head_to_dict,
+    output_hash,
+    release_statement,
+)
 from node.state import JobStatus, NodeState
+from protocols.party import NodeParty
 
 log = logging.getLogger(__name__)
 
 WAIT_FOR_OWN_PART_S = 30.0
+MAX_DOCUMENT_BYTES = 1 << 30
 
 
 class ReleaseSigner:
@@ -45,15 +55,21 @@ class ReleaseSigner:
         self._coordinator = coordinator_bundle
         self._fail = fail
         self._hashes: dict[str, str] = {}
+        self._parties: dict[str, NodeParty] = {}
         self._lock = threading.Lock()
 
     def started(self, job_id: str, dataset_hash: str) -> None:
         with self._lock:
             self._hashes[job_id] = dataset_hash
 
+    def finished(self, job_id: str, party: NodeParty) -> None:
+        with self._lock:
+            self._parties[job_id] = party
+
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._hashes.pop(job_id, None)
+            self._parties.pop(job_id, None)
 
     def on_request(self, req: wire.ReleaseRequest) -> None:
         """Run on its own thread: it may wait for the node's part to finish."""
@@ -71,12 +87,19 @@ class ReleaseSigner:
         while local.status == JobStatus.RUNNING and time.monotonic() < deadline:
             time.sleep(0.05)
             local = self._state.get(req.job_id)
-        with self._lock:
-            dataset_hash = self._hashes.get(req.job_id)
-        if local.status != JobStatus.DONE or dataset_hash is None:
+        deadline = time.monotonic() + WAIT_FOR_OWN_PART_S
+        while True:  # the party is recorded just after the status says DONE
+            with self._lock:
+                dataset_hash = self._hashes.get(req.job_id)
+                party = self._parties.get(req.job_id)
+            if party is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if local.status != JobStatus.DONE or dataset_hash is None or party is None:
             raise errors.ProtocolError(
                 f"our part of {req.job_id} did not finish ({local.status})"
             )
+        checked = self._check_document(req, party)
         coordinator = self._coordinator()
         if coordinator is None:
             raise errors.AuthError("the coordinator's audit key is not known yet")
@@ -101,10 +124,31 @@ class ReleaseSigner:
             output=req.output_hash,
             node_head=self._audit.tree_head(),
             coordinator_head=head,
+            checked=checked,
         )
+        self.forget(req.job_id)
         return wire.ReleaseSignature(
             req.job_id,
             canonical_json(statement).decode(),
             sign_statement(self._keys.signing, statement),
             cosign(head, self._node, self._keys.signing),
         )
+
+    def _check_document(
+        self, req: wire.ReleaseRequest, party: NodeParty
+    ) -> Mapping[str, Any]:
+        """The document must be this job's, hash to what we sign, and agree with
+        our party's own view of the result."""
+        if len(req.document) > MAX_DOCUMENT_BYTES:
+            raise errors.ProtocolError("the release document is too large")
+        try:
+            document = json.loads(req.document)
+        except ValueError:
+            raise errors.ProtocolError("the release document is not JSON") from None
+        if not isinstance(document, dict) or output_hash(document) != req.output_hash:
+            raise errors.ProtocolError("the release document does not match its hash")
+        if document.get("job_id") != req.job_id or not isinstance(
+            document.get("result"), dict
+        ):
+            raise errors.ProtocolError("the release document is for another job")
+        return dict(party.attest(document["result"]))

@@ -43,6 +43,8 @@ class JobOutcome:
     ending: Ending
     usage: NodeUsage | None
     reason: str
+    party: NodeParty | None = None
+    """The finished party, which checks the release before the node signs it."""
 
     @property
     def ok(self) -> bool:
@@ -196,7 +198,7 @@ class JobRunner:
             if time.monotonic() - reported > _PROGRESS_INTERVAL_S:
                 reported = time.monotonic()
                 self._on_progress(job.job_id, party.progress())
-        return JobOutcome(job.job_id, Ending.DONE, party.usage(), "")
+        return JobOutcome(job.job_id, Ending.DONE, party.usage(), "", party)
 
     @staticmethod
     def _stage(party: NodeParty) -> tuple[int | None, str]:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from cleanroom import jobtypes
 from cleanroom.audit.log import AuditLog
-from cleanroom.catalog import DatasetInfo
+from cleanroom.catalog import AssetInfo, DatasetInfo
 from cleanroom.errors import ConfigError
 from cleanroom.jobtypes.hooks import NodeEnvironment
 from cleanroom.localdb import LocalDatabase
@@ -91,6 +91,16 @@ def build_services(
         if service is not None:
             services[job_type.name] = service
     return services
+
+
+def catalog_assets(services: dict[str, Any]) -> list[AssetInfo]:
+    """What the services offer beside datasets, for the catalog (metadata only)."""
+    found: list[AssetInfo] = []
+    for service in services.values():
+        listing = getattr(service, "catalog_assets", None)
+        if listing is not None:
+            found.extend(listing())
+    return found
 
 
 def poll(services: dict[str, Any]) -> None:

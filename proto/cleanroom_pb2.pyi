@@ -83,6 +83,38 @@ class Column(_message.Message):
 Global___Column: _TypeAlias = Column  # noqa: Y015
 
 @_typing.final
+class Asset(_message.Message):
+    """Public metadata of something other than a dataset that a node offers through
+    a job type (e.g. a model asset): its name, kind and a JSON description.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DOCUMENT_JSON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    kind: _builtins.str
+    description: _builtins.str
+    document_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        description: _builtins.str = ...,
+        document_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "document_json", b"document_json", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Asset: _TypeAlias = Asset  # noqa: Y015
+
+@_typing.final
 class DatasetInfo(_message.Message):
     """Public metadata of a dataset: never rows, never exact row counts."""
 
@@ -127,6 +159,7 @@ class RegisterRequest(_message.Message):
     DATASETS_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     RUNNING_JOBS_FIELD_NUMBER: _builtins.int
+    ASSETS_FIELD_NUMBER: _builtins.int
     DELIVERED_SEQ_FIELD_NUMBER: _builtins.int
     key_bundle: _builtins.bytes
     """cleanroom.keys.KeyBundle, signed by the node's TLS key"""
@@ -143,6 +176,10 @@ class RegisterRequest(_message.Message):
         keeps its part of them; any other running job it was in has lost it.
         """
 
+    @_builtins.property
+    def assets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Asset]:
+        """what the node's job types offer beside datasets"""
+
     def __init__(
         self,
         *,
@@ -150,11 +187,12 @@ class RegisterRequest(_message.Message):
         datasets: _abc.Iterable[Global___DatasetInfo] | None = ...,
         software_version: _builtins.str = ...,
         running_jobs: _abc.Iterable[_builtins.str] | None = ...,
+        assets: _abc.Iterable[Global___Asset] | None = ...,
         delivered_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets", "delivered_seq", b"delivered_seq", "key_bundle", b"key_bundle", "running_jobs", b"running_jobs", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "datasets", b"datasets", "delivered_seq", b"delivered_seq", "key_bundle", b"key_bundle", "running_jobs", b"running_jobs", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,21 +406,25 @@ class ReleaseRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     OUTPUT_HASH_FIELD_NUMBER: _builtins.int
     COORDINATOR_HEAD_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     output_hash: _builtins.str
     """SHA-256 hex of the canonical result document"""
     coordinator_head: _builtins.bytes
     """the coordinator's signed tree head (JSON)"""
+    document: _builtins.bytes
+    """the document itself: a node signs what it checked"""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         output_hash: _builtins.str = ...,
         coordinator_head: _builtins.bytes = ...,
+        document: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_head", b"coordinator_head", "job_id", b"job_id", "output_hash", b"output_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_head", b"coordinator_head", "document", b"document", "job_id", b"job_id", "output_hash", b"output_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -867,12 +909,15 @@ class CatalogNode(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     DATASETS_FIELD_NUMBER: _builtins.int
     KEY_BUNDLE_FIELD_NUMBER: _builtins.int
+    ASSETS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     connected: _builtins.bool
     last_seen: _builtins.float
     key_bundle: _builtins.bytes
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetInfo]: ...
+    @_builtins.property
+    def assets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Asset]: ...
     def __init__(
         self,
         *,
@@ -881,10 +926,11 @@ class CatalogNode(_message.Message):
         last_seen: _builtins.float = ...,
         datasets: _abc.Iterable[Global___DatasetInfo] | None = ...,
         key_bundle: _builtins.bytes = ...,
+        assets: _abc.Iterable[Global___Asset] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "datasets", b"datasets", "key_bundle", b"key_bundle", "last_seen", b"last_seen", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "connected", b"connected", "datasets", b"datasets", "key_bundle", b"key_bundle", "last_seen", b"last_seen", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -209,6 +209,16 @@ class NodeParty(Party):
         """What this party consumed; the node's meters record it."""
         return NodeUsage()
 
+    def attest(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Before the node signs a release: check the released ``result`` against
+        what this party itself knows, and return what it vouches for (it goes
+        into the node's signed statement). Raise ProtocolError if the result
+        contradicts the party's own view: the node then refuses to sign.
+
+        The default vouches for nothing beyond the document's hash.
+        """
+        return {}
+
 
 class AnalystParty(Party):
     """The analyst's side of a protocol, run by the analyst's client.

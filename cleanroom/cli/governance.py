@@ -18,7 +18,7 @@ from cleanroom.cli.common import EXIT_FAILED, handle_errors, out
 from cleanroom.errors import ConfigError, CryptoError
 from cleanroom.federation import Federation
 from cleanroom.keys import NodeKeys
-from cleanroom.provenance import head_from_dict, verify_result_bytes
+from cleanroom.provenance import head_from_dict, verify_opened_file, verify_result_bytes
 
 
 def node_database(data_dir: Path) -> Path:
@@ -234,20 +234,49 @@ def result_group() -> None:
     help="The federation CA certificate (default: from --federation).",
 )
 @click.option("--federation", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Accept a result some inputs did not sign (they are named).",
+)
 @handle_errors
-def result_verify(result_file: Path, ca: Path | None, federation: Path | None) -> None:
-    """Verify offline that every node signed exactly this result document."""
+def result_verify(
+    result_file: Path, ca: Path | None, federation: Path | None, allow_partial: bool
+) -> None:
+    """Verify offline that every input's node signed exactly this result document,
+    and that every value a node vouched for is the released one."""
     if ca is None:
         fed = Federation.load(federation or Path(".cleanroom") / "federation.json")
         ca = fed.ca
     try:
-        verified = verify_result_bytes(result_file.read_bytes(), ca.read_bytes())
+        verified = verify_result_bytes(
+            result_file.read_bytes(), ca.read_bytes(), allow_partial=allow_partial
+        )
     except (ValueError, CryptoError, KeyError, TypeError) as exc:
         out.print(f"[red]INVALID[/] {result_file}: {exc}", highlight=False)
         sys.exit(EXIT_FAILED)
+    opened = result_file.with_name(result_file.stem + ".opened.json")
+    if opened.exists():
+        try:
+            count = verify_opened_file(result_file.read_bytes(), opened.read_bytes())
+        except (ValueError, CryptoError, KeyError, TypeError) as exc:
+            out.print(f"[red]INVALID[/] {opened}: {exc}", highlight=False)
+            sys.exit(EXIT_FAILED)
+        out.print(
+            f"[green]OPENED[/] {opened}: {count} sealed reports, each signed by its "
+            "node and committed to in the release",
+            highlight=False,
+        )
+    if verified.missing:
+        out.print(
+            f"[bold red]PARTIAL[/] {verified.job_id}: NOT signed by "
+            f"{', '.join(verified.missing)} — their part is unverified",
+            highlight=False,
+        )
     out.print(
         f"[green]VERIFIED[/] {verified.job_id}: output {verified.output_hash[:16]}… "
-        f"signed by {', '.join(verified.signers)}",
+        f"signed by {', '.join(verified.signers)}; {verified.checked} released "
+        "values checked against what the nodes computed",
         highlight=False,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -180,13 +181,27 @@ def status(job_id: str, federation: Path, as_json: bool) -> None:
 )
 @handle_errors
 def result(job_id: str, federation: Path, out_path: Path | None) -> None:
-    """Print (or save) a finished job's released, signed result document."""
+    """Print (or save) a finished job's released, signed result document.
+
+    For a job the analyst takes part in, what the released document is sealed to
+    (e.g. the nodes' reports) is saved beside it as ``<out>.opened.json``;
+    ``cleanroom result verify`` checks both."""
     with Client.from_federation(federation) as client:
-        if out_path is not None:
-            out_path.write_bytes(client.result_bytes(job_id))
-            out.print(f"saved {out_path}", highlight=False)
-        else:
+        if out_path is None:
             print_json(client.result(job_id))
+            return
+        out_path.write_bytes(client.result_bytes(job_id))
+        out.print(f"saved {out_path}", highlight=False)
+        if client.status(job_id).analyst_party:
+            opened = opened_path(out_path)
+            opened.write_text(json.dumps(client.result(job_id)["result"], indent=1))
+            out.print(
+                f"saved {opened} (what the release is sealed to)", highlight=False
+            )
+
+
+def opened_path(result_file: Path) -> Path:
+    return result_file.with_name(result_file.stem + ".opened.json")
 
 
 @job_group.command("cancel")
@@ -249,6 +264,15 @@ def catalog(federation: Path, as_json: bool) -> None:
                         }
                         for d in e.datasets
                     ],
+                    "assets": [
+                        {
+                            "name": a.name,
+                            "kind": a.kind,
+                            "description": a.description,
+                            "document": json.loads(a.document_json),
+                        }
+                        for a in e.assets
+                    ],
                 }
                 for e in entries
             ]
@@ -264,4 +288,9 @@ def catalog(federation: Path, as_json: bool) -> None:
                 d.row_bucket,
                 ", ".join(f"{c.name}:{c.type}" for c in d.columns),
             )
+        for a in e.assets:
+            table.add_row(
+                e.node, "yes" if e.connected else "no", f"{a.name} ({a.kind})", "",
+                a.description,
+            )  # fmt: skip
     out.print(table)

@@ -1,13 +1,16 @@
-"""The ``count`` job: rows per input, optionally filtered, each released only when it
-reaches the dataset's minimum group size and signed by the node that computed it.
+"""The ``count`` job: rows per input, optionally filtered; a count below the
+dataset's minimum group size is suppressed on the node. Each node signs its count
+and seals it to the analyst; the coordinator only relays and keeps a salted
+commitment to each report, which every node vouches for at release.
 
-What each party learns: every node's (suppressed or released) count, and which
-counts were suppressed, is seen by the coordinator and the analyst; a node learns
-nothing of the others."""
+What each party learns. The analyst: every node's count or that it was
+suppressed, each signed by its node. The coordinator: nothing of the counts (it
+holds commitments it cannot guess a count from), only who took part. One holder:
+its own count. Operator and analyst together: what the analyst learns.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,18 +20,24 @@ from cleanroom.errors import ProtocolError, SpecError
 from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.jobtypes import predicates
 from cleanroom.jobtypes.base import (
+    AnalystContext,
     CoordinatorContext,
     JobType,
     NodeContext,
-    OneShotNode,
-    check_node_statement,
 )
-from cleanroom.keys import sign_statement
+from cleanroom.jobtypes.sealing import (
+    CommitmentCollector,
+    ReportOpener,
+    attest_commitment,
+    seal_report,
+)
 from protocols.party import (
-    COORDINATOR,
+    ANALYST,
+    AnalystParty,
     CoordinatorParty,
     Inbound,
     NodeParty,
+    NodeUsage,
     Outbound,
     Progress,
 )
@@ -41,10 +50,14 @@ class CountParams:
     where: tuple[predicates.Predicate, ...]
 
 
-class CountNode(OneShotNode):
-    """Counts matching rows and reports a signed, size-checked statement."""
+class CountNode(NodeParty):
+    """Counts matching rows; seals its signed, size-checked statement."""
 
-    def report(self) -> Outbound:
+    def __init__(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        self._digest: str | None = None
+
+    def start(self) -> list[Outbound]:
         ctx = self._ctx
         params: CountParams = ctx.params
         count = int(predicates.apply(params.where, ctx.data).sum())
@@ -58,69 +71,98 @@ class CountNode(OneShotNode):
             "count": count if released else None,
             "suppressed": not released,
         }
-        signature = sign_statement(ctx.signing_key, statement)
-        payload = json.dumps({"statement": statement, "signature": signature}).encode()
-        return Outbound(COORDINATOR, STAGE_COUNT, payload)
+        out, self._digest = seal_report(ctx, STAGE_COUNT, statement)
+        return out
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        raise ProtocolError(f"count expects no messages, got '{message.stage}'")
+
+    @property
+    def finished(self) -> bool:
+        return self._digest is not None
+
+    def usage(self) -> NodeUsage:
+        return NodeUsage(rows_touched=len(self._ctx.data))
+
+    def attest(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
+        assert self._digest is not None
+        return attest_commitment(self._ctx.node, self._digest, result)
 
 
 class CountCoordinator(CoordinatorParty):
-    """Collects every node's signed count and checks it before release."""
+    """Collects every node's commitment; it never sees a count."""
 
     def __init__(self, ctx: CoordinatorContext) -> None:
-        self._ctx = ctx
-        self._reports: dict[str, dict[str, Any]] = {}
+        self._collector = CommitmentCollector(ctx, STAGE_COUNT)
 
     def start(self) -> list[Outbound]:
         return []
 
     def receive(self, message: Inbound) -> list[Outbound]:
-        ctx = self._ctx
-        if message.stage != STAGE_COUNT:
-            raise ProtocolError(f"unexpected stage '{message.stage}'")
-        if message.sender not in ctx.parties:
-            raise ProtocolError(f"'{message.sender}' is not a party of this job")
-        if message.sender in self._reports:
-            raise ProtocolError(f"'{message.sender}' already reported")
-        try:
-            report = json.loads(message.payload)
-            statement, signature = report["statement"], report["signature"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProtocolError("malformed count report") from exc
-        check_node_statement(ctx, message.sender, statement, signature, "count report")
-        self._reports[message.sender] = {"statement": statement, "signature": signature}
+        self._collector.receive(message)
         return []
 
     @property
     def finished(self) -> bool:
-        return len(self._reports) == len(self._ctx.parties)
+        return self._collector.finished
 
     def waiting_for(self) -> frozenset[str]:
-        return frozenset(self._ctx.parties) - set(self._reports)
+        return self._collector.waiting_for()
 
     def progress(self) -> Progress:
-        return Progress(
-            stage=STAGE_COUNT,
-            heard=len(self._reports),
-            expected=len(self._ctx.parties),
-        )
+        return self._collector.progress()
 
     def result(self) -> Mapping[str, Any]:
+        return self._collector.result()
+
+
+class CountAnalyst(AnalystParty):
+    """Opens the nodes' sealed counts and checks them against the release."""
+
+    def __init__(self, ctx: AnalystContext) -> None:
+        self._ctx = ctx
+        self._opener = ReportOpener(
+            STAGE_COUNT,
+            ctx.parties,
+            ctx.peer_signing_keys,
+            lambda node: {
+                "job_id": ctx.job_id,
+                "spec_hash": ctx.spec.spec_hash,
+                "dataset": ctx.spec.input_for(node).dataset,
+            },
+        )
+
+    def start(self) -> list[Outbound]:
+        return []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        self._opener.receive(message)
+        return []
+
+    @property
+    def finished(self) -> bool:
+        return self._opener.finished
+
+    def progress(self) -> Progress:
+        return self._opener.progress()
+
+    def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
+        reports = self._opener.open(result)
         counts = [
             {
                 "node": node,
-                "dataset": self._reports[node]["statement"]["dataset"],
-                "count": self._reports[node]["statement"]["count"],
-                "suppressed": self._reports[node]["statement"]["suppressed"],
+                "dataset": reports[node].statement["dataset"],
+                "count": reports[node].statement["count"],
+                "suppressed": reports[node].statement["suppressed"],
             }
             for node in self._ctx.parties
         ]
         released = [c["count"] for c in counts if not c["suppressed"]]
         return {
+            **result,
             "counts": counts,
             "total": sum(released) if len(released) == len(counts) else None,
-            "attestations": [
-                {"node": node, **self._reports[node]} for node in self._ctx.parties
-            ],
+            "reports": [reports[n].to_json() for n in self._ctx.parties],
         }
 
 
@@ -145,8 +187,17 @@ class CountJob(JobType[CountParams]):
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
         return frozenset(p.column for p in self.params(spec).where)
 
+    def has_analyst_party(self, spec: JobSpec) -> bool:
+        return True
+
     def node_party(self, ctx: NodeContext) -> NodeParty:
         return CountNode(ctx)
 
     def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
         return CountCoordinator(ctx)
+
+    def analyst_party(self, ctx: AnalystContext) -> AnalystParty:
+        return CountAnalyst(ctx)
+
+
+__all__ = ["ANALYST", "STAGE_COUNT", "CountJob"]

@@ -130,6 +130,7 @@ def catalog(state: CoordinatorState) -> list[wire.CatalogNode]:
             state.presence.last_seen(record.name) or record.last_seen,
             tuple(serde.catalog_from_json(record.catalog_json)),
             record.key_bundle,
+            tuple(serde.assets_from_json(record.assets_json)),
         )
         for record in state.store.list_nodes()
     ]

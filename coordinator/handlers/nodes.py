@@ -35,6 +35,7 @@ def register(
             serde.catalog_to_json(reg.datasets),
             registered_at,
             now,
+            serde.assets_to_json(reg.assets),
         )
     )
     state.set_bundle(node.name, bundle)

@@ -105,6 +105,7 @@ nodes_table = Table(
     Column("name", String(200), primary_key=True),
     Column("key_bundle", LargeBinary, nullable=False),
     Column("catalog_json", Text, nullable=False),
+    Column("assets_json", Text, nullable=False, server_default="[]"),
     Column("registered_at", Double, nullable=False),
     Column("last_seen", Double, nullable=False),
 )
@@ -639,6 +640,7 @@ def _node_from_row(row: Row[Any]) -> NodeRecord:
         name=row.name,
         key_bundle=bytes(row.key_bundle),
         catalog_json=row.catalog_json,
+        assets_json=row.assets_json,
         registered_at=float(row.registered_at),
         last_seen=float(row.last_seen),
     )

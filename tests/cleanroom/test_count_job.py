@@ -13,7 +13,7 @@ from cleanroom.catalog import ColumnInfo, DatasetInfo
 from cleanroom.errors import ProtocolError, SpecError
 from cleanroom.jobspec import parse_spec
 from cleanroom.keys import verify_statement
-from protocols.party import COORDINATOR, Inbound
+from protocols.party import ANALYST, COORDINATOR, Inbound
 
 SPEC = """
 type: count
@@ -27,7 +27,7 @@ def _raw(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _run(frames: dict[str, pd.DataFrame], min_group: int = 5) -> tuple[dict, dict]:
+def _parties(frames: dict[str, pd.DataFrame], min_group: int = 5) -> tuple:
     spec = parse_spec(SPEC)
     keys = {n: Ed25519PrivateKey.generate() for n in frames}
     publics = {n: _raw(k) for n, k in keys.items()}
@@ -35,42 +35,57 @@ def _run(frames: dict[str, pd.DataFrame], min_group: int = 5) -> tuple[dict, dic
     coord = job.coordinator_party(
         jobtypes.CoordinatorContext("j1", spec, spec.nodes, publics)
     )
-    coord.start()
-    messages = {}
-    for node, frame in frames.items():
-        party = job.node_party(
-            jobtypes.NodeContext(
-                "j1",
-                spec,
-                node,
-                "d",
-                frame,
-                "hash",
-                min_group,
-                keys[node],
-                spec.nodes,
-                publics,
-            )
+    analyst = job.analyst_party(
+        jobtypes.AnalystContext(
+            "j1", spec, "alice", spec.nodes, Ed25519PrivateKey.generate(), publics
         )
-        (out,) = party.start()
-        assert out.recipient == COORDINATOR
-        messages[node] = out
-        assert party.usage().rows_touched == len(frame)
-    for node, out in messages.items():
-        coord.receive(Inbound(node, out.stage, out.payload))
-    assert coord.finished
-    return dict(coord.result()), publics
+    )
+    nodes = {
+        node: job.node_party(
+            jobtypes.NodeContext(
+                "j1", spec, node, "d", frame, "hash", min_group, keys[node],
+                spec.nodes, publics,
+            )
+        )  # fmt: skip
+        for node, frame in frames.items()
+    }
+    return spec, keys, publics, coord, analyst, nodes
 
 
-def test_counts_match_pandas_and_are_signed() -> None:
+def _run(frames: dict[str, pd.DataFrame], min_group: int = 5) -> tuple[dict, dict]:
+    _, _, publics, coord, analyst, nodes = _parties(frames, min_group)
+    coord.start()
+    for node, party in nodes.items():
+        sealed, commitment = party.start()
+        assert sealed.recipient == ANALYST and commitment.recipient == COORDINATOR
+        assert party.usage().rows_touched == len(frames[node])
+        coord.receive(Inbound(node, commitment.stage, commitment.payload))
+        analyst.receive(Inbound(node, sealed.stage, sealed.payload))
+    assert coord.finished and analyst.finished
+    released = dict(coord.result())
+    for node, party in nodes.items():
+        assert party.attest(released) == {
+            f"/commitments/{node}": released["commitments"][node]
+        }
+    return dict(analyst.finalize(released)), publics
+
+
+def test_counts_match_pandas_are_signed_and_never_reach_the_coordinator() -> None:
     rng = np.random.default_rng(1)
     frames = {n: pd.DataFrame({"age": rng.integers(0, 100, 200)}) for n in "ab"}
+    _, _, _, coord, _, nodes = _parties(frames)
+    for node, party in nodes.items():
+        _, commitment = party.start()
+        coord.receive(Inbound(node, commitment.stage, commitment.payload))
+        count = int((frames[node].age >= 50).sum())
+        assert str(count).encode() not in commitment.payload
+    assert set(coord.result()) == {"commitments"}
     result, publics = _run(frames)
     for entry in result["counts"]:
         assert entry["count"] == int((frames[entry["node"]].age >= 50).sum())
     assert result["total"] == sum(int((f.age >= 50).sum()) for f in frames.values())
-    for att in result["attestations"]:
-        verify_statement(publics[att["node"]], att["statement"], att["signature"])
+    for report in result["reports"]:
+        verify_statement(publics[report["node"]], report["statement"], report["signature"])
 
 
 def test_small_counts_are_suppressed() -> None:
@@ -90,42 +105,50 @@ def test_small_counts_are_suppressed() -> None:
     assert result["total"] is None
 
 
-def test_forged_or_repeated_reports_are_refused() -> None:
-    spec = parse_spec(SPEC)
-    keys = {n: Ed25519PrivateKey.generate() for n in "ab"}
-    publics = {n: _raw(k) for n, k in keys.items()}
-    job = jobtypes.get("count")
+def test_forged_altered_or_repeated_reports_are_refused() -> None:
     frame = pd.DataFrame({"age": list(range(100))})
-    coord = job.coordinator_party(
-        jobtypes.CoordinatorContext("j1", spec, spec.nodes, publics)
-    )
+    spec, keys, publics, coord, analyst, nodes = _parties({"a": frame, "b": frame})
     # node b signs a report claiming to be node a
-    party_b = job.node_party(
+    impostor = jobtypes.get("count").node_party(
         jobtypes.NodeContext(
             "j1", spec, "a", "d", frame, "h", 5, keys["b"], spec.nodes, publics
         )
     )
-    (out,) = party_b.start()
+    forged, _ = impostor.start()
     with pytest.raises(ProtocolError, match="not signed"):
-        coord.receive(Inbound("a", out.stage, out.payload))
-    party_a = job.node_party(
-        jobtypes.NodeContext(
-            "j1", spec, "a", "d", frame, "h", 5, keys["a"], spec.nodes, publics
-        )
-    )
-    (good,) = party_a.start()
-    coord.receive(Inbound("a", good.stage, good.payload))
+        analyst.receive(Inbound("a", forged.stage, forged.payload))
+    good, commitment = nodes["a"].start()
+    analyst.receive(Inbound("a", good.stage, good.payload))
     with pytest.raises(ProtocolError, match="already reported"):
-        coord.receive(Inbound("a", good.stage, good.payload))
+        analyst.receive(Inbound("a", good.stage, good.payload))
     tampered = json.loads(good.payload)
     tampered["statement"]["count"] += 1
     with pytest.raises(ProtocolError):
-        coord.receive(Inbound("b", good.stage, json.dumps(tampered).encode()))
-    # A statement or signature of the wrong JSON type is refused, not a crash.
+        analyst.receive(Inbound("b", good.stage, json.dumps(tampered).encode()))
     for statement, signature in (([1, 2], "x"), ({"node": "b"}, 7)):
-        odd = {"statement": statement, "signature": signature}
+        odd = {"statement": statement, "signature": signature, "salt": "00"}
         with pytest.raises(ProtocolError):
-            coord.receive(Inbound("b", good.stage, json.dumps(odd).encode()))
+            analyst.receive(Inbound("b", good.stage, json.dumps(odd).encode()))
+    coord.receive(Inbound("a", commitment.stage, commitment.payload))
+    with pytest.raises(ProtocolError, match="already committed"):
+        coord.receive(Inbound("a", commitment.stage, commitment.payload))
+    with pytest.raises(ProtocolError, match="malformed commitment"):
+        coord.receive(Inbound("b", commitment.stage, b"999999"))
+
+
+def test_a_release_with_another_commitment_is_refused_by_node_and_analyst() -> None:
+    frame = pd.DataFrame({"age": list(range(100))})
+    _, _, _, coord, analyst, nodes = _parties({"a": frame, "b": frame})
+    for node, party in nodes.items():
+        sealed, commitment = party.start()
+        coord.receive(Inbound(node, commitment.stage, commitment.payload))
+        analyst.receive(Inbound(node, sealed.stage, sealed.payload))
+    forged = dict(coord.result())
+    forged["commitments"] = {**forged["commitments"], "a": "0" * 64}
+    with pytest.raises(ProtocolError, match="does not hold this node's commitment"):
+        nodes["a"].attest(forged)
+    with pytest.raises(ProtocolError, match="commitment of 'a' is wrong"):
+        analyst.finalize(forged)
 
 
 def test_where_clause_is_checked_against_the_schema() -> None:

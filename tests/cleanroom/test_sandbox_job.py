@@ -49,7 +49,7 @@ from node.config import DatasetConfig
 from node.datasets import DatasetRegistry
 from node.policy import PolicySet
 from node.services import Datasets, Policies
-from protocols.party import COORDINATOR, Inbound, LocalEvent
+from protocols.party import ANALYST, COORDINATOR, Inbound, LocalEvent
 from sandbox import NO_ENGINE, bundle_digest
 
 TRAIN = "import pandas as pd\nprint(len(pd.read_csv('/data/data.csv')))\n"
@@ -201,7 +201,7 @@ def _raw(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _parties(code: Path, host: FakeHost) -> tuple[Any, Any, bytes]:
+def _parties(code: Path, host: FakeHost) -> tuple[Any, Any, Any, bytes]:
     spec = parse_spec(_spec(code))
     key = Ed25519PrivateKey.generate()
     publics = {"n1": _raw(key)}
@@ -216,7 +216,12 @@ def _parties(code: Path, host: FakeHost) -> tuple[Any, Any, bytes]:
     coord = job.coordinator_party(
         jobtypes.CoordinatorContext("j1", spec, spec.nodes, publics)
     )
-    return node, coord, publics["n1"]
+    analyst = job.analyst_party(
+        jobtypes.AnalystContext(
+            "j1", spec, "alice", spec.nodes, Ed25519PrivateKey.generate(), publics
+        )
+    )
+    return node, coord, analyst, publics["n1"]
 
 
 def _outcome(status: str, reasons: tuple[str, ...] = ()) -> SandboxOutcome:
@@ -227,42 +232,53 @@ def _outcome(status: str, reasons: tuple[str, ...] = ()) -> SandboxOutcome:
     return SandboxOutcome(status, files, reasons, "d" * 64, "img:1", "docker", 1.5)  # type: ignore[arg-type]
 
 
-def test_vetted_output_is_signed_and_collected(code: Path) -> None:
-    node, coord, public = _parties(code, FakeHost(_outcome("pass")))
-    (out,) = node.start()
-    assert (out.recipient, out.stage) == (COORDINATOR, STAGE_OUTPUT)
+def _deliver(out: list[Any], coord: Any, analyst: Any) -> None:
+    for message in out:
+        target = analyst if message.recipient == ANALYST else coord
+        target.receive(Inbound("n1", message.stage, message.payload))
+
+
+def test_vetted_output_is_sealed_to_the_analyst_and_signed(code: Path) -> None:
+    node, coord, analyst, public = _parties(code, FakeHost(_outcome("pass")))
+    out = node.start()
+    assert {o.recipient for o in out} == {COORDINATOR, ANALYST}
+    assert all(o.stage.startswith(STAGE_OUTPUT) for o in out)
+    to_coordinator = next(o for o in out if o.recipient == COORDINATOR).payload
+    assert b"0.9412" not in to_coordinator and b"accuracy" not in to_coordinator
     assert node.finished and node.usage().rows_touched == 20
-    coord.receive(Inbound("n1", out.stage, out.payload))
-    assert coord.finished
-    result = dict(coord.result())
+    assert node.usage().units == {"sandbox_cpu_seconds": 1.5}
+    _deliver(out, coord, analyst)
+    assert coord.finished and analyst.finished
+    released = dict(coord.result())
+    assert node.attest(released) == {"/commitments/n1": released["commitments"]["n1"]}
+    result = dict(analyst.finalize(released))
     assert result["outputs"] == {
         "metrics.json": {"accuracy": 0.9412, "n_train": 120},
         "table.csv": [{"group": "a", "count": 12}, {"group": "b", "count": 30}],
     }
     assert result["bundle_digest"] == "d" * 64 and result["released_by"] == "vetting"
-    (attestation,) = result["attestations"]
-    verify_statement(public, attestation["statement"], attestation["signature"])
+    (report,) = result["reports"]
+    verify_statement(public, report["statement"], report["signature"])
 
 
 def test_held_output_waits_for_the_holder_then_is_released(code: Path) -> None:
     host = FakeHost(_outcome("held", ("table.csv: row 1 reproduces a dataset row",)))
-    node, coord, _ = _parties(code, host)
+    node, coord, analyst, _ = _parties(code, host)
     (notice,) = node.start()
     assert notice.stage == STAGE_HELD and not node.finished
     assert coord.receive(Inbound("n1", notice.stage, notice.payload)) == []
-    assert not coord.finished
+    assert not coord.finished and coord.waiting_for() == frozenset()
     assert node.local_event(LocalEvent(HOLDER_DECIDED)) == []
     host.decision = ("released", "fine")
-    (out,) = node.local_event(LocalEvent(HOLDER_DECIDED))
-    coord.receive(Inbound("n1", out.stage, out.payload))
-    result = dict(coord.result())
-    assert result["released_by"] == "holder"
+    _deliver(node.local_event(LocalEvent(HOLDER_DECIDED)), coord, analyst)
+    result = dict(analyst.finalize(coord.result()))
+    assert result["released_by"] == "holder" and result["held_for_review"] is True
     assert result["vetting"] == ["table.csv: row 1 reproduces a dataset row"]
 
 
 def test_rejected_output_fails_the_job_with_the_reason(code: Path) -> None:
     host = FakeHost(_outcome("held", ("copies rows",)))
-    node, _, _ = _parties(code, host)
+    node, _, _, _ = _parties(code, host)
     node.start()
     host.decision = ("rejected", "raw rows, not a model")
     with pytest.raises(
@@ -273,17 +289,15 @@ def test_rejected_output_fails_the_job_with_the_reason(code: Path) -> None:
         node.receive(Inbound(COORDINATOR, "sandbox.other", b""))
 
 
-def test_the_coordinator_refuses_altered_output(code: Path) -> None:
-    node, coord, _ = _parties(code, FakeHost(_outcome("pass")))
-    (out,) = node.start()
-    payload = json.loads(out.payload)
-    payload["files"]["metrics.json"] = base64.b64encode(b'{"accuracy": 1}').decode()
-    with pytest.raises(ProtocolError, match="do not match the signed hashes"):
-        coord.receive(Inbound("n1", out.stage, json.dumps(payload).encode()))
-    payload = json.loads(out.payload)
-    payload["statement"]["image"] = "other"
+def test_the_analyst_refuses_altered_output(code: Path) -> None:
+    node, _, analyst, _ = _parties(code, FakeHost(_outcome("pass")))
+    sealed = next(o for o in node.start() if o.recipient == ANALYST)
+    payload = json.loads(sealed.payload)
+    payload["statement"]["files"]["metrics.json"] = base64.b64encode(
+        b'{"accuracy": 1}'
+    ).decode()
     with pytest.raises(ProtocolError, match="not signed by it"):
-        coord.receive(Inbound("n1", out.stage, json.dumps(payload).encode()))
+        analyst.receive(Inbound("n1", sealed.stage, json.dumps(payload).encode()))
 
 
 # -------------------------------------------------- the node's sandbox service --

@@ -6,11 +6,11 @@ reviews the bundle and approves its SHA-256 digest; the node runs only bundles
 whose digest was approved for the dataset (``service.SandboxService``).
 
 What each party learns. The holder: the code, and its outputs before release
-when vetting holds them. The coordinator: the vetted outputs it relays and stores
-as the result (this job type releases to the coordinator's store as well as the
-analyst), the bundle digest, image and runner. The analyst: the vetted outputs and
-a generic failure reason, never the code's stderr. Operator and analyst together:
-the same. Vetting is a help to review, not a proof: see docs/sandbox.md.
+when vetting holds them. The coordinator: that output was held for review, and a
+salted commitment to the sealed output (never the output). The analyst: the
+vetted outputs, signed by the node, and a generic failure reason, never the
+code's stderr. Operator and analyst together: what the analyst learns. Vetting is
+a help to review, not a proof: see docs/sandbox.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from cleanroom.catalog import DatasetInfo
 from cleanroom.errors import SpecError
 from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.jobtypes.base import (
+    AnalystContext,
     CoordinatorContext,
     JobType,
     NodeContext,
@@ -47,10 +48,11 @@ from cleanroom.jobtypes.sandbox.params import (
 )
 from cleanroom.jobtypes.sandbox.parties import (
     CPU_UNIT,
+    SandboxAnalyst,
     SandboxCoordinator,
     SandboxNode,
 )
-from protocols.party import CoordinatorParty, NodeParty
+from protocols.party import AnalystParty, CoordinatorParty, NodeParty
 
 __all__ = ["NAME", "SandboxJob", "make_spec", "pack_bundle"]
 
@@ -105,6 +107,12 @@ class SandboxJob(JobType[SandboxParams]):
 
     def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
         return SandboxCoordinator(ctx)
+
+    def has_analyst_party(self, spec: JobSpec) -> bool:
+        return True
+
+    def analyst_party(self, ctx: AnalystContext) -> AnalystParty:
+        return SandboxAnalyst(ctx)
 
     # ------------------------------------------------------- node-side hooks --
     def node_service(self, env: NodeEnvironment) -> Any:

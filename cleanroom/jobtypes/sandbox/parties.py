@@ -5,24 +5,25 @@ releases it; the coordinator collects the node's signed, vetted files."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import pandas as pd
 
 from cleanroom.errors import ProtocolError, SandboxError
-from cleanroom.jobtypes.base import (
-    CoordinatorContext,
-    NodeContext,
-    check_node_statement,
+from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext, NodeContext
+from cleanroom.jobtypes.sealing import (
+    CommitmentCollector,
+    ReportOpener,
+    attest_commitment,
+    seal_report,
 )
-from cleanroom.keys import sign_statement
 from protocols.party import (
     COORDINATOR,
+    AnalystParty,
     CoordinatorParty,
     Inbound,
     LocalEvent,
@@ -83,6 +84,7 @@ class SandboxNode(NodeParty):
         self._outcome: SandboxOutcome | None = None
         self._cpu_s = 0.0
         self._done = False
+        self._digest: str | None = None
 
     def start(self) -> list[Outbound]:
         try:
@@ -92,7 +94,7 @@ class SandboxNode(NodeParty):
             raise
         self._outcome, self._cpu_s = outcome, outcome.cpu_s
         if outcome.status == "pass":
-            return [self._release("vetting")]
+            return self._release("vetting")
         notice = json.dumps({"reasons": list(outcome.reasons)}).encode()
         return [Outbound(COORDINATOR, STAGE_HELD, notice)]
 
@@ -107,7 +109,7 @@ class SandboxNode(NodeParty):
             return []
         verdict, reason = decision
         if verdict == "released":
-            return [self._release("holder")]
+            return self._release("holder")
         raise SandboxError(
             "the data holder rejected the output"
             + (f": {reason}" if reason else "")
@@ -116,7 +118,7 @@ class SandboxNode(NodeParty):
             + ")"
         )
 
-    def _release(self, released_by: str) -> Outbound:
+    def _release(self, released_by: str) -> list[Outbound]:
         ctx, outcome = self._ctx, self._outcome
         assert outcome is not None
         statement = {
@@ -130,21 +132,18 @@ class SandboxNode(NodeParty):
             "runner": outcome.runner,
             "released_by": released_by,
             "vetting": list(outcome.reasons),
-            "outputs": {
-                name: hashlib.sha256(data).hexdigest()
+            "files": {
+                name: base64.b64encode(data).decode("ascii")
                 for name, data in sorted(outcome.outputs.items())
             },
         }
-        payload = {
-            "statement": statement,
-            "signature": sign_statement(ctx.signing_key, statement),
-            "files": {
-                name: base64.b64encode(data).decode("ascii")
-                for name, data in outcome.outputs.items()
-            },
-        }
+        out, self._digest = seal_report(ctx, STAGE_OUTPUT, statement)
         self._done = True
-        return Outbound(COORDINATOR, STAGE_OUTPUT, json.dumps(payload).encode())
+        return out
+
+    def attest(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
+        assert self._digest is not None
+        return attest_commitment(self._ctx.node, self._digest, result)
 
     @property
     def finished(self) -> bool:
@@ -163,77 +162,84 @@ class SandboxNode(NodeParty):
         )
 
 
-@dataclass
-class _Collected:
-    statement: dict[str, Any]
-    signature: str
-    outputs: dict[str, Any] = field(default_factory=dict)
-
-
 class SandboxCoordinator(CoordinatorParty):
-    """Collects the node's signed, vetted outputs; JSON parsed, CSV as records."""
+    """Relays: it learns that output was held, and a commitment to the sealed
+    output, never the output itself."""
 
     def __init__(self, ctx: CoordinatorContext) -> None:
         self._ctx = ctx
-        self._collected: _Collected | None = None
+        self._collector = CommitmentCollector(ctx, STAGE_OUTPUT)
         self._held = False
 
     def start(self) -> list[Outbound]:
         return []
 
     def receive(self, message: Inbound) -> list[Outbound]:
-        ctx = self._ctx
-        if message.sender not in ctx.parties:
+        if message.sender not in self._ctx.parties:
             raise ProtocolError(f"'{message.sender}' is not a party of this job")
         if message.stage == STAGE_HELD:
             # Only a progress notice: the job waits for the holder's decision.
             self._held = True
             return []
-        if message.stage != STAGE_OUTPUT or self._collected is not None:
-            raise ProtocolError(f"unexpected stage '{message.stage}'")
-        try:
-            report = json.loads(message.payload)
-            statement, signature = report["statement"], report["signature"]
-            files = {
-                str(n): base64.b64decode(d, validate=True)
-                for n, d in report["files"].items()
-            }
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ProtocolError("malformed sandbox output") from exc
-        statement = check_node_statement(
-            ctx, message.sender, statement, signature, "sandbox output"
-        )
-        hashes = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
-        if hashes != statement.get("outputs"):
-            raise ProtocolError("sandbox output files do not match the signed hashes")
-        collected = _Collected(statement, signature)
-        for name, data in sorted(files.items()):
-            collected.outputs[name] = _readable(name, data)
-        self._collected = collected
+        self._collector.receive(message)
         return []
 
     @property
     def finished(self) -> bool:
-        return self._collected is not None
+        return self._collector.finished
 
     def waiting_for(self) -> frozenset[str]:
         # Held output waits for a person: no deadline applies to that.
-        held = self._held or self._collected is not None
-        return frozenset() if held else frozenset(self._ctx.parties)
+        return frozenset() if self._held else self._collector.waiting_for()
 
     def progress(self) -> Progress:
-        if self._held and self._collected is None:
+        if self._held and not self.finished:
             return Progress(stage="output held for the holder's review")
-        return Progress(
-            stage="running", expected=1, heard=int(self._collected is not None)
-        )
+        return self._collector.progress()
 
     def result(self) -> Mapping[str, Any]:
-        collected = self._collected
-        if collected is None:
-            raise ProtocolError("the node has not released any output")
-        statement = collected.statement
+        return {**self._collector.result(), "held_for_review": self._held}
+
+
+class SandboxAnalyst(AnalystParty):
+    """Opens the node's sealed, signed outputs."""
+
+    def __init__(self, ctx: AnalystContext) -> None:
+        self._ctx = ctx
+        self._opener = ReportOpener(
+            STAGE_OUTPUT,
+            ctx.parties,
+            ctx.peer_signing_keys,
+            lambda node: {
+                "job_id": ctx.job_id,
+                "spec_hash": ctx.spec.spec_hash,
+                "dataset": ctx.spec.input_for(node).dataset,
+            },
+        )
+
+    def start(self) -> list[Outbound]:
+        return []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        self._opener.receive(message)
+        return []
+
+    @property
+    def finished(self) -> bool:
+        return self._opener.finished
+
+    def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
+        (report,) = self._opener.open(result).values()
+        statement = report.statement
+        try:
+            files = {
+                str(n): base64.b64decode(d, validate=True)
+                for n, d in statement["files"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProtocolError("malformed sandbox output") from exc
         return {
+            **result,
             "node": statement["node"],
             "dataset": statement["dataset"],
             "bundle_digest": statement["bundle_digest"],
@@ -241,14 +247,8 @@ class SandboxCoordinator(CoordinatorParty):
             "runner": statement["runner"],
             "released_by": statement["released_by"],
             "vetting": statement["vetting"],
-            "outputs": collected.outputs,
-            "attestations": [
-                {
-                    "node": statement["node"],
-                    "statement": statement,
-                    "signature": collected.signature,
-                }
-            ],
+            "outputs": {n: _readable(n, d) for n, d in sorted(files.items())},
+            "reports": [report.to_json()],
         }
 
 
