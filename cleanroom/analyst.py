@@ -26,7 +26,7 @@ from cleanroom.keys import KeyBundle, NodeKeys, verify_key_bundle
 from cleanroom.links import AnalystLink
 from cleanroom.localdb import LocalDatabase
 from cleanroom.partyio import PartyChannel
-from protocols.party import ANALYST, AnalystParty, Outbound, Progress
+from protocols.party import ANALYST, AnalystParty, Inbound, Outbound, Progress
 from protocols.seeded import seeded_random
 
 log = logging.getLogger(__name__)
@@ -112,20 +112,18 @@ class AnalystSession:
         self._clock = clock
         self._seed, self._ack, self._sent = store.open(job_id)
         self._emitted = 0
-        self._replaying = False
         self.party: AnalystParty | None = None
+        self.spec_yaml: str | None = None
+        self.transcript: list[Inbound] = []
+        """Every message the party received, opened, in order (``cleanroom.opened``)."""
         self._channel: PartyChannel | None = None
         self.ended: wire.StopJob | None = None
         self._replay()
 
     # ------------------------------------------------------------ driving --
     def _replay(self) -> None:
-        self._replaying = True
-        try:
-            for item in self._store.items(self.job_id):
-                self._apply(item.work)
-        finally:
-            self._replaying = False
+        for item in self._store.items(self.job_id):
+            self._apply(item.work)
 
     def step(self, wait: float = PULL_WAIT) -> bool:
         """Pull once and process what arrived; False once there is nothing more
@@ -158,7 +156,9 @@ class AnalystSession:
         elif isinstance(work, wire.ProtocolMessage):
             if self.party is None or self._channel is None:
                 raise errors.ProtocolError("a message arrived before the job started")
-            self._emit(self.party.receive(self._channel.open(work)))
+            message = self._channel.open(work)
+            self.transcript.append(message)
+            self._emit(self.party.receive(message))
         elif isinstance(work, wire.StopJob):
             self.ended = work
 
@@ -166,6 +166,7 @@ class AnalystSession:
         if self.party is not None:
             return
         spec = parse_spec(start.spec_yaml)
+        self.spec_yaml = start.spec_yaml
         job_type = jobtypes.get(spec.type)
         bundles: dict[str, KeyBundle] = {}
         for raw in start.key_bundles:
@@ -199,11 +200,21 @@ class AnalystSession:
             self._sent = self._emitted
             self._store.set_sent(self.job_id, self._sent)
 
-    def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
+    def drain(self) -> None:
+        """Take in whatever is still queued for the party (a released job's
+        mailbox keeps it), without waiting."""
+        while self.ended is None and self.step(wait=0.0):
+            if self.party is not None and self.party.finished:
+                return
+
+    def finalize(
+        self, result: Mapping[str, Any], attachments: Mapping[str, bytes]
+    ) -> Mapping[str, Any]:
         """The analyst's reading of the released result."""
-        if self.party is None:
+        if self.party is None or self.spec_yaml is None:
             raise errors.ProtocolError(
                 f"job {self.job_id}: this client never ran the job's analyst party "
                 "(run `cleanroom job run` with the analyst's state directory)"
             )
+        self.party.attach(attachments)
         return self.party.finalize(result)

@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cleanroom import errors, wire
+from cleanroom import errors, jobtypes, wire
 from cleanroom.analyst import AnalystSession, SessionStore
 from cleanroom.federation import Federation
 from cleanroom.keys import KeyBundle, NodeKeys, make_key_bundle
 from cleanroom.links import AnalystLink, GrpcAnalystLink
 from cleanroom.model import JobEvent
+from cleanroom.opened import OpenedResult
 from cleanroom.pki import TlsIdentity
+from cleanroom.provenance import check_attachments
 from cleanroom.requests import sign_request
 from cleanroom.serde import JobView
 
@@ -90,6 +92,7 @@ class Client:
     @classmethod
     def from_federation(cls, path: str | Path) -> Client:
         fed = Federation.load(Path(path))
+        jobtypes.load_plugins(fed.plugins)
         return cls.connect(
             address=fed.coordinator_address,
             identity=fed.analyst_identity(),
@@ -144,8 +147,26 @@ class Client:
         ``result`` is the analyst party's reading of it (e.g. decrypted)."""
         document: dict[str, Any] = json.loads(self.result_bytes(job_id))
         if self.status(job_id).analyst_party:
-            document["result"] = dict(self.session(job_id).finalize(document["result"]))
+            document["result"] = dict(self._open(job_id, document).reading)
         return document
+
+    def opened(self, job_id: str) -> OpenedResult:
+        """The analyst party's reading of a sealed release, with what it was read
+        from, so that anyone can re-check it (``cleanroom.opened.reread``)."""
+        return self._open(job_id, json.loads(self.result_bytes(job_id)))
+
+    def _open(self, job_id: str, document: Mapping[str, Any]) -> OpenedResult:
+        attachments = (
+            self._link.attachments(job_id) if "attachments" in document else {}
+        )
+        check_attachments(document, attachments)
+        session = self.session(job_id)
+        session.drain()
+        reading = session.finalize(document["result"], attachments)
+        assert session.spec_yaml is not None  # finalize refuses an unstarted party
+        return OpenedResult(
+            reading, session.spec_yaml, tuple(session.transcript), attachments
+        )
 
     def catalog(self) -> list[CatalogEntry]:
         """Nodes and their datasets' public metadata."""

@@ -22,6 +22,8 @@ class Federation:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
     workdir: Path | None = None
+    plugins: tuple[str, ...] = ()
+    """Job-type plugins the analyst's client loads (it runs their analyst parties)."""
 
     def analyst_identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.analyst_cert, self.analyst_key, self.ca)
@@ -40,6 +42,7 @@ class Federation:
                 nodes=raw.get("nodes", {}),
                 processes={k: int(v) for k, v in raw.get("processes", {}).items()},
                 workdir=Path(raw["workdir"]) if raw.get("workdir") else None,
+                plugins=tuple(str(p) for p in raw.get("plugins", [])),
             )
         except FileNotFoundError:
             raise ConfigError(
@@ -64,6 +67,7 @@ class Federation:
             "nodes": self.nodes,
             "processes": self.processes,
             "workdir": str(self.workdir) if self.workdir else None,
+            "plugins": list(self.plugins),
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=2) + "\n")

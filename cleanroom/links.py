@@ -42,6 +42,8 @@ class AnalystLink(Protocol):
 
     def result_bytes(self, job_id: str) -> bytes: ...
 
+    def attachments(self, job_id: str) -> dict[str, bytes]: ...
+
     def catalog(self) -> list[wire.CatalogNode]: ...
 
     def pull(self, req: wire.PullRequest) -> wire.WorkBatch: ...
@@ -113,13 +115,21 @@ class GrpcAnalystLink:
         )
         return [JobEvent(job_id, e.seq, e.at, e.kind, e.detail) for e in reply.events]
 
-    def result_bytes(self, job_id: str) -> bytes:
+    def _fetch(self, job_id: str, with_attachments: bool) -> pb.JobResult:
         with self._call("fetch result"):
             chunks = self._stub.FetchResult(
-                pb.FetchResultRequest(job_id=job_id), timeout=self._deadline * 10
+                pb.FetchResultRequest(job_id=job_id, with_attachments=with_attachments),
+                timeout=self._deadline * 10,
             )
-            return bytes(from_chunks(chunks, pb.JobResult).result_json)
+            return from_chunks(chunks, pb.JobResult)
         raise AssertionError("unreachable")
+
+    def result_bytes(self, job_id: str) -> bytes:
+        return bytes(self._fetch(job_id, False).result_json)
+
+    def attachments(self, job_id: str) -> dict[str, bytes]:
+        found = self._fetch(job_id, True).attachments
+        return {a.name: bytes(a.data) for a in found}
 
     def catalog(self) -> list[wire.CatalogNode]:
         reply = self._unary("get catalog", self._stub.GetCatalog, pb.CatalogRequest())

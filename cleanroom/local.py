@@ -184,6 +184,7 @@ def up(
         nodes={},
         processes=processes,
         workdir=workdir,
+        plugins=tuple(plugins),
     )
     try:
         deadline = time.monotonic() + timeout

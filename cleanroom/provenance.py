@@ -120,6 +120,52 @@ def resolve(result: Any, pointer: str) -> Any:
     return node
 
 
+_BUNDLE_MAGIC = b"CRRESULT1\n"
+
+
+def pack_result(document: bytes, attachments: Mapping[str, bytes]) -> bytes:
+    """How the coordinator stores a result: the document and its attachments."""
+    if not attachments:
+        return document
+    header = json.dumps(
+        {"document": len(document), "attachments": [[n, len(d)] for n, d in
+                                                     sorted(attachments.items())]}
+    ).encode()  # fmt: skip
+    parts = [_BUNDLE_MAGIC, len(header).to_bytes(4, "big"), header, document]
+    parts += [attachments[n] for n in sorted(attachments)]
+    return b"".join(parts)
+
+
+def unpack_result(stored: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """``pack_result``'s inverse."""
+    if not stored.startswith(_BUNDLE_MAGIC):
+        return stored, {}
+    at = len(_BUNDLE_MAGIC)
+    size = int.from_bytes(stored[at : at + 4], "big")
+    header = json.loads(stored[at + 4 : at + 4 + size])
+    at += 4 + size
+    document = stored[at : at + header["document"]]
+    at += header["document"]
+    attachments = {}
+    for name, length in header["attachments"]:
+        attachments[str(name)] = stored[at : at + length]
+        at += length
+    return document, attachments
+
+
+def attachment_digests(attachments: Mapping[str, bytes]) -> dict[str, str]:
+    return {n: hashlib.sha256(d).hexdigest() for n, d in sorted(attachments.items())}
+
+
+def check_attachments(
+    document: Mapping[str, Any], attachments: Mapping[str, bytes]
+) -> None:
+    """The attachments must be exactly the ones the signed document names."""
+    named = document.get("attachments", {})
+    if not isinstance(named, dict) or named != attachment_digests(attachments):
+        raise InvalidSignature("the result's attachments are not the ones released")
+
+
 def serialize_result(document: Mapping[str, Any]) -> bytes:
     """The one byte form of a released result: sorted keys, default separators."""
     return json.dumps(document, sort_keys=True).encode()
@@ -266,16 +312,7 @@ def _check_values(node: str, checked: Any, document: Mapping[str, Any]) -> int:
     return len(checked)
 
 
-def verify_opened_file(result: bytes, opened: bytes) -> int:
-    """Check the opened reports saved beside a result (already verified) against
-    it: each signed by its node (keys from the result's CA-checked bundles) and
-    committed to in the release. The number of reports."""
-    from cleanroom.jobtypes.sealing import verify_opened
-
-    document = json.loads(result)
-    reading = json.loads(opened)
+def signing_keys_of(document: Mapping[str, Any]) -> dict[str, bytes]:
+    """The nodes' identity keys from a (verified) release's key bundles."""
     bundles = document["provenance"]["key_bundles"]
-    keys = {n: _bundle(b).signing_public for n, b in bundles.items()}
-    reports = reading.get("reports", [])
-    statements = verify_opened(document, reports, keys)
-    return len(statements)
+    return {n: _bundle(b).signing_public for n, b in bundles.items()}

@@ -139,7 +139,10 @@ class MemoryAnalystLink:
         return analysts.events(self._server.get(), self._analyst, job_id)
 
     def result_bytes(self, job_id: str) -> bytes:
-        return analysts.result(self._server.get(), self._analyst, job_id)
+        return analysts.result(self._server.get(), self._analyst, job_id)[0]
+
+    def attachments(self, job_id: str) -> dict[str, bytes]:
+        return analysts.result(self._server.get(), self._analyst, job_id)[1]
 
     def catalog(self) -> list[wire.CatalogNode]:
         return analysts.catalog(self._server.get())

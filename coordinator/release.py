@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 from cleanroom import errors, wire
 from cleanroom.audit.heads import SignedTreeHead, verify_cosignature
 from cleanroom.keys import canonical_json, verify_statement
-from cleanroom.provenance import head_to_dict, output_hash, serialize_result
+from cleanroom.provenance import (
+    attachment_digests,
+    head_to_dict,
+    output_hash,
+    pack_result,
+    serialize_result,
+)
 from coordinator.state import CoordinatorState
 
 if TYPE_CHECKING:
@@ -30,6 +36,7 @@ class Release:
     output_hash: str
     head: SignedTreeHead
     signers: tuple[str, ...]
+    files: dict[str, bytes] = field(default_factory=dict)
     signatures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
@@ -39,6 +46,7 @@ class Release:
         setup: RunSetup,
         result: Mapping[str, Any],
         signers: Sequence[str],
+        attachments: Mapping[str, bytes] | None = None,
     ) -> Release:
         spec = setup.spec
         document: dict[str, Any] = {
@@ -49,10 +57,13 @@ class Release:
             "completed_at": state.clock(),
             "result": json.loads(canonical_json(dict(result))),
         }
+        files = dict(attachments or {})
+        if files:
+            document["attachments"] = attachment_digests(files)
         digest = output_hash(document)
         state.record(setup.job_id, "job.output", f"output sha256 {digest}")
         head = state.audit.tree_head()
-        release = cls(state, setup, document, digest, head, tuple(signers))
+        release = cls(state, setup, document, digest, head, tuple(signers), files)
         request = wire.ReleaseRequest(
             setup.job_id,
             digest,
@@ -131,4 +142,4 @@ class Release:
                 self.state.bundle.to_bytes()
             ).decode(),
         }
-        return serialize_result(document)
+        return pack_result(serialize_result(document), self.files)

@@ -443,6 +443,7 @@ class JobRunner:
             self.setup,
             self._guarded(party.result, "the protocol produced no result"),
             signers,
+            self._guarded(party.attachments, "the protocol produced no result"),
         )
         self._stage = _Stage((None, "release"), self._state.clock())
 

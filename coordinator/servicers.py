@@ -169,8 +169,19 @@ class AnalystServicer(pb_grpc.AnalystServiceServicer):
     def FetchResult(
         self, request: pb.FetchResultRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Chunk]:
-        data = analysts.result(self._s, require_role(context, ANALYST), request.job_id)
-        yield from to_chunks(pb.JobResult(job_id=request.job_id, result_json=data))
+        document, files = analysts.result(
+            self._s, require_role(context, ANALYST), request.job_id
+        )
+        attached = [
+            pb.Attachment(name=n, data=d)
+            for n, d in sorted(files.items())
+            if request.with_attachments
+        ]
+        yield from to_chunks(
+            pb.JobResult(
+                job_id=request.job_id, result_json=document, attachments=attached
+            )
+        )
 
     @servicer_errors
     def GetCatalog(

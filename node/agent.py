@@ -5,6 +5,7 @@ only through the typed values they return or the callbacks it gave them."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -18,6 +19,7 @@ from cleanroom.jobspec import parse_spec
 from cleanroom.keys import (
     KeyBundle,
     NodeKeys,
+    canonical_json,
     make_key_bundle,
     verify_key_bundle,
 )
@@ -245,9 +247,32 @@ class NodeAgent:
             "job.started", job_id=start.job_id, data={"parties": list(start.parties)}
         )
 
+        policy = self.policy.for_dataset(mine.dataset)
+        min_inputs = policy.min_inputs or len(spec.inputs)
+        query = hashlib.sha256(
+            canonical_json({"type": spec.type, "params": dict(spec.params)})
+        ).hexdigest()
+
         def build() -> NodeParty:
             dataset = self.datasets.fresh(mine.dataset)  # refuses a changed file
             self.releases.started(start.job_id, dataset.content_hash)
+
+            def guard(survivors: frozenset[str]) -> None:
+                if len(survivors) < min_inputs:
+                    raise errors.PolicyRefusal(
+                        [
+                            f"only {len(survivors)} inputs remain; this dataset may "
+                            f"be aggregated with no fewer than {min_inputs}"
+                        ]
+                    )
+                self.state.check_inputs(
+                    query,
+                    dataset.content_hash,
+                    survivors,
+                    start.job_id,
+                    allow_change=policy.allow_survivor_change,
+                )
+
             return job_type.node_party(
                 jobtypes.NodeContext(
                     job_id=start.job_id,
@@ -263,6 +288,8 @@ class NodeAgent:
                     analyst=local.analyst,
                     organisation=local.organisation,
                     service=self.services.get(spec.type),
+                    min_inputs=min_inputs,
+                    inputs_guard=guard,
                 )
             )
 

@@ -29,6 +29,8 @@ _DATASET_KEYS: Final = (
     "quotas",
     "valid",
     "max_deadline_seconds",
+    "min_inputs",
+    "allow_survivor_change",
 )
 DEFAULT_MAX_DEADLINE_S: Final = 3600.0
 
@@ -93,6 +95,12 @@ class DatasetPolicy:
     valid_until: datetime | None = None
     max_deadline_seconds: float = DEFAULT_MAX_DEADLINE_S
     """The longest stage deadline (``deadline_seconds`` in a spec) accepted."""
+    min_inputs: int | None = None
+    """The fewest inputs this dataset's contribution may be aggregated with
+    (None: every input of the spec, so no dropout is tolerated)."""
+    allow_survivor_change: bool = False
+    """Whether the same query may be released again over another set of inputs
+    (refused by default: comparing the two would isolate the missing inputs)."""
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any], *, where: str) -> DatasetPolicy:
@@ -142,6 +150,12 @@ class DatasetPolicy:
                 m.get("max_deadline_seconds", DEFAULT_MAX_DEADLINE_S),
                 f"{where}.max_deadline_seconds",
             ),
+            min_inputs=None
+            if m.get("min_inputs") is None
+            else _integer(m["min_inputs"], f"{where}.min_inputs", minimum=2),
+            allow_survivor_change=_flag(
+                m.get("allow_survivor_change", False), f"{where}.allow_survivor_change"
+            ),
         )
         if (
             policy.valid_from is not None
@@ -185,6 +199,8 @@ class DatasetPolicy:
                 "until": format_time(self.valid_until),
             },
             "max_deadline_seconds": self.max_deadline_seconds,
+            "min_inputs": self.min_inputs,
+            "allow_survivor_change": self.allow_survivor_change,
         }
 
 
@@ -255,6 +271,12 @@ def _number(value: Any, path: str) -> float:
     ):
         _fail(path, "a non-negative number", value)
     return float(value)
+
+
+def _flag(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(path, "true or false", value)
+    return value
 
 
 def _positive(value: Any, path: str) -> float:

@@ -4,13 +4,14 @@ requests' nonces it has seen (so a replayed request is refused)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from cleanroom.errors import AuthError, ConfigError, NotFound
+from cleanroom.errors import AuthError, ConfigError, NotFound, PolicyRefusal
 from cleanroom.localdb import LocalDatabase
 
 _SCHEMA = """
@@ -30,6 +31,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     organisation TEXT NOT NULL DEFAULT '',
     signed_request BLOB NOT NULL DEFAULT x'',
     analyst_bundle BLOB NOT NULL DEFAULT x''
+);
+CREATE TABLE IF NOT EXISTS released_inputs (
+    query TEXT NOT NULL, dataset_hash TEXT NOT NULL, survivors TEXT NOT NULL,
+    job_id TEXT NOT NULL, PRIMARY KEY (query, dataset_hash)
 );
 CREATE TABLE IF NOT EXISTS request_nonces (
     nonce TEXT PRIMARY KEY, job_id TEXT NOT NULL, seen_at REAL NOT NULL
@@ -231,6 +236,39 @@ class NodeState:
                 db.execute(
                     "INSERT INTO request_nonces VALUES (?,?,?)",
                     (nonce, job_id, self._clock()),
+                )
+
+    def check_inputs(
+        self,
+        query: str,
+        dataset_hash: str,
+        survivors: frozenset[str],
+        job_id: str,
+        *,
+        allow_change: bool,
+    ) -> None:
+        """The first release of ``query`` on this dataset version records whom it
+        was aggregated with; another set later is refused unless ``allow_change``
+        (the difference of the two would isolate the inputs in one but not the
+        other)."""
+        names = json.dumps(sorted(survivors))
+        with self._db.transaction() as db:
+            row = db.execute(
+                "SELECT survivors, job_id FROM released_inputs "
+                "WHERE query=? AND dataset_hash=?",
+                (query, dataset_hash),
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO released_inputs VALUES (?,?,?,?)",
+                    (query, dataset_hash, names, job_id),
+                )
+            elif row[0] != names and not allow_change:
+                raise PolicyRefusal(
+                    [
+                        "this query was released before over other inputs; "
+                        "releasing it over these would single out the difference"
+                    ]
                 )
 
     def close(self) -> None:

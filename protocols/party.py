@@ -201,6 +201,12 @@ class CoordinatorParty(Party):
     def result(self) -> Mapping[str, Any]:
         """The JSON-serialisable released result; only valid once ``finished``."""
 
+    def attachments(self) -> Mapping[str, bytes]:
+        """Large data released with the result (e.g. a masked aggregate): stored
+        beside the document, which names each by its SHA-256; sent to the analyst,
+        not to the nodes that sign the document."""
+        return {}
+
 
 class NodeParty(Party):
     """A data holder's side of a protocol."""
@@ -227,6 +233,10 @@ class AnalystParty(Party):
     ``AnalystContext.random``, which the client seeds from a secret it keeps), so
     that ``cleanroom job run`` can resume it by replaying what it received.
     """
+
+    def attach(self, attachments: Mapping[str, bytes]) -> None:
+        """The released result's attachments (large sealed data the document names
+        by hash), checked against those hashes; given before ``finalize``."""
 
     def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
         """Turn the released result into what the analyst reads (decrypt, unmask).

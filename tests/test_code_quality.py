@@ -12,13 +12,20 @@ PACKAGES = ["cleanroom", "coordinator", "node", "protocols", "sandbox"]
 
 @pytest.mark.timeout(600)
 def test_mypy_strict_passes() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mypy", *PACKAGES], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", *PACKAGES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
 
 
 def test_ruff_passes() -> None:
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", *PACKAGES,
-                           "benchmarks", "scripts"], cwd=ROOT, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", *PACKAGES, "benchmarks", "scripts"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]

@@ -18,7 +18,8 @@ from cleanroom.cli.common import EXIT_FAILED, handle_errors, out
 from cleanroom.errors import ConfigError, CryptoError
 from cleanroom.federation import Federation
 from cleanroom.keys import NodeKeys
-from cleanroom.provenance import head_from_dict, verify_opened_file, verify_result_bytes
+from cleanroom.opened import verify_opened_file
+from cleanroom.provenance import head_from_dict, verify_result_bytes
 
 
 def node_database(data_dir: Path) -> Path:
@@ -258,13 +259,13 @@ def result_verify(
     opened = result_file.with_name(result_file.stem + ".opened.json")
     if opened.exists():
         try:
-            count = verify_opened_file(result_file.read_bytes(), opened.read_bytes())
+            verify_opened_file(result_file.read_bytes(), opened.read_bytes())
         except (ValueError, CryptoError, KeyError, TypeError) as exc:
             out.print(f"[red]INVALID[/] {opened}: {exc}", highlight=False)
             sys.exit(EXIT_FAILED)
         out.print(
-            f"[green]OPENED[/] {opened}: {count} sealed reports, each signed by its "
-            "node and committed to in the release",
+            f"[green]OPENED[/] {opened}: the reading replays from the signed "
+            "release (the nodes' sealed parts checked as the analyst checked them)",
             highlight=False,
         )
     if verified.missing:

@@ -183,9 +183,10 @@ def status(job_id: str, federation: Path, as_json: bool) -> None:
 def result(job_id: str, federation: Path, out_path: Path | None) -> None:
     """Print (or save) a finished job's released, signed result document.
 
-    For a job the analyst takes part in, what the released document is sealed to
-    (e.g. the nodes' reports) is saved beside it as ``<out>.opened.json``;
-    ``cleanroom result verify`` checks both."""
+    For a job the analyst takes part in, the analyst's reading (what the released
+    document is sealed to, e.g. the nodes' reports) is saved beside it as
+    ``<name>.opened.json``, with what it was read from; ``cleanroom result
+    verify`` checks both."""
     with Client.from_federation(federation) as client:
         if out_path is None:
             print_json(client.result(job_id))
@@ -194,7 +195,7 @@ def result(job_id: str, federation: Path, out_path: Path | None) -> None:
         out.print(f"saved {out_path}", highlight=False)
         if client.status(job_id).analyst_party:
             opened = opened_path(out_path)
-            opened.write_text(json.dumps(client.result(job_id)["result"], indent=1))
+            opened.write_text(json.dumps(client.opened(job_id).to_json(), indent=1))
             out.print(
                 f"saved {opened} (what the release is sealed to)", highlight=False
             )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -68,6 +68,13 @@ class NodeContext:
     random: RandomSource = SYSTEM_RANDOM
     service: Any = None
     """The job type's own node-side service (``JobType.node_service``), if any."""
+    min_inputs: int = 0
+    """The fewest inputs the holder lets this contribution be aggregated with
+    (0: every input of the spec)."""
+    inputs_guard: Callable[[frozenset[str]], None] = lambda survivors: None
+    """Call with the inputs an aggregate will cover, before revealing anything
+    that completes it: refuses a set below ``min_inputs`` or, for a query
+    released before, one other than the earlier release's."""
 
     @property
     def params(self) -> Any:
@@ -254,6 +261,11 @@ class JobType(ABC, Generic[P]):
     def has_analyst_party(self, spec: JobSpec) -> bool:
         """True if the analyst's client runs a party of this job."""
         return False
+
+    rereadable: bool = True
+    """Whether anyone can re-derive the analyst's reading from the release and the
+    messages the analyst party received (``cleanroom.opened``). False when the
+    party needs the analyst's own secret, e.g. an HE secret key."""
 
     @abstractmethod
     def node_party(self, ctx: NodeContext) -> NodeParty:

@@ -10,7 +10,8 @@ from (the 32-byte salt goes only to the analyst).
 
 ``commitment(salt, statement)`` = SHA-256("cleanroom/sealed-report/v1" | salt |
 canonical JSON of the statement). Anyone holding an opened report can recompute
-it and check it against the document every node signed (``verify_opened``).
+it and check it against the document every node signed (``cleanroom.opened``
+replays the analyst party to do so).
 """
 
 from __future__ import annotations
@@ -195,25 +196,3 @@ class ReportOpener:
             ):
                 raise ProtocolError(f"the released commitment of '{node}' is wrong")
         return dict(self.reports)
-
-
-def verify_opened(
-    document: Mapping[str, Any],
-    opened: Sequence[Mapping[str, Any]],
-    keys: Mapping[str, bytes],
-) -> dict[str, Mapping[str, Any]]:
-    """Third-party check of opened reports against a (verified) signed document:
-    each report signed by its node and committed to in the release."""
-    commitments = document.get("result", {}).get("commitments", {})
-    statements: dict[str, Mapping[str, Any]] = {}
-    for report in opened:
-        node = report["node"]
-        verify_statement(keys[node], report["statement"], report["signature"])
-        if commitment(
-            bytes.fromhex(report["salt"]), report["statement"]
-        ) != commitments.get(node):
-            raise InvalidSignature(
-                f"the opened report of '{node}' is not the one released"
-            )
-        statements[node] = report["statement"]
-    return statements

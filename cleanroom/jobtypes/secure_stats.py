@@ -26,32 +26,43 @@ Bins, groups and clip bounds come from the spec, never from data, so no node
 reveals its value range or category set. Rows with a missing value in a used
 column are left out (complete cases); rows in no declared group are in no cell.
 
-Protocol. Each node summarises its rows into one vector (``stats.layout``):
-per cell (group) a count, centred sums, sums of products and histogram counts,
-each fixed-point encoded in Z_2^64 with a scale chosen so that no sum over all
-inputs can wrap (``FixedPoint.check_capacity``). With ``dp``, each node adds
-its share of discrete Gaussian noise (``protocols.dp``) to every encoded value,
-scaled to how far adding or removing one row can move it (from the clip bounds),
-and calibrated so that the sum of any ``threshold`` shares meets (epsilon,
-delta) for the whole vector: over-provisioned for dropouts (n shares give n/t
-times the variance), and assuming honest nodes (a node that subtracts its own
-share removes it). It then sends its own ``min_group_size``
-(signed, as every node-to-coordinator message is) and runs SecAgg+ (session =
-job id, parties = the inputs). Fewer than ``threshold`` survivors: the job
-aborts. A node that sent its masked vector and then vanished still counts as a
-survivor; one that vanished before is left out and listed in ``dropped``.
+Protocol (``stats.parties``). Each node summarises its rows once into one vector
+(``stats.layout``): per cell (group) a count, centred sums, sums of products and
+histogram counts, each fixed-point encoded in Z_2^64 with a scale chosen so that
+no sum over all inputs can wrap. With ``dp``, each node adds its share of
+discrete Gaussian noise (``protocols.dp``) to every encoded value, calibrated so
+that the sum of any ``threshold`` shares meets (epsilon, delta). The first input
+by name (the leader) draws two seeds and seals them to the other nodes — the
+values' seed also to the analyst; the coordinator never sees either. Then two
+SecAgg+ rounds, each sum also masked and checksummed with a seed
+(``protocols.sealed_sum``):
 
-What the coordinator learns: every node's minimum group size; which nodes
-survived each stage; and the survivors' summed vector — pooled (and, with
-dp, noised) counts, sums and histograms of every declared cell, including cells
-it then suppresses. SecAgg+ hides each node's own vector: the coordinator
-recovers either a node's self-mask or its mask key, never both, and an unmasked
-sum covers at least ``threshold`` nodes. Under dp the aggregate it sees is
-already noised. What the analyst gets: the cells whose pooled count reaches
-the largest ``min_group_size`` among all inputs, the names of the suppressed
-cells and nothing else about them, the survivors and dropped nodes, and the
-noise scale when dp is on. Bins within a released cell are not suppressed one
-by one: choose coarse public bins, or dp, where small bins matter.
+1. *counts*: every cell's count (groups and histogram bins). The coordinator
+   unmasks the sum, still masked by the nodes' seed, and hands it back; each node
+   opens it, checks its checksums (a changed sum is refused) and reports the
+   cells that reach its own minimum group size;
+2. *values*: the whole vector with every cell some node did not pass set to
+   zero, over the same inputs (a node that left in between ends the job). The
+   coordinator unmasks the sum, still masked by the values' seed, and releases it
+   as an attachment; the analyst's party opens and checks it.
+
+Every holder checks, before it reveals its unmasking shares, that the aggregate
+covers at least its policy's ``min_inputs`` (default: every input) and, for a
+query released before on the same dataset version, the same inputs as then.
+
+What each party learns. The coordinator: every node's minimum group size, which
+nodes survived each stage, and which cells pass — no count, no value (both sums
+it unmasks are masked with seeds it does not hold), and it cannot alter either
+undetected. The analyst: the statistics of the cells that pass for every input's
+policy, the names of the suppressed groups, the noise scale with dp. One holder:
+its own data, and every cell's pooled count (the counts round). Operator and
+analyst together: the released statistics; as SecAgg+ has no consistency round,
+an operator that shows different nodes different survivor sets can recover a
+single node's *values-round* input masked only by the values' seed, which the
+analyst holds — so this pair could see one node's passing cells; every cell it
+sees still holds at least the minimum group size across all nodes, but not
+necessarily within that node. A holder colluding with the operator: the pooled
+counts and released statistics.
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ from collections.abc import Mapping
 from cleanroom.catalog import DatasetInfo
 from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.jobtypes.base import (
+    AnalystContext,
     CoordinatorContext,
     JobType,
     NodeContext,
@@ -68,8 +80,8 @@ from cleanroom.jobtypes.base import (
 )
 from cleanroom.jobtypes.stats.layout import build_layout
 from cleanroom.jobtypes.stats.params import StatsParams, parse_params
-from cleanroom.jobtypes.stats.parties import StatsCoordinator, StatsNode
-from protocols.party import CoordinatorParty, NodeParty
+from cleanroom.jobtypes.stats.parties import StatsAnalyst, StatsCoordinator, StatsNode
+from protocols.party import AnalystParty, CoordinatorParty, NodeParty
 from protocols.secagg.config import MIN_PARTIES
 
 
@@ -115,6 +127,12 @@ class SecureStatsJob(JobType[StatsParams]):
 
     def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
         return StatsCoordinator(ctx, build_layout(ctx.params))
+
+    def has_analyst_party(self, spec: JobSpec) -> bool:
+        return True
+
+    def analyst_party(self, ctx: AnalystContext) -> AnalystParty:
+        return StatsAnalyst(ctx, build_layout(ctx.params))
 
 
 register(SecureStatsJob())

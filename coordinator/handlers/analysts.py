@@ -9,6 +9,7 @@ from cleanroom import errors, serde, wire
 from cleanroom.keys import KeyBundle, verify_key_bundle
 from cleanroom.model import JobEvent, JobRecord, JobState
 from cleanroom.pki import Principal
+from cleanroom.provenance import unpack_result
 from cleanroom.requests import verify_request
 from coordinator import lifecycle
 from coordinator.handlers import nodes, relay
@@ -94,14 +95,17 @@ def events(state: CoordinatorState, analyst: Principal, job_id: str) -> list[Job
     return state.store.events(job_id)
 
 
-def result(state: CoordinatorState, analyst: Principal, job_id: str) -> bytes:
+def result(
+    state: CoordinatorState, analyst: Principal, job_id: str
+) -> tuple[bytes, dict[str, bytes]]:
+    """The released document, and its attachments."""
     job = get_job(state, analyst, job_id)
     if job.state != JobState.SUCCEEDED:
         raise errors.NotFound(
             f"job {job_id} has no result (state: {job.state}"
             + (f": {job.reason})" if job.reason else ")")
         )
-    return state.store.get_result(job_id)
+    return unpack_result(state.store.get_result(job_id))
 
 
 def pull(

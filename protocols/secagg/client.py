@@ -64,10 +64,12 @@ class SecAggClient(NodeParty):
         signing_key: Ed25519PrivateKey,
         peer_signing_keys: Mapping[str, Ed25519PublicKey],
         random: RandomSource = SYSTEM_RANDOM,
+        approve_survivors: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         if name not in config.parties:
             raise ConfigError(f"{name!r} is not a party of session {config.session_id}")
         self.name = name
+        self._approve_survivors = approve_survivors
         self._config = config
         self._graph: NeighbourGraph = build_graph(config)
         self._closed = self._graph.closed_of(name)
@@ -245,6 +247,9 @@ class SecAggClient(NodeParty):
                 f"only {len(survivors)} survivors among {self.name}'s neighbours; "
                 f"threshold is {t}"
             )
+        if self._approve_survivors is not None:
+            # The holder's own rule on whom its input may be summed with.
+            self._approve_survivors(frozenset(survivors))
         own = self._require_own_shares()
         held = {**self._held, self.name: own}
         response = UnmaskResponse(

@@ -43,8 +43,16 @@ def _parties(frames: dict[str, pd.DataFrame], min_group: int = 5) -> tuple:
     nodes = {
         node: job.node_party(
             jobtypes.NodeContext(
-                "j1", spec, node, "d", frame, "hash", min_group, keys[node],
-                spec.nodes, publics,
+                "j1",
+                spec,
+                node,
+                "d",
+                frame,
+                "hash",
+                min_group,
+                keys[node],
+                spec.nodes,
+                publics,
             )
         )  # fmt: skip
         for node, frame in frames.items()
@@ -85,7 +93,9 @@ def test_counts_match_pandas_are_signed_and_never_reach_the_coordinator() -> Non
         assert entry["count"] == int((frames[entry["node"]].age >= 50).sum())
     assert result["total"] == sum(int((f.age >= 50).sum()) for f in frames.values())
     for report in result["reports"]:
-        verify_statement(publics[report["node"]], report["statement"], report["signature"])
+        verify_statement(
+            publics[report["node"]], report["statement"], report["signature"]
+        )
 
 
 def test_small_counts_are_suppressed() -> None:

@@ -23,12 +23,12 @@ from cleanroom.jobspec import parse_spec
 from cleanroom.jobtypes.stats.encode import add_noise, contribution
 from cleanroom.jobtypes.stats.layout import build_layout
 from cleanroom.jobtypes.stats.params import parse_params
-from cleanroom.jobtypes.stats.parties import POLICY
+from cleanroom.jobtypes.stats.cells import POLICY
 from cleanroom.jobtypes.stats.release import histogram_quantile
 from cleanroom.keys import canonical_json
 from protocols.party import Inbound
 from protocols.secagg import SHARE_KEYS, STAGES, UNMASK
-from protocols.secagg.simulate import drive
+from cleanroom.jobtypes.simulate import drive
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
 SIZES = (120, 200, 80, 150, 60)
@@ -107,7 +107,7 @@ def parties(
     *,
     min_group: Mapping[str, int] | None = None,
     seed: int = 0,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, dict[str, Any], Any]:
     spec = parse_spec(spec_text(params, tuple(frames)))
     job = jobtypes.get("secure_stats")
     job.validate(spec, {i: SCHEMA for i in spec.inputs})
@@ -133,7 +133,12 @@ def parties(
         )
         for n, frame in frames.items()
     }
-    return coordinator, nodes
+    analyst = job.analyst_party(
+        jobtypes.AnalystContext(
+            "job-1", spec, "alice", spec.nodes, Ed25519PrivateKey.generate(), publics
+        )
+    )
+    return coordinator, nodes, analyst
 
 
 def run(
@@ -144,11 +149,13 @@ def run(
     min_group: Mapping[str, int] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    coordinator, nodes = parties(params, frames, min_group=min_group, seed=seed)
-    drive(coordinator, nodes, drop_at=drop_at)
-    result = dict(coordinator.result())
-    json.loads(canonical_json(result))  # releasable as canonical JSON
-    return result
+    coordinator, nodes, analyst = parties(
+        params, frames, min_group=min_group, seed=seed
+    )
+    done = drive(coordinator, nodes, analyst, drop_at=drop_at)
+    json.loads(canonical_json(dict(done.result)))  # releasable as canonical JSON
+    assert done.opened is not None
+    return dict(done.opened)
 
 
 def pooled(frames: Mapping[str, pd.DataFrame], names: list[str]) -> pd.DataFrame:
@@ -301,55 +308,58 @@ def test_nan_rows_are_left_out_and_the_plaintext_is_the_node_summary() -> None:
     assert encoded[1] == round(centred * 2**total.scale_bits)
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", [s for s in STAGES if s != UNMASK])
 @pytest.mark.parametrize("drops", [1, 2])
-def test_dropouts_up_to_n_minus_t_give_the_survivors_statistics(
+def test_dropouts_in_the_counts_round_give_the_survivors_statistics(
     stage: str, drops: int
 ) -> None:
     frames = make_frames()
     params = {**PARAMS, "threshold": 3}
     gone = list(NODES[1 : 1 + drops])
-    result = run(params, frames, drop_at=dict.fromkeys(gone, stage))
-    # A node that vanishes after sending its masked input is still in the sum.
-    included = list(NODES) if stage == UNMASK else [n for n in NODES if n not in gone]
+    result = run(params, frames, drop_at=dict.fromkeys(gone, f"counts/{stage}"))
+    included = [n for n in NODES if n not in gone]
     assert result["survivors"] == included
-    assert result["dropped"] == [n for n in NODES if n not in included]
+    assert result["dropped"] == gone
     check_cell(result["groups"]["all"], pooled(frames, included), result, len(included))
 
 
-def test_dropouts_at_different_stages_combine() -> None:
+def test_a_node_lost_between_the_rounds_ends_the_job_with_nothing_released() -> None:
     frames = make_frames()
-    result = run(
-        {**PARAMS, "threshold": 3}, frames, drop_at={"n2": SHARE_KEYS, "n4": UNMASK}
-    )
-    included = ["n1", "n3", "n4", "n5"]
-    assert result["survivors"] == included
-    check_cell(result["groups"]["all"], pooled(frames, included), result, 4)
+    params = {**PARAMS, "threshold": 3}
+    with pytest.raises(ProtocolAbort, match="n2 left after sending its counts"):
+        run(params, frames, drop_at={"n2": f"counts/{UNMASK}"})
+    with pytest.raises(ProtocolAbort, match="inputs changed between"):
+        run(params, frames, drop_at={"n2": f"values/{SHARE_KEYS}"})
 
 
-@pytest.mark.parametrize("stage", STAGES)
+def test_a_node_lost_after_its_masked_values_is_still_in_the_sum() -> None:
+    frames = make_frames()
+    result = run({**PARAMS, "threshold": 3}, frames, drop_at={"n4": f"values/{UNMASK}"})
+    assert result["survivors"] == list(NODES) and result["dropped"] == []
+    check_cell(result["groups"]["all"], pooled(frames, list(NODES)), result, 5)
+
+
+@pytest.mark.parametrize("stage", [s for s in STAGES if s != UNMASK])
 def test_one_dropout_beyond_n_minus_t_aborts(stage: str) -> None:
     frames = make_frames()
     with pytest.raises(ProtocolAbort, match="threshold is 3"):
         run(
             {**PARAMS, "threshold": 3},
             frames,
-            drop_at=dict.fromkeys(["n1", "n2", "n3"], stage),
+            drop_at=dict.fromkeys(["n1", "n2", "n3"], f"counts/{stage}"),
         )
     with pytest.raises(ProtocolAbort, match="threshold is 4"):  # the default for 5
-        run(PARAMS, frames, drop_at=dict.fromkeys(["n1", "n2"], stage))
+        run(PARAMS, frames, drop_at=dict.fromkeys(["n1", "n2"], f"counts/{stage}"))
 
 
 def test_coordinator_checks_the_policy_messages() -> None:
     frames = make_frames()
-    coordinator, nodes = parties(PARAMS, frames)
+    coordinator, nodes, _ = parties(PARAMS, frames)
     coordinator.start()
-    policy, advert = nodes["n1"].start()
+    policy = nodes["n1"].start()[0]
     assert policy.stage == POLICY and json.loads(policy.payload) == {
         "min_group_size": 5
     }
-    with pytest.raises(ProtocolError, match="before its minimum group size"):
-        coordinator.receive(Inbound("n1", advert.stage, advert.payload))
     coordinator.receive(Inbound("n1", POLICY, policy.payload))
     with pytest.raises(ProtocolError, match="already sent"):
         coordinator.receive(Inbound("n1", POLICY, policy.payload))
@@ -509,9 +519,10 @@ def test_released_noise_matches_the_reported_scale_and_meters_epsilon() -> None:
     data = pooled(frames, list(frames))
     errors = []
     for seed in range(40):
-        coordinator, nodes = parties(DP_PARAMS, frames, seed=seed)
-        drive(coordinator, nodes)
-        result = coordinator.result()
+        coordinator, nodes, analyst = parties(DP_PARAMS, frames, seed=seed)
+        done = drive(coordinator, nodes, analyst)
+        assert done.opened is not None
+        result = dict(done.opened)
         errors.append(result["groups"]["all"]["count"] - len(data))
     assert {n.usage().epsilon for n in nodes.values()} == {1.0}
     assert [n.usage().rows_touched for n in nodes.values()] == [120, 200, 80]
@@ -526,7 +537,7 @@ def test_released_noise_matches_the_reported_scale_and_meters_epsilon() -> None:
 
 def test_usage_before_the_vector_leaves_spends_no_epsilon() -> None:
     frames = {n: f for n, f in make_frames().items() if n in NODES[:3]}
-    _, nodes = parties(DP_PARAMS, frames)
+    _, nodes, _ = parties(DP_PARAMS, frames)
     node = nodes["n1"]
     assert node.usage().epsilon == 0.0
     node.start()

@@ -56,8 +56,7 @@ def _address(c: RunningCoordinator) -> str:
 
 
 def test_health_service_serves(coordinator: RunningCoordinator, pki_dir: Path) -> None:
-    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "alice")
-    ) as client:
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "alice")) as client:
         assert client.healthy()
 
 
@@ -114,8 +113,7 @@ def test_analyst_certificate_cannot_act_as_node(
 def test_node_certificate_cannot_use_analyst_api(
     coordinator: RunningCoordinator, pki_dir: Path
 ) -> None:
-    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "n1")
-    ) as client:
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "n1")) as client:
         with pytest.raises(AuthError, match="node certificate"):
             client.list_jobs()
 
@@ -156,11 +154,9 @@ def test_result_of_100_mb_streams_in_chunks(
     blob = {"result": {"payload": "x" * (100 * 1024 * 1024)}}
     data = json.dumps(blob).encode()
     store.put_result("job-big", data)
-    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "alice")
-    ) as client:
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "alice")) as client:
         assert client.result_bytes("job-big") == data
-    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "bob")
-    ) as client:
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "bob")) as client:
         with pytest.raises(NotFound):
             client.result_bytes(
                 "job-big"

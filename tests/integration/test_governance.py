@@ -89,11 +89,14 @@ def test_results_verify_offline_and_quota_holds(
     saved = tmp_path / "result.json"
     cli("job", "result", job, "--federation", fed_file, "--out", str(saved), check=True)
     document = json.loads(saved.read_text())
-    counts = {c["node"]: c["count"] for c in document["result"]["counts"]}
+    assert set(document["result"]) == {"commitments"}  # the operator saw no count
+    opened = tmp_path / "result.opened.json"
+    counts = {c["node"]: c["count"] for c in json.loads(opened.read_text())["reading"]["counts"]}
     want = expected_counts(paths)
     assert counts == {"h1": want["h1"], "h2": want["h2"]}
     ok = cli("result", "verify", str(saved), "--federation", fed_file)
     assert ok.returncode == 0 and "VERIFIED" in ok.stdout, ok.stdout + ok.stderr
+    assert "OPENED" in ok.stdout, ok.stdout
     raw = saved.read_bytes()
     ca = (workdir / "pki" / "ca.crt").read_bytes()
     for position in range(len(raw)):  # every single byte of the document
@@ -101,10 +104,11 @@ def test_results_verify_offline_and_quota_holds(
         flipped[position] ^= 0x01
         with pytest.raises(CryptoError):
             verify_result_bytes(bytes(flipped), ca)
-    bad = tmp_path / "bad.json"
-    bad.write_bytes(raw.replace(b'"count": ', b'"count": 1', 1))
-    proc = cli("result", "verify", str(bad), "--federation", fed_file)
-    assert proc.returncode == 1 and "INVALID" in proc.stdout
+    honest = opened.read_bytes()
+    opened.write_bytes(honest.replace(b'"count": ', b'"count": 1', 1))
+    proc = cli("result", "verify", str(saved), "--federation", fed_file)
+    assert proc.returncode == 1 and "INVALID" in proc.stdout, proc.stdout
+    opened.write_bytes(honest)
 
     exports = tmp_path / "audit"
     cli("audit", "export", "--workdir", str(workdir), "--out", str(exports), check=True)
@@ -176,7 +180,9 @@ def test_fifty_concurrent_submissions_never_overspend(tmp_path: Path) -> None:
     try:
         with Client.from_federation(workdir / "federation.json") as client:
             with ThreadPoolExecutor(max_workers=16) as pool:
-                ids = list(pool.map(lambda _: client.submit(SPEC_12).job.job_id, range(50)))
+                ids = list(
+                    pool.map(lambda _: client.submit(SPEC_12).job.job_id, range(50))
+                )
             finals = [client.wait(job, timeout=120).job for job in ids]
         states = [f.state.value for f in finals]
         assert set(states) <= {"succeeded", "refused"}
@@ -210,8 +216,18 @@ def test_policy_by_organisation_reads_the_analysts_certificate(tmp_path: Path) -
         refused = _submit(workdir, SPEC_12)
         assert refused.job.state.value == "refused"
         assert "organisation '' is not allowed" in refused.job.reason
-        cli("pki", "issue", "--role", "analyst", "analyst", "--org", "acme-research",
-            "--dir", str(workdir / "pki"), check=True)
+        cli(
+            "pki",
+            "issue",
+            "--role",
+            "analyst",
+            "analyst",
+            "--org",
+            "acme-research",
+            "--dir",
+            str(workdir / "pki"),
+            check=True,
+        )
         assert _submit(workdir, SPEC_12).job.state.value == "succeeded"
     finally:
         local.down(workdir)

@@ -141,8 +141,11 @@ def test_the_coordinator_restarts_and_the_job_resumes_exactly(fed: Path) -> None
         final = client.wait(job, timeout=240)
         assert final.job.state.value == "succeeded", final.job.reason
         rounds = client.result(job)["result"]["rounds"]
-        kinds = [e.kind for e in client.events(job)]
+        events = client.events(job)
+        kinds = [e.kind for e in events]
         ended = client.wait(fragile, timeout=30).job
+    dropped = [e.detail for e in events if e.kind == "node.dropped"]
+    assert not dropped, dropped
     frames = _frames(fed)
     assert [r["round"] for r in rounds] == list(range(40))
     for r in rounds:

@@ -138,6 +138,8 @@ def logistic_messages(
 ) -> list[Outbound]:
     """What an honest buyer sends for the logistic run: context, then one batch."""
     return CkksBuyer("bank", logistic_config, breast_cancer[0]).start()
+
+
 @pytest.fixture(scope="session")
 def paillier_keys() -> KeyPair:
     """One 3072-bit Paillier key pair for the whole session (generation is slow)."""

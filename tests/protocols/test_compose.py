@@ -55,7 +55,10 @@ def _federation(rounds: int) -> tuple[CoordinatorRounds, dict[str, NodeRounds]]:
         NODES,
         make_server,
         combine=lambda results: {"rounds": results},
-        round_result=lambda r, p: (list(p.result()["survivors"]), p.sum_vector().tolist()),
+        round_result=lambda r, p: (
+            list(p.result()["survivors"]),
+            p.sum_vector().tolist(),
+        ),
         min_parties=3,
     )
     return coordinator, {n: node(n) for n in NODES}
