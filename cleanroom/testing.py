@@ -95,6 +95,9 @@ class MemoryCoordinatorLink:
     def sign_release(self, signature: wire.ReleaseSignature) -> None:
         self._call(lambda s: nodes.sign_release(s, self._node, signature))
 
+    def witness(self, req: wire.WitnessRequest) -> wire.WitnessReply:
+        return self._call(lambda s: nodes.witness(s, self._node, req))
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -179,6 +182,8 @@ class InProcessFederation:
     directory: Path | None = None
     plugins: tuple[str, ...] = ()
     jobtypes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    id_column: str = ""
+    """Every dataset's identifier column (none by default)."""
     agents: dict[str, NodeAgent] = field(default_factory=dict, init=False)
     _server: _Server = field(default_factory=_Server, init=False)
     _threads: dict[str, threading.Thread] = field(default_factory=dict, init=False)
@@ -271,7 +276,7 @@ class InProcessFederation:
             cert=self._ca / f"{name}.crt",
             key=self._ca / f"{name}.key",
             ca=self._ca / "ca.crt",
-            datasets=(DatasetConfig(name, path),),
+            datasets=(DatasetConfig(name, path, id_column=self.id_column),),
             policy=dict(self.policy or default_policy(ANALYST_NAME)),
             jobtypes=dict(self.jobtypes),
             plugins=self.plugins,
@@ -306,6 +311,27 @@ class InProcessFederation:
             ca_pem=identity.ca_pem,
             state_dir=root / "analyst-state",
         )
+
+    @property
+    def ca_pem(self) -> bytes:
+        return (self._ca / "ca.crt").read_bytes()
+
+    def witness(self) -> None:
+        """Every node witnesses the coordinator's log now (as they do after each
+        job and every few seconds), one after the other."""
+        for agent in self.agents.values():
+            agent.witness.run()
+
+    def export_logs(self, directory: Path) -> list[Path]:
+        """Every party's audit export, as ``cleanroom audit export`` writes it."""
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self.state
+        paths = [directory / "coordinator.jsonl"]
+        state.audit.export(paths[0], bundle=state.bundle.to_bytes())
+        for name, agent in self.agents.items():
+            paths.append(directory / f"{name}.jsonl")
+            agent.audit.export(paths[-1], bundle=agent.bundle.to_bytes())
+        return paths
 
     def wait_connected(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

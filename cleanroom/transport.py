@@ -128,6 +128,7 @@ _STATUS: Final[list[tuple[type[errors.CleanroomError], grpc.StatusCode]]] = [
     (errors.ProtocolError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.CryptoError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.AuditError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 _BY_NAME: Final[dict[str, type[errors.CleanroomError]]] = {

@@ -146,6 +146,26 @@ class ReleaseSignature:
 
 
 @dataclass(frozen=True)
+class WitnessRequest:
+    """See ``cleanroom.audit.witness``: the first call has only
+    ``coordinator_since``; the second the node's head and co-signature."""
+
+    coordinator_since: int = 0
+    node_head: bytes = b""
+    node_proof: tuple[bytes, ...] = ()
+    coordinator_head: bytes = b""
+    coordinator_cosignature: bytes = b""
+
+
+@dataclass(frozen=True)
+class WitnessReply:
+    coordinator_head: bytes = b""
+    coordinator_proof: tuple[bytes, ...] = ()
+    node_since: int = 0
+    node_cosignature: bytes = b""
+
+
+@dataclass(frozen=True)
 class Submission:
     """What an analyst submits: the spec, and (from a current client) the request
     it signed and its protocol key bundle."""

@@ -259,6 +259,8 @@ class JobRunner:
                 "job %s resumed after %d journal entries", setup.job_id, len(entries)
             )
             self._commit([], [], [])
+            # Pushes acknowledged before the restart but not yet journaled.
+            self._requeue_inbox()
         self._stage = _Stage(self._stage_key(), self._state.clock())
         self._maybe_release()
 

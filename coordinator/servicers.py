@@ -97,6 +97,25 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
         nodes.sign_release(self._s, require_role(context, NODE), signature)
         return pb.Ack()
 
+    @servicer_errors
+    def Witness(
+        self, request: pb.WitnessRequest, context: grpc.ServicerContext
+    ) -> pb.WitnessResponse:
+        req = wire.WitnessRequest(
+            coordinator_since=int(request.coordinator_since),
+            node_head=bytes(request.node_head),
+            node_proof=tuple(bytes(p) for p in request.node_proof),
+            coordinator_head=bytes(request.coordinator_head),
+            coordinator_cosignature=bytes(request.coordinator_cosignature),
+        )
+        reply = nodes.witness(self._s, require_role(context, NODE), req)
+        return pb.WitnessResponse(
+            coordinator_head=reply.coordinator_head,
+            coordinator_proof=list(reply.coordinator_proof),
+            node_since=reply.node_since,
+            node_cosignature=reply.node_cosignature,
+        )
+
 
 class AnalystServicer(pb_grpc.AnalystServiceServicer):
     def __init__(self, state: CoordinatorState) -> None:

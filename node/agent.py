@@ -34,6 +34,7 @@ from node.policy import PolicySet
 from node.release import ReleaseSigner
 from node.runner import Ending, JobOutcome, JobRunner
 from node.state import JobStatus, NodeState, node_database
+from node.witness import LogWitness
 from protocols.party import ANALYST, NodeParty, Progress
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,9 @@ class NodeAgent:
             coordinator_bundle=lambda: self._coordinator_bundle,
             fail=self._report_failure,
         )
+        self.witness = LogWitness(
+            self.audit, coordinator=lambda: self._coordinator_bundle, call=self._call
+        )
         self._audit_policy_version()
 
     def _grpc_link(self) -> CoordinatorLink:
@@ -193,6 +197,8 @@ class NodeAgent:
                 node_services.poll(self.services)
                 self.admission.holder_decisions(self.connected.is_set())
                 self.runner.tick()
+                if self.connected.is_set():
+                    self.witness.maybe_run()
             except Exception:  # the loop must survive a bad moment
                 log.exception("background step failed")
 
@@ -302,6 +308,7 @@ class NodeAgent:
 
     def _on_stop(self, stop: wire.StopJob) -> None:
         self.runner.stop(stop)
+        self.witness.request()
         try:
             local = self.state.get(stop.job_id)
         except errors.NotFound:

@@ -46,6 +46,8 @@ class CoordinatorLink(Protocol):
 
     def sign_release(self, signature: wire.ReleaseSignature) -> None: ...
 
+    def witness(self, req: wire.WitnessRequest) -> wire.WitnessReply: ...
+
     def close(self) -> None: ...
 
 
@@ -129,6 +131,25 @@ class GrpcCoordinatorLink:
                 ),
                 timeout=DEFAULT_DEADLINE,
             )
+
+    def witness(self, req: wire.WitnessRequest) -> wire.WitnessReply:
+        with self._call("witness"):
+            reply = self._stub.Witness(
+                pb.WitnessRequest(
+                    coordinator_since=req.coordinator_since,
+                    node_head=req.node_head,
+                    node_proof=list(req.node_proof),
+                    coordinator_head=req.coordinator_head,
+                    coordinator_cosignature=req.coordinator_cosignature,
+                ),
+                timeout=DEFAULT_DEADLINE,
+            )
+        return wire.WitnessReply(
+            coordinator_head=bytes(reply.coordinator_head),
+            coordinator_proof=tuple(bytes(p) for p in reply.coordinator_proof),
+            node_since=int(reply.node_since),
+            node_cosignature=bytes(reply.node_cosignature),
+        )
 
     def close(self) -> None:
         self._channel.close()

@@ -603,6 +603,80 @@ class ProgressReport(_message.Message):
 Global___ProgressReport: _TypeAlias = ProgressReport  # noqa: Y015
 
 @_typing.final
+class WitnessRequest(_message.Message):
+    """Audit logs witnessing each other (cleanroom.audit.witness): the first call
+    carries only coordinator_since and gets the coordinator's head; the second
+    carries the node's head and its co-signature of that coordinator head.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COORDINATOR_SINCE_FIELD_NUMBER: _builtins.int
+    NODE_HEAD_FIELD_NUMBER: _builtins.int
+    NODE_PROOF_FIELD_NUMBER: _builtins.int
+    COORDINATOR_HEAD_FIELD_NUMBER: _builtins.int
+    COORDINATOR_COSIGNATURE_FIELD_NUMBER: _builtins.int
+    coordinator_since: _builtins.int
+    """size of the coordinator head the node last kept"""
+    node_head: _builtins.bytes
+    """the node's signed tree head (JSON); second call"""
+    coordinator_head: _builtins.bytes
+    """the coordinator head the node co-signs (JSON)"""
+    coordinator_cosignature: _builtins.bytes
+    @_builtins.property
+    def node_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """consistency from the reply's node_since"""
+
+    def __init__(
+        self,
+        *,
+        coordinator_since: _builtins.int = ...,
+        node_head: _builtins.bytes = ...,
+        node_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        coordinator_head: _builtins.bytes = ...,
+        coordinator_cosignature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_cosignature", b"coordinator_cosignature", "coordinator_head", b"coordinator_head", "coordinator_since", b"coordinator_since", "node_head", b"node_head", "node_proof", b"node_proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessRequest: _TypeAlias = WitnessRequest  # noqa: Y015
+
+@_typing.final
+class WitnessResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COORDINATOR_HEAD_FIELD_NUMBER: _builtins.int
+    COORDINATOR_PROOF_FIELD_NUMBER: _builtins.int
+    NODE_SINCE_FIELD_NUMBER: _builtins.int
+    NODE_COSIGNATURE_FIELD_NUMBER: _builtins.int
+    coordinator_head: _builtins.bytes
+    """first call: a fresh signed head (JSON)"""
+    node_since: _builtins.int
+    """size of the node head last co-signed"""
+    node_cosignature: _builtins.bytes
+    """second call: over node_head"""
+    @_builtins.property
+    def coordinator_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        coordinator_head: _builtins.bytes = ...,
+        coordinator_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        node_since: _builtins.int = ...,
+        node_cosignature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_head", b"coordinator_head", "coordinator_proof", b"coordinator_proof", "node_cosignature", b"node_cosignature", "node_since", b"node_since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessResponse: _TypeAlias = WitnessResponse  # noqa: Y015
+
+@_typing.final
 class SubmitJobRequest(_message.Message):
     """------------------------------------------------------------- analysts ----"""
 

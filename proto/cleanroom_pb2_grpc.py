@@ -69,6 +69,11 @@ class NodeServiceStub:
                 request_serializer=proto_dot_cleanroom__pb2.ProgressReport.SerializeToString,
                 response_deserializer=proto_dot_cleanroom__pb2.Ack.FromString,
                 _registered_method=True)
+        self.Witness = channel.unary_unary(
+                '/cleanroom.v1.NodeService/Witness',
+                request_serializer=proto_dot_cleanroom__pb2.WitnessRequest.SerializeToString,
+                response_deserializer=proto_dot_cleanroom__pb2.WitnessResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -118,6 +123,12 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Witness(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +166,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ReportProgress,
                     request_deserializer=proto_dot_cleanroom__pb2.ProgressReport.FromString,
                     response_serializer=proto_dot_cleanroom__pb2.Ack.SerializeToString,
+            ),
+            'Witness': grpc.unary_unary_rpc_method_handler(
+                    servicer.Witness,
+                    request_deserializer=proto_dot_cleanroom__pb2.WitnessRequest.FromString,
+                    response_serializer=proto_dot_cleanroom__pb2.WitnessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +362,33 @@ class NodeService:
             '/cleanroom.v1.NodeService/ReportProgress',
             proto_dot_cleanroom__pb2.ProgressReport.SerializeToString,
             proto_dot_cleanroom__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Witness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.NodeService/Witness',
+            proto_dot_cleanroom__pb2.WitnessRequest.SerializeToString,
+            proto_dot_cleanroom__pb2.WitnessResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,7 @@ class NodeServiceStub:
     ReportFailure: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.FailureReport, _cleanroom_pb2.Ack]
     SignRelease: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.ReleaseSignature, _cleanroom_pb2.Ack]
     ReportProgress: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.ProgressReport, _cleanroom_pb2.Ack]
+    Witness: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.WitnessRequest, _cleanroom_pb2.WitnessResponse]
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -60,6 +61,7 @@ class NodeServiceAsyncStub(NodeServiceStub):
     ReportFailure: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.FailureReport, _cleanroom_pb2.Ack]  # type: ignore[assignment]
     SignRelease: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.ReleaseSignature, _cleanroom_pb2.Ack]  # type: ignore[assignment]
     ReportProgress: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.ProgressReport, _cleanroom_pb2.Ack]  # type: ignore[assignment]
+    Witness: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.WitnessRequest, _cleanroom_pb2.WitnessResponse]  # type: ignore[assignment]
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -112,6 +114,13 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cleanroom_pb2.ProgressReport,
         context: _ServicerContext,
     ) -> _typing.Union[_cleanroom_pb2.Ack, _abc.Awaitable[_cleanroom_pb2.Ack]]: ...
+
+    @_abc_1.abstractmethod
+    def Witness(
+        self,
+        request: _cleanroom_pb2.WitnessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cleanroom_pb2.WitnessResponse, _abc.Awaitable[_cleanroom_pb2.WitnessResponse]]: ...
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -105,6 +106,15 @@ class SignedTreeHead:
         if len(root) != HASH_SIZE:
             raise AuditError("tree head root is not a 32-byte hash")
         return cls(owner, size, root, float(ts), signature, cosigs)
+
+
+def parse_head(raw: bytes) -> SignedTreeHead:
+    """A head from its JSON bytes (``to_json``); AuditError if malformed."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise AuditError("a tree head is not JSON") from None
+    return SignedTreeHead.from_json(obj)
 
 
 def sign_tree_head(

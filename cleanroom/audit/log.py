@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -29,6 +30,7 @@ from .entry import (
 from .heads import (
     PublicKeyLike,
     SignedTreeHead,
+    cosign,
     public_key_bytes,
     sign_tree_head,
     verify_cosignature,
@@ -56,6 +58,8 @@ CREATE TABLE IF NOT EXISTS tree_heads (
 CREATE TABLE IF NOT EXISTS cosignatures (
     size INTEGER NOT NULL, timestamp REAL NOT NULL, name TEXT NOT NULL,
     signature BLOB NOT NULL, PRIMARY KEY (size, timestamp, name));
+CREATE TABLE IF NOT EXISTS witnessed (
+    owner TEXT PRIMARY KEY, head TEXT NOT NULL, bundle BLOB NOT NULL);
 """
 _ENTRY_COLUMNS = "idx, timestamp, actor, kind, job_id, data, prev_hash, entry_hash"
 
@@ -315,6 +319,45 @@ class AuditLog:
             )
             return next(s for s in self._heads() if s.same_head(head))
 
+    def cosign(self, head: SignedTreeHead) -> bytes:
+        """This log's owner co-signs another party's ``head`` with the log's key
+        (after checking it, e.g. with ``audit.witness.accept_head``)."""
+        if head.owner == self._owner:
+            raise AuditError("a log's owner does not co-sign its own head")
+        return cosign(head, self._owner, self._key)
+
+    def last_cosigned_size(self, name: str) -> int:
+        """The size of the largest head of this log that ``name`` co-signed (0 if
+        none): where a consistency proof for ``name`` must start."""
+        with self._lock:
+            sizes = [h.size for h in self._heads() if name in h.cosignatures]
+            return max(sizes, default=0)
+
+    # ------------------------------------------------ other parties' heads --
+    def record_witnessed(self, head: SignedTreeHead, bundle: bytes) -> None:
+        """Keep the latest head of another party's log that this party checked
+        and co-signed, with the key bundle that verifies it; exports carry it, so
+        that a verifier can hold the other log to it. The caller checks ``head``
+        (signature, consistency with ``witnessed(head.owner)``) first."""
+        if head.owner == self._owner:
+            raise AuditError("a log does not witness itself")
+        self._write(
+            (
+                "INSERT OR REPLACE INTO witnessed VALUES (?, ?, ?)",
+                (head.owner, canonical_json(head.to_json()).decode(), bundle),
+            )
+        )
+
+    def witnessed(self, owner: str) -> SignedTreeHead | None:
+        """The latest head of ``owner``'s log this party witnessed, if any."""
+        rows = self._q("SELECT head FROM witnessed WHERE owner = ?", (owner,))
+        return SignedTreeHead.from_json(json.loads(rows[0][0])) if rows else None
+
+    def witnessed_heads(self) -> list[tuple[SignedTreeHead, bytes]]:
+        """Every witnessed head with its owner's key bundle, by owner."""
+        rows = self._q("SELECT head, bundle FROM witnessed ORDER BY owner")
+        return [(SignedTreeHead.from_json(json.loads(h)), bytes(b)) for h, b in rows]
+
     def tree_heads(self) -> list[SignedTreeHead]:
         """Every cosigned head, oldest first, with all its cosignatures."""
         with self._lock:
@@ -345,11 +388,16 @@ class AuditLog:
         rows = self._q(f"SELECT {_ENTRY_COLUMNS} FROM entries ORDER BY idx")  # noqa: S608
         return (_entry_from_row(r) for r in rows)
 
-    def export(self, path: str | os.PathLike[str]) -> SignedTreeHead:
+    def export(
+        self, path: str | os.PathLike[str], *, bundle: bytes | None = None
+    ) -> SignedTreeHead:
         """Write a self-contained JSON-lines copy for offline checking; return its head.
 
-        Lines: a header (owner, public key), every entry, every cosigned head,
-        and last a freshly signed head over all entries. Written atomically.
+        Lines: a header (owner, public key, and ``bundle``: the owner's CA-signed
+        key bundle, which pins that key for a verifier), every entry, every
+        cosigned head, a freshly signed head over all entries, and last the heads
+        of other parties' logs this party witnessed, each with its owner's bundle.
+        Written atomically.
         """
         target = Path(path)
         tmp = target.with_name(target.name + ".partial")
@@ -362,12 +410,24 @@ class AuditLog:
                 "owner": self._owner,
                 "public_key": self._public_key.hex(),
             }
+            if bundle is not None:
+                header["bundle"] = base64.b64encode(bundle).decode()
             with open(tmp, "w", encoding="utf-8") as out:
                 out.write(_line(header))
                 for entry in self._iter_entries():
                     out.write(_line({"type": "entry", **entry.to_json()}))
                 for h in [*self._heads(), head]:
                     out.write(_line({"type": "tree_head", **h.to_json()}))
+                for other, other_bundle in self.witnessed_heads():
+                    out.write(
+                        _line(
+                            {
+                                "type": "witnessed",
+                                "head": other.to_json(),
+                                "bundle": base64.b64encode(other_bundle).decode(),
+                            }
+                        )
+                    )
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(tmp, target)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from array import array
@@ -43,6 +45,8 @@ class VerifyReport:
     """Parties whose cosignatures verified under a trusted key."""
     unverified_cosigners: tuple[str, ...]
     """Parties whose cosignatures are present but who have no trusted key here."""
+    witnessed_size: int = 0
+    """Entries covered by a head that another party (with a trusted key) co-signed."""
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,21 @@ def _owner_key(header: dict[str, Any], trusted_keys: TrustedKeys | None) -> byte
     return embedded
 
 
+@dataclass(frozen=True)
+class Witnessed:
+    """A head of another party's log that an export's owner witnessed, with the
+    key bundle (bytes) its owner's key comes from."""
+
+    head: SignedTreeHead
+    bundle: bytes
+
+
 def _check_export(
     path: str | os.PathLike[str],
     trusted_keys: TrustedKeys | None,
     known_heads: Sequence[SignedTreeHead],
     keep: Callable[[AuditEntry], bool],
+    witnessed: list[Witnessed] | None = None,
 ) -> tuple[VerifyReport, list[AuditEntry]]:
     records = _records(path)
     first = next(records, None)
@@ -115,8 +129,15 @@ def _check_export(
     heads: list[SignedTreeHead] = []
     verified: set[str] = set()
     unverified: set[str] = set()
+    witnessed_size = 0
+    others: list[Witnessed] = []
     for number, record in records:
         kind = record.pop("type", None)
+        if kind == "witnessed":
+            others.append(_witnessed_record(number, record))
+            continue
+        if others:
+            raise AuditError(f"line {number}: {kind} after the witnessed heads")
         if kind == "entry":
             if heads:
                 raise AuditError(f"line {number}: entry after the tree heads")
@@ -132,6 +153,8 @@ def _check_export(
                 if trusted_keys is not None and name in trusted_keys:
                     verify_cosignature(head, name, trusted_keys[name])
                     verified.add(name)
+                    if name != owner:
+                        witnessed_size = max(witnessed_size, head.size)
                 else:
                     unverified.add(name)
             heads.append(head)
@@ -162,8 +185,20 @@ def _check_export(
         heads=len(heads),
         cosigners=tuple(sorted(verified)),
         unverified_cosigners=tuple(sorted(unverified - verified)),
+        witnessed_size=witnessed_size,
     )
+    if witnessed is not None:
+        witnessed.extend(others)
     return report, kept
+
+
+def _witnessed_record(number: int, record: dict[str, Any]) -> Witnessed:
+    try:
+        head = SignedTreeHead.from_json(record["head"])
+        bundle = base64.b64decode(record["bundle"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise AuditError(f"line {number}: malformed witnessed head") from None
+    return Witnessed(head, bundle)
 
 
 def _check_head(

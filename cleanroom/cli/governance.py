@@ -12,14 +12,17 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from cleanroom.audit.ledgers import verify_ledgers
 from cleanroom.audit.log import AuditLog
-from cleanroom.audit.verify import job_history, verify_export
+from cleanroom.audit.verify import job_history
 from cleanroom.cli.common import EXIT_FAILED, handle_errors, out
+from cleanroom.cli.jobs import opened_path
 from cleanroom.errors import ConfigError, CryptoError
 from cleanroom.federation import Federation
-from cleanroom.keys import NodeKeys
+from cleanroom.keys import NodeKeys, make_key_bundle
 from cleanroom.opened import verify_opened_file
-from cleanroom.provenance import head_from_dict, verify_result_bytes
+from cleanroom.pki import TlsIdentity
+from cleanroom.provenance import verify_result_bytes
 
 
 def node_database(data_dir: Path) -> Path:
@@ -34,15 +37,44 @@ def _node_config(path: Path):  # type: ignore[no-untyped-def]
     return NodeConfig.load(path)
 
 
-def _export_log(db: Path, keys_file: Path, owner: str, dest: Path) -> Path:
+def _export_log(
+    db: Path, keys_file: Path, owner: str, dest: Path, tls: TlsIdentity, role: str
+) -> Path:
     """Export the audit log kept in ``db`` (a node's database or the coordinator's
-    own audit file)."""
+    own audit file), with the owner's CA-signed key bundle."""
     if not db.exists():
         raise ConfigError(f"no audit log at {db}")
     keys = NodeKeys.load_or_create(keys_file)
+    bundle = make_key_bundle(owner, keys, tls, role=role).to_bytes()
     with AuditLog(db, owner=owner, signing_key=keys.signing) as log:
-        log.export(dest)
+        log.export(dest, bundle=bundle)
     return dest
+
+
+def _export_coordinator(config: Path, dest: Path) -> Path:
+    from coordinator.config import CoordinatorConfig
+
+    coord = CoordinatorConfig.load(config)
+    return _export_log(
+        coord.data_dir / "audit.db",
+        coord.data_dir / "coordinator.keys",
+        coord.name,
+        dest,
+        coord.identity(),
+        "coordinator",
+    )
+
+
+def _export_node(config: Path, dest: Path) -> Path:
+    node = _node_config(config)
+    return _export_log(
+        node_database(node.data_dir),
+        node.data_dir / "node.keys",
+        node.name,
+        dest,
+        node.identity(),
+        "node",
+    )
 
 
 # ----------------------------------------------------------------- audit --
@@ -85,47 +117,17 @@ def audit_export(
     """Write a self-contained, signed export of an audit log for offline checks."""
     written: list[Path] = []
     if config:
-        node = _node_config(config)
-        written.append(
-            _export_log(
-                node_database(node.data_dir),
-                node.data_dir / "node.keys",
-                node.name,
-                out_path,
-            )
-        )
+        written.append(_export_node(config, out_path))
     elif coordinator_config:
-        from coordinator.config import CoordinatorConfig
-
-        coord = CoordinatorConfig.load(coordinator_config)
-        written.append(
-            _export_log(
-                coord.data_dir / "audit.db",
-                coord.data_dir / "coordinator.keys",
-                coord.name,
-                out_path,
-            )
-        )
+        written.append(_export_coordinator(coordinator_config, out_path))
     elif workdir:
         fed = Federation.load(workdir / "federation.json")
         out_path.mkdir(parents=True, exist_ok=True)
-        written.append(
-            _export_log(
-                workdir.resolve() / "coordinator" / "data" / "audit.db",
-                workdir.resolve() / "coordinator" / "data" / "coordinator.keys",
-                fed.coordinator_name,
-                out_path / "coordinator.jsonl",
-            )
-        )
+        coordinator = workdir.resolve() / "coordinator" / "coordinator.toml"
+        written.append(_export_coordinator(coordinator, out_path / "coordinator.jsonl"))
         for name, info in fed.nodes.items():
-            node = _node_config(Path(info["config"]))
             written.append(
-                _export_log(
-                    node_database(node.data_dir),
-                    node.data_dir / "node.keys",
-                    name,
-                    out_path / f"{name}.jsonl",
-                )
+                _export_node(Path(info["config"]), out_path / f"{name}.jsonl")
             )
     else:
         raise ConfigError("give --config, --coordinator-config or --workdir")
@@ -133,71 +135,59 @@ def audit_export(
         out.print(f"exported {path}", highlight=False)
 
 
-def _heads_recorded_in(path: Path) -> list:  # type: ignore[type-arg]
-    heads = []
-    for line in path.read_text().splitlines():
-        obj = json.loads(line)
-        if obj.get("kind") == "coordinator.head":
-            heads.append(head_from_dict(obj["data"]))
-    return heads
-
-
 @audit_group.command("verify")
 @click.argument(
     "exports", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True)
 )
 @click.option(
-    "--trusted-key",
-    "trusted",
-    multiple=True,
-    metavar="NAME=HEX",
-    help="Pin a party's Ed25519 audit key (e.g. from its key bundle).",
+    "--ca",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="The federation's CA certificate (default: the federation file's).",
 )
+@click.option("--federation", type=click.Path(path_type=Path), default=None)
 @click.option(
-    "--known-heads-from",
-    "known_from",
-    multiple=True,
-    type=click.Path(path_type=Path, exists=True),
-    help="A node's export: check this log is consistent with the coordinator "
-    "heads that node co-signed (detects forks and rollbacks).",
+    "--allow-unwitnessed",
+    is_flag=True,
+    help="Report, instead of failing on, entries no other party's co-signed head "
+    "covers yet.",
 )
 @handle_errors
 def audit_verify(
-    exports: tuple[Path, ...], trusted: tuple[str, ...], known_from: tuple[Path, ...]
+    exports: tuple[Path, ...],
+    ca: Path | None,
+    federation: Path | None,
+    allow_unwitnessed: bool,
 ) -> None:
-    """Check exported logs offline: chain, Merkle root, signatures, cosignatures."""
-    pinned: dict[str, bytes] = {}
-    for item in trusted:
-        name, _, hexkey = item.partition("=")
-        try:
-            pinned[name] = bytes.fromhex(hexkey)
-        except ValueError:
-            raise ConfigError(f"--trusted-key {item}: expected NAME=HEX") from None
-    # Logs checked together vouch for each other's cosignatures with their owners'
-    # keys; a pinned key must agree with the key a log embeds, or the check fails.
-    owners = {path: _owner_of(path) for path in exports}
-    keys = {owner: key for owner, key in owners.values()}
-    keys.update(pinned)
-    known = [h for path in known_from for h in _heads_recorded_in(path)]
-    for path in exports:
-        owner = owners[path][0]
-        report = verify_export(
-            path, trusted_keys=keys, known_heads=[h for h in known if h.owner == owner]
-        )
+    """Check exported logs offline and against each other: chain, Merkle roots,
+    signatures with keys the CA vouches for, every head another party witnessed,
+    and that every entry is covered by a head another party co-signed."""
+    ca_pem = _ca_pem(ca, federation)
+    for checked in verify_ledgers(
+        list(exports), ca_pem=ca_pem, allow_unwitnessed=allow_unwitnessed
+    ):
+        r = checked.report
         out.print(
-            f"[green]OK[/] {path}: {report.owner}, {report.entries} entries, root "
-            f"{report.root[:16]}…, {report.heads} signed heads, cosigned by "
-            f"{', '.join(report.cosigners) or 'nobody yet'}",
+            f"[green]OK[/] {checked.path}: {r.owner}, {r.entries} entries, root "
+            f"{r.root[:16]}…, {r.heads} signed heads, cosigned by "
+            f"{', '.join(c for c in r.cosigners if c != r.owner) or 'nobody'}; held "
+            f"to {checked.held_to} heads others witnessed",
             highlight=False,
         )
+        if checked.unwitnessed is not None:
+            first, last = checked.unwitnessed
+            out.print(
+                f"[bold yellow]UNWITNESSED[/] {r.owner}: entries {first}..{last} "
+                "are covered by no head another party co-signed",
+                highlight=False,
+            )
 
 
-def _owner_of(path: Path) -> tuple[str, bytes]:
-    try:
-        header = json.loads(path.read_text().splitlines()[0])
-        return str(header["owner"]), bytes.fromhex(header["public_key"])
-    except (ValueError, KeyError, IndexError):
-        raise ConfigError(f"{path}: not an audit export") from None
+def _ca_pem(ca: Path | None, federation: Path | None) -> bytes:
+    if ca is None:
+        fed = Federation.load(federation or Path(".cleanroom") / "federation.json")
+        ca = fed.ca
+    return ca.read_bytes()
 
 
 @audit_group.command("show")
@@ -246,17 +236,15 @@ def result_verify(
 ) -> None:
     """Verify offline that every input's node signed exactly this result document,
     and that every value a node vouched for is the released one."""
-    if ca is None:
-        fed = Federation.load(federation or Path(".cleanroom") / "federation.json")
-        ca = fed.ca
+    ca_pem = _ca_pem(ca, federation)
     try:
         verified = verify_result_bytes(
-            result_file.read_bytes(), ca.read_bytes(), allow_partial=allow_partial
+            result_file.read_bytes(), ca_pem, allow_partial=allow_partial
         )
     except (ValueError, CryptoError, KeyError, TypeError) as exc:
         out.print(f"[red]INVALID[/] {result_file}: {exc}", highlight=False)
         sys.exit(EXIT_FAILED)
-    opened = result_file.with_name(result_file.stem + ".opened.json")
+    opened = opened_path(result_file)
     if opened.exists():
         try:
             verify_opened_file(result_file.read_bytes(), opened.read_bytes())

@@ -31,6 +31,7 @@ from cleanroom.jobtypes.sealing import (
     attest_commitment,
     seal_report,
 )
+from cleanroom.jobtypes.stats import limits
 from protocols.party import (
     ANALYST,
     AnalystParty,
@@ -182,7 +183,9 @@ class CountJob(JobType[CountParams]):
         params: CountParams,
         catalog: Mapping[JobInput, DatasetInfo],
     ) -> None:
-        predicates.parse_where(spec.params.get("where"), list(catalog.values()))
+        schemas = list(catalog.values())
+        where = predicates.parse_where(spec.params.get("where"), schemas)
+        limits.refuse_identifiers(schemas, where, None, {})
 
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
         return frozenset(p.column for p in self.params(spec).where)

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cleanroom import errors, serde, wire
+from cleanroom.audit.heads import parse_head
+from cleanroom.audit.witness import accept_head, head_and_proof
 from cleanroom.jobspec import parse_spec
-from cleanroom.keys import KeyBundle, verify_key_bundle
+from cleanroom.keys import KeyBundle, canonical_json, verify_key_bundle
 from cleanroom.model import JobState, NodeRecord
 from cleanroom.pki import Principal
 from coordinator import lifecycle
@@ -55,6 +57,43 @@ def register(
         fresh=reg.delivered_seq == 0,
     )
     return wire.RegisterReply(state.node_timeout / 3, state.bundle.to_bytes())
+
+
+def witness(
+    state: CoordinatorState, node: Principal, req: wire.WitnessRequest
+) -> wire.WitnessReply:
+    """One step of the node's and the coordinator's logs witnessing each other
+    (``cleanroom.audit.witness``). A node whose log forked is refused, and the
+    refusal is recorded."""
+    bundle = state.bundle_of(node.name)
+    if not req.node_head:
+        head, proof = head_and_proof(state.audit, req.coordinator_since)
+        kept = state.audit.witnessed(node.name)
+        return wire.WitnessReply(
+            coordinator_head=canonical_json(head.to_json()),
+            coordinator_proof=tuple(proof),
+            node_since=kept.size if kept is not None else 0,
+        )
+    theirs = parse_head(req.node_head)
+    try:
+        accept_head(
+            state.audit,
+            theirs,
+            req.node_proof,
+            owner=node.name,
+            key=bundle.signing_public,
+            bundle=bundle.to_bytes(),
+        )
+    except errors.AuditError as exc:
+        state.audit.append("audit.fork", data={"party": node.name, "detail": str(exc)})
+        raise
+    state.audit.add_cosignature(
+        parse_head(req.coordinator_head),
+        node.name,
+        req.coordinator_cosignature,
+        public_key=bundle.signing_public,
+    )
+    return wire.WitnessReply(node_cosignature=state.audit.cosign(theirs))
 
 
 def pull(

@@ -234,3 +234,31 @@ def test_a_job_type_that_cannot_resume_ends_with_a_clear_reason(
         final = fed.client.wait(job, timeout=20, poll=0.01)
         assert final.job.state.value == "failed"
         assert "cannot resume" in final.job.reason
+
+
+def test_pushes_stored_before_a_restart_but_not_yet_processed_are_not_lost(
+    test_job_types: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push is acknowledged once it is in the job's inbox; if the coordinator
+    dies before its runner journals it, the resumed runner must still hear it."""
+    from coordinator.mailbox import inbox
+    from coordinator.runner import JobRunner
+
+    frames = _frames((30, 30, 30))
+    nodes = tuple(frames)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    with InProcessFederation(frames, plugins=test_job_types, store_url=url) as fed:
+        params = {"rounds": 8, "column": "age", "length": 4}
+        job = fed.client.submit(_spec("rounds_sum", nodes, params=params)).job.job_id
+        wait_until(lambda: "round 2 " in fed.client.status(job).job.progress)
+        monkeypatch.setattr(JobRunner, "deliver", lambda self, *a: None)
+        wait_until(lambda: fed.state.mailboxes.pending(inbox(job)) >= 1)
+        fed.kill_coordinator()
+        monkeypatch.undo()
+        fed.start_coordinator()
+        final = fed.client.wait(job, timeout=60, poll=0.01)
+        assert final.job.state.value == "succeeded", final.job.reason
+        rounds = fed.client.result(job)["result"]["rounds"]
+        assert [r["round"] for r in rounds] == list(range(8))
+        for r in rounds:
+            assert r["sum"] == _round_sum(frames, list(nodes), r["round"], 4)
