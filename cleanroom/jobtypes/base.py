@@ -307,6 +307,19 @@ class JobType(ABC, Generic[P]):
         """This job type's work waiting for the holder beyond approvals."""
         return ()
 
+    # ------------------------------------------------------------- models --
+    def model_card(
+        self, spec: JobSpec, document: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """The model-registry card of a released job (``document``: the signed
+        result document with its provenance), or None if it trains no model. The
+        coordinator stores it at release; it must hold no weights."""
+        return None
+
+    def export_model(self, reading: Mapping[str, Any]) -> bytes:
+        """The file ``cleanroom model export`` writes from the analyst's reading."""
+        raise SpecError("type", f"'{self.name}' jobs deliver no model to export")
+
     # ------------------------------------------------------------------ CLI --
     def cli_commands(self) -> Sequence[click.Command]:
         """Top-level ``cleanroom`` commands this job type adds (e.g. a group)."""
