@@ -26,7 +26,7 @@ from cleanroom.analyst import AnalystSession, SessionStore
 from cleanroom.federation import Federation
 from cleanroom.keys import KeyBundle, NodeKeys, make_key_bundle
 from cleanroom.links import AnalystLink, GrpcAnalystLink
-from cleanroom.model import JobEvent
+from cleanroom.model import JobEvent, ModelEntry
 from cleanroom.opened import OpenedResult
 from cleanroom.pki import TlsIdentity
 from cleanroom.provenance import check_attachments
@@ -171,6 +171,14 @@ class Client:
     def catalog(self) -> list[CatalogEntry]:
         """Nodes and their datasets' public metadata."""
         return self._link.catalog()
+
+    def models(self, *, limit: int = 100) -> list[ModelEntry]:
+        """This analyst's trained models in the coordinator's registry, newest first."""
+        return self._link.models(limit)
+
+    def model(self, job_id: str) -> ModelEntry:
+        """The registry entry (model card) of one job's model; NotFound if none."""
+        return self._link.models(1, job_id)[0]
 
     def healthy(self) -> bool:
         """True if the coordinator's health service answers SERVING."""

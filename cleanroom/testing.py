@@ -24,7 +24,7 @@ from cleanroom.audit.log import AuditLog
 from cleanroom.client import Client
 from cleanroom.keys import NodeKeys, make_key_bundle
 from cleanroom.local import default_policy
-from cleanroom.model import JobEvent
+from cleanroom.model import JobEvent, ModelEntry
 from cleanroom.pki import Principal, TlsIdentity
 from cleanroom.serde import JobView
 from coordinator import lifecycle
@@ -149,6 +149,13 @@ class MemoryAnalystLink:
 
     def catalog(self) -> list[wire.CatalogNode]:
         return analysts.catalog(self._server.get())
+
+    def models(self, limit: int = 100, job_id: str = "") -> list[ModelEntry]:
+        return serde.models_from_proto(
+            serde.models_to_proto(
+                analysts.models(self._server.get(), self._analyst, limit, job_id)
+            )
+        )
 
     def pull(self, req: wire.PullRequest) -> wire.WorkBatch:
         state = self._server.get()

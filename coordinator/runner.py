@@ -25,7 +25,7 @@ from cleanroom.envelope import ReplayGuard, verify_message
 from cleanroom.jobspec import JobSpec
 from cleanroom.jobtypes.base import CoordinatorContext, JobType
 from cleanroom.keys import KeyBundle, canonical_json
-from cleanroom.model import JobState
+from cleanroom.model import JobState, ModelEntry
 from coordinator.mailbox import analyst_mailbox, inbox
 from coordinator.release import Release
 from coordinator.state import CoordinatorState
@@ -429,10 +429,32 @@ class JobRunner:
             return
         if complete:
             self._state.store.put_result(self.job_id, release.final_document())
+            self._register_model(release)
             self._end(
                 JobState.SUCCEEDED,
                 f"result released, signed by {', '.join(sorted(release.signed))}",
             )
+
+    def _register_model(self, release: Release) -> None:
+        """A job type that trains a model gets a registry entry with its card."""
+        try:
+            card = self.setup.job_type.model_card(self.spec, release.final_dict())
+        except errors.CleanroomError as exc:
+            log.warning("job %s: no model card: %s", self.job_id, exc)
+            return
+        if card is None:
+            return
+        job = self._state.store.get_job(self.job_id)
+        self._state.store.put_model(
+            ModelEntry(
+                job_id=self.job_id,
+                analyst=job.analyst,
+                job_type=self.spec.type,
+                created_at=self._state.clock(),
+                card_json=canonical_json(dict(card)).decode(),
+            )
+        )
+        self._state.record(self.job_id, "model.registered", f"{self.spec.type} model")
 
     def _maybe_release(self) -> None:
         party = self._party

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from cleanroom import errors, serde, wire
 from cleanroom.keys import KeyBundle, verify_key_bundle
-from cleanroom.model import JobEvent, JobRecord, JobState
+from cleanroom.model import JobEvent, JobRecord, JobState, ModelEntry
 from cleanroom.pki import Principal
 from cleanroom.provenance import unpack_result
 from cleanroom.requests import verify_request
@@ -82,6 +82,18 @@ def list_jobs(
     state: CoordinatorState, analyst: Principal, limit: int
 ) -> list[JobRecord]:
     return state.store.list_jobs(analyst=analyst.name, limit=limit or 100)
+
+
+def models(
+    state: CoordinatorState, analyst: Principal, limit: int, job_id: str = ""
+) -> list[ModelEntry]:
+    """The analyst's own registry entries (one job's, if ``job_id`` is given)."""
+    if job_id:
+        entry = state.store.get_model(job_id)
+        if entry.analyst != analyst.name:
+            raise errors.NotFound(f"no model for job {job_id!r}")
+        return [entry]
+    return state.store.list_models(analyst=analyst.name, limit=limit or 100)
 
 
 def cancel(
