@@ -15,7 +15,7 @@ import numpy as np
 from cleanroom.errors import ConfigError
 from cleanroom.jobspec import JobSpec
 from cleanroom.jobtypes.fedavg.params import FedSpec
-from protocols.fl.export import Estimator, to_sklearn
+from protocols.fl.export import Estimator, raw_layers, to_sklearn
 from protocols.fl.models import Model
 from protocols.fl.standardise import Standardisation
 
@@ -71,7 +71,15 @@ def export_document(reading: Mapping[str, Any]) -> dict[str, Any]:
     model = reading.get("model")
     if not isinstance(model, Mapping) or model.get("format") != FORMAT:
         raise ConfigError("this result holds no fedavg model")
-    return dict(model)
+    doc = dict(model)
+    shape, std = _model(doc)
+    layers = raw_layers(shape, np.asarray(doc["weights"], dtype=np.float64), std)
+    # The same model on raw rows, layer by layer (``x @ coef + intercept``), for
+    # readers without cleanroom: scikit-learn's coef_ is the transpose.
+    doc["raw_layers"] = [
+        {"coef": w.tolist(), "intercept": b.tolist()} for w, b in layers
+    ]
+    return doc
 
 
 def _model(doc: Mapping[str, Any]) -> tuple[Model, Standardisation]:
