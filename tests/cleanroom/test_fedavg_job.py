@@ -249,7 +249,9 @@ def test_a_stalled_node_is_dropped_and_training_goes_on_above_threshold() -> Non
     nodes = ("h1", "h2", "h3", "h4")
     frames = dict(zip(nodes, _split(TRAIN, 4), strict=True))
     spec = _spec(_params(rounds=12, threshold=3), nodes, deadline_seconds=1.5)
-    with InProcessFederation(frames) as fed:
+    policy = default_policy("analyst")
+    policy["default"]["min_inputs"] = 3  # type: ignore[index]
+    with InProcessFederation(frames, policy=policy) as fed:
         job_id = fed.client.submit(spec).job.job_id
         stopper = threading.Thread(target=_stop_when, args=(fed, job_id, "h4", 3))
         stopper.start()

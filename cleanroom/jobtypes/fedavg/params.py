@@ -29,6 +29,12 @@ _KEYS: Final = frozenset(
         "divergence_factor", "dp", "model_seed",
     }
 )  # fmt: skip
+_REALS: Final = frozenset(
+    {
+        "l2", "server_learning_rate", "validation_fraction", "update_clip",
+        "loss_clip", "min_improvement", "divergence_factor", "dp", "local",
+    }
+)  # fmt: skip
 _LOCAL_KEYS: Final = frozenset(
     {"epochs", "batch_size", "learning_rate", "learning_rate_decay", "proximal_mu"}
 )
@@ -95,10 +101,25 @@ class FedSpec:
         return x, y
 
 
+def _numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string: take such strings as reals."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, Mapping):
+        return {k: _numbers(v) for k, v in value.items()}
+    return value
+
+
 def parse(raw: Mapping[str, Any], parties: int) -> FedSpec:
     """The spec's ``params`` checked; SpecError with the field path otherwise."""
     if not isinstance(raw, Mapping):
         raise SpecError("params", "expected a mapping")
+    raw = {
+        k: _numbers(v) if k in _REALS else v for k, v in raw.items()
+    }
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise SpecError(f"params.{unknown[0]}", "unknown field")

@@ -205,7 +205,20 @@ class FedNode(NodeParty):
         return _prefix(round_, self._client.start())
 
     def _approve(self, survivors: frozenset[str]) -> None:
-        self._ctx.inputs_guard(survivors)
+        """Before unmasking: the standardisation (the job's first aggregate) goes
+        through the node's release guard, which also pins the inputs a re-run of
+        this query must have; later rounds, whose survivors may only shrink by
+        dropouts, must still cover the holder's ``min_inputs``."""
+        ctx = self._ctx
+        if self._round == 0:
+            ctx.inputs_guard(survivors)
+        else:
+            needed = ctx.min_inputs or len(ctx.parties)
+            if len(survivors) < needed:
+                raise ProtocolAbort(
+                    f"round {self._round}: only {len(survivors)} inputs remain; "
+                    f"this dataset may be aggregated with no fewer than {needed}"
+                )
         self._survivors = survivors
 
     def receive(self, message: Inbound) -> list[Outbound]:
