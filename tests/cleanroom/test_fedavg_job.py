@@ -95,7 +95,9 @@ def _federated_predict(model_doc: dict[str, Any], x: np.ndarray) -> np.ndarray:
     bounds = np.array(model_doc["feature_bounds"])
     rows = np.clip(x, bounds[:, 0], bounds[:, 1])
     w = np.array(model_doc["weights"])
-    return np.array(model_doc["classes"])[model.predict(w, std.features(rows)).astype(int)]
+    return np.array(model_doc["classes"])[
+        model.predict(w, std.features(rows)).astype(int)
+    ]
 
 
 def _central_accuracy() -> float:
@@ -143,7 +145,9 @@ def test_breast_cancer_across_three_hospitals(tmp_path: Path) -> None:
         exported = json.loads(json.dumps(export_document(result)))
         estimator = estimator_from_document(exported)
         inside = np.clip(x_test, *np.array(model["feature_bounds"]).T)
-        assert np.array_equal(estimator.predict(inside), _federated_predict(model, x_test))
+        assert np.array_equal(
+            estimator.predict(inside), _federated_predict(model, x_test)
+        )
 
         # Canary: no raw feature, no weight in the coordinator's store or log.
         weights = model["weights"]

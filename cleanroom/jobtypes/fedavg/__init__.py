@@ -104,7 +104,9 @@ class FedPolicy:
     def refusals(self, spec: FedSpec) -> list[str]:
         out = []
         if spec.params.rounds > self.max_rounds:
-            out.append(f"rounds {spec.params.rounds} exceed this node's {self.max_rounds}")
+            out.append(
+                f"rounds {spec.params.rounds} exceed this node's {self.max_rounds}"
+            )
         if spec.learning_rate() > self.max_learning_rate:
             out.append(
                 f"learning rate {spec.learning_rate():g} exceeds this node's "

@@ -40,9 +40,7 @@ def model_card(
         "job_id": document.get("job_id"),
         "job_type": job.type,
         "purpose": job.purpose,
-        "inputs": [
-            {"node": i.node, "dataset": i.dataset} for i in job.inputs
-        ],
+        "inputs": [{"node": i.node, "dataset": i.dataset} for i in job.inputs],
         "columns": {"features": list(spec.features), "label": spec.label},
         "algorithm": spec.algorithm,
         "task": spec.model.task,

@@ -14,7 +14,7 @@ import pandas as pd
 from cleanroom.catalog import DatasetInfo
 from cleanroom.errors import ConfigError, DatasetError, SpecError
 from protocols.fl.local import LocalTraining
-from protocols.fl.models import Model, Vector
+from protocols.fl.models import Model, Task, Vector
 from protocols.fl.plan import FedAvgParams, FedAvgPlan
 from protocols.fl.privacy import DPConfig
 
@@ -73,7 +73,9 @@ class FedSpec:
 
     def learning_rate(self) -> float:
         local = self.params.local
-        return self.params.server_learning_rate if local is None else local.learning_rate
+        return (
+            self.params.server_learning_rate if local is None else local.learning_rate
+        )
 
     def rows(self, data: pd.DataFrame) -> tuple[np.ndarray, Vector]:
         """A node's complete-case rows as (features, class indices or targets)."""
@@ -117,9 +119,7 @@ def parse(raw: Mapping[str, Any], parties: int) -> FedSpec:
     """The spec's ``params`` checked; SpecError with the field path otherwise."""
     if not isinstance(raw, Mapping):
         raise SpecError("params", "expected a mapping")
-    raw = {
-        k: _numbers(v) if k in _REALS else v for k, v in raw.items()
-    }
+    raw = {k: _numbers(v) if k in _REALS else v for k, v in raw.items()}
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise SpecError(f"params.{unknown[0]}", "unknown field")
@@ -214,11 +214,13 @@ def _classes(raw: Mapping[str, Any], algorithm: str) -> tuple[float, ...]:
     return labels
 
 
-def _model(raw: Mapping[str, Any], algorithm: str, features: int, classes: int) -> Model:
+def _model(
+    raw: Mapping[str, Any], algorithm: str, features: int, classes: int
+) -> Model:
     if algorithm == "linear":
         return Model("regression", features)
+    task: Task = "binary" if classes == 2 else "multiclass"
     if algorithm in ("logistic", "multinomial"):
-        task = "binary" if classes == 2 else "multiclass"
         return Model(task, features, classes)
     hidden = raw.get("hidden", 8)
     activation = raw.get("activation", "tanh")
@@ -226,11 +228,12 @@ def _model(raw: Mapping[str, Any], algorithm: str, features: int, classes: int) 
         raise SpecError("params.hidden", "expected a positive number of hidden units")
     if classes == 0:
         return Model("regression", features, 0, hidden, activation)
-    task = "binary" if classes == 2 else "multiclass"
     return Model(task, features, classes, hidden, activation)
 
 
-def _feature_bounds(value: Any, features: Sequence[str]) -> tuple[tuple[float, float], ...]:
+def _feature_bounds(
+    value: Any, features: Sequence[str]
+) -> tuple[tuple[float, float], ...]:
     if not isinstance(value, Mapping):
         raise SpecError(
             "params.feature_bounds", "required: public [low, high] per feature"
@@ -253,7 +256,9 @@ def _pair(value: Any, where: str) -> tuple[float, float] | None:
     if (
         not isinstance(value, list | tuple)
         or len(value) != 2
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        )
     ):
         raise SpecError(f"params.{where}", "expected [low, high]")
     return (float(value[0]), float(value[1]))

@@ -28,7 +28,13 @@ from cleanroom.jobtypes.sealing import (
     attest_commitment,
     seal_report,
 )
-from cleanroom.jobtypes.stats.cells import dump, load, names, ring_from_text, ring_to_text
+from cleanroom.jobtypes.stats.cells import (
+    dump,
+    load,
+    names,
+    ring_from_text,
+    ring_to_text,
+)
 from protocols.fl.aggregator import FedAvgAggregator
 from protocols.fl.curves import training_curves_png
 from protocols.fl.metrics import RoundMetrics
@@ -44,7 +50,6 @@ from protocols.party import (
     Outbound,
     Progress,
 )
-from protocols.prg import MaskVector
 from protocols.sealed_sum import DEFAULT_CHECKS, SealedSum
 from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 from protocols.secagg.config import MIN_PARTIES
@@ -108,7 +113,10 @@ def _prefix(round_: int, outbound: Sequence[Outbound]) -> list[Outbound]:
 
 def metrics_text(metrics: Mapping[str, Any]) -> str:
     """One progress line: round, loss and the quality metric."""
-    parts = [f"round {metrics.get('round')}", f"loss {metrics.get('train_loss', 0):.4f}"]
+    parts = [
+        f"round {metrics.get('round')}",
+        f"loss {metrics.get('train_loss', 0):.4f}",
+    ]
     for key in ("val_accuracy", "val_auc", "val_r2"):
         value = metrics.get(key)
         if isinstance(value, int | float):
@@ -117,7 +125,9 @@ def metrics_text(metrics: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def same_history(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> bool:
+def same_history(
+    a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]
+) -> bool:
     """Equal metrics, to float rounding (nodes on other hardware may differ in the
     last bits)."""
     if len(a) != len(b):
