@@ -235,7 +235,7 @@ def fedavg_secagg_round(ctx: Context) -> Iterator[Measurement]:
     at most 1.2x. CPU of all parties together (one process).
     """
     sizes = ctx.pick(
-        quick=[(2_000, 30, 0)],
+        quick=[(2_000, 30, 0), (20_000, 30, 0)],
         full=[(2_000, 30, 0), (20_000, 30, 0), (20_000, 30, 32)],
     )
     for rows, features, hidden in sizes:
