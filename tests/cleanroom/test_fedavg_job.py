@@ -19,8 +19,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from cleanroom import jobtypes
 from cleanroom.errors import SpecError
-from cleanroom.jobtypes.fedavg.card import estimator_from_document, export_document
+from cleanroom.jobtypes.fedavg.card import load_model
 from cleanroom.local import default_policy
 from cleanroom.testing import InProcessFederation, wait_until
 from protocols.fl.models import Model
@@ -141,9 +142,12 @@ def test_breast_cancer_across_three_hospitals(tmp_path: Path) -> None:
         assert signers == set(NODES) and card["audit"]["output_hash"]
         assert "weights" not in json.dumps(card["hyperparameters"])
 
-        # The exported file predicts as the federated model.
-        exported = json.loads(json.dumps(export_document(result)))
-        estimator = estimator_from_document(exported)
+        # The exported file (what `cleanroom model export` writes) predicts as
+        # the federated model, loaded as a fitted scikit-learn estimator.
+        exported = tmp_path / "model.json"
+        exported.write_bytes(jobtypes.get("fedavg").export_model(result))
+        estimator = load_model(exported)
+        assert type(estimator).__name__ == "LogisticRegression"
         inside = np.clip(x_test, *np.array(model["feature_bounds"]).T)
         assert np.array_equal(
             estimator.predict(inside), _federated_predict(model, x_test)
