@@ -302,3 +302,85 @@ def test_dp_epsilon_is_charged_to_each_budget_before_the_job_runs() -> None:
         again = fed.run(_spec({**params, "dp": {**dp, "epsilon": 1.5}}), timeout=60)
         assert again.job.state.value == "refused"
         assert "epsilon" in again.job.reason
+
+
+def _wine() -> tuple[dict[str, pd.DataFrame], list[str]]:
+    from sklearn.datasets import load_wine
+
+    d = load_wine()
+    columns = [f"w{i}" for i in range(d.data.shape[1])]
+    frame = pd.DataFrame(d.data, columns=columns)
+    frame["y"] = d.target + 1  # labels 1, 2, 3: mapped to indices by the spec
+    return dict(zip(NODES, _split(frame, 3), strict=True)), columns
+
+
+def _exported_predicts_as_trained(
+    frames: dict[str, pd.DataFrame], params: dict[str, Any], tmp_path: Path
+) -> dict[str, Any]:
+    with InProcessFederation(frames) as fed:
+        view = fed.run(_spec(params), timeout=240)
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(view.job.job_id)["result"]
+    path = tmp_path / "model.json"
+    path.write_bytes(jobtypes.get("fedavg").export_model(result))
+    model = result["model"]
+    pooled = pd.concat(list(frames.values()))
+    x = np.clip(
+        pooled[params["features"]].to_numpy(), *np.array(model["feature_bounds"]).T
+    )
+    shape = Model(model["task"], len(model["features"]), model["n_classes"],
+                  model["hidden"], model["activation"])  # fmt: skip
+    s = model["standardisation"]
+    std = Standardisation(tuple(s["mean"]), tuple(s["scale"]), s["train_rows"],
+                          s["val_rows"], s["target_mean"], s["target_scale"])  # fmt: skip
+    raw = shape.predict(np.array(model["weights"]), std.features(x))
+    if model["task"] == "regression":
+        expected = raw * std.target_scale + std.target_mean
+        assert np.allclose(load_model(path).predict(x), expected, rtol=1e-9)
+    else:
+        expected = np.array(model["classes"])[raw.astype(int)]
+        assert np.array_equal(load_model(path).predict(x), expected)
+    return result
+
+
+def test_multinomial_on_wine_with_declared_labels(tmp_path: Path) -> None:
+    frames, columns = _wine()
+    pooled = pd.concat(list(frames.values()))
+    lo, hi = pooled[columns].min(), pooled[columns].max()
+    params = _params(
+        features=columns,
+        algorithm="multinomial",
+        classes=[1, 2, 3],
+        feature_bounds={c: [float(lo[c]) - 1, float(hi[c]) + 1] for c in columns},
+        rounds=20,
+        validation_fraction=0.2,
+        patience=5,
+        l2=1.0 / len(pooled),
+    )
+    result = _exported_predicts_as_trained(frames, params, tmp_path)
+    assert result["history"][-1]["val_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("algorithm", ["mlp", "linear"])
+def test_mlp_and_linear_regression_export(algorithm: str, tmp_path: Path) -> None:
+    frames = dict(zip(NODES, _split(TRAIN, 3), strict=True))
+    params = _params(rounds=5, algorithm=algorithm, hidden=4)
+    if algorithm == "linear":
+        features = [c for c in COLUMNS if c != "f1"]
+        params.update(
+            label="f1",
+            features=features,
+            feature_bounds={k: v for k, v in _bounds(TRAIN).items() if k != "f1"},
+            target_bounds=[5.0, 45.0],
+            local={"batch_size": 16, "learning_rate": 0.05},
+        )
+        del params["classes"], params["hidden"]
+    result = _exported_predicts_as_trained(frames, params, tmp_path)
+    assert result["rounds_run"] == 6
+
+
+def test_a_label_outside_the_declared_classes_ends_the_job() -> None:
+    frames = dict(zip(NODES, _split(TRAIN, 3), strict=True))
+    frames["h2"].loc[3, "y"] = 7
+    reason = _failing(frames, _spec(_params(rounds=2)))
+    assert "outside the declared classes" in reason
