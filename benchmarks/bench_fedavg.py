@@ -243,10 +243,10 @@ def fedavg_secagg_round(ctx: Context) -> Iterator[Measurement]:
 
 
 def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measurement:
+    from protocols.fl.vector import ring_sum
     from protocols.sealed_sum import DEFAULT_CHECKS, SealedSum
     from protocols.secagg import SecAggConfig
     from protocols.secagg.simulate import build_session, drive
-    from protocols.fl.vector import ring_sum
 
     parties = 5
     names = tuple(f"n{i}" for i in range(parties))

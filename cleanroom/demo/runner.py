@@ -79,8 +79,8 @@ def sample_data(directory: Path) -> dict[str, Path]:
 
 def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> bool:
     """Run every step; True if every federated result matched its reference."""
+    import cleanroom.demo.fedavg
     import cleanroom.demo.steps  # noqa: F401 - registers the built-in steps
-    import cleanroom.demo.fedavg  # noqa: F401 - federated training
 
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="cleanroom-demo-") as tmp:
