@@ -246,8 +246,9 @@ def test_divergence_ends_the_job_naming_the_round() -> None:
 
 def _stop_when(fed: InProcessFederation, job_id: str, node: str, round_: int) -> None:
     def at_round() -> bool:
+        # The progress line names the round, its aggregated loss and metric.
         progress = fed.client.status(job_id).job.progress
-        return f"round {round_} " in progress or f"round {round_}," in progress
+        return f"round {round_}, loss " in progress
 
     wait_until(at_round, timeout=120)
     fed.stop_node(node)
