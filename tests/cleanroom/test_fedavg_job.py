@@ -385,3 +385,26 @@ def test_a_label_outside_the_declared_classes_ends_the_job() -> None:
     frames["h2"].loc[3, "y"] = 7
     reason = _failing(frames, _spec(_params(rounds=2)))
     assert "outside the declared classes" in reason
+
+
+def test_a_node_killed_and_restarted_mid_training_stays_out() -> None:
+    nodes = ("h1", "h2", "h3", "h4")
+    frames = dict(zip(nodes, _split(TRAIN, 4), strict=True))
+    spec = _spec(_params(rounds=12, threshold=3), nodes, deadline_seconds=1.5)
+    policy = default_policy("analyst")
+    policy["default"]["min_inputs"] = 3  # type: ignore[index]
+    with InProcessFederation(frames, policy=policy) as fed:
+        job_id = fed.client.submit(spec).job.job_id
+
+        def restart() -> None:
+            _stop_when(fed, job_id, "h4", 3)
+            fed.start_node("h4", frames["h4"])
+
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        view = fed.client.wait(job_id, timeout=240, poll=0.01)
+        restarter.join()
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(job_id)["result"]
+        assert result["survivors"] == ["h1", "h2", "h3"]
+        assert result["rounds_run"] == 13
