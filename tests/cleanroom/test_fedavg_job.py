@@ -408,3 +408,41 @@ def test_a_node_killed_and_restarted_mid_training_stays_out() -> None:
         result = fed.client.result(job_id)["result"]
         assert result["survivors"] == ["h1", "h2", "h3"]
         assert result["rounds_run"] == 13
+
+
+def test_model_cli_lists_shows_and_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from cleanroom.cli import models as model_cli
+    from cleanroom.cli.main import cli
+
+    frames = dict(zip(NODES, _split(TRAIN, 3), strict=True))
+    with InProcessFederation(frames) as fed:
+        view = fed.run(_spec(_params(rounds=3)), timeout=120)
+        assert view.job.state.value == "succeeded", view.job.reason
+        job_id = view.job.job_id
+        reading = fed.client.result(job_id)["result"]
+        # The CLI talks to this federation's coordinator through the memory link.
+        monkeypatch.setattr(
+            model_cli.Client, "from_federation", classmethod(lambda cls, p: fed.client)
+        )
+        monkeypatch.setattr(type(fed.client), "close", lambda self: None)
+        runner = CliRunner()
+        listed = runner.invoke(cli, ["model", "list", "--json"])
+        assert listed.exit_code == 0, listed.output
+        assert [c["job_id"] for c in json.loads(listed.output)] == [job_id]
+        shown = runner.invoke(cli, ["model", "show", job_id])
+        assert shown.exit_code == 0 and '"algorithm": "logistic"' in shown.output
+        out = tmp_path / "m.json"
+        exported = runner.invoke(cli, ["model", "export", job_id, "--out", str(out)])
+        assert exported.exit_code == 0, exported.output
+        missing = runner.invoke(cli, ["model", "show", "job-nope"])
+        assert missing.exit_code != 0
+    doc = json.loads(out.read_text())
+    assert doc["weights"] == reading["model"]["weights"]
+    x = np.clip(TEST[COLUMNS].to_numpy(), *np.array(doc["feature_bounds"]).T)
+    assert np.array_equal(
+        load_model(out).predict(x), _federated_predict(reading["model"], x)
+    )
