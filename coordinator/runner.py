@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
-from cleanroom import errors, wire
+from cleanroom import errors, serde, wire
 from cleanroom.envelope import ReplayGuard, verify_message
 from cleanroom.jobspec import JobSpec
 from cleanroom.jobtypes.base import CoordinatorContext, JobType
@@ -444,6 +444,7 @@ class JobRunner:
             return
         if card is None:
             return
+        card = {**card, "row_buckets": self._row_buckets()}
         job = self._state.store.get_job(self.job_id)
         self._state.store.put_model(
             ModelEntry(
@@ -455,6 +456,19 @@ class JobRunner:
             )
         )
         self._state.record(self.job_id, "model.registered", f"{self.spec.type} model")
+
+    def _row_buckets(self) -> dict[str, str]:
+        """Each input's published row bucket (public catalog metadata)."""
+        out = {}
+        for item in self.spec.inputs:
+            try:
+                record = self._state.store.get_node(item.node)
+            except errors.NotFound:
+                continue
+            for info in serde.catalog_from_json(record.catalog_json):
+                if info.name == item.dataset:
+                    out[f"{item.node}/{item.dataset}"] = info.row_bucket
+        return out
 
     def _maybe_release(self) -> None:
         party = self._party

@@ -136,6 +136,7 @@ def test_breast_cancer_across_three_hospitals(tmp_path: Path) -> None:
         assert card["inputs"] == [{"node": n, "dataset": n} for n in NODES]
         assert card["columns"] == {"features": COLUMNS, "label": "y"}
         assert card["algorithm"] == "logistic" and card["rounds_run"] == 101
+        assert set(card["row_buckets"]) == {f"{n}/{n}" for n in NODES}
         assert card["metrics"] == result["history"]
         assert card["epsilon"]["charged"] == 0.0
         signers = {r["node"] for r in card["audit"]["releases"]}
