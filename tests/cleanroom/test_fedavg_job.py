@@ -225,6 +225,14 @@ def test_rounds_and_learning_rate_outside_the_holders_bounds_are_refused(
     assert expected in reason
 
 
+def test_a_holder_that_requires_dp_refuses_plain_training() -> None:
+    frames = dict(zip(NODES, _split(TRAIN, 3), strict=True))
+    reason = _failing(
+        frames, _spec(_params(rounds=2)), jobtypes={"fedavg": {"require_dp": True}}
+    )
+    assert "this node trains only with dp" in reason
+
+
 def test_divergence_ends_the_job_naming_the_round() -> None:
     frames = dict(zip(NODES, _split(TRAIN, 3), strict=True))
     params = _params(
@@ -345,7 +353,7 @@ def _exported_predicts_as_trained(
     return result
 
 
-def test_multinomial_on_wine_with_declared_labels(tmp_path: Path) -> None:
+def test_multinomial_fedprox_on_wine_with_declared_labels(tmp_path: Path) -> None:
     frames, columns = _wine()
     pooled = pd.concat(list(frames.values()))
     lo, hi = pooled[columns].min(), pooled[columns].max()
@@ -358,6 +366,7 @@ def test_multinomial_on_wine_with_declared_labels(tmp_path: Path) -> None:
         validation_fraction=0.2,
         patience=5,
         l2=1.0 / len(pooled),
+        local={"batch_size": 16, "learning_rate": 0.5, "proximal_mu": 0.01},
     )
     result = _exported_predicts_as_trained(frames, params, tmp_path)
     assert result["history"][-1]["val_accuracy"] > 0.9
