@@ -456,3 +456,16 @@ def test_model_cli_lists_shows_and_exports(
     assert np.array_equal(
         load_model(out).predict(x), _federated_predict(reading["model"], x)
     )
+
+
+def test_early_stopping_ends_training_and_releases_the_best_round() -> None:
+    frames = dict(zip(NODES, _split(TRAIN, 3), strict=True))
+    params = _params(
+        rounds=30, patience=2, min_improvement=1e6, validation_fraction=0.2
+    )
+    with InProcessFederation(frames) as fed:
+        view = fed.run(_spec(params), timeout=120)
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(view.job.job_id)["result"]
+    assert result["stop_reason"].startswith("early stop after round 3")
+    assert result["rounds_run"] == 3 and result["best_round"] == 1
