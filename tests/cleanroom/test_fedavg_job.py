@@ -341,8 +341,14 @@ def _exported_predicts_as_trained(
     shape = Model(model["task"], len(model["features"]), model["n_classes"],
                   model["hidden"], model["activation"])  # fmt: skip
     s = model["standardisation"]
-    std = Standardisation(tuple(s["mean"]), tuple(s["scale"]), s["train_rows"],
-                          s["val_rows"], s["target_mean"], s["target_scale"])  # fmt: skip
+    std = Standardisation(
+        tuple(s["mean"]),
+        tuple(s["scale"]),
+        s["train_rows"],
+        s["val_rows"],
+        s["target_mean"],
+        s["target_scale"],
+    )
     raw = shape.predict(np.array(model["weights"]), std.features(x))
     if model["task"] == "regression":
         expected = raw * std.target_scale + std.target_mean
