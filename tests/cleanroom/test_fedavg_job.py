@@ -475,3 +475,22 @@ def test_early_stopping_ends_training_and_releases_the_best_round() -> None:
         result = fed.client.result(view.job.job_id)["result"]
     assert result["stop_reason"].startswith("early stop after round 3")
     assert result["rounds_run"] == 3 and result["best_round"] == 1
+
+
+def test_params_are_checked_with_their_paths() -> None:
+    from cleanroom.jobtypes.fedavg.params import parse
+
+    base = _params()
+    cases = [
+        ({**base, "dp": {"epsilon": 1.0, "delta": 1e-5}}, "params.local"),
+        ({**base, "algorithm": "forest"}, "params.algorithm"),
+        ({**base, "classes": [0, 1, 2]}, "params.classes"),
+        ({**base, "feature_bounds": {}}, "params.feature_bounds.f0"),
+        ({**base, "label": "f0"}, "params.label"),
+        ({**base, "learning_rate": 1}, "params.learning_rate"),
+        ({**base, "local": {"learning_rate": -1.0}}, "params"),
+    ]
+    for raw, path in cases:
+        with pytest.raises(SpecError) as caught:
+            parse(raw, parties=3)
+        assert caught.value.path == path, (path, caught.value)

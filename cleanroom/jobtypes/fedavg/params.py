@@ -133,6 +133,12 @@ def parse(raw: Mapping[str, Any], parties: int) -> FedSpec:
     if algorithm not in ALGORITHMS:
         raise SpecError("params.algorithm", f"expected one of {', '.join(ALGORITHMS)}")
     classes = _classes(raw, algorithm)
+    if "dp" in raw and "local" in raw:
+        raise SpecError(
+            "params.local",
+            "with dp each round is one clipped gradient sum: no local training "
+            "(set server_learning_rate instead)",
+        )
     try:
         model = _model(raw, algorithm, len(features), len(classes))
         bounds = _feature_bounds(raw.get("feature_bounds"), features)
