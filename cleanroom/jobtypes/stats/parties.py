@@ -264,12 +264,17 @@ class StatsNode(NodeParty):
         suppressed = C.suppressed_groups(self._layout, self._agreed)
         checked = {
             "/survivors": survivors,
+            "/dropped": sorted(set(self._ctx.parties) - set(survivors)),
             "/passing": list(self._agreed),
             "/suppressed_groups": suppressed,
         }
         for pointer, value in checked.items():
             if result.get(pointer[1:]) != value:
                 raise ProtocolError(f"the release's {pointer[1:]} is not this node's")
+        released = result.get("min_group_size")
+        if not isinstance(released, int) or released < self._ctx.min_group_size:
+            # The others' minimums are theirs to vouch for; never below this one.
+            raise ProtocolError("the release's min_group_size is below this node's")
         return checked
 
 
