@@ -24,6 +24,7 @@ from cleanroom.keys import (
     verify_key_bundle,
 )
 from cleanroom.localdb import LocalDatabase
+from cleanroom.requests import graph_seed
 from node import services as node_services
 from node.admission import Admission
 from node.config import NodeConfig
@@ -259,6 +260,12 @@ class NodeAgent:
             canonical_json({"type": spec.type, "params": dict(spec.params)})
         ).hexdigest()
 
+        seed = (
+            graph_seed(local.signed_request, bundles[ANALYST].signing_public)
+            if local.signed_request and ANALYST in bundles
+            else b""
+        )
+
         def build() -> NodeParty:
             dataset = self.datasets.fresh(mine.dataset)  # refuses a changed file
             self.releases.started(start.job_id, dataset.content_hash)
@@ -296,6 +303,7 @@ class NodeAgent:
                     service=self.services.get(spec.type),
                     min_inputs=min_inputs,
                     inputs_guard=guard,
+                    graph_seed=seed,
                 )
             )
 

@@ -68,6 +68,9 @@ class NodeContext:
     random: RandomSource = SYSTEM_RANDOM
     service: Any = None
     """The job type's own node-side service (``JobType.node_service``), if any."""
+    graph_seed: bytes = b""
+    """32 bytes for a SecAgg+ neighbour graph that no single party chose
+    (``cleanroom.requests.graph_seed``); empty for unsigned test runs."""
     min_inputs: int = 0
     """The fewest inputs the holder lets this contribution be aggregated with
     (0: every input of the spec)."""
@@ -95,6 +98,8 @@ class CoordinatorContext:
     signing_keys: Mapping[str, bytes]
     random: RandomSource = SYSTEM_RANDOM
     extra: Mapping[str, Any] = field(default_factory=dict)
+    graph_seed: bytes = b""
+    """The same graph seed the nodes derive (``NodeContext.graph_seed``)."""
 
     @property
     def params(self) -> Any:
