@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -177,3 +178,56 @@ def test_dropout_differencing_against_a_full_run_is_refused() -> None:
         for name in ("h1", "h2", "h4", "h5"):
             kinds = [e.kind for e in fed.agents[name].audit.entries()]
             assert kinds.count("job.release_signed") == 1, name
+
+
+def test_split_survivor_views_reveal_no_single_input() -> None:
+    """The operator tells h1 and h2 that h3 dropped (so they reveal shares of
+    h3's mask key) and h4, h5 that h3 survived (shares of its self mask). With the
+    threshold above half the parties, neither quorum forms: nothing is unmasked,
+    nothing released."""
+    from protocols.secagg.messages import UnmaskRequest, UnmaskResponse
+
+    shares = {"key": 0, "self": 0}
+    threshold: list[int] = []
+
+    def count(party: Tampering, message: Inbound) -> Inbound | None:
+        """Collect every answer (the honest server would stop at the first one
+        that does not fit), keep none: the job then ends at the deadline."""
+        if message.stage == "counts/secagg/unmask":
+            config = party.inner._server._config  # type: ignore[attr-defined]
+            threshold[:] = [config.threshold]
+            answer = UnmaskResponse.decode(message.payload, config.digest)
+            shares["key"] += sum(o == "h3" for o, _ in answer.mask_key_shares)
+            shares["self"] += sum(o == "h3" for o, _ in answer.self_mask_shares)
+            return None
+        return message
+
+    def split(party: Tampering, out: Any) -> Any:
+        if not out.stage.endswith("secagg/unmask") or out.recipient not in ("h1", "h2"):
+            return out
+        digest = out.payload[4:36]
+        request = UnmaskRequest.decode(out.payload, digest)
+        lied = UnmaskRequest(
+            tuple(p for p in request.survivors if p != "h3"),
+            tuple(sorted({*request.dropped, "h3"})),
+        )
+        return replace(out, payload=lied.encode(digest))
+
+    from cleanroom import jobtypes
+
+    with InProcessFederation(_five(), id_column="pid", policy=policy(min_inputs=4)) as fed:
+        job = jobtypes.get("secure_stats")
+        honest = job.coordinator_party
+        try:
+            job.coordinator_party = lambda ctx: Tampering(  # type: ignore[method-assign]
+                honest(ctx), say=split, hear=count
+            )
+            _failed(fed, _spec5(deadline_seconds=2))
+        finally:
+            del job.coordinator_party  # type: ignore[method-assign]
+        for agent in fed.agents.values():
+            kinds = [e.kind for e in agent.audit.entries()]
+            assert "job.release_signed" not in kinds
+    (t,) = threshold
+    assert shares["key"] == 2 and shares["self"] == 3, shares
+    assert shares["key"] < t and shares["self"] < t  # h3's input stays masked
