@@ -31,8 +31,86 @@ _DATASET_KEYS: Final = (
     "max_deadline_seconds",
     "min_inputs",
     "allow_survivor_change",
+    "max_cells",
+    "max_concurrent_jobs",
+    "max_job_memory",
+    "differencing",
+    "sandbox",
+)
+_DP_KEYS: Final = (
+    "required",
+    "epsilon_per_job",
+    "epsilon_budget",
+    "delta_budget",
+    "shared_by_organisation",
 )
 DEFAULT_MAX_DEADLINE_S: Final = 3600.0
+DEFAULT_MAX_CELLS: Final = 1000
+DEFAULT_MAX_CONCURRENT_JOBS: Final = 8
+DEFAULT_MAX_JOB_MEMORY: Final = 1 << 30
+DEFAULT_DIFFERENCING_CAPACITY: Final = 10_000
+MAX_DIFFERENCING_CAPACITY: Final = 1_000_000
+
+
+class SandboxApproval(StrEnum):
+    """What one holder approval of sandboxed code covers."""
+
+    PER_DIGEST = "per_digest"
+    PER_RUN = "per_run"
+
+
+class ReviewOutputs(StrEnum):
+    """Which sandbox outputs wait for the holder before release."""
+
+    FLAGGED = "flagged"
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True)
+class SandboxRules:
+    """How a holder's approvals and reviews of sandboxed code apply."""
+
+    approval: SandboxApproval = SandboxApproval.PER_DIGEST
+    max_runs_per_digest: int | None = None
+    """Runs of one approved digest per analyst per UTC day (None: unlimited)."""
+    review_outputs: ReviewOutputs = ReviewOutputs.FLAGGED
+    max_released_values: int | None = None
+    """The vetting information budget: numeric values one output may release
+    (None: rows / min_group_size of the dataset)."""
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any], *, where: str) -> SandboxRules:
+        m = _mapping(m, where)
+        _check_keys(
+            m,
+            ("approval", "max_runs_per_digest", "review_outputs", "max_released_values"),
+            where,
+        )
+        approval = m.get("approval", SandboxApproval.PER_DIGEST.value)
+        if approval not in {a.value for a in SandboxApproval}:
+            _fail(f"{where}.approval", "'per_digest' or 'per_run'", approval)
+        review = m.get("review_outputs", ReviewOutputs.FLAGGED.value)
+        if review not in {r.value for r in ReviewOutputs}:
+            _fail(f"{where}.review_outputs", "'flagged' or 'always'", review)
+        runs, values = m.get("max_runs_per_digest"), m.get("max_released_values")
+        return cls(
+            approval=SandboxApproval(approval),
+            max_runs_per_digest=None
+            if runs is None
+            else _integer(runs, f"{where}.max_runs_per_digest", minimum=1),
+            review_outputs=ReviewOutputs(review),
+            max_released_values=None
+            if values is None
+            else _integer(values, f"{where}.max_released_values", minimum=1),
+        )
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {
+            "approval": self.approval.value,
+            "max_runs_per_digest": self.max_runs_per_digest,
+            "review_outputs": self.review_outputs.value,
+            "max_released_values": self.max_released_values,
+        }
 
 
 class Approval(StrEnum):
@@ -101,6 +179,25 @@ class DatasetPolicy:
     allow_survivor_change: bool = False
     """Whether the same query may be released again over another set of inputs
     (refused by default: comparing the two would isolate the missing inputs)."""
+    dp_required: bool = False
+    """Every job must release under differential privacy (epsilon > 0)."""
+    epsilon_per_job: tuple[float | None, float | None] = (None, None)
+    """(min, max) epsilon one job may ask for; None: no bound."""
+    budget_shared_by_organisation: bool = True
+    """The privacy budgets hold per analyst and also per organisation (all of
+    its analysts together); False: per analyst only."""
+    max_cells: int = DEFAULT_MAX_CELLS
+    """Cells (groups, histogram bins) one job may release."""
+    max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
+    """Jobs one analyst may have approved or running here at once."""
+    max_job_memory: int = DEFAULT_MAX_JOB_MEMORY
+    """Bytes a job's node-side work may need, as its job type estimates them."""
+    differencing: bool = True
+    """Keep a record of released cells and refuse one 1..k-1 rows from an earlier
+    one (jobs without DP only)."""
+    differencing_capacity: int = DEFAULT_DIFFERENCING_CAPACITY
+    """Released cells one record (one analyst, one organisation) may hold."""
+    sandbox: SandboxRules = SandboxRules()
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any], *, where: str) -> DatasetPolicy:
@@ -123,7 +220,34 @@ class DatasetPolicy:
                 "(with 'approval: manual' every job is held)"
             )
         dp = _mapping(m.get("dp", {}), f"{where}.dp")
-        _check_keys(dp, ("epsilon_budget", "delta_budget"), f"{where}.dp")
+        _check_keys(dp, _DP_KEYS, f"{where}.dp")
+        per_job = _mapping(dp.get("epsilon_per_job", {}), f"{where}.dp.epsilon_per_job")
+        _check_keys(per_job, ("min", "max"), f"{where}.dp.epsilon_per_job")
+        bounds = (
+            _optional_number(per_job, "min", f"{where}.dp.epsilon_per_job"),
+            _optional_number(per_job, "max", f"{where}.dp.epsilon_per_job"),
+        )
+        if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+            raise ConfigError(f"{where}.dp.epsilon_per_job: 'min' must not exceed 'max'")
+        required = _flag(dp.get("required", False), f"{where}.dp.required")
+        if required and bounds[1] is None and dp.get("epsilon_budget") is None:
+            raise ConfigError(
+                f"{where}.dp.required: give epsilon_per_job.max or epsilon_budget "
+                "(required DP without any bound on epsilon protects nothing)"
+            )
+        differencing = _mapping(m.get("differencing", {}), f"{where}.differencing")
+        _check_keys(differencing, ("enabled", "capacity"), f"{where}.differencing")
+        capacity = _integer(
+            differencing.get("capacity", DEFAULT_DIFFERENCING_CAPACITY),
+            f"{where}.differencing.capacity",
+            minimum=1,
+        )
+        if capacity > MAX_DIFFERENCING_CAPACITY:
+            _fail(
+                f"{where}.differencing.capacity",
+                f"at most {MAX_DIFFERENCING_CAPACITY}",
+                capacity,
+            )
         valid = _mapping(m.get("valid", {}), f"{where}.valid")
         _check_keys(valid, ("from", "until"), f"{where}.valid")
         policy = cls(
@@ -156,6 +280,32 @@ class DatasetPolicy:
             allow_survivor_change=_flag(
                 m.get("allow_survivor_change", False), f"{where}.allow_survivor_change"
             ),
+            dp_required=required,
+            epsilon_per_job=bounds,
+            budget_shared_by_organisation=_flag(
+                dp.get("shared_by_organisation", True),
+                f"{where}.dp.shared_by_organisation",
+            ),
+            max_cells=_integer(
+                m.get("max_cells", DEFAULT_MAX_CELLS), f"{where}.max_cells", minimum=1
+            ),
+            max_concurrent_jobs=_integer(
+                m.get("max_concurrent_jobs", DEFAULT_MAX_CONCURRENT_JOBS),
+                f"{where}.max_concurrent_jobs",
+                minimum=1,
+            ),
+            max_job_memory=_integer(
+                m.get("max_job_memory", DEFAULT_MAX_JOB_MEMORY),
+                f"{where}.max_job_memory",
+                minimum=1,
+            ),
+            differencing=_flag(
+                differencing.get("enabled", True), f"{where}.differencing.enabled"
+            ),
+            differencing_capacity=capacity,
+            sandbox=SandboxRules.from_mapping(
+                m.get("sandbox", {}), where=f"{where}.sandbox"
+            ),
         )
         if (
             policy.valid_from is not None
@@ -187,8 +337,14 @@ class DatasetPolicy:
                 "analysts": sorted(self.manual_analysts),
             },
             "dp": {
+                "required": self.dp_required,
+                "epsilon_per_job": {
+                    "min": self.epsilon_per_job[0],
+                    "max": self.epsilon_per_job[1],
+                },
                 "epsilon_budget": self.epsilon_budget,
                 "delta_budget": self.delta_budget,
+                "shared_by_organisation": self.budget_shared_by_organisation,
             },
             "quotas": {
                 meter: {"per_day": limit.per_day, "total": limit.total}
@@ -201,6 +357,14 @@ class DatasetPolicy:
             "max_deadline_seconds": self.max_deadline_seconds,
             "min_inputs": self.min_inputs,
             "allow_survivor_change": self.allow_survivor_change,
+            "max_cells": self.max_cells,
+            "max_concurrent_jobs": self.max_concurrent_jobs,
+            "max_job_memory": self.max_job_memory,
+            "differencing": {
+                "enabled": self.differencing,
+                "capacity": self.differencing_capacity,
+            },
+            "sandbox": self.sandbox.to_mapping(),
         }
 
 

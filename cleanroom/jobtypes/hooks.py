@@ -90,6 +90,8 @@ class AdmissionContext:
     audit: AuditSink
     policy_outcome: str
     """The node policy's outcome so far: allow, hold or deny."""
+    max_cells: int = 1000
+    """The most cells (groups, histogram bins) the holder lets one job release."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,194 @@
+"""The node's differencing defence (``protocols.differencing``) for releases without
+DP: per dataset, one record of released cells per analyst and one per organisation,
+kept in the node's database so that they survive a restart.
+
+Every check of one dataset runs under one lock, from screening to the stored
+record, so two jobs released at once are checked as if one came after the other.
+A record is bounded by the policy's ``differencing.capacity``: when full, the job is
+refused (never evicted: evicting a cell re-opens differencing against it).
+
+The row set of a cell is the set of the dataset's identifier values (its
+``id_column``), or of row positions when it has none (then a changed file moves
+the identities, and the holder should name an id column)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from cleanroom.errors import ConfigError, PolicyRefusal
+from cleanroom.jobtypes.base import CellPartition
+from cleanroom.localdb import LocalDatabase
+from protocols.differencing import DifferencingKey, ReleaseRecord, RowIndex, admit
+from protocols.differencing.geometry import MAX_GROUP_SIZE
+from protocols.party import SYSTEM_RANDOM, RandomSource
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS differencing_keys (
+    dataset TEXT PRIMARY KEY, secret BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS differencing_records (
+    dataset TEXT NOT NULL, scope TEXT NOT NULL, record BLOB NOT NULL,
+    PRIMARY KEY (dataset, scope));
+"""
+MIN_RECORD_GROUP_SIZE: Final = 10
+"""Records are sized for group sizes up to at least this, so that a holder may
+raise ``min_group_size`` later without starting new records."""
+
+
+@dataclass(frozen=True)
+class ReleaseScope:
+    """Whose releases one check compares against: the analyst's and, when it has
+    one, the organisation's."""
+
+    analyst: str
+    organisation: str
+
+    def names(self) -> list[str]:
+        out = [f"analyst:{self.analyst}"]
+        if self.organisation:
+            out.append(f"organisation:{self.organisation}")
+        return out
+
+
+class ReleaseGuard:
+    """Differencing records of every dataset of one node."""
+
+    def __init__(
+        self,
+        db: LocalDatabase,
+        *,
+        audit: Callable[[str, dict[str, object]], None] = lambda job, data: None,
+        random: RandomSource = SYSTEM_RANDOM,
+    ) -> None:
+        self._db = db
+        self._audit = audit
+        self._random = random
+        self._lock = threading.Lock()
+        self._indexes: dict[str, tuple[str, RowIndex]] = {}
+        self._records: dict[tuple[str, str], ReleaseRecord] = {}
+        db.executescript(_SCHEMA)
+
+    def check(
+        self,
+        *,
+        job_id: str,
+        dataset: str,
+        dataset_hash: str,
+        frame: pd.DataFrame,
+        id_column: str,
+        scope: ReleaseScope,
+        min_group_size: int,
+        capacity: int,
+        partitions: Sequence[CellPartition],
+    ) -> list[bool]:
+        """Which cells may be released; records the allowed ones, all or nothing.
+        QuotaExceeded when a record is full."""
+        with self._lock:
+            key = self._key(dataset)
+            index = self._index(dataset, dataset_hash, frame, id_column, key)
+            sketches = [
+                sketch
+                for labels, count in partitions
+                for sketch in index.cells(np.asarray(labels, dtype=np.int64), count)
+            ]
+            records = [
+                self._record(dataset, name, key, min_group_size, capacity)
+                for name in scope.names()
+            ]
+            before = [len(r) for r in records]
+            try:
+                allowed = admit(sketches, records, min_group_size=min_group_size)
+                with self._db.transaction() as db:
+                    for record, size in zip(records, before, strict=True):
+                        if len(record) != size:
+                            db.execute(
+                                "INSERT INTO differencing_records (dataset, scope, "
+                                "record) VALUES (?, ?, ?) ON CONFLICT (dataset, scope) "
+                                "DO UPDATE SET record = excluded.record",
+                                (dataset, record.scope, record.to_bytes()),
+                            )
+            except BaseException:
+                for record in records:  # reload from the database next time
+                    self._records.pop((dataset, record.scope), None)
+                raise
+        refused = allowed.count(False)
+        if refused:
+            self._audit(
+                job_id,
+                {"dataset": dataset, "cells": len(allowed), "refused": refused},
+            )
+        return allowed
+
+    def _key(self, dataset: str) -> DifferencingKey:
+        with self._db.transaction() as db:
+            row = db.execute(
+                "SELECT secret FROM differencing_keys WHERE dataset = ?", (dataset,)
+            ).fetchone()
+            if row is not None:
+                return DifferencingKey(bytes(row[0]))
+            key = DifferencingKey.generate(self._random)
+            db.execute(
+                "INSERT INTO differencing_keys (dataset, secret) VALUES (?, ?)",
+                (dataset, key.secret),
+            )
+            return key
+
+    def _index(
+        self,
+        dataset: str,
+        dataset_hash: str,
+        frame: pd.DataFrame,
+        id_column: str,
+        key: DifferencingKey,
+    ) -> RowIndex:
+        cached = self._indexes.get(dataset)
+        if cached is not None and cached[0] == dataset_hash:
+            return cached[1]
+        if id_column:
+            if id_column not in frame.columns:
+                raise ConfigError(f"dataset {dataset!r} has no column {id_column!r}")
+            ids = frame[id_column].to_numpy()
+        else:
+            ids = np.arange(len(frame), dtype=np.int64)
+        index = RowIndex.build(ids, key)
+        self._indexes[dataset] = (dataset_hash, index)
+        return index
+
+    def _record(
+        self,
+        dataset: str,
+        scope: str,
+        key: DifferencingKey,
+        min_group_size: int,
+        capacity: int,
+    ) -> ReleaseRecord:
+        cached = self._records.get((dataset, scope))
+        if cached is None:
+            with self._db.read() as db:
+                row = db.execute(
+                    "SELECT record FROM differencing_records "
+                    "WHERE dataset = ? AND scope = ?",
+                    (dataset, scope),
+                ).fetchone()
+            if row is not None:
+                cached = ReleaseRecord.from_bytes(bytes(row[0]), key, scope)
+            else:
+                size = min(MAX_GROUP_SIZE, max(min_group_size, MIN_RECORD_GROUP_SIZE))
+                cached = ReleaseRecord(
+                    key, scope, group_size=size, capacity=capacity
+                )
+            self._records[dataset, scope] = cached
+        if min_group_size > cached.group_size:
+            raise PolicyRefusal(
+                [
+                    f"the differencing record of dataset {dataset!r} was sized for "
+                    f"groups up to {cached.group_size}; the holder must reset it to "
+                    f"use min_group_size {min_group_size}"
+                ]
+            )
+        return cached
