@@ -82,7 +82,7 @@ from cleanroom.jobtypes.base import (
 from cleanroom.jobtypes.hooks import Admission, AdmissionContext, Verdict
 from cleanroom.jobtypes.stats.layout import build_layout
 from cleanroom.jobtypes.stats.limits import check_cells
-from cleanroom.jobtypes.stats.params import StatsParams, parse_params
+from cleanroom.jobtypes.stats.params import ANY_CELLS, StatsParams, parse_params
 from cleanroom.jobtypes.stats.parties import StatsAnalyst, StatsCoordinator, StatsNode
 from protocols.party import AnalystParty, CoordinatorParty, NodeParty
 from protocols.secagg.config import MIN_PARTIES
@@ -104,7 +104,9 @@ class SecureStatsJob(JobType[StatsParams]):
         super().validate(spec, catalog)
 
     def parse_params(self, spec: JobSpec) -> StatsParams:
-        params = parse_params(spec.params, parties=len(spec.inputs), schemas=())
+        params = parse_params(
+            spec.params, parties=len(spec.inputs), schemas=(), max_cells=ANY_CELLS
+        )
         build_layout(params)  # refuses a layout too large or that could overflow
         return params
 
@@ -115,7 +117,10 @@ class SecureStatsJob(JobType[StatsParams]):
         catalog: Mapping[JobInput, DatasetInfo],
     ) -> None:
         parse_params(
-            spec.params, parties=len(spec.inputs), schemas=list(catalog.values())
+            spec.params,
+            parties=len(spec.inputs),
+            schemas=list(catalog.values()),
+            max_cells=ANY_CELLS,
         )
 
     def columns_used(self, spec: JobSpec) -> frozenset[str]:

@@ -73,6 +73,9 @@ MAX_GROUPS: Final = 1000
 MAX_BINS: Final = 10_000
 DEFAULT_MAX_CELLS: Final = 1000
 """Cells (groups x (1 + bins)) a job may release when the node's policy says nothing."""
+ANY_CELLS: Final = MAX_GROUPS * (1 + MAX_COLUMNS * MAX_BINS)
+"""No cap on cells beyond the parser's own: what the spec is checked with before a
+node applies its holder's ``max_cells`` (``SecureStatsJob.admit``)."""
 
 OutOfRange = Literal["clip"]
 
