@@ -58,6 +58,9 @@ class Policies:
     def min_group_size(self, dataset: str) -> int:
         return self._policy.for_dataset(dataset).min_group_size
 
+    def sandbox_rules(self, dataset: str) -> Mapping[str, Any]:
+        return self._policy.for_dataset(dataset).sandbox.to_mapping()
+
 
 def build_services(
     config: NodeConfig,

@@ -44,6 +44,10 @@ class PolicyAccess(Protocol):
 
     def min_group_size(self, dataset: str) -> int: ...
 
+    def sandbox_rules(self, dataset: str) -> Mapping[str, Any]:
+        """The dataset policy's ``sandbox`` rules, every default spelled out."""
+        ...
+
 
 @dataclass(frozen=True)
 class NodeEnvironment:
