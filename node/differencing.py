@@ -19,12 +19,19 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from cleanroom.errors import ConfigError, PolicyRefusal
 from cleanroom.jobtypes.base import CellPartition
 from cleanroom.localdb import LocalDatabase
-from protocols.differencing import DifferencingKey, ReleaseRecord, RowIndex, admit
+from protocols.differencing import (
+    CellSketch,
+    DifferencingKey,
+    ReleaseRecord,
+    RowIndex,
+    admit,
+)
 from protocols.differencing.geometry import MAX_GROUP_SIZE
 from protocols.party import SYSTEM_RANDOM, RandomSource
 
@@ -55,6 +62,21 @@ class ReleaseScope:
         return out
 
 
+@dataclass(frozen=True)
+class _Index:
+    """A dataset version's row index, in file order and arranged by bucket."""
+
+    dataset_hash: str
+    rows: RowIndex
+    arranged: RowIndex
+    order: npt.NDArray[np.intp]
+
+    def sketch(self, labels: npt.NDArray[np.int64], count: int) -> list[CellSketch]:
+        if count == 1:  # one cell (a count): the packed fast path on its mask
+            return [self.arranged.cell((labels == 0)[self.order])]
+        return self.rows.cells(labels, count)
+
+
 class ReleaseGuard:
     """Differencing records of every dataset of one node."""
 
@@ -69,8 +91,9 @@ class ReleaseGuard:
         self._audit = audit
         self._random = random
         self._lock = threading.Lock()
-        self._indexes: dict[str, tuple[str, RowIndex]] = {}
+        self._indexes: dict[str, _Index] = {}
         self._records: dict[tuple[str, str], ReleaseRecord] = {}
+        self._keys: dict[str, DifferencingKey] = {}
         db.executescript(_SCHEMA)
 
     def check(
@@ -94,7 +117,7 @@ class ReleaseGuard:
             sketches = [
                 sketch
                 for labels, count in partitions
-                for sketch in index.cells(np.asarray(labels, dtype=np.int64), count)
+                for sketch in index.sketch(np.asarray(labels, dtype=np.int64), count)
             ]
             records = [
                 self._record(dataset, name, key, min_group_size, capacity)
@@ -125,18 +148,23 @@ class ReleaseGuard:
         return allowed
 
     def _key(self, dataset: str) -> DifferencingKey:
+        cached = self._keys.get(dataset)
+        if cached is not None:
+            return cached
         with self._db.transaction() as db:
             row = db.execute(
                 "SELECT secret FROM differencing_keys WHERE dataset = ?", (dataset,)
             ).fetchone()
             if row is not None:
-                return DifferencingKey(bytes(row[0]))
-            key = DifferencingKey.generate(self._random)
-            db.execute(
-                "INSERT INTO differencing_keys (dataset, secret) VALUES (?, ?)",
-                (dataset, key.secret),
-            )
-            return key
+                key = DifferencingKey(bytes(row[0]))
+            else:
+                key = DifferencingKey.generate(self._random)
+                db.execute(
+                    "INSERT INTO differencing_keys (dataset, secret) VALUES (?, ?)",
+                    (dataset, key.secret),
+                )
+        self._keys[dataset] = key
+        return key
 
     def _index(
         self,
@@ -145,18 +173,20 @@ class ReleaseGuard:
         frame: pd.DataFrame,
         id_column: str,
         key: DifferencingKey,
-    ) -> RowIndex:
+    ) -> _Index:
         cached = self._indexes.get(dataset)
-        if cached is not None and cached[0] == dataset_hash:
-            return cached[1]
+        if cached is not None and cached.dataset_hash == dataset_hash:
+            return cached
         if id_column:
             if id_column not in frame.columns:
                 raise ConfigError(f"dataset {dataset!r} has no column {id_column!r}")
             ids = frame[id_column].to_numpy()
         else:
             ids = np.arange(len(frame), dtype=np.int64)
-        index = RowIndex.build(ids, key)
-        self._indexes[dataset] = (dataset_hash, index)
+        built = RowIndex.build(ids, key)
+        order = built.order()
+        index = _Index(dataset_hash, built, built.take(order), order)
+        self._indexes[dataset] = index
         return index
 
     def _record(
