@@ -39,8 +39,11 @@ _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS differencing_keys (
     dataset TEXT PRIMARY KEY, secret BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS differencing_records (
-    dataset TEXT NOT NULL, scope TEXT NOT NULL, record BLOB NOT NULL,
-    PRIMARY KEY (dataset, scope));
+    dataset TEXT NOT NULL, scope TEXT NOT NULL, group_size INTEGER NOT NULL,
+    capacity INTEGER NOT NULL, PRIMARY KEY (dataset, scope));
+CREATE TABLE IF NOT EXISTS differencing_cells (
+    dataset TEXT NOT NULL, scope TEXT NOT NULL, seq INTEGER NOT NULL,
+    cell BLOB NOT NULL, PRIMARY KEY (dataset, scope, seq));
 """
 MIN_RECORD_GROUP_SIZE: Final = 10
 """Records are sized for group sizes up to at least this, so that a holder may
@@ -128,13 +131,20 @@ class ReleaseGuard:
                 allowed = admit(sketches, records, min_group_size=min_group_size)
                 with self._db.transaction() as db:
                     for record, size in zip(records, before, strict=True):
-                        if len(record) != size:
-                            db.execute(
-                                "INSERT INTO differencing_records (dataset, scope, "
-                                "record) VALUES (?, ?, ?) ON CONFLICT (dataset, scope) "
-                                "DO UPDATE SET record = excluded.record",
-                                (dataset, record.scope, record.to_bytes()),
-                            )
+                        # Only the cells this check added: a release costs its
+                        # own cells' bytes, however long the record is.
+                        db.execute(
+                            "INSERT OR IGNORE INTO differencing_records VALUES "
+                            "(?, ?, ?, ?)",
+                            (dataset, record.scope, record.group_size, record.capacity),
+                        )
+                        db.executemany(
+                            "INSERT INTO differencing_cells VALUES (?, ?, ?, ?)",
+                            [
+                                (dataset, record.scope, size + i, blob)
+                                for i, blob in enumerate(record.cell_bytes(size))
+                            ],
+                        )
             except BaseException:
                 for record in records:  # reload from the database next time
                     self._records.pop((dataset, record.scope), None)
@@ -201,17 +211,25 @@ class ReleaseGuard:
         if cached is None:
             with self._db.read() as db:
                 row = db.execute(
-                    "SELECT record FROM differencing_records "
+                    "SELECT group_size, capacity FROM differencing_records "
                     "WHERE dataset = ? AND scope = ?",
                     (dataset, scope),
                 ).fetchone()
-            if row is not None:
-                cached = ReleaseRecord.from_bytes(bytes(row[0]), key, scope)
-            else:
+                blobs = [
+                    bytes(cell)
+                    for (cell,) in db.execute(
+                        "SELECT cell FROM differencing_cells WHERE dataset = ? "
+                        "AND scope = ? ORDER BY seq",
+                        (dataset, scope),
+                    )
+                ]
+            if row is None:
                 size = min(MAX_GROUP_SIZE, max(min_group_size, MIN_RECORD_GROUP_SIZE))
-                cached = ReleaseRecord(
-                    key, scope, group_size=size, capacity=capacity
-                )
+                row = (size, capacity)
+            cached = ReleaseRecord(
+                key, scope, group_size=int(row[0]), capacity=int(row[1])
+            )
+            cached.append_cell_bytes(blobs)
             self._records[dataset, scope] = cached
         if min_group_size > cached.group_size:
             raise PolicyRefusal(
