@@ -87,7 +87,7 @@ class ReleaseGuard:
         self,
         db: LocalDatabase,
         *,
-        audit: Callable[[str, dict[str, object]], None] = lambda job, data: None,
+        audit: Callable[[str, dict[str, object]], object] = lambda job, data: None,
         random: RandomSource = SYSTEM_RANDOM,
     ) -> None:
         self._db = db

@@ -10,6 +10,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, NoReturn
 
+from cleanroom import jobtypes
 from cleanroom.errors import ConfigError
 
 ANY: Final = "*"
@@ -35,7 +36,6 @@ _DATASET_KEYS: Final = (
     "max_concurrent_jobs",
     "max_job_memory",
     "differencing",
-    "sandbox",
 )
 _DP_KEYS: Final = (
     "required",
@@ -50,67 +50,6 @@ DEFAULT_MAX_CONCURRENT_JOBS: Final = 8
 DEFAULT_MAX_JOB_MEMORY: Final = 1 << 30
 DEFAULT_DIFFERENCING_CAPACITY: Final = 10_000
 MAX_DIFFERENCING_CAPACITY: Final = 1_000_000
-
-
-class SandboxApproval(StrEnum):
-    """What one holder approval of sandboxed code covers."""
-
-    PER_DIGEST = "per_digest"
-    PER_RUN = "per_run"
-
-
-class ReviewOutputs(StrEnum):
-    """Which sandbox outputs wait for the holder before release."""
-
-    FLAGGED = "flagged"
-    ALWAYS = "always"
-
-
-@dataclass(frozen=True)
-class SandboxRules:
-    """How a holder's approvals and reviews of sandboxed code apply."""
-
-    approval: SandboxApproval = SandboxApproval.PER_DIGEST
-    max_runs_per_digest: int | None = None
-    """Runs of one approved digest per analyst per UTC day (None: unlimited)."""
-    review_outputs: ReviewOutputs = ReviewOutputs.FLAGGED
-    max_released_values: int | None = None
-    """The vetting information budget: numeric values one output may release
-    (None: rows / min_group_size of the dataset)."""
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any], *, where: str) -> SandboxRules:
-        m = _mapping(m, where)
-        _check_keys(
-            m,
-            ("approval", "max_runs_per_digest", "review_outputs", "max_released_values"),
-            where,
-        )
-        approval = m.get("approval", SandboxApproval.PER_DIGEST.value)
-        if approval not in {a.value for a in SandboxApproval}:
-            _fail(f"{where}.approval", "'per_digest' or 'per_run'", approval)
-        review = m.get("review_outputs", ReviewOutputs.FLAGGED.value)
-        if review not in {r.value for r in ReviewOutputs}:
-            _fail(f"{where}.review_outputs", "'flagged' or 'always'", review)
-        runs, values = m.get("max_runs_per_digest"), m.get("max_released_values")
-        return cls(
-            approval=SandboxApproval(approval),
-            max_runs_per_digest=None
-            if runs is None
-            else _integer(runs, f"{where}.max_runs_per_digest", minimum=1),
-            review_outputs=ReviewOutputs(review),
-            max_released_values=None
-            if values is None
-            else _integer(values, f"{where}.max_released_values", minimum=1),
-        )
-
-    def to_mapping(self) -> dict[str, Any]:
-        return {
-            "approval": self.approval.value,
-            "max_runs_per_digest": self.max_runs_per_digest,
-            "review_outputs": self.review_outputs.value,
-            "max_released_values": self.max_released_values,
-        }
 
 
 class Approval(StrEnum):
@@ -197,13 +136,24 @@ class DatasetPolicy:
     one (jobs without DP only)."""
     differencing_capacity: int = DEFAULT_DIFFERENCING_CAPACITY
     """Released cells one record (one analyst, one organisation) may hold."""
-    sandbox: SandboxRules = SandboxRules()
+    job_type_rules: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    """Sections named after a job type (a key that is a job type's name), as it
+    parsed them (``JobType.policy_rules``)."""
+
+    def rules_for(self, job_type: str) -> Mapping[str, Any]:
+        """A job type's own rules for this dataset, every default spelled out."""
+        if job_type in self.job_type_rules:
+            return self.job_type_rules[job_type]
+        return jobtypes.get(job_type).policy_rules({}, where=job_type)
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any], *, where: str) -> DatasetPolicy:
         """Validate ``m``; every error names its path below ``where``."""
         m = _mapping(m, where)
-        _check_keys(m, _DATASET_KEYS, where)
+        owned = [k for k in m if k not in _DATASET_KEYS and k in jobtypes.names()]
+        _check_keys(m, (*_DATASET_KEYS, *owned), where)
         columns = _mapping(m.get("columns", {}), f"{where}.columns")
         _check_keys(columns, ("allow", "forbid"), f"{where}.columns")
         forbid = columns.get("forbid", [])
@@ -228,7 +178,9 @@ class DatasetPolicy:
             _optional_number(per_job, "max", f"{where}.dp.epsilon_per_job"),
         )
         if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
-            raise ConfigError(f"{where}.dp.epsilon_per_job: 'min' must not exceed 'max'")
+            raise ConfigError(
+                f"{where}.dp.epsilon_per_job: 'min' must not exceed 'max'"
+            )
         required = _flag(dp.get("required", False), f"{where}.dp.required")
         if required and bounds[1] is None and dp.get("epsilon_budget") is None:
             raise ConfigError(
@@ -303,8 +255,18 @@ class DatasetPolicy:
                 differencing.get("enabled", True), f"{where}.differencing.enabled"
             ),
             differencing_capacity=capacity,
-            sandbox=SandboxRules.from_mapping(
-                m.get("sandbox", {}), where=f"{where}.sandbox"
+            job_type_rules=MappingProxyType(
+                {
+                    name: MappingProxyType(
+                        dict(
+                            jobtypes.get(name).policy_rules(
+                                _mapping(m[name], f"{where}.{name}"),
+                                where=f"{where}.{name}",
+                            )
+                        )
+                    )
+                    for name in sorted(owned)
+                }
             ),
         )
         if (
@@ -364,7 +326,7 @@ class DatasetPolicy:
                 "enabled": self.differencing,
                 "capacity": self.differencing_capacity,
             },
-            "sandbox": self.sandbox.to_mapping(),
+            **{name: dict(r) for name, r in sorted(self.job_type_rules.items())},
         }
 
 

@@ -31,12 +31,11 @@ columns and rules but never the matching raw values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -139,11 +138,11 @@ MAX_SIGNIFICANT_DIGITS = 12
 
 def _numbers(values: list[object]) -> list[float]:
     return [
-        float(v)  # type: ignore[arg-type]
+        float(v)
         for v in values
         if isinstance(v, int | float | np.integer | np.floating)
         and not isinstance(v, bool | np.bool_)
-        and math.isfinite(float(v))  # type: ignore[arg-type]
+        and math.isfinite(float(v))
     ]
 
 

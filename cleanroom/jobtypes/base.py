@@ -302,6 +302,16 @@ class JobType(ABC, Generic[P]):
         """The analyst's state machine, when ``has_analyst_party``."""
         raise ProtocolError(f"'{self.name}' has no analyst party")
 
+    def policy_rules(
+        self, rules: Mapping[str, Any], *, where: str
+    ) -> Mapping[str, Any]:
+        """A dataset policy's section named after this job type, checked, with
+        every default spelled out (ConfigError naming the path below ``where``).
+        The default: this job type takes no rules of its own."""
+        if rules:
+            raise ConfigError(f"{where}: job type '{self.name}' takes no policy rules")
+        return {}
+
     # ------------------------------------------------------- node-side hooks --
     def node_service(self, env: NodeEnvironment) -> Any:
         """The job type's own long-lived service on a node (None if it needs none);

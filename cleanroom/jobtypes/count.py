@@ -93,9 +93,10 @@ class CountNode(NodeParty):
             count = noisy.value
             noise = {"noise_std": noisy.std}
         else:
-            released = count >= ctx.min_group_size and ctx.cells_guard(
-                [(np.where(mask, 0, -1).astype(np.int64), 1)]
-            )[0]
+            released = (
+                count >= ctx.min_group_size
+                and ctx.cells_guard([(np.where(mask, 0, -1).astype(np.int64), 1)])[0]
+            )
         statement: dict[str, Any] = {
             "job_id": ctx.job_id,
             "spec_hash": ctx.spec.spec_hash,
@@ -290,7 +291,8 @@ def _privacy(raw: Any) -> dp.PrivacyCost | None:
             or not 0 < value < high
         ):
             raise SpecError(
-                f"params.dp.{name}", f"expected a number in (0, {high:g}), got {value!r}"
+                f"params.dp.{name}",
+                f"expected a number in (0, {high:g}), got {value!r}",
             )
         values.append(float(value))
     return dp.PrivacyCost(values[0], values[1])

@@ -44,8 +44,9 @@ class PolicyAccess(Protocol):
 
     def min_group_size(self, dataset: str) -> int: ...
 
-    def sandbox_rules(self, dataset: str) -> Mapping[str, Any]:
-        """The dataset policy's ``sandbox`` rules, every default spelled out."""
+    def job_type_rules(self, dataset: str, job_type: str) -> Mapping[str, Any]:
+        """The dataset policy's section named after ``job_type``, as that job
+        type parsed it (``JobType.policy_rules``), every default spelled out."""
         ...
 
 

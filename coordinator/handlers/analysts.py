@@ -18,7 +18,6 @@ from coordinator.mailbox import analyst_mailbox
 from coordinator.state import CoordinatorState
 from protocols.party import ANALYST
 
-
 _UNFINISHED: Final = (
     JobState.SUBMITTED,
     JobState.AWAITING_APPROVAL,
@@ -82,9 +81,7 @@ def submit(
             state.store.create_job(job)
         except errors.StoreError:
             state.store.get_job(job_id)  # NotFound: the store failed, say so
-            raise errors.AuthError(
-                "this signed request was submitted before"
-            ) from None
+            raise errors.AuthError("this signed request was submitted before") from None
     state.record(
         job.job_id,
         "job.submitted",

@@ -31,9 +31,7 @@ def target_frames() -> dict[str, pd.DataFrame]:
 
 
 def federation(**rules: Any) -> InProcessFederation:
-    return InProcessFederation(
-        target_frames(), policy=policy(**rules), id_column="pid"
-    )
+    return InProcessFederation(target_frames(), policy=policy(**rules), id_column="pid")
 
 
 @pytest.fixture
@@ -105,9 +103,7 @@ def test_concurrent_differencing_pairs_are_checked_like_sequential_ones(
     views = [fed.client.submit(count_spec(w)) for w in (EVERYONE, ALL_BUT_TARGET)]
     done = [fed.client.wait(v.job.job_id, timeout=30, poll=0.01) for v in views]
     assert all(v.job.state == JobState.SUCCEEDED for v in done)
-    h1 = [
-        counts(fed.client.result(v.job.job_id)["result"])["h1"] for v in done
-    ]
+    h1 = [counts(fed.client.result(v.job.job_id)["result"])["h1"] for v in done]
     assert sorted(h1, key=lambda v: v is None) in ([40, None], [39, None])
 
 
@@ -158,9 +154,7 @@ def test_a_dp_required_dataset_refuses_exact_and_out_of_bounds_jobs() -> None:
     with federation(**DP_RULES) as fed:
         reason = refused(fed, count_spec(EVERYONE))
         assert "releases only differentially private results" in reason
-        reason = refused(
-            fed, count_spec(EVERYONE, dp={"epsilon": 5.0, "delta": 1e-6})
-        )
+        reason = refused(fed, count_spec(EVERYONE, dp={"epsilon": 5.0, "delta": 1e-6}))
         assert "outside this dataset's per-job bounds [0.1, 1]" in reason
         reason = refused(fed, spec("secure_stats", {**STATS, "max_rows": 1000}))
         assert "differentially private" in reason
@@ -172,9 +166,7 @@ def test_a_dp_required_dataset_refuses_exact_and_out_of_bounds_jobs() -> None:
         )
         result(fed, count_spec(EVERYONE, dp={"epsilon": 0.5, "delta": 1e-6}))
         # the budget is spent: the next DP job is refused, and exact ones still are
-        reason = refused(
-            fed, count_spec(EVERYONE, dp={"epsilon": 0.5, "delta": 1e-6})
-        )
+        reason = refused(fed, count_spec(EVERYONE, dp={"epsilon": 0.5, "delta": 1e-6}))
         assert "privacy budget 'epsilon'" in reason
 
 
@@ -188,9 +180,7 @@ def test_switching_dp_on_keeps_the_budget_spent_before() -> None:
             fed.start_node(name, target_frames()[name])
         fed.wait_connected()
         assert "differentially private" in refused(fed, count_spec(EVERYONE))
-        reason = refused(
-            fed, count_spec(EVERYONE, dp={"epsilon": 0.6, "delta": 1e-6})
-        )
+        reason = refused(fed, count_spec(EVERYONE, dp={"epsilon": 0.6, "delta": 1e-6}))
         assert "0.6 used or reserved" in reason
 
 
@@ -262,7 +252,9 @@ def test_the_coordinator_caps_an_analysts_unfinished_jobs() -> None:
     with federation(approval="manual") as fed:
         fed.state.max_jobs_per_analyst = 2
         for bound in (10, 20):
-            fed.client.submit(count_spec([{"column": "age", "op": "<", "value": bound}]))
+            fed.client.submit(
+                count_spec([{"column": "age", "op": "<", "value": bound}])
+            )
         with pytest.raises(QuotaExceeded, match="at most 2 per analyst"):
             fed.client.submit(count_spec(EVERYONE))
 

@@ -136,7 +136,9 @@ def test_a_failed_run_tells_the_analyst_only_that_it_failed(
         assert str(failed.value) == FAILED
         assert str(patients().age[7]) not in str(failed.value)
         (entry,) = [
-            e for e in service._audit.entries_for_job("j1") if e.kind == "sandbox.failed"
+            e
+            for e in service._audit.entries_for_job("j1")
+            if e.kind == "sandbox.failed"
         ]
         assert "exited with code" in str(entry.data["reason"])  # the holder sees it
 

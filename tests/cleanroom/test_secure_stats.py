@@ -20,15 +20,15 @@ from cleanroom import jobtypes
 from cleanroom.catalog import ColumnInfo, DatasetInfo
 from cleanroom.errors import ProtocolAbort, ProtocolError, SpecError
 from cleanroom.jobspec import parse_spec
+from cleanroom.jobtypes.simulate import drive
+from cleanroom.jobtypes.stats.cells import POLICY
 from cleanroom.jobtypes.stats.encode import add_noise, contribution
 from cleanroom.jobtypes.stats.layout import build_layout
 from cleanroom.jobtypes.stats.params import parse_params
-from cleanroom.jobtypes.stats.cells import POLICY
 from cleanroom.jobtypes.stats.release import histogram_quantile
 from cleanroom.keys import canonical_json
 from protocols.party import Inbound
 from protocols.secagg import SHARE_KEYS, STAGES, UNMASK
-from cleanroom.jobtypes.simulate import drive
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
 SIZES = (120, 200, 80, 150, 60)

@@ -450,9 +450,16 @@ def test_new_keys_have_documented_defaults() -> None:
     assert (policy.max_cells, policy.max_concurrent_jobs) == (1000, 8)
     assert policy.max_job_memory == 1 << 30
     assert (policy.differencing, policy.differencing_capacity) == (True, 10_000)
-    assert policy.sandbox.approval.value == "per_digest"
-    assert policy.sandbox.review_outputs.value == "flagged"
-    assert policy.sandbox.max_runs_per_digest is None
+    assert policy.rules_for("sandbox") == {
+        "approval": "per_digest",
+        "max_runs_per_digest": None,
+        "review_outputs": "flagged",
+        "max_released_values": None,
+    }
+    given = rules(sandbox={"approval": "per_run", "max_runs_per_digest": 3})
+    parsed = PolicySet.from_mapping({"patients": given}).for_dataset("patients")
+    assert parsed.rules_for("sandbox")["approval"] == "per_run"
+    assert parsed.rules_for("count") == {}
 
 
 def test_required_dp_refuses_exact_jobs_and_epsilon_outside_the_bounds() -> None:
@@ -492,6 +499,8 @@ def test_required_dp_refuses_exact_jobs_and_epsilon_outside_the_bounds() -> None
         ({"sandbox": {"approval": "once"}}, "patients.sandbox.approval"),
         ({"sandbox": {"review_outputs": "never"}}, "sandbox.review_outputs"),
         ({"sandbox": {"max_runs_per_digest": 0}}, "sandbox.max_runs_per_digest"),
+        ({"sandbox": {"reviews": 1}}, "patients.sandbox.reviews"),
+        ({"count": {"x": 1}}, "patients.count: job type 'count' takes no"),
     ],
 )
 def test_new_keys_are_checked_with_their_path(

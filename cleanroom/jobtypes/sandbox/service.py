@@ -31,7 +31,7 @@ from cleanroom.jobtypes.hooks import (
     Verdict,
 )
 from cleanroom.jobtypes.sandbox.book import OutputStatus, SandboxBook
-from cleanroom.jobtypes.sandbox.params import SandboxParams
+from cleanroom.jobtypes.sandbox.params import NAME, SandboxParams
 from cleanroom.jobtypes.sandbox.parties import HOLDER_DECIDED, SandboxOutcome
 from protocols.party import LocalEvent
 from sandbox import (
@@ -57,7 +57,9 @@ FALLBACK_IMAGE: Final = "host python (unshare fallback, no image)"
 _STDERR_NOTE: Final = "; last lines of stderr:"
 FAILED: Final = "the sandboxed code failed (the holder's audit log has the details)"
 """All the analyst learns of a failed run: never an exit code, signal or timeout."""
-REVIEW_ALWAYS: Final = "the holder reviews every output (sandbox.review_outputs: always)"
+REVIEW_ALWAYS: Final = (
+    "the holder reviews every output (sandbox.review_outputs: always)"
+)
 _LIMIT_KEYS: Final = ("memory_mb", "cpus", "pids", "tmp_mb", "output_mb")
 _KEYS: Final = frozenset(
     {
@@ -222,7 +224,7 @@ class SandboxService:
         if params.columns is None and not self._policy.permitted_columns(dataset):
             denials.append(f"the policy permits no column of dataset '{dataset}'")
         digest = params.digest
-        rules = self._policy.sandbox_rules(dataset)
+        rules = self._rules(dataset)
         limit = rules.get("max_runs_per_digest")
         if limit is not None and (
             self.book.runs_today(dataset, digest, ctx.analyst) >= limit
@@ -295,7 +297,9 @@ class SandboxService:
                     ctx.dataset,
                     digest,
                     ctx.analyst,
-                    self._policy.sandbox_rules(ctx.dataset).get("max_runs_per_digest"),
+                    self._policy.job_type_rules(ctx.dataset, NAME).get(
+                        "max_runs_per_digest"
+                    ),
                 )
             except ConfigError as exc:
                 raise SandboxError(str(exc)) from None
@@ -368,7 +372,9 @@ class SandboxService:
         cpu_s: float,
         out: Path,
     ) -> SandboxOutcome:
-        budget = self._policy.sandbox_rules(ctx.dataset).get("max_released_values")
+        budget = self._policy.job_type_rules(ctx.dataset, NAME).get(
+            "max_released_values"
+        )
         rules = self.settings.rules(
             min_cell_count=ctx.min_group_size,
             columns=ctx.data.columns,
@@ -409,10 +415,12 @@ class SandboxService:
         )
         return SandboxOutcome("held", outputs, reasons, digest, image, runner, cpu_s)
 
+    def _rules(self, dataset: str) -> Mapping[str, Any]:
+        """The dataset policy's ``sandbox`` section (``rules.parse_rules``)."""
+        return self._policy.job_type_rules(dataset, NAME)
+
     def _review_always(self, dataset: str) -> bool:
-        return bool(
-            self._policy.sandbox_rules(dataset).get("review_outputs") == "always"
-        )
+        return bool(self._rules(dataset).get("review_outputs") == "always")
 
     def _frame(self, ctx: NodeContext, params: SandboxParams) -> pd.DataFrame:
         """The dataset as the code sees it: the asked-for columns, else every
