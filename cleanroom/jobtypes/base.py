@@ -266,10 +266,10 @@ class JobType(ABC, Generic[P]):
 
     def estimate_memory(self, spec: JobSpec, rows: int) -> int:
         """Bytes the job's node-side work needs on a dataset of ``rows`` rows, from
-        the spec alone (the node refuses a job beyond its ``max_job_memory``).
-        The default: the columns it reads as float64, twice, plus 16 MiB."""
-        columns = len(self.columns_used(spec)) + 1
-        return 16 * 2**20 + 2 * 8 * rows * columns
+        the spec alone (the node refuses a job beyond its ``max_job_memory``),
+        beyond the dataset the node holds loaded anyway. The default: a row mask
+        and one float64 column per column read, plus 16 MiB."""
+        return 16 * 2**20 + rows * (1 + 8 * len(self.columns_used(spec)))
 
     def estimate_units(self, spec: JobSpec, rows: int) -> Mapping[str, float]:
         """The declared units the job will consume on a dataset of ``rows`` rows."""
