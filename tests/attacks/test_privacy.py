@@ -270,3 +270,13 @@ def test_duplicate_and_deep_yaml_is_refused_with_a_path(
     deep = text[:-1] + ', "description": ' + "[" * 3000 + "]" * 3000 + "}"
     with pytest.raises(SpecError, match="nested deeper"):
         fed.client.submit(deep)
+
+
+def test_ten_thousand_bins_over_a_small_cell_are_refused_by_the_holders_cap(
+    fed: InProcessFederation,
+) -> None:
+    """The issue's attack: a histogram of 10,000 bins gave every income in a cell."""
+    where = [{"column": "age", "op": "<", "value": 25}]
+    params = {**STATS, "stats": ["histogram"], "bins": {"income": 10_000}}
+    reason = refused(fed, spec("secure_stats", {**params, "where": where}))
+    assert "10001 cells" in reason and "allows at most 1000" in reason

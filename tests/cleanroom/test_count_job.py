@@ -1,6 +1,7 @@
 """The count job's parties, run in one process: suppression, signatures, checks."""
 
 import json
+import random
 
 import numpy as np
 import pandas as pd
@@ -190,8 +191,6 @@ purpose: test
 def test_dp_counts_carry_exactly_the_noise_they_report() -> None:
     """Repeated runs at a fixed epsilon: the released counts scatter around the
     true count with the std each report states; the usage charges epsilon."""
-    import random
-
     spec = parse_spec(DP_SPEC)
     job = jobtypes.get("count")
     assert job.epsilon(spec) == (0.5, 1e-6)
