@@ -74,6 +74,7 @@ def sample_data(directory: Path) -> dict[str, Path]:
 def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> bool:
     """Run every step; True if every federated result matched its reference."""
     import cleanroom.demo.steps  # noqa: F401 - registers the built-in steps
+    from cleanroom.demo import privacy
 
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="cleanroom-demo-") as tmp:
@@ -109,6 +110,7 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
             ) as client:
                 for step in _STEPS:
                     all_ok &= _run_step(step, client, datasets, frames, console)
+            all_ok &= privacy.show(frames, console)
             all_ok &= _governance(root / "federation", console)
         finally:
             _CURRENT.clear()
