@@ -30,6 +30,7 @@ from cleanroom.jobtypes.vertical.alignment import Alignment
 from cleanroom.jobtypes.vertical.params import TrainParams
 from cleanroom.jobtypes.vertical.service import VerticalService
 from protocols.paillier import (
+    DEFAULT_BITS,
     Encryptor,
     KeyPair,
     PublicKey,
@@ -403,14 +404,13 @@ class HostTrainer(_Node):
     def _on_key(self, header: dict[str, Any], body: bytes) -> list[Outbound]:
         if self._key is not None:
             raise ProtocolError(f"{KEY}: sent twice")
-        try:
-            key = public_key_from_bytes(
-                body, allow_legacy_2048=self._service.settings.allow_legacy_2048
-            )
-        except ConfigError:
+        # Parsed at the smallest size any node may allow, then held to this
+        # node's own minimum (smaller keys are refused by the parser itself).
+        key = public_key_from_bytes(body, allow_legacy_2048=True)
+        if key.bits < DEFAULT_BITS and not self._service.settings.allow_legacy_2048:
             raise ProtocolAbort(
                 "the guest's Paillier key is below this node's minimum size"
-            ) from None
+            )
         if key.bits != self._params.key_bits:
             raise ProtocolAbort("the guest's Paillier key is not the size the spec names")
         try:
