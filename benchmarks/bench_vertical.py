@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks.registry import Context, Measurement, benchmark
-from benchmarks.stats import Stats
 from protocols.paillier import Encryptor, KeyPair, generate_keypair
 from protocols.vertical import (
     GradientLayout,
@@ -75,42 +74,47 @@ def vertical_epoch(ctx: Context) -> Iterator[Measurement]:
     repeat = ctx.pick(quick=1, full=1)
     keys = generate_keypair()
     for rows in rows_list:
-        xg, xh, y = _data(rows)
-        sent: dict[str, Any] = {}
+        yield _measure(ctx, keys, rows, repeat)
 
-        def secure(_: object) -> None:
-            sent.update(encrypted_epoch(keys, xg, xh, y))
 
-        def plain(_: object) -> None:
-            train_plaintext(
-                np.hstack([xg, xh]),
-                y,
-                seed=SEED,
-                epochs=1,
-                batch_size=BATCH,
-                learning_rate=0.3,
-                l2=0.0,
-            )
+def _measure(ctx: Context, keys: KeyPair, rows: int, repeat: int) -> Measurement:
+    xg, xh, y = _data(rows)
+    sent: dict[str, Any] = {}
 
-        measured = ctx.time(secure, repeat=repeat, warmup=0)
-        baseline = ctx.time(plain, repeat=max(3, repeat), warmup=1)
-        yield ctx.measurement(
-            case="vertical LR epoch (guest + 1 host, one process)",
-            params={"rows": rows, "features": "10+20", "key_bits": keys.public.bits},
-            details={
-                "batch_size": BATCH,
-                "guest_bytes_per_epoch": sent["guest"],
-                "host_bytes_per_epoch": sent["host"],
-            },
-            metric="wall",
-            measured=measured.wall,
-            baseline=baseline.wall,
-            baseline_name="plaintext numpy, same batches",
-            x=("rows",),
-            note="issue 16 asks <= 3 s per epoch at 10k rows over gRPC; this "
-            "measures the protocol's compute in one process (no relay)",
+    def secure(_: object) -> None:
+        sent.update(encrypted_epoch(keys, xg, xh, y))
+
+    def plain(_: object) -> None:
+        train_plaintext(
+            np.hstack([xg, xh]),
+            y,
+            seed=SEED,
+            epochs=1,
+            batch_size=BATCH,
+            learning_rate=0.3,
+            l2=0.0,
         )
-        ctx.log(f"  bytes per epoch: guest {sent['guest']}, host {sent['host']}")
+
+    measured = ctx.time(secure, repeat=repeat, warmup=0)
+    baseline = ctx.time(plain, repeat=max(3, repeat), warmup=1)
+    measurement = ctx.measurement(
+        case="vertical LR epoch (guest + 1 host, one process)",
+        params={"rows": rows, "features": "10+20", "key_bits": keys.public.bits},
+        details={
+            "batch_size": BATCH,
+            "guest_bytes_per_epoch": sent["guest"],
+            "host_bytes_per_epoch": sent["host"],
+        },
+        metric="wall",
+        measured=measured.wall,
+        baseline=baseline.wall,
+        baseline_name="plaintext numpy, same batches",
+        x=("rows",),
+        note="issue 16 asks <= 3 s per epoch at 10k rows over gRPC; this "
+        "measures the protocol's compute in one process (no relay)",
+    )
+    ctx.log(f"  bytes per epoch: guest {sent['guest']}, host {sent['host']}")
+    return measurement
 
 
-__all__ = ["Stats", "encrypted_epoch", "vertical_epoch"]
+__all__ = ["encrypted_epoch", "vertical_epoch"]

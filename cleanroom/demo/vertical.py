@@ -28,9 +28,11 @@ class VerticalSplit:
 
     def joined(self) -> pd.DataFrame:
         """The aligned rows with every column, as a centralised model sees them."""
-        return self.bank.merge(self.telecom, on="customer_id").set_index(
-            "customer_id"
-        ).loc[list(self.common)]
+        return (
+            self.bank.merge(self.telecom, on="customer_id")
+            .set_index("customer_id")
+            .loc[list(self.common)]
+        )
 
 
 def split(seed: int = 2026) -> VerticalSplit:
@@ -50,7 +52,10 @@ def split(seed: int = 2026) -> VerticalSplit:
     common_n = len(frame) * 2 // 3
     extra = (len(frame) - common_n) // 2
     common = order[:common_n]
-    bank_only, telecom_only = order[common_n : common_n + extra], order[common_n + extra :]
+    bank_only, telecom_only = (
+        order[common_n : common_n + extra],
+        order[common_n + extra :],
+    )
     bank_cols, telecom_cols = names[:10], names[10:]
     bank_rows = rng.permutation(np.concatenate([common, bank_only]))
     telecom_rows = rng.permutation(np.concatenate([common, telecom_only]))
@@ -140,7 +145,9 @@ def run(console: Console, *, key_bits: int = 3072) -> bool:
     ) as fed:
         trained = fed.run(train_spec(data, key_bits=key_bits), timeout=900)
         if trained.job.state.value != "succeeded":
-            console.print(f"[red]training {trained.job.state.value}:[/] {trained.job.reason}")
+            console.print(
+                f"[red]training {trained.job.state.value}:[/] {trained.job.reason}"
+            )
             return False
         result = fed.client.result(trained.job.job_id)["result"]
         scored = fed.run(predict_spec(trained.job.job_id, data.common), timeout=300)
@@ -151,10 +158,16 @@ def run(console: Console, *, key_bits: int = 3072) -> bool:
     reference = centralised_auc(data)
     table = Table("value", "split model (released)", "centralised sklearn", "match")
     ok = abs(split_auc - reference) <= 0.01
-    table.add_row("AUC on the aligned customers", f"{split_auc:.4f}", f"{reference:.4f}",
-                  "[green]yes[/]" if ok else "[red]NO[/]")
+    table.add_row(
+        "AUC on the aligned customers",
+        f"{split_auc:.4f}",
+        f"{reference:.4f}",
+        "[green]yes[/]" if ok else "[red]NO[/]",
+    )
     curve = result["training_curve"]
     table.add_row("epochs run", str(len(curve)), "-", "")
-    table.add_row("validation AUC", f"{result['metrics']['validation_auc']:.4f}", "-", "")
+    table.add_row(
+        "validation AUC", f"{result['metrics']['validation_auc']:.4f}", "-", ""
+    )
     console.print(table)
     return ok

@@ -29,8 +29,8 @@ def log_loss(p: Array, y: Array, weights: Array | None = None) -> float:
 
 def auc(scores: Array, labels: Array) -> float:
     """Area under the ROC curve (ties count one half); NaN without both classes."""
-    labels = np.asarray(labels, dtype=bool)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
+    truth = np.asarray(labels, dtype=bool)
+    positives, negatives = int(truth.sum()), int((~truth).sum())
     if positives == 0 or negatives == 0:
         return float("nan")
     order = np.argsort(scores, kind="mergesort")
@@ -43,9 +43,10 @@ def auc(scores: Array, labels: Array) -> float:
             j += 1
         ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
         i = j + 1
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (
-        positives * negatives
-    ))
+    return float(
+        (ranks[truth].sum() - positives * (positives + 1) / 2)
+        / (positives * negatives)
+    )
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ class Standardizer:
         return out
 
 
-def batches(seed: bytes, epoch: int, rows: int, size: int) -> list[npt.NDArray[np.int64]]:
+def batches(
+    seed: bytes, epoch: int, rows: int, size: int
+) -> list[npt.NDArray[np.int64]]:
     """The batches of ``epoch``: a permutation of ``rows`` drawn from ``seed``
     (SHA-256 counter stream), cut into batches of ``size`` (the last may be
     short). Every party derives the same batches from the shared seed."""

@@ -66,7 +66,7 @@ def _part(fed: InProcessFederation, node: str, job: str) -> dict[str, Any]:
 
 
 def test_the_analyst_gets_card_curve_and_metrics_not_weights(trained) -> None:
-    _, job, result = trained
+    _, _, result = trained
     card = result["model_card"]
     assert card["guest"] == BANK and card["hosts"] == [TELECOM]
     assert set(card["inputs"]) == {BANK, TELECOM}
@@ -90,7 +90,7 @@ def test_split_model_auc_is_within_001_of_centralised_sklearn(trained, data) -> 
 def test_vertical_predict_matches_the_joined_model_within_1e3(trained, data) -> None:
     fed, job, _ = trained
     guest, host = _part(fed, BANK, job), _part(fed, TELECOM, job)
-    ids = list(data.common[:50]) + ["nobody"]
+    ids = [*data.common[:50], "nobody"]
     view = fed.run(predict_spec(job, ids), timeout=120)
     result = fed.client.result(view.job.job_id)["result"]
     assert result["unscored"] == 1 and "nobody" not in result["scores"]
@@ -118,9 +118,10 @@ def test_no_party_stores_another_partys_features_or_weights(trained, data) -> No
     nodes = fed.directory / "nodes"
     bank_files = _files(nodes / BANK, skip=f"{BANK}.csv")
     telecom_files = _files(nodes / TELECOM, skip=f"{TELECOM}.csv")
-    coordinator = _files(fed.directory / "coordinator") + (
-        fed.directory / "coordinator.db"
-    ).read_bytes()
+    coordinator = (
+        _files(fed.directory / "coordinator")
+        + (fed.directory / "coordinator.db").read_bytes()
+    )
     # The canaries are where they belong, so the search can find them.
     assert repr(BANK_CANARY).encode() in (nodes / BANK / f"{BANK}.csv").read_bytes()
 

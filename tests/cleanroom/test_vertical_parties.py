@@ -51,7 +51,9 @@ def test_a_host_refuses_a_key_below_its_minimum(tmp_path: Path) -> None:
         run(parties)
 
 
-def test_a_guest_refuses_to_make_a_small_key_without_the_setting(tmp_path: Path) -> None:
+def test_a_guest_refuses_to_make_a_small_key_without_the_setting(
+    tmp_path: Path,
+) -> None:
     bank, telecom, spec = _small()
     parties = node_parties(spec, {BANK: bank, TELECOM: telecom}, {}, tmp_path)
     with pytest.raises(ProtocolAbort, match="2048-bit keys are refused"):
@@ -173,8 +175,12 @@ def test_key_sizes_outside_the_list_are_refused() -> None:
 
 def test_encrypted_gradient_matches_the_plaintext_one() -> None:
     from protocols.paillier import Encryptor, generate_keypair
-    from protocols.vertical import GradientLayout, HostGradient, decrypt_masked
-    from protocols.vertical import encrypt_residuals
+    from protocols.vertical import (
+        GradientLayout,
+        HostGradient,
+        decrypt_masked,
+        encrypt_residuals,
+    )
     from protocols.vertical.gradient import encode_features
 
     keys = generate_keypair(2048, allow_legacy_2048=True)

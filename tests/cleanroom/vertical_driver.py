@@ -15,8 +15,8 @@ from cleanroom import jobtypes
 from cleanroom.catalog import ColumnInfo, DatasetInfo
 from cleanroom.jobspec import parse_spec
 from cleanroom.jobtypes.hooks import NodeEnvironment
-from cleanroom.localdb import LocalDatabase
 from cleanroom.jobtypes.vertical.service import VerticalService
+from cleanroom.localdb import LocalDatabase
 from protocols.party import ANALYST, COORDINATOR, Inbound, NodeParty, Outbound
 
 Tamper = Callable[[Outbound], Outbound]
@@ -50,7 +50,9 @@ class _Policy:
 
 
 class _Audit:
-    def append(self, kind: str, *, job_id: str | None = None, data: dict[str, Any]) -> Any:
+    def append(
+        self, kind: str, *, job_id: str | None = None, data: dict[str, Any]
+    ) -> Any:
         return None
 
 

@@ -14,7 +14,12 @@ from cleanroom.jobtypes.base import (
     JobType,
     NodeContext,
 )
-from cleanroom.jobtypes.hooks import Admission, AdmissionContext, NodeEnvironment, Verdict
+from cleanroom.jobtypes.hooks import (
+    Admission,
+    AdmissionContext,
+    NodeEnvironment,
+    Verdict,
+)
 from cleanroom.jobtypes.vertical import params as vparams
 from cleanroom.jobtypes.vertical.params import PredictParams, TrainParams
 from cleanroom.jobtypes.vertical.release import VerticalAnalyst, VerticalCoordinator
@@ -69,7 +74,9 @@ class VerticalLogRegJob(JobType[TrainParams]):
         if refused:
             reasons.append(f"column '{refused[0]}' is not permitted by this node")
         if params.key_bits < 3072 and not service.settings.allow_legacy_2048:
-            reasons.append(f"{params.key_bits}-bit Paillier keys are below this node's minimum")
+            reasons.append(
+                f"{params.key_bits}-bit Paillier keys are below this node's minimum"
+            )
         if params.batch_size < service.env.policy.min_group_size(ctx.dataset):
             reasons.append("batch_size is below this node's minimum group size")
         return Admission(Verdict.DENY, tuple(reasons)) if reasons else None

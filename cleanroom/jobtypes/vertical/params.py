@@ -106,10 +106,12 @@ def parse_train(spec: JobSpec) -> TrainParams:
             low=0.0,
             high=0.5,
         ),
-        patience=_int(stopping.get("patience", 2), "params.early_stopping.patience",
-                      1, MAX_EPOCHS),
-        min_delta=_real(stopping.get("min_delta", 1e-4),
-                        "params.early_stopping.min_delta", low=0.0),
+        patience=_int(
+            stopping.get("patience", 2), "params.early_stopping.patience", 1, MAX_EPOCHS
+        ),
+        min_delta=_real(
+            stopping.get("min_delta", 1e-4), "params.early_stopping.min_delta", low=0.0
+        ),
         key_bits=int(key_bits),
     )
     if not params.hosts:
@@ -191,7 +193,11 @@ def _name(value: Any, path: str) -> str:
 
 
 def _int(value: Any, path: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= high
+    ):
         raise SpecError(path, f"expected an integer in {low}..{high}")
     return value
 

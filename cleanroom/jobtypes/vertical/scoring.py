@@ -88,7 +88,9 @@ class _Scorer(NodeParty):
 class HostScorer(_Scorer):
     def start(self) -> list[Outbound]:
         body = np.where(self.present, self.partial, np.nan)
-        out = [Outbound(self._params.guest, PARTIAL, codec.pack({}, codec.floats(body)))]
+        out = [
+            Outbound(self._params.guest, PARTIAL, codec.pack({}, codec.floats(body)))
+        ]
         return out + self._seal({"role": "host", "scored": int(self.present.sum())})
 
     def receive(self, message: Inbound) -> list[Outbound]:
@@ -98,7 +100,9 @@ class HostScorer(_Scorer):
 class GuestScorer(_Scorer):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ctx)
-        self._hosts = tuple(n for n in sorted(ctx.spec.nodes) if n != self._params.guest)
+        self._hosts = tuple(
+            n for n in sorted(ctx.spec.nodes) if n != self._params.guest
+        )
         self._partials: dict[str, np.ndarray] = {}
 
     def start(self) -> list[Outbound]:

@@ -91,7 +91,9 @@ class VerticalService:
             }
             found.append(
                 AssetInfo(
-                    path.stem, "vertical_model", "split logistic regression part",
+                    path.stem,
+                    "vertical_model",
+                    "split logistic regression part",
                     json.dumps(card, sort_keys=True),
                 )
             )

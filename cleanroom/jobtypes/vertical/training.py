@@ -38,7 +38,14 @@ from protocols.paillier import (
     public_key_from_bytes,
     public_key_to_bytes,
 )
-from protocols.party import COORDINATOR, Inbound, NodeParty, NodeUsage, Outbound, Progress
+from protocols.party import (
+    COORDINATOR,
+    Inbound,
+    NodeParty,
+    NodeUsage,
+    Outbound,
+    Progress,
+)
 from protocols.vertical import (
     FEATURE_CLIP,
     GradientLayout,
@@ -190,7 +197,9 @@ class GuestTrainer(_Node):
             self._keys.public, private=self._keys.private, random=self._ctx.random
         )
         self._seed = self._ctx.random(_SEED_BYTES)
-        key = codec.pack({"seed": self._seed.hex()}, public_key_to_bytes(self._keys.public))
+        key = codec.pack(
+            {"seed": self._seed.hex()}, public_key_to_bytes(self._keys.public)
+        )
         return self._align.start() + [Outbound(h, KEY, key) for h in self._hosts]
 
     def receive(self, message: Inbound) -> list[Outbound]:
@@ -268,20 +277,26 @@ class GuestTrainer(_Node):
         partial = self._take(-1, len(self.y))
         return [] if partial is None else self._end_epoch(partial)
 
-    def _residual_step(self, rows: npt.NDArray[np.int64], partial: Array) -> list[Outbound]:
+    def _residual_step(
+        self, rows: npt.NDArray[np.int64], partial: Array
+    ) -> list[Outbound]:
         assert self._layout is not None
         params, x = self._params, self.x[rows]
         d = (sigmoid(x @ self.w + self.b + partial) - self.y[rows]) * self.sw[rows]
         data = encrypt_residuals(
             self._encryptor, self._layout, d, context=self._context(RESIDUAL)
         )
-        self.w = self.w - params.learning_rate * (x.T @ d / len(rows) + params.l2 * self.w)
+        self.w = self.w - params.learning_rate * (
+            x.T @ d / len(rows) + params.l2 * self.w
+        )
         self.b -= params.learning_rate * float(d.mean())
         self._pending = set(self._hosts)
         header = codec.pack({"e": self._epoch, "b": self._batch})
         return [Outbound(h, RESIDUAL, header + data) for h in self._hosts]
 
-    def _on_masked(self, host: str, header: dict[str, Any], body: bytes) -> list[Outbound]:
+    def _on_masked(
+        self, host: str, header: dict[str, Any], body: bytes
+    ) -> list[Outbound]:
         assert self._keys is not None and self._layout is not None
         codec.expect(header, e=self._epoch, b=self._batch)
         if host not in self._pending:
@@ -357,7 +372,9 @@ class GuestTrainer(_Node):
                 "min_delta": params.min_delta,
             },
         }
-        self._part = self._model_part(self.w, intercept=float(self.b), label=params.label)
+        self._part = self._model_part(
+            self.w, intercept=float(self.b), label=params.label
+        )
         metrics = {k: best[k] for k in best if k != "epoch"}
         return self._seal(
             {
@@ -412,7 +429,9 @@ class HostTrainer(_Node):
                 "the guest's Paillier key is below this node's minimum size"
             )
         if key.bits != self._params.key_bits:
-            raise ProtocolAbort("the guest's Paillier key is not the size the spec names")
+            raise ProtocolAbort(
+                "the guest's Paillier key is not the size the spec names"
+            )
         try:
             seed = bytes.fromhex(str(header.get("seed")))
         except ValueError:
