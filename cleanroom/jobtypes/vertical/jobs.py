@@ -130,9 +130,6 @@ class VerticalPredictJob(JobType[PredictParams]):
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
         return frozenset()
 
-    def estimate_units(self, spec: JobSpec, rows: int) -> Mapping[str, float]:
-        return {}
-
     def has_analyst_party(self, spec: JobSpec) -> bool:
         return True
 
