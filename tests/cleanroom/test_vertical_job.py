@@ -5,6 +5,7 @@ breast_cancer split by columns, 20% of each side's customers unknown to the othe
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from cleanroom.demo.vertical import (
     split,
     train_spec,
 )
+from cleanroom.jobtypes.vertical.curve import curve_png
 from cleanroom.testing import InProcessFederation, wait_until
 
 LEGACY = {"allow_legacy_2048": True}
@@ -73,6 +75,11 @@ def test_the_analyst_gets_card_curve_and_metrics_not_weights(trained) -> None:
     assert card["aligned_rows"] == "100-1k"  # a bucket, not the exact overlap
     assert 1 <= len(result["training_curve"]) == card["epochs_run"] <= 12
     assert result["metrics"]["validation_auc"] > 0.95
+    png = base64.b64decode(result["training_curve_png"])
+    assert (
+        png.startswith(b"\x89PNG")
+        and curve_png(result["training_curve"]) == (result["training_curve_png"])
+    )
     text = json.dumps(result)
     assert "weights" not in text and "intercept" not in text
 
@@ -165,3 +172,18 @@ def test_a_host_dropping_mid_training_ends_the_job_with_nothing_released(
         assert not models.exists() or not list(models.glob("*.json"))
         with pytest.raises(Exception):
             fed.client.result(job)
+
+
+def test_an_overlap_below_the_minimum_fails_without_saying_its_size(
+    data: VerticalSplit,
+) -> None:
+    settings = {k: {**v, "min_overlap": 400} for k, v in SETTINGS.items()}
+    with InProcessFederation(
+        {BANK: data.bank, TELECOM: data.telecom},
+        id_column="customer_id",
+        jobtypes=settings,
+    ) as fed:
+        view = fed.run(train_spec(data, key_bits=2048), timeout=120)
+        assert view.job.state.value == "failed"
+        assert "below this node's minimum" in view.job.reason
+        assert str(len(data.common)) not in view.job.reason

@@ -21,6 +21,7 @@ from cleanroom.jobtypes.hooks import (
     Verdict,
 )
 from cleanroom.jobtypes.vertical import params as vparams
+from cleanroom.jobtypes.vertical.curve import curve_png
 from cleanroom.jobtypes.vertical.params import PredictParams, TrainParams
 from cleanroom.jobtypes.vertical.release import VerticalAnalyst, VerticalCoordinator
 from cleanroom.jobtypes.vertical.scoring import SCORES, GuestScorer, HostScorer
@@ -104,6 +105,7 @@ class VerticalLogRegJob(JobType[TrainParams]):
             return {
                 "model_card": card,
                 "training_curve": report["training_curve"],
+                "training_curve_png": curve_png(report["training_curve"]),
                 "metrics": report["metrics"],
             }
 
