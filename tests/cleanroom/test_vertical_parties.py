@@ -5,6 +5,7 @@ Keys are 2048-bit where a test says so (``allow_legacy_2048``); defaults are 307
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -196,3 +197,40 @@ def test_encrypted_gradient_matches_the_plaintext_one() -> None:
     # What the guest decrypts is not the gradient: the mask hides it.
     plain = x.T @ d * 2.0**40
     assert all(abs(v - p) > 2**40 for v, p in zip(values, plain, strict=True))
+
+
+def _admission(
+    tmp_path: Path, spec_yaml: str, settings: dict, min_group: int = 5
+) -> Any:
+    from cleanroom.jobtypes.hooks import AdmissionContext
+    from tests.cleanroom.vertical_driver import environment
+
+    bank, _, _ = _small()
+    spec = parse_spec(spec_yaml)
+    job = jobtypes.get(spec.type)
+    env = environment(BANK, bank, settings, tmp_path, min_group=min_group)
+    service = job.node_service(env)
+    return job.admit(
+        spec,
+        AdmissionContext(
+            job_id="job-" + "cd" * 12,
+            node=BANK,
+            dataset=BANK,
+            analyst="alice",
+            organisation="lab",
+            service=service,
+            audit=None,  # type: ignore[arg-type]
+            policy_outcome="allow",
+        ),
+    )
+
+
+def test_admission_refuses_small_keys_and_small_batches(tmp_path: Path) -> None:
+    _, _, spec = _small()
+    assert _admission(tmp_path, spec, LEGACY) is None
+    refused = _admission(tmp_path, spec, {})
+    assert refused is not None and "2048-bit" in refused.reasons[0]
+    tiny = spec.replace("batch_size: 128", "batch_size: 8")
+    assert _admission(tmp_path, tiny, LEGACY, min_group=5) is None
+    small = _admission(tmp_path, tiny, LEGACY, min_group=10)
+    assert small is not None and "batch_size" in small.reasons[0]

@@ -39,14 +39,15 @@ class _Datasets:
 
 
 class _Policy:
-    def __init__(self, columns: list[str]) -> None:
+    def __init__(self, columns: list[str], min_group: int) -> None:
         self._columns = columns
+        self._min_group = min_group
 
     def permitted_columns(self, dataset: str) -> list[str]:
         return self._columns
 
     def min_group_size(self, dataset: str) -> int:
-        return 5
+        return self._min_group
 
 
 class _Audit:
@@ -54,6 +55,26 @@ class _Audit:
         self, kind: str, *, job_id: str | None = None, data: dict[str, Any]
     ) -> Any:
         return None
+
+
+def environment(
+    node: str,
+    frame: pd.DataFrame,
+    settings: Mapping[str, Any],
+    root: Path,
+    id_column: str = "customer_id",
+    min_group: int = 5,
+) -> NodeEnvironment:
+    """A node's environment over one in-memory dataset, every column permitted."""
+    return NodeEnvironment(
+        node=node,
+        data_dir=root / node,
+        settings=settings,
+        audit=_Audit(),
+        datasets=_Datasets(node, frame, id_column),
+        policy=_Policy(list(frame.columns), min_group),
+        db=LocalDatabase(root / node / "local.db"),
+    )
 
 
 def node_parties(
@@ -69,15 +90,7 @@ def node_parties(
     keys = {n: Ed25519PrivateKey.generate() for n in frames}
     parties: dict[str, NodeParty] = {}
     for node, frame in frames.items():
-        env = NodeEnvironment(
-            node=node,
-            data_dir=root / node,
-            settings=settings.get(node, {}),
-            audit=_Audit(),
-            datasets=_Datasets(node, frame, id_column),
-            policy=_Policy(list(frame.columns)),
-            db=LocalDatabase(root / node / "local.db"),
-        )
+        env = environment(node, frame, settings.get(node, {}), root, id_column)
         service: VerticalService = job.node_service(env)
         ctx = jobtypes.NodeContext(
             job_id="job-" + "ab" * 12,

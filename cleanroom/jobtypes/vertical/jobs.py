@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cleanroom.catalog import DatasetInfo
+from cleanroom.errors import ProtocolError
 from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.jobtypes.base import (
     AnalystContext,
@@ -143,7 +144,7 @@ class VerticalPredictJob(JobType[PredictParams]):
         service: VerticalService = ctx.service
         try:
             part = service.load(params.model)
-        except Exception:  # any unreadable or missing part: the node has no model
+        except (ProtocolError, OSError, ValueError):  # missing or unreadable part
             return Admission(Verdict.DENY, ("this node holds no such vertical model",))
         refused = sorted(set(part["columns"]) - service.permitted(ctx.dataset))
         if refused:
