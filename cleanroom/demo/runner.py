@@ -16,6 +16,7 @@ from rich.table import Table
 
 from cleanroom import local
 from cleanroom.client import Client
+from cleanroom.demo import vertical as vertical_demo
 from cleanroom.errors import CleanroomError
 from cleanroom.federation import Federation
 
@@ -81,6 +82,7 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
     """Run every step; True if every federated result matched its reference."""
     import cleanroom.demo.fedavg
     import cleanroom.demo.steps  # noqa: F401 - registers the built-in steps
+    from cleanroom.demo import privacy
 
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="cleanroom-demo-") as tmp:
@@ -116,10 +118,12 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
             ) as client:
                 for step in _STEPS:
                     all_ok &= _run_step(step, client, datasets, frames, console)
+            all_ok &= privacy.show(frames, console)
             all_ok &= _governance(root / "federation", console)
         finally:
             _CURRENT.clear()
             local.down(root / "federation")
+        all_ok &= vertical_demo.run(console)
         console.rule(
             "[bold green]all results match" if all_ok else "[bold red]mismatch"
         )

@@ -18,7 +18,8 @@ from cleanroom.jobtypes.count import CountJob
 register(CountJob())
 import cleanroom.jobtypes.fedavg  # noqa: E402 - registers itself
 import cleanroom.jobtypes.sandbox  # noqa: E402 - registers itself
-import cleanroom.jobtypes.secure_stats  # noqa: E402, F401 - registers itself
+import cleanroom.jobtypes.secure_stats  # noqa: E402 - registers itself
+import cleanroom.jobtypes.vertical.register  # noqa: E402, F401 - registers itself
 
 __all__ = [
     "AnalystContext",
