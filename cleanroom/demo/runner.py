@@ -64,12 +64,6 @@ def sample_data(directory: Path) -> dict[str, Path]:
     frame.columns = [str(c).replace(" ", "_") for c in frame.columns]
     frame.insert(0, "patient_id", [f"P{i:05d}" for i in range(len(frame))])
     shuffled = frame.sample(frac=1.0, random_state=2026).reset_index(drop=True)
-    # hospital-c, a cancer centre, sees mostly malignant tumours: a non-IID split.
-    malignant, benign = shuffled[shuffled.target == 0], shuffled[shuffled.target != 0]
-    centre = pd.concat([malignant.iloc[:150], benign.iloc[:39]])
-    rest = shuffled.drop(index=centre.index).sample(frac=1.0, random_state=7)
-    shuffled = pd.concat([rest, centre.sample(frac=1.0, random_state=7)])
-    shuffled = shuffled.reset_index(drop=True)
     bounds = [0, 160, 380, len(shuffled)]
     paths = {}
     for i, name in enumerate(HOSPITALS):
@@ -80,7 +74,7 @@ def sample_data(directory: Path) -> dict[str, Path]:
 
 def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> bool:
     """Run every step; True if every federated result matched its reference."""
-    import cleanroom.demo.fedavg
+    import cleanroom.demo.fedavg  # registers the federated training step
     import cleanroom.demo.steps  # noqa: F401 - registers the built-in steps
     from cleanroom.demo import privacy
 

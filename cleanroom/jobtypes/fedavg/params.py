@@ -26,7 +26,7 @@ _KEYS: Final = frozenset(
         "feature_bounds", "target_bounds", "rounds", "threshold", "max_rows",
         "local", "l2", "server_learning_rate", "validation_fraction",
         "update_clip", "loss_clip", "patience", "min_improvement",
-        "divergence_factor", "dp", "model_seed",
+        "divergence_factor", "dp", "model_seed", "graph",
     }
 )  # fmt: skip
 _REALS: Final = frozenset(
@@ -52,6 +52,9 @@ class FedSpec:
     """Declared class labels, sorted (empty for regression); index = position."""
     plan: FedAvgPlan
     raw: Mapping[str, Any]
+    graph: str = "complete"
+    """SecAgg+'s neighbour graph: ``complete`` or ``k-regular`` (sparse, Bell et
+    al.'s sound degree and threshold, drawn from the job's graph seed)."""
 
     @property
     def params(self) -> FedAvgParams:
@@ -166,7 +169,10 @@ def parse(raw: Mapping[str, Any], parties: int) -> FedSpec:
         plan = FedAvgPlan.create(params)
     except ConfigError as exc:
         raise SpecError("params", str(exc)) from None
-    return FedSpec(str(algorithm), features, label, classes, plan, dict(raw))
+    graph = raw.get("graph", "complete")
+    if graph not in ("complete", "k-regular"):
+        raise SpecError("params.graph", "expected complete or k-regular")
+    return FedSpec(str(algorithm), features, label, classes, plan, dict(raw), graph)
 
 
 def check_schemas(spec: FedSpec, schemas: Sequence[tuple[str, DatasetInfo]]) -> None:

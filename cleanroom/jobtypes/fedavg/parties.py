@@ -84,13 +84,33 @@ def round_threshold(spec: FedSpec, parties: int) -> int:
 
 
 def secagg_config(
-    spec: FedSpec, job_id: str, round_: int, parties: Sequence[str], length: int
+    spec: FedSpec,
+    job_id: str,
+    round_: int,
+    parties: Sequence[str],
+    length: int,
+    graph_seed: bytes,
 ) -> SecAggConfig:
+    """One round's SecAgg+ configuration, which every party derives alike. On the
+    sparse graph the threshold is the sound one for the round's party count (the
+    plan's honest parties are still enforced on the sum's contributors)."""
+    threshold = round_threshold(spec, len(parties))
+    if spec.graph == "k-regular":
+        if len(graph_seed) != 32:
+            raise ProtocolAbort("a sparse graph needs the signed request's graph seed")
+        return SecAggConfig.create(
+            session_id=session(job_id, round_),
+            parties=parties,
+            vector_length=length + DEFAULT_CHECKS,
+            modulus_bits=64,
+            graph="k-regular",
+            graph_seed=graph_seed,
+        )
     return SecAggConfig.create(
         session_id=session(job_id, round_),
         parties=parties,
         vector_length=length + DEFAULT_CHECKS,
-        threshold=round_threshold(spec, len(parties)),
+        threshold=threshold,
         modulus_bits=64,
     )
 
@@ -205,7 +225,9 @@ class FedNode(NodeParty):
         self._survivors = frozenset()
         self._client = SecAggClient(
             ctx.node,
-            secagg_config(spec, ctx.job_id, round_, sorted(parties), length),
+            secagg_config(
+                spec, ctx.job_id, round_, sorted(parties), length, ctx.graph_seed
+            ),
             sealed,
             signing_key=ctx.signing_key,
             peer_signing_keys=identity_keys(ctx.peer_signing_keys),
@@ -215,10 +237,19 @@ class FedNode(NodeParty):
         return _prefix(round_, self._client.start())
 
     def _approve(self, survivors: frozenset[str]) -> None:
-        """Before unmasking: the standardisation (the job's first aggregate) goes
-        through the node's release guard, which also pins the inputs a re-run of
-        this query must have; later rounds, whose survivors may only shrink by
-        dropouts, must still cover the holder's ``min_inputs``."""
+        """Before unmasking. On the complete graph ``survivors`` is the whole sum's
+        input set and is checked now; on the sparse graph a node sees only its
+        neighbours', so the whole set is checked when the (still sealed) sum
+        arrives, before this node opens it or sends anything derived from it."""
+        if self._spec.graph == "complete":
+            self._check_inputs(survivors)
+        self._survivors = survivors
+
+    def _check_inputs(self, survivors: frozenset[str]) -> None:
+        """The standardisation (the job's first aggregate) goes through the node's
+        release guard, which also pins the inputs a re-run of this query must
+        have; later rounds, whose survivors may only shrink by dropouts, must
+        still cover the holder's ``min_inputs``."""
         ctx = self._ctx
         if self._round == 0:
             ctx.inputs_guard(survivors)
@@ -229,7 +260,6 @@ class FedNode(NodeParty):
                     f"round {self._round}: only {len(survivors)} inputs remain; "
                     f"this dataset may be aggregated with no fewer than {needed}"
                 )
-        self._survivors = survivors
 
     def receive(self, message: Inbound) -> list[Outbound]:
         if message.stage == SEED:
@@ -266,8 +296,12 @@ class FedNode(NodeParty):
         if not self._survivors or self._seed is None or self._trainer is None:
             raise ProtocolError("the sum came before this node unmasked it")
         survivors = names(body.get("survivors"), ctx.parties, "survivor list")
-        if frozenset(survivors) != self._survivors:
+        if spec.graph == "complete" and frozenset(survivors) != self._survivors:
             raise ProtocolError("the coordinator names other survivors than it did")
+        if spec.graph != "complete":
+            if not self._survivors <= frozenset(survivors):
+                raise ProtocolError("the coordinator omits survivors it named before")
+            self._check_inputs(frozenset(survivors))
         length = vector_length(spec, self._round)
         seal = SealedSum(self._seed, session(ctx.job_id, self._round), length)
         total = ring_from_text(body.get("total"), seal.sealed_length)
@@ -392,7 +426,7 @@ class FedCoordinator(CoordinatorParty):
     def _new_server(self, round_: int, parties: tuple[str, ...]) -> SecAggServer:
         config = secagg_config(
             self._spec, self._ctx.job_id, round_, parties,
-            vector_length(self._spec, round_),
+            vector_length(self._spec, round_), self._ctx.graph_seed,
         )  # fmt: skip
         self._round_parties = parties
         return SecAggServer(config, {p: self._keys[p] for p in parties})
@@ -457,11 +491,16 @@ class FedCoordinator(CoordinatorParty):
                 raise ProtocolError("a round report without its metrics")
             self._history.append(metrics)
         if going_on:
-            parties = tuple(p for p in self._survivors if p not in self._gone)
+            # The nodes open the next round over the survivors they were told;
+            # one already gone is dropped from it at once.
             self._round += 1
             self._sum_sent = False
-            self._server = self._new_server(self._round, parties)
-            return _prefix(self._round, self._server.start())
+            self._server = self._new_server(self._round, self._survivors)
+            out = _prefix(self._round, self._server.start())
+            gone = frozenset(self._gone & set(self._survivors))
+            if gone:
+                out += self.dropped(gone)
+            return out
         self._stop_reason = str(body.get("stop_reason", ""))[:500]
         self._final = self._survivors
         self._sum_sent = False
