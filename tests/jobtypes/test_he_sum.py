@@ -25,8 +25,11 @@ from protocols.party import ANALYST, Inbound
 NODES = ("a", "b", "c")
 
 
-def spec_text(params: dict[str, Any], nodes: tuple[str, ...] = NODES) -> str:
-    inputs = ", ".join(f"{{node: {n}, dataset: d}}" for n in nodes)
+def spec_text(
+    params: dict[str, Any], nodes: tuple[str, ...] = NODES, *, named: bool = False
+) -> str:
+    """``named``: each node's dataset is called after it (as in-process)."""
+    inputs = ", ".join(f"{{node: {n}, dataset: {n if named else 'd'}}}" for n in nodes)
     return (
         f"type: he_sum\ninputs: [{inputs}]\n"
         f"params: {json.dumps(params)}\npurpose: test\n"
