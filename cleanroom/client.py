@@ -64,6 +64,7 @@ class Client:
         self._clock = clock
         self._store: SessionStore | None = None
         self._sessions: dict[str, AnalystSession] = {}
+        self._local_inputs: dict[str, Mapping[str, Any]] = {}
 
     @classmethod
     def connect(
@@ -114,17 +115,31 @@ class Client:
         self.close()
 
     # ------------------------------------------------------------------ jobs --
-    def submit(self, spec_yaml: str) -> JobView:
-        """Sign and submit a job spec; SpecError (with the field path) if invalid."""
+    def submit(
+        self, spec_yaml: str, *, local_inputs: Mapping[str, Any] | None = None
+    ) -> JobView:
+        """Sign and submit a job spec; SpecError (with the field path) if invalid.
+
+        ``local_inputs`` are the analyst's own inputs to its party (e.g. rows
+        to score); they stay in this process and reach the
+        others only as the job type's protocol sends them (encrypted)."""
         signed = sign_request(
             spec_yaml,
             analyst=self.analyst,
             signing_key=self._keys.signing,
             now=self._clock(),
         )
-        return self._link.submit(
+        view = self._link.submit(
             wire.Submission(spec_yaml, signed, self._bundle.to_bytes())
         )
+        if local_inputs:
+            self.provide_inputs(view.job.job_id, local_inputs)
+        return view
+
+    def provide_inputs(self, job_id: str, local_inputs: Mapping[str, Any]) -> None:
+        """Give the analyst party of ``job_id`` its local inputs (before it runs,
+        e.g. when resuming a job submitted by another process)."""
+        self._local_inputs[job_id] = dict(local_inputs)
 
     def status(self, job_id: str) -> JobView:
         return self._link.status(job_id)
@@ -190,6 +205,7 @@ class Client:
                 keys=self._keys,
                 ca_pem=self._ca_pem,
                 clock=self._clock,
+                local_inputs=self._local_inputs.get(job_id),
             )
         return self._sessions[job_id]
 
