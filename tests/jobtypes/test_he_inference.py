@@ -87,7 +87,10 @@ def test_parties_score_like_the_plaintext_model(
     expected = predict(cancer_model, rows.to_numpy())
     assert np.max(np.abs(np.array(run.opened["scores"]) - expected)) < 1e-3
     assert run.result["summary"]["rows"] == 100
-    assert run.result["summary"]["ckks"]["parameters"]["name"] == run.opened["parameter_set"]
+    assert (
+        run.result["summary"]["ckks"]["parameters"]["name"]
+        == run.opened["parameter_set"]
+    )
     assert registry.logged == [
         {
             "model": registry.model,
@@ -114,7 +117,9 @@ def test_another_row_count_than_the_spec_is_refused(
     cancer: pd.DataFrame, cancer_model: ModelAsset
 ) -> None:
     rows = cancer.drop(columns="target").head(12)
-    coordinator, owner, buyer, _ = _parties(cancer_model, rows.to_csv(index=False).encode(), 10)
+    coordinator, owner, buyer, _ = _parties(
+        cancer_model, rows.to_csv(index=False).encode(), 10
+    )
     with pytest.raises(ProtocolError, match="scores 10 rows; the table has 12"):
         drive(coordinator, {"owner": owner}, buyer)
 
@@ -124,7 +129,12 @@ def _federation(
 ) -> InProcessFederation:
     policy: dict[str, Any] = dict(default_policy(ANALYST_NAME))
     if quota is not None:
-        policy = {"default": {**policy["default"], "quotas": {"scored_rows": {"total": quota}}}}
+        policy = {
+            "default": {
+                **policy["default"],
+                "quotas": {"scored_rows": {"total": quota}},
+            }
+        }
     return InProcessFederation(
         {"owner": cancer.head(50)},
         policy=policy,
@@ -143,7 +153,10 @@ def _bytes_under(root: Path) -> bytes:
 
 
 def test_end_to_end_scores_match_and_the_coordinator_sees_no_score(
-    cancer: pd.DataFrame, cancer_model: ModelAsset, cancer_model_file: Path, tmp_path: Path
+    cancer: pd.DataFrame,
+    cancer_model: ModelAsset,
+    cancer_model_file: Path,
+    tmp_path: Path,
 ) -> None:
     rows = cancer.drop(columns="target")
     csv = rows.to_csv(index=False).encode()
@@ -159,14 +172,25 @@ def test_end_to_end_scores_match_and_the_coordinator_sees_no_score(
         scores = np.array(result["scores"])
         expected = predict(cancer_model, features(cancer))
         assert np.max(np.abs(scores - expected)) < 1e-3
-        assert result["summary"]["ckks"]["parameters"]["name"] == result["parameter_set"]
-        stored = _bytes_under(tmp_path / "coordinator") + (tmp_path / "coordinator.db").read_bytes()
+        assert (
+            result["summary"]["ckks"]["parameters"]["name"] == result["parameter_set"]
+        )
+        stored = (
+            _bytes_under(tmp_path / "coordinator")
+            + (tmp_path / "coordinator.db").read_bytes()
+        )
         owner_log = _bytes_under(tmp_path / "nodes" / "owner" / "data")
-        for canary in (f"{scores[0]:.6f}"[:8], f"{rows.iloc[3, 0]:.4f}", "mean radius\": 1"):
+        for canary in (
+            f"{scores[0]:.6f}"[:8],
+            f"{rows.iloc[3, 0]:.4f}",
+            'mean radius": 1',
+        ):
             assert canary.encode() not in stored
         assert f"{scores[0]:.6f}"[:8].encode() not in owner_log
         entries = [
-            e for e in fed.agents["owner"].audit.entries() if e.kind == "he_inference.scored"
+            e
+            for e in fed.agents["owner"].audit.entries()
+            if e.kind == "he_inference.scored"
         ]
         (entry,) = entries
         assert entry.data["rows"] == len(rows)

@@ -76,15 +76,25 @@ class Parties:
         self.nodes = {
             n: job.node_party(
                 jobtypes.NodeContext(
-                    "j1", spec, n, "d", data[n], "h", min_group, self.keys[n],
-                    spec.nodes, publics,
+                    "j1",
+                    spec,
+                    n,
+                    "d",
+                    data[n],
+                    "h",
+                    min_group,
+                    self.keys[n],
+                    spec.nodes,
+                    publics,
                 )
             )  # fmt: skip
             for n in spec.nodes
         }
 
 
-def pooled(data: dict[str, pd.DataFrame], nodes: tuple[str, ...] = NODES) -> pd.DataFrame:
+def pooled(
+    data: dict[str, pd.DataFrame], nodes: tuple[str, ...] = NODES
+) -> pd.DataFrame:
     return pd.concat([data[n] for n in nodes]).dropna(subset=["age", "income"])
 
 
@@ -159,7 +169,11 @@ def test_overflow_of_the_packing_headroom_is_refused_naming_the_column() -> None
 
 
 def _key_message(p: Parties, key_bytes: bytes, signer: Ed25519PrivateKey) -> Inbound:
-    statement = {"job_id": "j1", "spec_hash": p.spec.spec_hash, "public_key": key_bytes.hex()}
+    statement = {
+        "job_id": "j1",
+        "spec_hash": p.spec.spec_hash,
+        "public_key": key_bytes.hex(),
+    }
     body = canonical_json(
         {"statement": statement, "signature": sign_statement(signer, statement)}
     )
@@ -167,7 +181,12 @@ def _key_message(p: Parties, key_bytes: bytes, signer: Ed25519PrivateKey) -> Inb
 
 
 def _public_bytes(n: int, hs: int, width: int) -> bytes:
-    return b"CRPK\x01" + width.to_bytes(2, "big") + n.to_bytes(width, "big") + hs.to_bytes(2 * width, "big")
+    return (
+        b"CRPK\x01"
+        + width.to_bytes(2, "big")
+        + n.to_bytes(width, "big")
+        + hs.to_bytes(2 * width, "big")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +196,9 @@ def other_key() -> Any:
 
 def test_a_substituted_public_key_is_refused(other_key: Any) -> None:
     p = Parties(spec_text({"columns": ["age"]}), frames())
-    forged = _key_message(p, public_key_to_bytes(other_key.public), Ed25519PrivateKey.generate())
+    forged = _key_message(
+        p, public_key_to_bytes(other_key.public), Ed25519PrivateKey.generate()
+    )
     with pytest.raises(ProtocolError, match="not signed by the analyst"):
         p.nodes["a"].receive(forged)
     with pytest.raises(ProtocolError, match="not signed by the analyst"):
@@ -194,7 +215,9 @@ def test_keys_below_the_minimum_or_with_a_malformed_modulus_are_refused() -> Non
     width = 384
     even = (1 << 3071) + 2
     with pytest.raises(ProtocolError, match="modulus is even"):
-        p.nodes["b"].receive(_key_message(p, _public_bytes(even, 5, width), p.analyst_key))
+        p.nodes["b"].receive(
+            _key_message(p, _public_bytes(even, 5, width), p.analyst_key)
+        )
     square = gmpy2.next_prime(3 << 1534) ** 2
     with pytest.raises(ProtocolError, match="perfect square"):
         p.nodes["c"].receive(
@@ -205,6 +228,10 @@ def test_keys_below_the_minimum_or_with_a_malformed_modulus_are_refused() -> Non
 
 def test_spec_key_size_below_the_minimum_is_refused() -> None:
     with pytest.raises(SpecError, match="params.key_bits"):
-        jobtypes.get("he_sum").params(parse_spec(spec_text({"columns": ["a"], "key_bits": 1024})))
+        jobtypes.get("he_sum").params(
+            parse_spec(spec_text({"columns": ["a"], "key_bits": 1024}))
+        )
     with pytest.raises(SpecError, match="allow_legacy_2048"):
-        jobtypes.get("he_sum").params(parse_spec(spec_text({"columns": ["a"], "key_bits": 2048})))
+        jobtypes.get("he_sum").params(
+            parse_spec(spec_text({"columns": ["a"], "key_bits": 2048}))
+        )

@@ -40,7 +40,9 @@ def test_he_sum_end_to_end_matches_numpy_and_leaves_no_plaintext(
     frames = _frames()
     url = f"sqlite:///{tmp_path / 'coordinator.db'}"
     with InProcessFederation(frames, store_url=url, directory=tmp_path / "f") as fed:
-        view = fed.run(spec_text({"columns": ["age", "spend"]}, named=True), timeout=120)
+        view = fed.run(
+            spec_text({"columns": ["age", "spend"]}, named=True), timeout=120
+        )
         assert view.job.state.value == "succeeded", view.job.reason
         result = fed.client.result(view.job.job_id)["result"]
         pool = pd.concat(frames.values())
@@ -50,8 +52,9 @@ def test_he_sum_end_to_end_matches_numpy_and_leaves_no_plaintext(
         for column in ("age", "spend"):
             assert abs(cell["sum"][column] - pool[column].sum()) <= 3 * step
         total = f"{pool['spend'].sum():.3f}".encode()
-        stored = _bytes_under(tmp_path / "f" / "coordinator") + (
-            tmp_path / "coordinator.db"
-        ).read_bytes()
+        stored = (
+            _bytes_under(tmp_path / "f" / "coordinator")
+            + (tmp_path / "coordinator.db").read_bytes()
+        )
         for canary in (b"7777.125", total, f'"count": {len(pool)}'.encode()):
             assert canary not in stored

@@ -90,7 +90,8 @@ class HeInferenceJob(JobType[InferenceParams]):
         name = self.params(spec).model
         if ctx.service is None or ctx.service.get(name, ctx.dataset) is None:
             return Admission(
-                Verdict.DENY, (f"this node offers no model {name!r} on {ctx.dataset!r}",)
+                Verdict.DENY,
+                (f"this node offers no model {name!r} on {ctx.dataset!r}",),
             )
         return None
 

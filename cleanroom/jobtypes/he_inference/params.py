@@ -1,9 +1,9 @@
 """``he_inference`` params and the plan the owner sends the buyer.
 
-    model: churn            # a model the input node registers on this dataset
-    rows: 569               # how many rows the buyer scores (metered up front)
-    precision_bits: 10      # optional: scores to 2^-precision_bits
-    input_bound: 16.0       # optional: standardised features beyond it refused
+model: churn            # a model the input node registers on this dataset
+rows: 569               # how many rows the buyer scores (metered up front)
+precision_bits: 10      # optional: scores to 2^-precision_bits
+input_bound: 16.0       # optional: standardised features beyond it refused
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def parse_params(spec: JobSpec) -> InferenceParams:
     if isinstance(bound, bool) or not isinstance(bound, int | float):
         raise SpecError("params.input_bound", "expected a number")
     if not 0 < float(bound) <= MAX_INPUT_BOUND:
-        raise SpecError("params.input_bound", f"expected a number in (0, {MAX_INPUT_BOUND}]")
+        raise SpecError(
+            "params.input_bound", f"expected a number in (0, {MAX_INPUT_BOUND}]"
+        )
     return InferenceParams(model, rows, bits, float(bound))
 
 

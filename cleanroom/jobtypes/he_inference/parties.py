@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from cleanroom.errors import (
@@ -84,7 +85,9 @@ class HeInferenceOwner(NodeParty):
         self._ctx = ctx
         self._params: InferenceParams = ctx.params
         registry: ModelRegistry | None = ctx.service
-        model = None if registry is None else registry.get(self._params.model, ctx.dataset)
+        model = (
+            None if registry is None else registry.get(self._params.model, ctx.dataset)
+        )
         if model is None:
             raise ProtocolError(
                 f"this node offers no model {self._params.model!r} on {ctx.dataset!r}"
@@ -237,7 +240,9 @@ class HeInferenceBuyer(AnalystParty):
         try:
             body = json.loads(payload)
             statement, signature = body["statement"], body["signature"]
-            verify_statement(ctx.peer_signing_keys[self._owner_name], statement, signature)
+            verify_statement(
+                ctx.peer_signing_keys[self._owner_name], statement, signature
+            )
         except InvalidSignature:
             raise ProtocolError("the plan is not signed by the model owner") from None
         except (ValueError, KeyError, TypeError):
@@ -296,7 +301,10 @@ class HeInferenceBuyer(AnalystParty):
         if self._buyer is None or self._config is None or not self._buyer.finished:
             raise ProtocolError("this party has not received every score")
         summary = result.get("summary")
-        if not isinstance(summary, dict) or summary.get("ckks") != self._config.to_json():
+        if (
+            not isinstance(summary, dict)
+            or summary.get("ckks") != self._config.to_json()
+        ):
             raise ProtocolError("the release describes another run")
         return {
             **result,
@@ -305,7 +313,7 @@ class HeInferenceBuyer(AnalystParty):
         }
 
 
-def buyer_rows(raw: Any, config: InferenceConfig, rows: int) -> np.ndarray[Any, Any]:
+def buyer_rows(raw: Any, config: InferenceConfig, rows: int) -> npt.NDArray[np.float64]:
     """The analyst's rows in the model's feature order; refuses a table without
     the model's features or with another row count (before any encryption)."""
     if raw is None:
@@ -332,6 +340,7 @@ def buyer_rows(raw: Any, config: InferenceConfig, rows: int) -> np.ndarray[Any, 
     if len(frame) != rows:
         raise ProtocolError(f"the spec scores {rows} rows; the table has {len(frame)}")
     try:
-        return frame[features].to_numpy(dtype=np.float64)
+        values: npt.NDArray[np.float64] = frame[features].to_numpy(dtype=np.float64)
     except (TypeError, ValueError):
         raise ProtocolError("every feature must be numeric") from None
+    return values

@@ -62,7 +62,9 @@ class ModelRegistry:
             npz = None if arrays is None else _read(arrays, where, self._env.data_dir)
             asset = load_model(document, npz)
         except DatasetError as exc:
-            raise ConfigError(f"{where}: not a model in the documented format: {exc}")
+            raise ConfigError(
+                f"{where}: not a model in the documented format: {exc}"
+            ) from None
         return RegisteredModel(name, dataset, asset, content_hash(asset))
 
     def get(self, name: str, dataset: str) -> RegisteredModel | None:
