@@ -228,3 +228,29 @@ def test_a_model_the_node_does_not_offer_on_the_dataset_is_refused(
         view = fed.run(spec_text(5, model="other"), timeout=60)
         assert view.job.state.value == "refused"
         assert "offers no model 'other'" in view.job.reason
+
+
+def test_a_model_file_not_in_the_documented_format_stops_the_node(
+    cancer: pd.DataFrame, tmp_path: Path
+) -> None:
+    from cleanroom.errors import ConfigError
+    from cleanroom.jobtypes.he_inference.service import ModelRegistry
+    from cleanroom.jobtypes.hooks import NodeEnvironment
+
+    class Datasets:
+        def names(self) -> list[str]:
+            return ["owner"]
+
+    bad = tmp_path / "model.json"
+    bad.write_text(json.dumps({"format": "pickle", "weights": [1, 2]}))
+    env = NodeEnvironment(
+        node="owner",
+        data_dir=tmp_path,
+        settings={"models": {"cancer": {"path": str(bad), "dataset": "owner"}}},
+        audit=None,  # type: ignore[arg-type]
+        datasets=Datasets(),  # type: ignore[arg-type]
+        policy=None,  # type: ignore[arg-type]
+        db=None,  # type: ignore[arg-type]
+    )
+    with pytest.raises(ConfigError, match=r"models.cancer\]: not a model"):
+        ModelRegistry(env)
