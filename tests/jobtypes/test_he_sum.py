@@ -16,10 +16,20 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cleanroom import jobtypes
 from cleanroom.errors import ProtocolAbort, ProtocolError, SpecError
 from cleanroom.jobspec import parse_spec
-from cleanroom.jobtypes.he_sum.parties import KEY
+from cleanroom.jobtypes.he_sum.parties import (
+    CIPHER,
+    KEY,
+    HeSumCoordinator,
+    vector_context,
+)
 from cleanroom.jobtypes.simulate import drive
 from cleanroom.keys import canonical_json, sign_statement
-from protocols.paillier import generate_keypair, public_key_to_bytes
+from protocols.paillier import (
+    Encryptor,
+    generate_keypair,
+    public_key_to_bytes,
+    sum_vectors,
+)
 from protocols.party import ANALYST, Inbound
 
 NODES = ("a", "b", "c")
@@ -235,3 +245,43 @@ def test_spec_key_size_below_the_minimum_is_refused() -> None:
         jobtypes.get("he_sum").params(
             parse_spec(spec_text({"columns": ["a"], "key_bits": 2048}))
         )
+
+
+class _SwappingCoordinator(HeSumCoordinator):
+    """An operator that counts node a twice and leaves node c out of the sum
+    while still naming every input's digest in the release."""
+
+    def _product(self) -> bytes:
+        if self._aggregate is None:
+            assert self._key is not None
+            a, b = self._vectors["a"][0], self._vectors["b"][0]
+            total = sum_vectors([a, a, b])
+            self._aggregate = Encryptor(self._key).to_bytes(
+                total, context=vector_context("j1", self._ctx.spec.spec_hash)
+            )
+        return self._aggregate
+
+
+def test_an_operator_that_repeats_or_drops_an_input_is_caught() -> None:
+    p = Parties(spec_text({"columns": ["age"]}), frames())
+    ctx = jobtypes.CoordinatorContext(
+        "j1", p.spec, p.spec.nodes, {**{n: _raw(k) for n, k in p.keys.items()},
+                                     ANALYST: _raw(p.analyst_key)},
+    )  # fmt: skip
+    with pytest.raises(ProtocolError, match="holds other inputs than released"):
+        drive(_SwappingCoordinator(ctx), p.nodes, p.analyst)
+
+
+def test_ciphertexts_under_another_key_are_refused(other_key: Any) -> None:
+    p = Parties(spec_text({"columns": ["age"]}), frames())
+    key_message = p.analyst.start()[0]
+    p.coordinator.receive(Inbound(ANALYST, KEY, key_message.payload))
+    params = jobtypes.get("he_sum").params(p.spec)
+    vector = Encryptor(other_key.public).encrypt_integers(
+        [1] * params.length, params.layout()
+    )
+    data = Encryptor(other_key.public).to_bytes(
+        vector, context=vector_context("j1", p.spec.spec_hash)
+    )
+    with pytest.raises(ProtocolError, match="under another public key"):
+        p.coordinator.receive(Inbound("a", CIPHER, data))
