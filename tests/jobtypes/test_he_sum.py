@@ -97,7 +97,7 @@ class Parties:
                     spec.nodes,
                     publics,
                 )
-            )  # fmt: skip
+            )
             for n in spec.nodes
         }
 
@@ -172,7 +172,7 @@ def test_overflow_of_the_packing_headroom_is_refused_naming_the_column() -> None
     data = frames()
     data["b"].loc[:, "income"] = 1e15
     p = Parties(spec_text({"columns": ["age", "income"]}), data)
-    with pytest.raises(SpecError, match="params.columns.income") as info:
+    with pytest.raises(SpecError, match=r"params\.columns\.income") as info:
         drive(p.coordinator, p.nodes, p.analyst)
     assert "refused before encryption" in str(info.value)
     assert "1e+15" not in str(info.value)
@@ -237,7 +237,7 @@ def test_keys_below_the_minimum_or_with_a_malformed_modulus_are_refused() -> Non
 
 
 def test_spec_key_size_below_the_minimum_is_refused() -> None:
-    with pytest.raises(SpecError, match="params.key_bits"):
+    with pytest.raises(SpecError, match=r"params\.key_bits"):
         jobtypes.get("he_sum").params(
             parse_spec(spec_text({"columns": ["a"], "key_bits": 1024}))
         )
