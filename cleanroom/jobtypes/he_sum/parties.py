@@ -271,8 +271,9 @@ class HeSumCoordinator(CoordinatorParty):
         self._vectors[node] = (vector, hashlib.sha256(data).hexdigest())
 
     def dropped(self, parties: frozenset[str]) -> list[Outbound]:
-        if ANALYST in parties:
+        if ANALYST in parties and self._key is None:
             raise ProtocolAbort("the analyst went away before sending its key")
+        parties = parties - {ANALYST}  # once keyed, the release can wait for it
         self._gone |= parties
         for node in parties:
             self._vectors.pop(node, None)
