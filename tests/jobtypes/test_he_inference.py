@@ -213,6 +213,12 @@ def test_a_batch_beyond_the_buyers_quota_is_refused_before_evaluation(
         first = fed.run(spec_text(300), timeout=240, local_inputs={"rows": csv})
         assert first.job.state.value == "succeeded", first.job.reason
         assert _scored(fed) == (300.0, 0.0)
+        exposed = [
+            r.used_total
+            for r in fed.agents["owner"].meters.usage(analyst=ANALYST_NAME)
+            if r.meter == "evaluations_exposed"
+        ]
+        assert exposed == [8192.0]  # one block of ckks-8192-d1, every slot usable
         second = fed.run(spec_text(300), timeout=60, local_inputs={"rows": csv})
         assert second.job.state.value == "refused"
         assert "scored_rows" in second.job.reason

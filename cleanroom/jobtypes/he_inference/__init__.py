@@ -16,7 +16,10 @@ CKKS parameter set) is the released result; the scores are the analyst's only.
 
 Metering: the spec declares ``rows``; the owner's node reserves that many
 ``scored_rows`` against the buyer's quota when it approves the job, before any
-evaluation, and refuses a job beyond the quota without using any of it.
+evaluation, and refuses a job beyond the quota without using any of it. It also
+reserves ``evaluations_exposed``, the most model evaluations those rows' slot
+blocks could carry for a buyer that fills every slot (a holder worried about
+model extraction sets its quota on that meter).
 
 What each party learns. The owner: the row and feature counts, the buyer and
 purpose — no feature, no score. The coordinator: who takes part and the sizes of
@@ -39,7 +42,13 @@ from cleanroom.jobtypes.base import (
     NodeContext,
     register,
 )
-from cleanroom.jobtypes.he_inference.params import UNIT, InferenceParams, parse_params
+from cleanroom.jobtypes.he_inference.params import (
+    EXPOSED,
+    UNIT,
+    InferenceParams,
+    exposed_bound,
+    parse_params,
+)
 from cleanroom.jobtypes.he_inference.parties import (
     HeInferenceBuyer,
     HeInferenceCoordinator,
@@ -64,7 +73,7 @@ class HeInferenceJob(JobType[InferenceParams]):
         "score the analyst's CKKS-encrypted rows against a holder's registered "
         "model; the weights stay on the node, the scores go to the analyst only"
     )
-    units = (UNIT,)
+    units = (UNIT, EXPOSED)
     rereadable = False
     resumable = False
     default_deadline = 300.0
@@ -76,7 +85,8 @@ class HeInferenceJob(JobType[InferenceParams]):
         return frozenset()
 
     def estimate_units(self, spec: JobSpec, rows: int) -> Mapping[str, float]:
-        return {UNIT: float(self.params(spec).rows)}
+        declared = self.params(spec).rows
+        return {UNIT: float(declared), EXPOSED: float(exposed_bound(declared))}
 
     def has_analyst_party(self, spec: JobSpec) -> bool:
         return True

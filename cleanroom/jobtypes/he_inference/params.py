@@ -16,7 +16,7 @@ import numpy as np
 
 from cleanroom.errors import ConfigError, DatasetError, ProtocolError, SpecError
 from cleanroom.jobspec import JobSpec
-from protocols.ckks import InferenceConfig, parameter_set
+from protocols.ckks import ALLOWED_SETS, InferenceConfig, parameter_set
 from protocols.ckks.config import (
     DEFAULT_INPUT_BOUND,
     DEFAULT_PRECISION_BITS,
@@ -26,6 +26,18 @@ from protocols.ckks.config import (
 from protocols.models.asset import InputSchema
 
 UNIT: Final = "scored_rows"
+EXPOSED: Final = "evaluations_exposed"
+"""Model evaluations a dishonest buyer could obtain (it may fill every slot of
+every block it sends, real and imaginary parts): see ``protocols.ckks.config``."""
+
+
+def exposed_bound(rows: int) -> int:
+    """The most evaluations ``rows`` rows can expose under any allowed set."""
+    return max(
+        -(-rows // (n // 2)) * n for n in {p.poly_modulus_degree for p in ALLOWED_SETS}
+    )
+
+
 _KEYS: Final = ("model", "rows", "precision_bits", "input_bound")
 
 

@@ -35,6 +35,7 @@ from cleanroom.jobtypes.base import (
     check_node_statement,
 )
 from cleanroom.jobtypes.he_inference.params import (
+    EXPOSED,
     UNIT,
     InferenceParams,
     plan_from_json,
@@ -162,7 +163,10 @@ class HeInferenceOwner(NodeParty):
         return self._summary is not None
 
     def usage(self) -> NodeUsage:
-        return NodeUsage(units={UNIT: self._owner.rows_evaluated})
+        exposed = self._owner.usage().units["evaluations_exposed"]
+        return NodeUsage(
+            units={UNIT: self._owner.rows_evaluated, EXPOSED: float(exposed)}
+        )
 
     def attest(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
         if self._summary is None or result.get("summary") != self._summary:
