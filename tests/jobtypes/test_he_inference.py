@@ -260,3 +260,33 @@ def test_a_model_file_not_in_the_documented_format_stops_the_node(
     )
     with pytest.raises(ConfigError, match=r"models.cancer\]: not a model"):
         ModelRegistry(env)
+
+
+def test_a_two_layer_mlp_with_a_square_activation_scores_within_1e_2(
+    cancer: pd.DataFrame,
+) -> None:
+    from protocols.models import InputSchema, ModelCard
+    from protocols.models.train import fit_poly_mlp, standardiser
+
+    x = features(cancer)
+    mean, scale = standardiser(x)
+    params = fit_poly_mlp(
+        (x - mean) / scale, cancer["target"].to_numpy(), task="binary", hidden=4, seed=1
+    )
+    names = tuple(c for c in cancer.columns if c != "target")
+    mlp = ModelAsset(
+        kind="poly_mlp",
+        model_id="bc-mlp",
+        version="1",
+        schema=InputSchema(names, mean, scale),
+        card=ModelCard.of("breast cancer MLP"),
+        parameters=params,
+        link="logistic",
+    )
+    rows = cancer.drop(columns="target").head(200)
+    coordinator, owner, buyer, _ = _parties(mlp, rows, 200)
+    run = drive(coordinator, {"owner": owner}, buyer)
+    assert run.opened is not None
+    assert run.opened["parameter_set"].endswith("-d2")
+    error = np.abs(np.array(run.opened["scores"]) - predict(mlp, rows.to_numpy()))
+    assert error.max() < 1e-2
