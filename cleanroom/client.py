@@ -15,6 +15,7 @@ released result into the analyst's reading (e.g. decrypts it).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +35,9 @@ from cleanroom.requests import sign_request
 from cleanroom.serde import JobView
 
 CatalogEntry = wire.CatalogNode
+
+
+log = logging.getLogger(__name__)
 
 
 def protocol_keys_path(tls_key: Path) -> Path:
@@ -209,6 +213,19 @@ class Client:
             )
         return self._sessions[job_id]
 
+    def _step(self, session: AnalystSession, *, wait: float) -> bool:
+        """One step of the analyst's party; if the party refuses (its input, or
+        what it received), the job is cancelled with that reason, then re-raised,
+        so the other parties do not wait for it until their deadlines."""
+        try:
+            return session.step(wait=wait)
+        except errors.ProtocolError as exc:
+            try:
+                self.cancel(session.job_id, f"the analyst's party refused: {exc}")
+            except errors.CleanroomError:
+                log.warning("job %s: could not cancel after a refusal", session.job_id)
+            raise
+
     def wait(
         self,
         job_id: str,
@@ -232,7 +249,7 @@ class Client:
                     return view
                 if run_party and view.analyst_party:
                     session = session or self.session(job_id)
-                    if session.step(wait=min(1.0, max(poll, 0.05))):
+                    if self._step(session, wait=min(1.0, max(poll, 0.05))):
                         continue
             except errors.TransportError:
                 if deadline is not None and time.monotonic() > deadline:

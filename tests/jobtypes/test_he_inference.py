@@ -290,3 +290,16 @@ def test_a_two_layer_mlp_with_a_square_activation_scores_within_1e_2(
     assert run.opened["parameter_set"].endswith("-d2")
     error = np.abs(np.array(run.opened["scores"]) - predict(mlp, rows.to_numpy()))
     assert error.max() < 1e-2
+
+
+def test_rows_without_the_models_features_cancel_the_job_before_encryption(
+    cancer: pd.DataFrame, cancer_model_file: Path, tmp_path: Path
+) -> None:
+    rows = cancer.drop(columns=["target", "worst symmetry"]).head(20)
+    with _federation(cancer, cancer_model_file, tmp_path) as fed:
+        with pytest.raises(ProtocolError, match="the rows lack 1"):
+            fed.run(spec_text(20), timeout=60, local_inputs={"rows": rows})
+        (view,) = fed.client.list_jobs()
+        assert view.job.state.value == "cancelled"
+        assert "the model takes 30 features" in view.job.reason
+        assert _scored(fed)[0] == 0.0
