@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cleanroom.testing import InProcessFederation
+from cleanroom.local import default_policy
+from cleanroom.testing import ANALYST_NAME, InProcessFederation, wait_until
 from tests.jobtypes.test_he_sum import spec_text
 
 CANARY = 7777.125
@@ -58,3 +59,23 @@ def test_he_sum_end_to_end_matches_numpy_and_leaves_no_plaintext(
         )
         for canary in (b"7777.125", total, f'"count": {len(pool)}'.encode()):
             assert canary not in stored
+
+
+def test_a_node_stopping_mid_job_is_left_out_when_every_policy_allows(
+    tmp_path: Path,
+) -> None:
+    frames = _frames()
+    rules = {**default_policy(ANALYST_NAME)["default"], "min_inputs": 2}  # type: ignore[dict-item]
+    with InProcessFederation(
+        frames, policy={"default": rules}, directory=tmp_path / "f", node_timeout=1.0
+    ) as fed:
+        spec = spec_text({"columns": ["age"], "min_inputs": 2}, named=True)
+        job = fed.client.submit(spec).job.job_id
+        wait_until(lambda: fed.client.status(job).job.state.value == "running")
+        fed.stop_node("c")  # before the analyst's 3072-bit key is ready
+        view = fed.client.wait(job, timeout=120, poll=0.01)
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(job)["result"]
+        assert result["contributors"] == ["a", "b"]
+        assert result["dropped"] == ["c"]
+        assert result["cells"][0]["count"] == len(frames["a"]) + len(frames["b"])
