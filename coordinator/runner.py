@@ -26,6 +26,7 @@ from cleanroom.jobspec import JobSpec
 from cleanroom.jobtypes.base import CoordinatorContext, JobType
 from cleanroom.keys import KeyBundle, canonical_json
 from cleanroom.model import JobState
+from cleanroom.requests import graph_seed
 from coordinator.mailbox import analyst_mailbox, inbox
 from coordinator.release import Release
 from coordinator.state import CoordinatorState
@@ -111,6 +112,7 @@ class RunSetup:
     bundles: Mapping[str, KeyBundle]
     analyst_bundle: KeyBundle | None
     followers: tuple[str, ...] = field(default=())
+    signed_request: bytes = b""
 
 
 class JobRunner:
@@ -224,6 +226,11 @@ class JobRunner:
             parties=setup.parties,
             signing_keys=keys,
             random=seeded_random(seed),
+            graph_seed=(
+                graph_seed(setup.signed_request, setup.analyst_bundle.signing_public)
+                if setup.signed_request and setup.analyst_bundle is not None
+                else b""
+            ),
         )
 
     def _begin(self, journal: Sequence[bytes] | None) -> None:

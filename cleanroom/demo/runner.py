@@ -85,6 +85,7 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
     # Importing these modules registers their steps.
     import cleanroom.demo.he
     import cleanroom.demo.steps  # noqa: F401
+    from cleanroom.demo import privacy
 
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="cleanroom-demo-") as tmp:
@@ -125,6 +126,7 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
             ) as client:
                 for step in _STEPS:
                     all_ok &= _run_step(step, client, datasets, frames, console)
+            all_ok &= privacy.show(frames, console)
             all_ok &= _governance(root / "federation", console)
         finally:
             _CURRENT.clear()

@@ -4,6 +4,7 @@ the catalog, and run their party of a job (pull its mailbox, push messages)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from cleanroom import errors, serde, wire
 from cleanroom.keys import KeyBundle, verify_key_bundle
@@ -16,6 +17,12 @@ from coordinator.handlers import nodes, relay
 from coordinator.mailbox import analyst_mailbox
 from coordinator.state import CoordinatorState
 from protocols.party import ANALYST
+
+_UNFINISHED: Final = (
+    JobState.SUBMITTED,
+    JobState.AWAITING_APPROVAL,
+    JobState.RUNNING,
+)
 
 
 def submit(
@@ -56,11 +63,25 @@ def submit(
         signed_request=signed,
         analyst_bundle=bundle_bytes,
     )
-    try:
-        state.store.create_job(job)
-    except errors.StoreError:
-        state.store.get_job(job_id)  # NotFound: the store failed, say so
-        raise errors.AuthError("this signed request was submitted before") from None
+    with state.submissions:
+        unfinished = [
+            j
+            for j in state.store.jobs_in_states(_UNFINISHED)
+            if j.analyst == analyst.name
+        ]
+        if len(unfinished) >= state.max_jobs_per_analyst:
+            raise errors.QuotaExceeded(
+                [
+                    f"analyst {analyst.name!r} has {len(unfinished)} unfinished jobs; "
+                    f"this coordinator runs at most {state.max_jobs_per_analyst} "
+                    "per analyst at once"
+                ]
+            )
+        try:
+            state.store.create_job(job)
+        except errors.StoreError:
+            state.store.get_job(job_id)  # NotFound: the store failed, say so
+            raise errors.AuthError("this signed request was submitted before") from None
     state.record(
         job.job_id,
         "job.submitted",

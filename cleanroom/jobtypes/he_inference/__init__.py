@@ -1,7 +1,9 @@
 """The ``he_inference`` job: private inference, the data product "delivered as a
 model". A buyer (the analyst) scores its own rows against a model a holder has
 registered on its node; the features stay encrypted under the buyer's CKKS key
-and the weights never leave the owner.
+and the weights never leave the owner. Parameters: see
+``cleanroom.jobtypes.he_inference.params``; model registration:
+``cleanroom.jobtypes.he_inference.service``; user docs: docs/he.md.
 
 Protocol (``he_inference.parties``, on ``protocols.ckks``). The owner's node plans
 the run from its model (parameter set chosen from the model's depth within the

@@ -1,6 +1,7 @@
 """The ``he_sum`` job: column sums and counts (optionally per declared group)
 across holders, encrypted under the analyst's Paillier key; the coordinator
-multiplies the ciphertexts and only the analyst decrypts.
+multiplies the ciphertexts and only the analyst decrypts. Parameters: see
+``cleanroom.jobtypes.he_sum.params``; user docs: docs/he.md.
 
 Protocol (``he_sum.parties``). The analyst's party generates a key pair (3072
 bits by default; 2048 only with ``allow_legacy_2048``) and sends the public key,
