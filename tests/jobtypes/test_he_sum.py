@@ -10,6 +10,7 @@ import gmpy2
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -42,7 +43,8 @@ def spec_text(
     inputs = ", ".join(f"{{node: {n}, dataset: {n if named else 'd'}}}" for n in nodes)
     return (
         f"type: he_sum\ninputs: [{inputs}]\n"
-        f"params: {json.dumps(params)}\npurpose: test\n"
+        f"params: {yaml.safe_dump(params, default_flow_style=True).strip()}\n"
+        "purpose: test\n"
     )
 
 
@@ -285,3 +287,34 @@ def test_ciphertexts_under_another_key_are_refused(other_key: Any) -> None:
     )
     with pytest.raises(ProtocolError, match="under another public key"):
         p.coordinator.receive(Inbound("a", CIPHER, data))
+
+
+DP_PARAMS: dict[str, Any] = {
+    "columns": ["age"],
+    "clip": {"age": [0, 100]},
+    "dp": {"epsilon": 1.0, "delta": 1e-6},
+}
+
+
+def test_dp_noise_shares_are_added_before_encryption_and_charged() -> None:
+    data = frames()
+    spec = parse_spec(spec_text(DP_PARAMS))
+    assert jobtypes.get("he_sum").epsilon(spec) == (1.0, 1e-6)
+    p = Parties(spec_text(DP_PARAMS), data)
+    run = drive(p.coordinator, p.nodes, p.analyst)
+    assert run.opened is not None
+    (cell,) = run.opened["cells"]
+    pool = pd.concat(data.values())
+    std = cell["noise_std"]
+    assert std["count"] > 1 and std["sum"]["age"] > 50
+    assert abs(cell["count"] - len(pool)) < 8 * std["count"]
+    assert abs(cell["sum"]["age"] - pool["age"].sum()) < 8 * std["sum"]["age"]
+    # Noise is there: exact answers on both values would be a 1-in-millions event.
+    assert (cell["count"], round(cell["sum"]["age"])) != (len(pool), pool["age"].sum())
+    assert run.opened["dp"] == {"epsilon": 1.0, "delta": 1e-6}
+
+
+def test_dp_needs_public_bounds_for_every_column() -> None:
+    params = {**DP_PARAMS, "clip": {}}
+    with pytest.raises(SpecError, match=r"params\.clip\.age"):
+        jobtypes.get("he_sum").params(parse_spec(spec_text(params)))

@@ -79,3 +79,30 @@ def test_a_node_stopping_mid_job_is_left_out_when_every_policy_allows(
         assert result["contributors"] == ["a", "b"]
         assert result["dropped"] == ["c"]
         assert result["cells"][0]["count"] == len(frames["a"]) + len(frames["b"])
+
+
+def test_a_dataset_that_requires_dp_accepts_he_sum_only_with_dp(
+    tmp_path: Path,
+) -> None:
+    rules = {
+        **default_policy(ANALYST_NAME)["default"],  # type: ignore[dict-item]
+        "dp": {"required": True, "epsilon_budget": 5.0},
+    }
+    with InProcessFederation(
+        _frames(), policy={"default": rules}, directory=tmp_path / "f"
+    ) as fed:
+        exact = fed.run(spec_text({"columns": ["age"]}, named=True), timeout=60)
+        assert exact.job.state.value == "refused"
+        assert "differentially private" in exact.job.reason
+        noisy = spec_text(
+            {
+                "columns": ["age"],
+                "clip": {"age": [0, 100]},
+                "dp": {"epsilon": 1.0, "delta": 1e-6},
+            },
+            named=True,
+        )
+        view = fed.run(noisy, timeout=120)
+        assert view.job.state.value == "succeeded", view.job.reason
+        (cell,) = fed.client.result(view.job.job_id)["result"]["cells"]
+        assert cell["noise_std"]["count"] > 0

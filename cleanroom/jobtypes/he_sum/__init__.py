@@ -35,8 +35,13 @@ holds each node's ciphertext and the analyst the key) — single-key Paillier
 aggregation cannot hide a contribution from this pair; use ``secure_stats`` when
 that matters. Operator and one holder: nothing beyond what each already knows.
 
-No differential privacy: sums are exact up to the fixed-point step (2^-scale_bits
-per input). A holder whose policy wants noise should not list ``he_sum``.
+Differential privacy (``params.dp``, with public ``clip`` bounds): each node
+adds its discrete Gaussian noise share to every count and sum before encryption
+(``he_sum.params``); the job charges (epsilon, delta) to each dataset's budget, so
+a dataset whose policy requires DP accepts it only with ``dp``. Without ``dp``
+sums are exact up to the fixed-point step (2^-scale_bits per input). Suppression
+on a node's exact cell count is not itself noised: ``suppressed_by`` tells the
+analyst that some input had fewer than its minimum rows in that cell.
 """
 
 from __future__ import annotations
@@ -110,6 +115,10 @@ class HeSumJob(JobType[HeSumParams]):
 
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
         return self.params(spec).columns_used()
+
+    def epsilon(self, spec: JobSpec) -> tuple[float, float]:
+        privacy = self.params(spec).privacy
+        return (0.0, 0.0) if privacy is None else (privacy.epsilon, privacy.delta)
 
     def has_analyst_party(self, spec: JobSpec) -> bool:
         return True

@@ -7,6 +7,14 @@
     key_bits: 3072              # the analyst's Paillier modulus (>= 3072)
     allow_legacy_2048: false    # true: 2048-bit keys (about 112-bit security)
     min_inputs: 3               # fewest inputs to aggregate (default: all)
+    clip: {age: [0, 120]}       # public bounds: values are clipped to them
+    dp: {epsilon: 1.0, delta: 1.0e-6}   # optional; needs clip for every column
+
+With ``dp`` each node adds its share of discrete Gaussian noise
+(``protocols.dp``) to every count and sum of every cell, suppressed or not,
+before encryption, calibrated so that the sum of any ``min_inputs`` shares is
+(epsilon, delta)-DP for adding or removing one record (which moves one cell's
+count by 1 and each of its sums by at most max(|lo|, |hi|)).
 
 One encrypted vector per node, integers in slots of a packed plaintext::
 
@@ -18,12 +26,14 @@ relay that drops, repeats or swaps an input is caught; ``contributors`` is 1.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cleanroom.errors import ConfigError, SpecError
 from cleanroom.jobspec import JobSpec
+from protocols import dp
 from protocols.paillier import DEFAULT_BITS, LEGACY_BITS, PackingLayout
 from protocols.paillier.keys import MAX_BITS, check_key_bits
 
@@ -43,6 +53,8 @@ _KEYS: Final = (
     "key_bits",
     "allow_legacy_2048",
     "min_inputs",
+    "clip",
+    "dp",
 )
 
 GroupValue = str | int | bool
@@ -58,6 +70,16 @@ class HeSumParams:
     allow_legacy_2048: bool
     min_inputs: int
     inputs: int
+    clip: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    privacy: dp.DistributedGaussian | None = None
+
+    def sensitivities(self) -> list[int]:
+        """Integer sensitivity of a cell's count and of each of its sums."""
+        scale = 1 << self.scale_bits
+        return [1] + [
+            max(1, math.ceil(max(abs(lo), abs(hi)) * scale))
+            for lo, hi in (self.clip[c] for c in self.columns)
+        ]
 
     @property
     def cells(self) -> int:
@@ -143,6 +165,12 @@ def parse_params(spec: JobSpec) -> HeSumParams:
     if bits % 2 or bits < LEGACY_BITS:
         raise SpecError("params.key_bits", "must be even")
     inputs = len(spec.inputs)
+    clip = _clip(raw.get("clip"), columns)
+    min_inputs = (
+        _int(raw.get("min_inputs", inputs), "params.min_inputs", 2, inputs)
+        if inputs >= 2
+        else inputs
+    )
     params = HeSumParams(
         columns=columns,
         group_by=group_by,
@@ -155,12 +183,66 @@ def parse_params(spec: JobSpec) -> HeSumParams:
         ),
         key_bits=bits,
         allow_legacy_2048=legacy,
-        min_inputs=_int(raw.get("min_inputs", inputs), "params.min_inputs", 2, inputs)
-        if inputs >= 2
-        else inputs,
+        min_inputs=min_inputs,
         inputs=inputs,
+        clip=clip,
+        privacy=_privacy(raw.get("dp"), clip, columns, max(1, min_inputs)),
     )
     layout = params.layout()
     if params.length > 16 * layout.slots:
         raise SpecError("params", "too many groups x columns for one job")
     return params
+
+
+def _clip(value: Any, columns: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError("params.clip", "expected {column: [low, high]}")
+    found: dict[str, tuple[float, float]] = {}
+    for column, bounds in value.items():
+        path = f"params.clip.{column}"
+        if column not in columns:
+            raise SpecError(path, "is not one of params.columns")
+        if (
+            not isinstance(bounds, list)
+            or len(bounds) != 2
+            or not all(
+                isinstance(b, int | float) and not isinstance(b, bool) for b in bounds
+            )
+            or not all(math.isfinite(b) for b in bounds)
+            or not bounds[0] < bounds[1]
+        ):
+            raise SpecError(path, "expected [low, high] with low < high")
+        found[column] = (float(bounds[0]), float(bounds[1]))
+    return found
+
+
+def _privacy(
+    value: Any,
+    clip: Mapping[str, tuple[float, float]],
+    columns: tuple[str, ...],
+    parties: int,
+) -> dp.DistributedGaussian | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"epsilon", "delta"}:
+        raise SpecError("params.dp", "expected {epsilon: e, delta: d}")
+    missing = [c for c in columns if c not in clip]
+    if missing:
+        raise SpecError(
+            f"params.clip.{missing[0]}", "dp needs public bounds for every column"
+        )
+    epsilon, delta = value.get("epsilon"), value.get("delta", 1e-6)
+    for name, number in (("epsilon", epsilon), ("delta", delta)):
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise SpecError(f"params.dp.{name}", "expected a number")
+    try:
+        return dp.calibrate(
+            float(epsilon),  # type: ignore[arg-type]
+            float(delta),
+            dimensions=1 + len(columns),
+            parties=parties,
+        )
+    except ConfigError as exc:
+        raise SpecError("params.dp", str(exc)) from None

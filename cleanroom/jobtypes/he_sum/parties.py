@@ -177,18 +177,30 @@ class HeSumNode(NodeParty):
         reals = params.layout(scaled=True)
         tag = _tag(ctx.random)
         values = [tag, 1]
+        sensitivities = params.sensitivities() if params.privacy else []
         for mask in masks:
             count = int(mask.sum())
             if count < ctx.min_group_size:
-                values += [1, 0] + [0] * len(params.columns)
-                continue
-            sums = [
-                float(pd.to_numeric(rows.loc[mask, c]).astype(float).sum())
-                for c in params.columns
-            ]
-            scaled = reals.reals(sums, path="params.columns", names=params.columns)
-            values += [0, count, *scaled]
+                cell = [0] * (1 + len(params.columns))
+                suppressed = 1
+            else:
+                sums = [self._column(rows.loc[mask, c], c) for c in params.columns]
+                scaled = reals.reals(sums, path="params.columns", names=params.columns)
+                cell, suppressed = [count, *scaled], 0
+            if params.privacy is not None:
+                # Every cell carries this node's share, suppressed or not, so the
+                # noise in each released cell is the sum of every contributor's.
+                noise = params.privacy.sample(sensitivities, ctx.random)
+                cell = [v + e for v, e in zip(cell, noise, strict=True)]
+            values += [suppressed, *cell]
         return values
+
+    def _column(self, values: pd.Series[Any], column: str) -> float:
+        numbers = pd.to_numeric(values).astype(float)
+        bounds = self._params.clip.get(column)
+        if bounds is not None:
+            numbers = numbers.clip(*bounds)
+        return float(numbers.sum())
 
     @property
     def finished(self) -> bool:

@@ -29,6 +29,15 @@ def read_totals(
             "mean": {c: (s / count if count else None) for c, s in sums.items()},
             "suppressed_by": suppressed,
         }
+        if params.privacy is not None:
+            std = params.privacy.total_std(len(inputs))
+            sens = params.sensitivities()
+            cell["noise_std"] = {
+                "count": std,
+                "sum": {
+                    c: std * sens[1 + j] * step for j, c in enumerate(params.columns)
+                },
+            }
         if params.group_by is not None:
             cell = {"group": label, **cell}
         cells.append(cell)
@@ -38,4 +47,7 @@ def read_totals(
         "cells": cells,
         "contributors": list(inputs),
         "fixed_point_step": step,
+        "dp": None
+        if params.privacy is None
+        else {"epsilon": params.privacy.epsilon, "delta": params.privacy.delta},
     }
