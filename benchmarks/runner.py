@@ -36,6 +36,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_psi",
     "benchmarks.bench_pir",
     "benchmarks.bench_differencing",
+    "benchmarks.bench_vertical",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from cleanroom import local
 from cleanroom.client import Client
+from cleanroom.demo import vertical as vertical_demo
 from cleanroom.errors import CleanroomError
 from cleanroom.federation import Federation
 
@@ -131,6 +132,7 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
         finally:
             _CURRENT.clear()
             local.down(root / "federation")
+        all_ok &= vertical_demo.run(console)
         console.rule(
             "[bold green]all results match" if all_ok else "[bold red]mismatch"
         )

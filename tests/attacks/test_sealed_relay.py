@@ -17,7 +17,7 @@ from cleanroom.testing import InProcessFederation
 from coordinator.mailbox import Mailboxes
 from protocols.party import ANALYST
 
-Rewrite = Callable[[wire.ProtocolMessage], wire.ProtocolMessage | None]
+Rewrite = Callable[[wire.ProtocolMessage], list[wire.ProtocolMessage]]
 
 
 def _relay_through(monkeypatch: pytest.MonkeyPatch, rewrite: Rewrite) -> None:
@@ -30,11 +30,9 @@ def _relay_through(monkeypatch: pytest.MonkeyPatch, rewrite: Rewrite) -> None:
         kept: list[tuple[str, wire.Work]] = []
         for box, work in items:
             if isinstance(work, wire.ProtocolMessage) and work.recipient == ANALYST:
-                changed = rewrite(work)
-                if changed is None:
-                    continue
-                work = changed
-            kept.append((box, work))
+                kept += [(box, w) for w in rewrite(work)]
+            else:
+                kept.append((box, work))
         return genuine(self, kept)
 
     monkeypatch.setattr(Mailboxes, "put_many", put_many)
@@ -55,20 +53,24 @@ def _no_reading(fed: InProcessFederation, expected: type[CleanroomError]) -> Non
 def test_a_dropped_sealed_report_is_noticed(
     fed: InProcessFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _relay_through(monkeypatch, lambda m: None if m.sender == "h2" else m)
+    _relay_through(monkeypatch, lambda m: [] if m.sender == "h2" else [m])
     _no_reading(fed, ProtocolError)
 
 
 def test_a_report_delivered_as_another_nodes_is_refused(
     fed: InProcessFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: dict[str, bytes] = {}
+    held: dict[str, wire.ProtocolMessage] = {}
 
-    def swap(message: wire.ProtocolMessage) -> wire.ProtocolMessage:
-        seen.setdefault(message.sender, message.body)
-        if message.sender == "h2" and "h1" in seen:
-            return replace(message, body=seen["h1"])  # h1's report, as h2's
-        return message
+    def swap(message: wire.ProtocolMessage) -> list[wire.ProtocolMessage]:
+        """h2's report is replaced by h1's, whichever of them arrives first."""
+        if message.sender not in ("h1", "h2"):
+            return [message]
+        held[message.sender] = message
+        if len(held) < 2:
+            return [message] if message.sender == "h1" else []
+        forged = replace(held["h2"], body=held["h1"].body)  # h1's report, as h2's
+        return [message, forged] if message.sender == "h1" else [forged]
 
     _relay_through(monkeypatch, swap)
     _no_reading(fed, EnvelopeError)
