@@ -102,8 +102,10 @@ class AnalystSession:
         keys: NodeKeys,
         ca_pem: bytes,
         clock: Callable[[], float] = time.time,
+        local_inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self._link = link
+        self._local_inputs = dict(local_inputs or {})
         self._store = store
         self.job_id = job_id
         self._analyst = analyst
@@ -185,6 +187,7 @@ class AnalystSession:
                 signing_key=self._keys.signing,
                 peer_signing_keys={n: b.signing_public for n, b in bundles.items()},
                 random=seeded_random(self._seed),
+                local_inputs=self._local_inputs,
             )
         )
         self._emit(self.party.start())

@@ -15,6 +15,7 @@ released result into the analyst's reading (e.g. decrypts it).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +35,9 @@ from cleanroom.requests import sign_request
 from cleanroom.serde import JobView
 
 CatalogEntry = wire.CatalogNode
+
+
+log = logging.getLogger(__name__)
 
 
 def protocol_keys_path(tls_key: Path) -> Path:
@@ -64,6 +68,7 @@ class Client:
         self._clock = clock
         self._store: SessionStore | None = None
         self._sessions: dict[str, AnalystSession] = {}
+        self._local_inputs: dict[str, Mapping[str, Any]] = {}
 
     @classmethod
     def connect(
@@ -114,17 +119,31 @@ class Client:
         self.close()
 
     # ------------------------------------------------------------------ jobs --
-    def submit(self, spec_yaml: str) -> JobView:
-        """Sign and submit a job spec; SpecError (with the field path) if invalid."""
+    def submit(
+        self, spec_yaml: str, *, local_inputs: Mapping[str, Any] | None = None
+    ) -> JobView:
+        """Sign and submit a job spec; SpecError (with the field path) if invalid.
+
+        ``local_inputs`` are the analyst's own inputs to its party (e.g. rows
+        to score); they stay in this process and reach the
+        others only as the job type's protocol sends them (encrypted)."""
         signed = sign_request(
             spec_yaml,
             analyst=self.analyst,
             signing_key=self._keys.signing,
             now=self._clock(),
         )
-        return self._link.submit(
+        view = self._link.submit(
             wire.Submission(spec_yaml, signed, self._bundle.to_bytes())
         )
+        if local_inputs:
+            self.provide_inputs(view.job.job_id, local_inputs)
+        return view
+
+    def provide_inputs(self, job_id: str, local_inputs: Mapping[str, Any]) -> None:
+        """Give the analyst party of ``job_id`` its local inputs (before it runs,
+        e.g. when resuming a job submitted by another process)."""
+        self._local_inputs[job_id] = dict(local_inputs)
 
     def status(self, job_id: str) -> JobView:
         return self._link.status(job_id)
@@ -198,8 +217,22 @@ class Client:
                 keys=self._keys,
                 ca_pem=self._ca_pem,
                 clock=self._clock,
+                local_inputs=self._local_inputs.get(job_id),
             )
         return self._sessions[job_id]
+
+    def _step(self, session: AnalystSession, *, wait: float) -> bool:
+        """One step of the analyst's party; if the party refuses (its input, or
+        what it received), the job is cancelled with that reason, then re-raised,
+        so the other parties do not wait for it until their deadlines."""
+        try:
+            return session.step(wait=wait)
+        except errors.ProtocolError as exc:
+            try:
+                self.cancel(session.job_id, f"the analyst's party refused: {exc}")
+            except errors.CleanroomError:
+                log.warning("job %s: could not cancel after a refusal", session.job_id)
+            raise
 
     def wait(
         self,
@@ -224,7 +257,7 @@ class Client:
                     return view
                 if run_party and view.analyst_party:
                     session = session or self.session(job_id)
-                    if session.step(wait=min(1.0, max(poll, 0.05))):
+                    if self._step(session, wait=min(1.0, max(poll, 0.05))):
                         continue
             except errors.TransportError:
                 if deadline is not None and time.monotonic() > deadline:

@@ -356,9 +356,15 @@ class InProcessFederation:
                 except errors.CleanroomError:
                     pass
 
-    def run(self, spec_yaml: str, *, timeout: float = 30.0) -> JobView:
+    def run(
+        self,
+        spec_yaml: str,
+        *,
+        timeout: float = 30.0,
+        local_inputs: Mapping[str, Any] | None = None,
+    ) -> JobView:
         """Submit and wait (running the analyst party if any)."""
-        view = self.client.submit(spec_yaml)
+        view = self.client.submit(spec_yaml, local_inputs=local_inputs)
         return self.client.wait(view.job.job_id, timeout=timeout, poll=0.01)
 
     def close(self) -> None:

@@ -40,6 +40,15 @@ class DemoStep:
     ]
     available: Callable[[], str | None] = lambda: None
     """Returns a reason to skip the step (e.g. no Docker engine), or None."""
+    node_settings: Callable[
+        [Path, Mapping[str, pd.DataFrame]], Mapping[str, Mapping[str, Any]]
+    ] = lambda root, frames: {}
+    """Before the federation starts: node -> ``[jobtypes.<name>]`` tables the
+    step needs (e.g. a model a holder registers), files written under ``root``."""
+    local_inputs: Callable[[Mapping[str, pd.DataFrame]], Mapping[str, Any]] = (
+        lambda frames: {}
+    )
+    """The analyst's own inputs to its party (e.g. rows to score)."""
 
 
 _STEPS: list[DemoStep] = []
@@ -74,8 +83,10 @@ def sample_data(directory: Path) -> dict[str, Path]:
 
 def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> bool:
     """Run every step; True if every federated result matched its reference."""
-    import cleanroom.demo.fedavg  # registers the federated training step
-    import cleanroom.demo.steps  # noqa: F401 - registers the built-in steps
+    # Importing these modules registers their steps.
+    import cleanroom.demo.fedavg
+    import cleanroom.demo.he
+    import cleanroom.demo.steps  # noqa: F401
     from cleanroom.demo import privacy
 
     console = console or Console()
@@ -92,6 +103,10 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
             + ", ".join(f"{n}: {len(f)}" for n, f in frames.items())
         )
         started = time.monotonic()
+        settings: dict[str, dict[str, Mapping[str, Any]]] = {}
+        for step in _STEPS:
+            for node, tables in step.node_settings(root, frames).items():
+                settings.setdefault(node, {}).update(tables)
         with console.status(
             "starting a local federation (coordinator + 3 nodes)"
         ) as status:
@@ -99,6 +114,7 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
                 workdir=root / "federation",
                 nodes=list(paths.items()),
                 progress=lambda m: status.update(m),
+                node_settings=settings,
             )
         console.print(
             f"federation up in {time.monotonic() - started:.1f}s at "
@@ -140,7 +156,8 @@ def _run_step(
     started = time.monotonic()
     try:
         with console.status(f"running {step.title}") as status:
-            job = client.submit(spec).job.job_id
+            inputs = step.local_inputs(frames)
+            job = client.submit(spec, local_inputs=inputs).job.job_id
             final = client.wait(
                 job,
                 timeout=600,

@@ -17,6 +17,8 @@ from cleanroom.jobtypes.count import CountJob
 
 register(CountJob())
 import cleanroom.jobtypes.fedavg  # noqa: E402 - registers itself
+import cleanroom.jobtypes.he_inference  # noqa: E402 - registers itself
+import cleanroom.jobtypes.he_sum  # noqa: E402 - registers itself
 import cleanroom.jobtypes.sandbox  # noqa: E402 - registers itself
 import cleanroom.jobtypes.secure_stats  # noqa: E402 - registers itself
 import cleanroom.jobtypes.vertical.register  # noqa: E402, F401 - registers itself

@@ -133,6 +133,9 @@ class AnalystContext:
     signing_key: Ed25519PrivateKey
     peer_signing_keys: Mapping[str, bytes]
     random: RandomSource = SYSTEM_RANDOM
+    local_inputs: Mapping[str, Any] = field(default_factory=dict)
+    """The analyst's own inputs to its party (e.g. rows to score), given to the
+    client beside the spec and never sent to the coordinator as they are."""
 
     @property
     def params(self) -> Any:
