@@ -14,6 +14,7 @@ Parameters (``docs/fedavg.md`` has every default)::
     rounds: 30
     local: {epochs: 1, batch_size: 32, learning_rate: 0.1, proximal_mu: 0.0}
     threshold: 3                  # fewest nodes any sum may cover
+    graph: complete               # or k-regular: SecAgg+'s sparse sound graph
     dp: {epsilon: 1.0, delta: 1.0e-6, example_clip: 1.0}   # DP-FedSGD
 
 Holder settings (node config ``[jobtypes.fedavg]``): ``max_rounds``,
