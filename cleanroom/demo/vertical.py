@@ -5,6 +5,7 @@ centralised scikit-learn model on the joined data is the reference."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,8 @@ def run(console: Console, *, key_bits: int = 3072) -> bool:
         f"({len(data.telecom_features)} features), {len(data.common)} in common"
     )
     settings: dict[str, Any] = {"allow_legacy_2048": key_bits < 3072}
+    # The in-process nodes' reconnect warnings at teardown are not the demo's story.
+    logging.getLogger("node").setLevel(logging.ERROR)
     with InProcessFederation(
         {BANK: data.bank, TELECOM: data.telecom},
         id_column="customer_id",
