@@ -114,17 +114,28 @@ class Client:
         self.close()
 
     # ------------------------------------------------------------------ jobs --
-    def submit(self, spec_yaml: str) -> JobView:
-        """Sign and submit a job spec; SpecError (with the field path) if invalid."""
+    def submit(
+        self, spec_yaml: str, *, inputs: Mapping[str, bytes] | None = None
+    ) -> JobView:
+        """Sign and submit a job spec; SpecError (with the field path) if invalid.
+
+        ``inputs`` are the analyst's private inputs to its party (e.g. the claimed
+        records of a ``verify`` job): kept in the local journal, never submitted.
+        """
         signed = sign_request(
             spec_yaml,
             analyst=self.analyst,
             signing_key=self._keys.signing,
             now=self._clock(),
         )
-        return self._link.submit(
+        view = self._link.submit(
             wire.Submission(spec_yaml, signed, self._bundle.to_bytes())
         )
+        if inputs:
+            if self._store is None:
+                self._store = SessionStore(self._state_dir)
+            self._store.set_inputs(view.job.job_id, inputs)
+        return view
 
     def status(self, job_id: str) -> JobView:
         return self._link.status(job_id)

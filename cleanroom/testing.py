@@ -349,9 +349,15 @@ class InProcessFederation:
                 except errors.CleanroomError:
                     pass
 
-    def run(self, spec_yaml: str, *, timeout: float = 30.0) -> JobView:
-        """Submit and wait (running the analyst party if any)."""
-        view = self.client.submit(spec_yaml)
+    def run(
+        self,
+        spec_yaml: str,
+        *,
+        timeout: float = 30.0,
+        inputs: Mapping[str, bytes] | None = None,
+    ) -> JobView:
+        """Submit and wait (running the analyst party if any, with ``inputs``)."""
+        view = self.client.submit(spec_yaml, inputs=inputs)
         return self.client.wait(view.job.job_id, timeout=timeout, poll=0.01)
 
     def close(self) -> None:

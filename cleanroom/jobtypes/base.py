@@ -112,6 +112,10 @@ class AnalystContext:
     signing_key: Ed25519PrivateKey
     peer_signing_keys: Mapping[str, bytes]
     random: RandomSource = SYSTEM_RANDOM
+    inputs: Mapping[str, bytes] = field(default_factory=dict)
+    """The analyst's private inputs to this job (e.g. claimed records), given to
+    ``Client.submit`` and kept in the analyst's local journal: never in the spec,
+    never sent to anyone unless the analyst party sends (a function of) them."""
 
     @property
     def params(self) -> Any:
