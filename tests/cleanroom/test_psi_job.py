@@ -1,0 +1,149 @@
+"""The ``psi`` job end to end in an in-process federation: outputs equal the
+plaintext intersection after normalisation, holders' policies and bad sets end
+the job with a reason, and what the coordinator keeps holds no raw key."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+import yaml
+
+from cleanroom.jobtypes.psi import store
+from cleanroom.local import default_policy
+from cleanroom.testing import InProcessFederation
+
+BANK = pd.DataFrame(
+    {
+        "email": [
+            "ada@example.org",
+            " GRACE@example.org ",
+            "e\u0301mile@example.fr",  # NFD: the telecom holds the NFC form
+            "alan@example.org",
+            "ada@example.org",  # duplicate
+            "only-bank@example.org",
+        ],
+        "balance": [10, 20, 30, 40, 50, 60],
+    }
+)
+TELECOM = pd.DataFrame(
+    {
+        "email": [
+            "nobody@example.com",
+            "\u00e9mile@example.fr",
+            "grace@EXAMPLE.org",
+            "Ada@Example.org",
+            "only-telecom@example.com",
+        ],
+        "plan": ["a", "b", "c", "d", "e"],
+    }
+)
+RAW_KEYS = ["only-bank@example.org", "only-telecom@example.com", "ada@example.org"]
+
+
+def _norm(value: str) -> str:
+    return unicodedata.normalize(
+        "NFC", unicodedata.normalize("NFC", value).strip().casefold()
+    )
+
+
+def _plain(frame: pd.DataFrame) -> dict[str, int]:
+    first: dict[str, int] = {}
+    for i, v in enumerate(frame["email"]):
+        first.setdefault(_norm(v), i)
+    return first
+
+
+def _policy() -> dict[str, object]:
+    entry = dict(default_policy("analyst")["default"])  # type: ignore[arg-type]
+    entry["min_group_size"] = 1
+    return {"default": entry}
+
+
+@pytest.fixture
+def fed() -> Iterator[InProcessFederation]:
+    with InProcessFederation(
+        {"bank": BANK, "telecom": TELECOM},
+        policy=_policy(),
+        jobtypes={"psi": {"outputs": ["intersection", "cardinality", "aligned"]}},
+    ) as f:
+        yield f
+
+
+def _spec(**params: object) -> str:
+    return yaml.safe_dump(
+        {
+            "type": "psi",
+            "inputs": [
+                {"node": "bank", "dataset": "bank"},
+                {"node": "telecom", "dataset": "telecom"},
+            ],
+            "params": {"columns": ["email"], **params},
+            "purpose": "test",
+            "deadline_seconds": 10,
+        }
+    )
+
+
+def _stored(fed: InProcessFederation, node: str, job_id: str) -> store.StoredResult:
+    return store.load(fed.agents[node].db, job_id, node)
+
+
+def test_intersection_to_named_receiver_only(fed: InProcessFederation) -> None:
+    view = fed.run(_spec(output="intersection", receivers=["bank"]))
+    assert view.job.state.value == "succeeded", view.job.reason
+    job_id = view.job.job_id
+    bank, telecom = _plain(BANK), _plain(TELECOM)
+    shared = set(bank) & set(telecom)
+    assert _stored(fed, "bank", job_id).rows == tuple(sorted(bank[k] for k in shared))
+    with pytest.raises(Exception, match="no PSI result"):
+        _stored(fed, "telecom", job_id)
+    result = fed.client.result(job_id)["result"]
+    assert result["cardinality"] == len(shared) == 3
+    receivers = {n["node"]: n["receiver"] for n in result["nodes"]}
+    assert receivers == {"bank": True, "telecom": False}
+
+
+def test_cardinality_only_stores_nothing(fed: InProcessFederation) -> None:
+    view = fed.run(_spec(output="cardinality"))
+    assert view.job.state.value == "succeeded", view.job.reason
+    result = fed.client.result(view.job.job_id)["result"]
+    assert result["cardinality"] == 3
+    assert not any(n["stored"] for n in result["nodes"])
+
+
+def test_aligned_rows_pair_the_same_keys(fed: InProcessFederation) -> None:
+    view = fed.run(_spec(output="aligned"))
+    assert view.job.state.value == "succeeded", view.job.reason
+    job_id = view.job.job_id
+    rows = {
+        n: store.aligned_rows(
+            fed.agents[n].db,
+            job_id,
+            n,
+            _stored(fed, n, job_id).dataset_hash,
+        )
+        for n in ("bank", "telecom")
+    }
+    pairs = [
+        (_norm(BANK["email"][b]), _norm(TELECOM["email"][t]))
+        for b, t in zip(rows["bank"], rows["telecom"], strict=True)
+    ]
+    assert len(pairs) == 3 and all(a == b for a, b in pairs)
+    with pytest.raises(Exception, match="changed since"):
+        store.aligned_rows(fed.agents["bank"].db, job_id, "bank", "another-version")
+
+
+def test_coordinator_keeps_no_raw_key(fed: InProcessFederation) -> None:
+    view = fed.run(_spec(output="intersection"))
+    assert view.job.state.value == "succeeded", view.job.reason
+    fed.kill_coordinator()
+    root = fed.directory
+    assert root is not None
+    kept = b"".join(p.read_bytes() for p in (root / "coordinator").rglob("*") if p.is_file())
+    kept += repr(fed._store.__dict__).encode()  # the in-memory store
+    for key in RAW_KEYS:
+        assert key.encode() not in kept
+        assert _norm(key).encode() not in kept
