@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cleanroom import jobtypes
+from cleanroom.errors import ProtocolAbort
+from cleanroom.jobspec import parse_spec
+from cleanroom.jobtypes.psi.parties import PsiService, PsiSettings
+from cleanroom.localdb import LocalDatabase
+from protocols.party import ANALYST
+
+from cleanroom.errors import NotFound
 from cleanroom.jobtypes.psi import store
 from cleanroom.local import default_policy
-from cleanroom.testing import InProcessFederation
+from cleanroom.testing import InProcessFederation, wait_until
+from node.state import JobStatus
 
 BANK = pd.DataFrame(
     {
@@ -147,3 +158,97 @@ def test_coordinator_keeps_no_raw_key(fed: InProcessFederation) -> None:
     for key in RAW_KEYS:
         assert key.encode() not in kept
         assert _norm(key).encode() not in kept
+
+
+def _failed(view: object) -> str:
+    job = view.job  # type: ignore[attr-defined]
+    assert job.state.value in ("failed", "refused"), job.state
+    return str(job.reason)
+
+
+def test_whitespace_only_key_is_refused_or_dropped() -> None:
+    bank = pd.DataFrame(
+        {"email": ["ada@example.org", "   ", "alan@example.org"], "n": [1, 2, 3]}
+    )
+    with InProcessFederation(
+        {"bank": bank, "telecom": TELECOM}, policy=_policy()
+    ) as fed:
+        reason = _failed(fed.run(_spec()))
+        assert "blank" in reason and "ada@" not in reason
+        rule = {"name": "email", "blank": "drop"}
+        view = fed.run(_spec(columns=[rule]))
+        assert view.job.state.value == "succeeded", view.job.reason
+        assert fed.client.result(view.job.job_id)["result"]["cardinality"] == 1
+
+
+def test_empty_set_gives_an_empty_intersection() -> None:
+    empty = pd.DataFrame({"email": pd.Series([], dtype=str), "n": []})
+    with InProcessFederation({"bank": empty, "telecom": TELECOM}, policy=_policy()) as fed:
+        view = fed.run(_spec(output="intersection"))
+        assert view.job.state.value == "succeeded", view.job.reason
+        assert fed.client.result(view.job.job_id)["result"]["cardinality"] == 0
+        assert _stored(fed, "telecom", view.job.job_id).rows == ()
+
+
+def test_sets_larger_than_policy_allows() -> None:
+    with InProcessFederation(
+        {"bank": BANK, "telecom": TELECOM},
+        policy=_policy(),
+        jobtypes={"psi": {"max_items": 4, "outputs": ["cardinality"]}},
+    ) as fed:
+        reason = _failed(fed.run(_spec(max_items=5)))
+        assert "exceeds this holder's 4" in reason
+        reason = _failed(fed.run(_spec(max_items=4)))
+        assert "exceed this job's max_items (4)" in reason
+        reason = _failed(fed.run(_spec(output="intersection", max_items=4)))
+        assert "'intersection' output is not allowed" in reason
+
+
+def test_a_party_dropping_ends_the_job_with_a_reason() -> None:
+    policy = _policy()
+    policy["default"]["approval"] = "manual"  # type: ignore[index]
+    with InProcessFederation(
+        {"bank": BANK, "telecom": TELECOM}, policy=policy, node_timeout=1.0
+    ) as fed:
+        job = fed.client.submit(_spec()).job.job_id
+        agents = fed.agents
+
+        def pending(name: str) -> bool:
+            try:
+                return agents[name].state.get(job).status == JobStatus.PENDING
+            except NotFound:
+                return False
+
+        wait_until(lambda: pending("bank") and pending("telecom"))
+        agents["telecom"].state.holder_decide(job, True, "fine")
+        wait_until(
+            lambda: any(e.kind == "node.approved" for e in fed.client.events(job))
+        )
+        fed.stop_node("telecom")
+        agents["bank"].state.holder_decide(job, True, "fine")
+        view = fed.client.wait(job, timeout=30, poll=0.01)
+        reason = _failed(view)
+        assert "telecom lost contact" in reason
+        assert "parties dropped out: telecom" in reason
+
+
+def test_a_peer_dropping_mid_protocol_aborts_with_the_stage(tmp_path: Path) -> None:
+    spec = parse_spec(_spec(output="aligned"))
+    keys = {n: Ed25519PrivateKey.generate() for n in ("bank", "telecom")}
+    service = PsiService(PsiSettings(), LocalDatabase(tmp_path / "node.db"))
+    store.ensure_schema(service.db)
+    parties = {
+        name: jobtypes.get("psi").node_party(
+            jobtypes.NodeContext(
+                "j1", spec, name, name, frame, "h", 1, keys[name],
+                spec.nodes, {}, service=service,
+            )
+        )  # fmt: skip
+        for name, frame in (("bank", BANK), ("telecom", TELECOM))
+    }
+    sent = parties["bank"].start()
+    assert {o.recipient for o in sent} == {"telecom"}
+    assert all(b"example" not in o.payload for o in sent)  # blinded points only
+    with pytest.raises(ProtocolAbort, match="telecom dropped while bank was in"):
+        parties["bank"].dropped(frozenset({"telecom"}))
+    assert parties["bank"].dropped(frozenset({ANALYST})) == []
