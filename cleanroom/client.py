@@ -24,6 +24,7 @@ from typing import Any
 from cleanroom import errors, jobtypes, wire
 from cleanroom.analyst import AnalystSession, SessionStore
 from cleanroom.federation import Federation
+from cleanroom.jobspec import parse_spec
 from cleanroom.keys import KeyBundle, NodeKeys, make_key_bundle
 from cleanroom.links import AnalystLink, GrpcAnalystLink
 from cleanroom.model import JobEvent
@@ -122,6 +123,7 @@ class Client:
         ``inputs`` are the analyst's private inputs to its party (e.g. the claimed
         records of a ``verify`` job): kept in the local journal, never submitted.
         """
+        self._check_inputs(spec_yaml, inputs or {})
         signed = sign_request(
             spec_yaml,
             analyst=self.analyst,
@@ -136,6 +138,19 @@ class Client:
                 self._store = SessionStore(self._state_dir)
             self._store.set_inputs(view.job.job_id, inputs)
         return view
+
+    @staticmethod
+    def _check_inputs(spec_yaml: str, inputs: Mapping[str, bytes]) -> None:
+        """The job type's check of the private inputs, before anything is sent;
+        a spec that does not parse is left to the coordinator to refuse."""
+        try:
+            spec = parse_spec(spec_yaml)
+            job_type = jobtypes.get(spec.type)
+        except errors.SpecError:
+            if inputs:
+                raise
+            return
+        job_type.check_inputs(spec, inputs)
 
     def status(self, job_id: str) -> JobView:
         return self._link.status(job_id)

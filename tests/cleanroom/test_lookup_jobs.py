@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from cleanroom.errors import SpecError
+from cleanroom.jobtypes.lookup import downloaded_table
 from cleanroom.local import default_policy
 from cleanroom.testing import InProcessFederation
 
@@ -149,3 +151,87 @@ def test_batch_beyond_quota_is_refused_before_work(fed: InProcessFederation) -> 
     assert second.job.state.value == "refused"
     assert "verified_records" in second.job.reason
     assert used() == before
+
+
+def test_cached_table_is_used_and_a_changed_dataset_gets_a_new_one() -> None:
+    with InProcessFederation({HOLDER: FRAME}, id_column="id", policy=_policy()) as fed:
+        spec = _spec("pir_lookup", lookups=1, fields=["city"])
+        first = fed.run(spec, inputs={"keys": b"P-1001"})
+        assert first.job.state.value == "succeeded", first.job.reason
+        opened = fed.client.opened(first.job.job_id)
+        table = downloaded_table(opened.transcript)
+        assert table is not None
+        version = opened.reading["table_version"]
+        cached = fed.run(
+            _spec("pir_lookup", lookups=1, fields=["city"], table=version),
+            inputs={"keys": b"P-1002", "table": table},
+        )
+        assert cached.job.state.value == "succeeded", cached.job.reason
+        again = fed.client.opened(cached.job.job_id)
+        assert downloaded_table(again.transcript) is None  # nothing re-sent
+        assert again.reading["lookups"][0]["record"] == {"city": "New York"}
+        # The holder's data changes: the node restarts on the new version.
+        fed.stop_node(HOLDER)
+        changed = FRAME.copy()
+        changed.loc[1, "city"] = "Arlington"
+        fed.start_node(HOLDER, changed)
+        fed.wait_connected()
+        stale = fed.run(
+            _spec("pir_lookup", lookups=1, fields=["city"], table=version),
+            inputs={"keys": b"P-1002", "table": table},
+        )
+        assert stale.job.state.value == "succeeded", stale.job.reason
+        fresh = fed.client.opened(stale.job.job_id)
+        assert fresh.reading["table_version"] != version
+        assert downloaded_table(fresh.transcript) is not None  # the new version
+        assert fresh.reading["lookups"][0]["record"] == {"city": "Arlington"}
+
+
+def test_holder_policy_limits_mode_and_batch() -> None:
+    with InProcessFederation(
+        {HOLDER: FRAME},
+        id_column="id",
+        policy=_policy(),
+        jobtypes={"verify": {"modes": ["all_fields"], "max_batch": 3}},
+    ) as fed:
+        per_field = fed.run(
+            _spec("verify", records=2, fields=["name"]),
+            inputs={"claims": _claims_csv(CLAIMS[:2])},
+        )
+        assert per_field.job.state.value == "refused"
+        assert "allows only all_fields" in per_field.job.reason
+        big = fed.run(
+            _spec("verify", records=4, fields=["name", "phone"], mode="all_fields"),
+            inputs={"claims": _claims_csv(CLAIMS)},
+        )
+        assert big.job.state.value == "refused"
+        assert "exceed this holder's 3" in big.job.reason
+
+
+def test_bad_claims_are_refused_before_submission(fed: InProcessFederation) -> None:
+    bad = [
+        (_spec("verify", records=3, fields=["name"]), _claims_csv(CLAIMS[:2]), "2 claimed"),
+        (_spec("verify", records=1, fields=["city"]), _claims_csv(CLAIMS[:1]), "'city'"),
+        (_spec("verify", records=1, fields=["name"]), b"\xff\xfe", "UTF-8"),
+    ]
+    for spec, claims, problem in bad:
+        with pytest.raises(SpecError, match=problem):
+            fed.client.submit(spec, inputs={"claims": claims})
+    with pytest.raises(SpecError, match="inputs.claims"):
+        fed.client.submit(_spec("verify", records=1, fields=["name"]))
+    with pytest.raises(SpecError, match="3 keys"):
+        fed.client.submit(_spec("pir_lookup", lookups=2, fields=["name"]), inputs={"keys": b"a\nb\nc"})
+    assert fed.client.list_jobs() == []
+
+
+def test_repeated_claims_are_padded_to_the_declared_batch(
+    fed: InProcessFederation,
+) -> None:
+    claims = [CLAIMS[0], CLAIMS[0], CLAIMS[3]]
+    view = fed.run(
+        _spec("verify", records=3, fields=["name", "phone"]),
+        inputs={"claims": _claims_csv(claims)},
+    )
+    assert view.job.state.value == "succeeded", view.job.reason
+    got = [r["fields"] for r in fed.client.result(view.job.job_id)["result"]["records"]]
+    assert got == [_plain_verify(c) for c in claims]

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import ClassVar, Final
 
 from cleanroom.catalog import DatasetInfo
-from cleanroom.errors import SpecError
+from cleanroom.errors import ProtocolError, SpecError
 from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.jobtypes.base import (
     AnalystContext,
@@ -57,8 +57,12 @@ from cleanroom.jobtypes.lookup.parties import (
     LookupAnalyst,
     LookupCoordinator,
     LookupNode,
+    downloaded_table,
+    read_claims,
+    read_keys,
 )
 from cleanroom.jobtypes.lookup.service import LookupSettings, TableService
+from protocols.oprf.download import decode_table
 from protocols.party import AnalystParty, CoordinatorParty, NodeParty
 
 VERIFIED_RECORDS: Final = "verified_records"
@@ -112,6 +116,20 @@ class _LookupJob:
     def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
         return LookupCoordinator(ctx)
 
+    def _check_private(
+        self, inputs: Mapping[str, bytes], allowed: tuple[str, ...]
+    ) -> None:
+        extra = sorted(set(inputs) - set(allowed))
+        if extra:
+            raise SpecError(
+                f"inputs.{extra[0]}", f"unknown input (allowed: {', '.join(allowed)})"
+            )
+        if "table" in inputs:
+            try:
+                decode_table(inputs["table"])
+            except ProtocolError as exc:
+                raise SpecError("inputs.table", str(exc)) from None
+
 
 class VerifyJob(_LookupJob, JobType[VerifyParams]):
     name = "verify"
@@ -138,6 +156,21 @@ class VerifyJob(_LookupJob, JobType[VerifyParams]):
 
     def estimate_units(self, spec: JobSpec, rows: int) -> Mapping[str, float]:
         return {VERIFIED_RECORDS: float(self.params(spec).records)}
+
+    def check_inputs(self, spec: JobSpec, inputs: Mapping[str, bytes]) -> None:
+        """The claims must be a CSV of exactly ``records`` rows with the key and
+        every asked field; checked on the analyst's machine before submission."""
+        self._check_private(inputs, ("claims", "table"))
+        params = self.params(spec)
+        try:
+            claims = read_claims(inputs.get("claims"), params.key, params.fields)
+        except ProtocolError as exc:
+            raise SpecError("inputs.claims", str(exc)) from None
+        if len(claims) != params.records:
+            raise SpecError(
+                "inputs.claims",
+                f"{len(claims)} claimed records, params.records is {params.records}",
+            )
 
     def admit(self, spec: JobSpec, ctx: AdmissionContext) -> Admission | None:
         params = self.params(spec)
@@ -173,6 +206,19 @@ class PirLookupJob(_LookupJob, JobType[PirParams]):
     def estimate_units(self, spec: JobSpec, rows: int) -> Mapping[str, float]:
         return {LOOKUPS: float(self.params(spec).lookups)}
 
+    def check_inputs(self, spec: JobSpec, inputs: Mapping[str, bytes]) -> None:
+        """One key per line, exactly ``lookups`` of them."""
+        self._check_private(inputs, ("keys", "table"))
+        lookups = self.params(spec).lookups
+        try:
+            keys = read_keys(inputs.get("keys"))
+        except ProtocolError as exc:
+            raise SpecError("inputs.keys", str(exc)) from None
+        if len(keys) != lookups:
+            raise SpecError(
+                "inputs.keys", f"{len(keys)} keys, params.lookups is {lookups}"
+            )
+
     def admit(self, spec: JobSpec, ctx: AdmissionContext) -> Admission | None:
         return _admit(ctx.service, self.params(spec).lookups, None)
 
@@ -186,4 +232,10 @@ class PirLookupJob(_LookupJob, JobType[PirParams]):
 register(VerifyJob())
 register(PirLookupJob())
 
-__all__ = ["LOOKUPS", "VERIFIED_RECORDS", "PirLookupJob", "VerifyJob"]
+__all__ = [
+    "LOOKUPS",
+    "VERIFIED_RECORDS",
+    "PirLookupJob",
+    "VerifyJob",
+    "downloaded_table",
+]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from cleanroom.errors import ProtocolError
@@ -305,6 +305,17 @@ class LookupAnalyst(AnalystParty):
                 {"key": k, "found": v is not None, "record": v} for k, v in found.items()
             ]
         return reading
+
+
+def downloaded_table(transcript: Sequence[Inbound]) -> bytes | None:
+    """The table a job downloaded (from its analyst party's transcript, e.g.
+    ``Client.opened(job).transcript``), to cache and pass to the next job as the
+    private input ``table`` with its version as ``params.table``; None if the
+    job used a cached one."""
+    for message in transcript:
+        if message.stage == TABLE and message.payload[:1] == _FULL:
+            return message.payload[1:]
+    return None
 
 
 def read_claims(
