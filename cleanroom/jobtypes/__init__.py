@@ -16,9 +16,9 @@ from cleanroom.jobtypes.base import (
 from cleanroom.jobtypes.count import CountJob
 
 register(CountJob())
+import cleanroom.jobtypes.lookup  # noqa: E402 - registers verify, pir_lookup
+import cleanroom.jobtypes.psi  # noqa: E402 - registers itself
 import cleanroom.jobtypes.sandbox  # noqa: E402 - registers itself
-import cleanroom.jobtypes.lookup  # noqa: E402, F401 - registers verify, pir_lookup
-import cleanroom.jobtypes.psi  # noqa: E402, F401 - registers itself
 import cleanroom.jobtypes.secure_stats  # noqa: E402, F401 - registers itself
 
 __all__ = [

@@ -15,7 +15,10 @@ from cleanroom.local import default_policy
 from cleanroom.testing import InProcessFederation
 
 BANK = pd.DataFrame(
-    {"id": ["C-7001", "C-7002", "C-7003"], "email": ["zed@canary.test", "yves@canary.test", "xan@canary.test"]}
+    {
+        "id": ["C-7001", "C-7002", "C-7003"],
+        "email": ["zed@canary.test", "yves@canary.test", "xan@canary.test"],
+    }
 )
 TELECOM = pd.DataFrame(
     {
@@ -53,16 +56,28 @@ def test_nothing_kept_by_the_coordinator_holds_a_key(
         store_url=f"sqlite:///{tmp_path / 'store.db'}",
         directory=tmp_path / "fed",
     ) as fed:
-        psi = fed.run(_spec("psi", ["bank", "telecom"], {"columns": ["email"], "output": "intersection"}))
+        psi = fed.run(
+            _spec(
+                "psi",
+                ["bank", "telecom"],
+                {"columns": ["email"], "output": "intersection"},
+            )
+        )
         assert psi.job.state.value == "succeeded", psi.job.reason
         claims = "id,name\nT-404,Ursula Canaryclaim\nT-1,Yves Quarantotto\n"
         verify = fed.run(
-            _spec("verify", ["telecom"], {"key": "id", "records": 2, "fields": ["name"]}),
+            _spec(
+                "verify", ["telecom"], {"key": "id", "records": 2, "fields": ["name"]}
+            ),
             inputs={"claims": claims.encode()},
         )
         assert verify.job.state.value == "succeeded", verify.job.reason
         lookup = fed.run(
-            _spec("pir_lookup", ["telecom"], {"key": "id", "lookups": 2, "fields": ["name"]}),
+            _spec(
+                "pir_lookup",
+                ["telecom"],
+                {"key": "id", "lookups": 2, "fields": ["name"]},
+            ),
             inputs={"keys": b"T-999\nT-3\n"},
         )
         assert lookup.job.state.value == "succeeded", lookup.job.reason
@@ -70,11 +85,16 @@ def test_nothing_kept_by_the_coordinator_holds_a_key(
         assert got[1]["record"] == {"name": "Xan Ninetynine"}
         fed.kill_coordinator()
         coordinator = b"".join(
-            p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "nodes" not in p.parts
-            and "analyst-state" not in p.parts and "pki" not in p.parts
+            p.read_bytes()
+            for p in tmp_path.rglob("*")
+            if p.is_file()
+            and "nodes" not in p.parts
+            and "analyst-state" not in p.parts
+            and "pki" not in p.parts
         )
         holder = b"".join(
-            p.read_bytes() for p in (tmp_path / "fed" / "nodes" / "telecom").rglob("*")
+            p.read_bytes()
+            for p in (tmp_path / "fed" / "nodes" / "telecom").rglob("*")
             if p.is_file() and p.suffix != ".csv"
         )
     logged = "\n".join(r.getMessage() for r in caplog.records).encode()

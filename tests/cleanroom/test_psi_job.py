@@ -14,17 +14,15 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cleanroom import jobtypes
-from cleanroom.errors import ProtocolAbort
+from cleanroom.errors import NotFound, ProtocolAbort
 from cleanroom.jobspec import parse_spec
-from cleanroom.jobtypes.psi.parties import PsiService, PsiSettings
-from cleanroom.localdb import LocalDatabase
-from protocols.party import ANALYST
-
-from cleanroom.errors import NotFound
 from cleanroom.jobtypes.psi import store
+from cleanroom.jobtypes.psi.parties import PsiService, PsiSettings
 from cleanroom.local import default_policy
+from cleanroom.localdb import LocalDatabase
 from cleanroom.testing import InProcessFederation, wait_until
 from node.state import JobStatus
+from protocols.party import ANALYST
 
 BANK = pd.DataFrame(
     {
@@ -153,7 +151,9 @@ def test_coordinator_keeps_no_raw_key(fed: InProcessFederation) -> None:
     fed.kill_coordinator()
     root = fed.directory
     assert root is not None
-    kept = b"".join(p.read_bytes() for p in (root / "coordinator").rglob("*") if p.is_file())
+    kept = b"".join(
+        p.read_bytes() for p in (root / "coordinator").rglob("*") if p.is_file()
+    )
     kept += repr(fed._store.__dict__).encode()  # the in-memory store
     for key in RAW_KEYS:
         assert key.encode() not in kept
@@ -183,7 +183,9 @@ def test_whitespace_only_key_is_refused_or_dropped() -> None:
 
 def test_empty_set_gives_an_empty_intersection() -> None:
     empty = pd.DataFrame({"email": pd.Series([], dtype=str), "n": []})
-    with InProcessFederation({"bank": empty, "telecom": TELECOM}, policy=_policy()) as fed:
+    with InProcessFederation(
+        {"bank": empty, "telecom": TELECOM}, policy=_policy()
+    ) as fed:
         view = fed.run(_spec(output="intersection"))
         assert view.job.state.value == "succeeded", view.job.reason
         assert fed.client.result(view.job.job_id)["result"]["cardinality"] == 0
@@ -240,10 +242,19 @@ def test_a_peer_dropping_mid_protocol_aborts_with_the_stage(tmp_path: Path) -> N
     parties = {
         name: jobtypes.get("psi").node_party(
             jobtypes.NodeContext(
-                "j1", spec, name, name, frame, "h", 1, keys[name],
-                spec.nodes, {}, service=service,
+                "j1",
+                spec,
+                name,
+                name,
+                frame,
+                "h",
+                1,
+                keys[name],
+                spec.nodes,
+                {},
+                service=service,
             )
-        )  # fmt: skip
+        )
         for name, frame in (("bank", BANK), ("telecom", TELECOM))
     }
     sent = parties["bank"].start()

@@ -89,9 +89,7 @@ def _check_schema(
             )
 
 
-def _admit(
-    service: TableService, records: int, mode: str | None
-) -> Admission | None:
+def _admit(service: TableService, records: int, mode: str | None) -> Admission | None:
     reasons = []
     limit = service.settings.max_batch
     if records > limit:
@@ -133,7 +131,9 @@ class _LookupJob:
 
 class VerifyJob(_LookupJob, JobType[VerifyParams]):
     name = "verify"
-    summary = "check claimed records against a holder's data: match per field, privately"
+    summary = (
+        "check claimed records against a holder's data: match per field, privately"
+    )
     units = (VERIFIED_RECORDS,)
     rereadable = False
     """The reading depends on the buyer's private claims."""

@@ -302,7 +302,8 @@ class LookupAnalyst(AnalystParty):
         else:
             found = self._buyer.results()
             reading["lookups"] = [
-                {"key": k, "found": v is not None, "record": v} for k, v in found.items()
+                {"key": k, "found": v is not None, "record": v}
+                for k, v in found.items()
             ]
         return reading
 

@@ -70,7 +70,9 @@ def cell_text(value: object) -> str:
 
 def content_hash(dataset_hash: str) -> bytes:
     """The 32-byte version binding of a dataset's content hash."""
-    return hashlib.sha256(b"cleanroom/oprf-table/content\x00" + dataset_hash.encode()).digest()
+    return hashlib.sha256(
+        b"cleanroom/oprf-table/content\x00" + dataset_hash.encode()
+    ).digest()
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,7 @@ class TableService:
             runner = self._runner()
             try:
                 if kind == "pir":
-                    table = build_table(
-                        key, pir_fields=fields, runner=runner, **common
-                    )
+                    table = build_table(key, pir_fields=fields, runner=runner, **common)
                 else:
                     table = build_table(
                         key,
@@ -165,7 +165,9 @@ class TableService:
                     "dataset": dataset,
                     "dataset_hash": dataset_hash,
                     "version": table.header.digest.hex(),
-                    "replaced": None if built is None else built.table.header.digest.hex(),
+                    "replaced": None
+                    if built is None
+                    else built.table.header.digest.hex(),
                     "records": table.header.records,
                     "fields": list(fields),
                     "kind": kind,

@@ -88,9 +88,8 @@ class PsiJob(JobType[PsiParams]):
         if params.output not in settings.outputs:
             reasons.append(f"'{params.output}' output is not allowed on this dataset")
         if params.max_items > settings.max_items:
-            reasons.append(
-                f"max_items {params.max_items} exceeds this holder's {settings.max_items}"
-            )
+            cap = settings.max_items
+            reasons.append(f"max_items {params.max_items} exceeds this holder's {cap}")
         return Admission(Verdict.DENY, tuple(reasons)) if reasons else None
 
     def node_party(self, ctx: NodeContext) -> NodeParty:

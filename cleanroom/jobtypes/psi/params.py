@@ -50,7 +50,9 @@ def _rule(raw: Any, path: str) -> ColumnRule:
         raise SpecError(path, "must be a column name or a rule mapping")
     extra = sorted(set(raw) - set(_RULE_KEYS))
     if extra:
-        raise SpecError(f"{path}.{extra[0]}", f"unknown (allowed: {', '.join(_RULE_KEYS)})")
+        raise SpecError(
+            f"{path}.{extra[0]}", f"unknown (allowed: {', '.join(_RULE_KEYS)})"
+        )
     try:
         return ColumnRule(
             name=raw.get("name"),  # type: ignore[arg-type]

@@ -30,7 +30,8 @@ from protocols.party import (
     Outbound,
     Progress,
 )
-from protocols.psi import SERIAL, BatchRunner, ProcessRunner, psi_party
+from protocols.psi import BatchRunner, ProcessRunner, psi_party
+from protocols.psi.group import SERIAL
 
 REPORT: Final = "psi/report"
 
