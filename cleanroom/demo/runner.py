@@ -109,6 +109,9 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
             ) as client:
                 for step in _STEPS:
                     all_ok &= _run_step(step, client, datasets, frames, console)
+            from cleanroom.demo import psi
+
+            all_ok &= psi.run(console)
             all_ok &= _governance(root / "federation", console)
         finally:
             _CURRENT.clear()
