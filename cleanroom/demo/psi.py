@@ -35,7 +35,7 @@ def people(n: int = 600, seed: int = 2026) -> pd.DataFrame:
             "id": [f"ID{i:06d}" for i in range(n)],
             "email": [
                 f"{f}.{x}{i}@mail.example".lower()
-                for i, (f, x) in enumerate(zip(first, last))
+                for i, (f, x) in enumerate(zip(first, last, strict=True))
             ],
             "name": [f"{f} {x}" for f, x in zip(first, last, strict=True)],
             "phone": [f"+44 7{int(v):09d}" for v in rng.integers(0, 10**9, n)],
