@@ -173,7 +173,7 @@ def run(console: Console) -> bool:
             )
             return False
         for entry in fed.client.result(view.job.job_id)["result"]["lookups"]:
-            want = (
+            record = (
                 {"city": str(truth.loc[entry["key"], "city"])}
                 if entry["key"] in truth.index
                 else None
@@ -182,13 +182,13 @@ def run(console: Console) -> bool:
                 (
                     f"pir_lookup {entry['key']}",
                     str(entry["record"]),
-                    str(want),
-                    entry["record"] == want,
+                    str(record),
+                    entry["record"] == record,
                 )
             )
     table = Table("value", "federated (released)", "plaintext reference", "match")
-    for what, got, want, ok in rows:
-        table.add_row(what, got, want, "[green]yes[/]" if ok else "[red]NO[/]")
+    for what, got, reference, ok in rows:
+        table.add_row(what, got, reference, "[green]yes[/]" if ok else "[red]NO[/]")
     console.print(table)
     console.print(
         f"[dim]bank {len(bank)} customers, telecom {len(telecom)} subscribers; "
