@@ -263,3 +263,15 @@ def test_a_peer_dropping_mid_protocol_aborts_with_the_stage(tmp_path: Path) -> N
     with pytest.raises(ProtocolAbort, match="telecom dropped while bank was in"):
         parties["bank"].dropped(frozenset({"telecom"}))
     assert parties["bank"].dropped(frozenset({ANALYST})) == []
+
+
+def test_the_demo_step_matches_the_plaintext() -> None:
+    import io
+
+    from rich.console import Console
+
+    from cleanroom.demo import psi as demo
+
+    out = io.StringIO()
+    assert demo.run(Console(file=out, width=150))
+    assert "pir_lookup ID424242" in out.getvalue()
