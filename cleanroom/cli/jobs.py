@@ -70,10 +70,23 @@ def job_group() -> None:
 @click.option(
     "--timeout", type=float, default=None, help="Give up waiting after N seconds."
 )
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=FILE",
+    help="A private input of your party (e.g. claims=claims.csv): kept on this "
+    "machine, never submitted.",
+)
 @json_option
 @handle_errors
 def submit(
-    spec: Path, federation: Path, wait: bool, timeout: float | None, as_json: bool
+    spec: Path,
+    federation: Path,
+    wait: bool,
+    timeout: float | None,
+    inputs: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Submit the job spec in SPEC (YAML)."""
     try:
@@ -81,8 +94,9 @@ def submit(
     except OSError as exc:
         raise ConfigError(f"cannot read {spec}: {exc.strerror}") from None
     parse_spec(text)  # malformed specs fail here, before any connection
+    private = _read_inputs(inputs)
     with Client.from_federation(federation) as client:
-        view = client.submit(text)
+        view = client.submit(text, inputs=private)
         if not wait:
             print_json(view.as_dict()) if as_json else _show(view)
             if view.analyst_party and not as_json:
@@ -93,6 +107,21 @@ def submit(
                 )
             return
         _run_to_end(client, view.job.job_id, timeout, as_json)
+
+
+def _read_inputs(items: tuple[str, ...]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--input {item!r}: write NAME=FILE")
+        if name in found:
+            raise ConfigError(f"--input {name} is given twice")
+        try:
+            found[name] = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return found
 
 
 @job_group.command("run")
