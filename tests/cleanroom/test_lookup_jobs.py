@@ -254,3 +254,16 @@ def test_repeated_claims_are_padded_to_the_declared_batch(
     assert view.job.state.value == "succeeded", view.job.reason
     got = [r["fields"] for r in fed.client.result(view.job.job_id)["result"]["records"]]
     assert got == [_plain_verify(c) for c in claims]
+
+
+def test_the_holder_reviews_counts_and_fields_never_values() -> None:
+    from cleanroom import jobtypes
+    from cleanroom.jobspec import parse_spec
+
+    spec = parse_spec(_spec("verify", records=7, fields=["name"], mode="all_fields"))
+    review = jobtypes.get("verify").review(spec, "j", None)  # type: ignore[arg-type]
+    assert review.document == {"records": 7, "fields": ["name"], "mode": "all_fields"}
+    assert "will not see the claimed values" in " ".join(review.lines)
+    spec = parse_spec(_spec("pir_lookup", lookups=3, fields=["city"]))
+    review = jobtypes.get("pir_lookup").review(spec, "j", None)  # type: ignore[arg-type]
+    assert review.document == {"lookups": 3, "fields": ["city"]}

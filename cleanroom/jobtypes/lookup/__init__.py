@@ -39,11 +39,13 @@ from cleanroom.jobtypes.base import (
     CoordinatorContext,
     JobType,
     NodeContext,
+    Review,
     register,
 )
 from cleanroom.jobtypes.hooks import (
     Admission,
     AdmissionContext,
+    HolderContext,
     NodeEnvironment,
     Verdict,
 )
@@ -103,6 +105,8 @@ class _LookupJob:
     """What both job types share (mixed into each JobType)."""
 
     name: ClassVar[str]
+    default_deadline: ClassVar[float] = 1800.0
+    """Building a table of a million records takes minutes on two cores."""
 
     def node_service(self, env: NodeEnvironment) -> TableService:
         settings = LookupSettings.parse(env.settings, f"jobtypes.{self.name}")
@@ -176,6 +180,21 @@ class VerifyJob(_LookupJob, JobType[VerifyParams]):
         params = self.params(spec)
         return _admit(ctx.service, params.records, params.mode)
 
+    def review(self, spec: JobSpec, job_id: str, holder: HolderContext) -> Review:
+        params = self.params(spec)
+        return Review(
+            lines=(
+                f"checks {params.records} claimed records on "
+                f"{', '.join(params.fields)} ({params.mode.replace('_', '-')})",
+                "you will not see the claimed values nor the answers",
+            ),
+            document={
+                "records": params.records,
+                "fields": list(params.fields),
+                "mode": params.mode,
+            },
+        )
+
     def node_party(self, ctx: NodeContext) -> NodeParty:
         return LookupNode(ctx, "verify", VERIFIED_RECORDS)
 
@@ -221,6 +240,16 @@ class PirLookupJob(_LookupJob, JobType[PirParams]):
 
     def admit(self, spec: JobSpec, ctx: AdmissionContext) -> Admission | None:
         return _admit(ctx.service, self.params(spec).lookups, None)
+
+    def review(self, spec: JobSpec, job_id: str, holder: HolderContext) -> Review:
+        params = self.params(spec)
+        return Review(
+            lines=(
+                f"{params.lookups} lookups returning {', '.join(params.fields)}",
+                "you will not see the keys, nor whether they are present",
+            ),
+            document={"lookups": params.lookups, "fields": list(params.fields)},
+        )
 
     def node_party(self, ctx: NodeContext) -> NodeParty:
         return LookupNode(ctx, "pir", LOOKUPS)

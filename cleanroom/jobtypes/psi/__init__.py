@@ -32,11 +32,13 @@ from cleanroom.jobtypes.base import (
     CoordinatorContext,
     JobType,
     NodeContext,
+    Review,
     register,
 )
 from cleanroom.jobtypes.hooks import (
     Admission,
     AdmissionContext,
+    HolderContext,
     NodeEnvironment,
     Verdict,
 )
@@ -56,6 +58,8 @@ class PsiJob(JobType[PsiParams]):
     name = "psi"
     summary = "private set intersection: shared keys, their count or aligned rows"
     min_inputs = 2
+    default_deadline = 1800.0
+    """A million keys per party take minutes on two cores."""
 
     def parse_params(self, spec: JobSpec) -> PsiParams:
         return parse(spec)
@@ -91,6 +95,22 @@ class PsiJob(JobType[PsiParams]):
             cap = settings.max_items
             reasons.append(f"max_items {params.max_items} exceeds this holder's {cap}")
         return Admission(Verdict.DENY, tuple(reasons)) if reasons else None
+
+    def review(self, spec: JobSpec, job_id: str, holder: HolderContext) -> Review:
+        params = self.params(spec)
+        return Review(
+            lines=(
+                f"intersects {', '.join(params.column_names)} with "
+                f"{', '.join(i.node for i in spec.inputs)}",
+                f"output {params.output} to {', '.join(params.receivers)}",
+            ),
+            document={
+                "columns": list(params.column_names),
+                "output": params.output,
+                "receivers": list(params.receivers),
+                "max_items": params.max_items,
+            },
+        )
 
     def node_party(self, ctx: NodeContext) -> NodeParty:
         return PsiNode(ctx)
