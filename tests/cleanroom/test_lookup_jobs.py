@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from cleanroom.catalog import DatasetInfo
 from cleanroom.errors import SpecError
 from cleanroom.jobtypes.lookup import downloaded_table
 from cleanroom.local import default_policy
 from cleanroom.testing import InProcessFederation
+from protocols.party import ANALYST, Inbound
 
 HOLDER = "telecom"
 ROWS = [
@@ -267,3 +269,58 @@ def test_the_holder_reviews_counts_and_fields_never_values() -> None:
     spec = parse_spec(_spec("pir_lookup", lookups=3, fields=["city"]))
     review = jobtypes.get("pir_lookup").review(spec, "j", None)  # type: ignore[arg-type]
     assert review.document == {"lookups": 3, "fields": ["city"]}
+
+
+class _Audit:
+    def append(self, kind: str, *, job_id: str | None = None, data: dict) -> None:  # type: ignore[type-arg]
+        self.last = (kind, data)
+
+
+class _Datasets:
+    def info(self, name: str) -> DatasetInfo:
+        return DatasetInfo(name, (), "<10", "id")
+
+    def frame(self, name: str) -> pd.DataFrame:
+        return FRAME
+
+    def names(self) -> list[str]:
+        return [HOLDER]
+
+
+def test_an_absent_key_looks_the_same_to_the_holder() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cleanroom import jobtypes
+    from cleanroom.jobspec import parse_spec
+    from cleanroom.jobtypes.lookup.service import LookupSettings, TableService
+
+    service = TableService(LookupSettings(), _Audit(), _Datasets())
+    spec = parse_spec(_spec("pir_lookup", lookups=1, fields=["city"]))
+    job = jobtypes.get("pir_lookup")
+    node_key = Ed25519PrivateKey.generate()
+    public = {HOLDER: node_key.public_key().public_bytes_raw()}
+    seen = []
+    for key in (b"P-1003", b"P-4040"):
+        node = job.node_party(
+            jobtypes.NodeContext(
+                "j", spec, HOLDER, HOLDER, FRAME, "h", 1, node_key, (HOLDER,), {},
+                service=service,
+            )
+        )  # fmt: skip
+        buyer = job.analyst_party(
+            jobtypes.AnalystContext(
+                "j", spec, "analyst", (HOLDER,), Ed25519PrivateKey.generate(), public,
+                inputs={"keys": key},
+            )
+        )  # fmt: skip
+        (table,) = node.start()
+        (query,) = buyer.receive(Inbound(HOLDER, table.stage, table.payload))
+        replies = node.receive(Inbound(ANALYST, query.stage, query.payload))
+        seen.append(
+            (len(query.payload), [len(r.payload) for r in replies], node.usage())
+        )
+        for reply in replies:
+            if reply.recipient == ANALYST:
+                buyer.receive(Inbound(HOLDER, reply.stage, reply.payload))
+        assert buyer.finished
+    assert seen[0] == seen[1]  # same bytes in, same bytes out, same meter
