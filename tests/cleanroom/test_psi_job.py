@@ -275,3 +275,18 @@ def test_the_demo_step_matches_the_plaintext() -> None:
     out = io.StringIO()
     assert demo.run(Console(file=out, width=150))
     assert "pir_lookup ID424242" in out.getvalue()
+
+
+def test_three_holders_intersect_in_a_ring() -> None:
+    shop = pd.DataFrame({"email": ["ada@example.org", "alan@example.org"], "n": [1, 2]})
+    frames = {"bank": BANK, "telecom": TELECOM, "shop": shop}
+    with InProcessFederation(frames, policy=_policy()) as fed:
+        spec = yaml.safe_load(_spec(output="aligned"))
+        spec["inputs"].append({"node": "shop", "dataset": "shop"})
+        view = fed.run(yaml.safe_dump(spec))
+        assert view.job.state.value == "succeeded", view.job.reason
+        assert fed.client.result(view.job.job_id)["result"]["cardinality"] == 1
+        rows = {n: _stored(fed, n, view.job.job_id).rows for n in frames}
+        assert [_norm(frames[n]["email"][rows[n][0]]) for n in frames] == [
+            "ada@example.org"
+        ] * 3
