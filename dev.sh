@@ -8,6 +8,22 @@ cd "$(dirname "$0")"
 
 PY=${PYTHON:-python3}
 VENV=.venv
+LOG=${CLEANROOM_SETUP_LOG:-.setup.log}
+: > "$LOG"
+
+quietly() {
+  # Run a setup step with its output in $LOG; on failure show the log's tail.
+  local what=$1; shift
+  printf '%s ... ' "$what"
+  if "$@" >> "$LOG" 2>&1; then
+    echo ok
+  else
+    local rc=$?
+    echo "FAILED (see $LOG)"
+    tail -n 20 "$LOG" >&2
+    return "$rc"
+  fi
+}
 
 setup_system() {
   # PSI/OPRF bind the system libsodium (>= 1.0.18) for ristretto255.
@@ -17,8 +33,7 @@ setup_system() {
   fi
 }
 
-setup_python() {
-  setup_system
+install_python() {
   if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
   fi
@@ -26,18 +41,26 @@ setup_python() {
   "$VENV/bin/python" -m pip install -q -e '.[dev]'
 }
 
+setup_python() {
+  quietly "system libraries" setup_system
+  quietly "python environment ($VENV)" install_python
+}
+
 setup_services() {
   # PostgreSQL for the store contract tests and Docker for the sandbox tests. Both
   # scripts are idempotent and only print a loud note where the machine cannot run them.
-  bash scripts/setup-postgres.sh || echo "!! PostgreSQL setup failed; its tests will skip loudly"
-  bash scripts/setup-docker.sh || echo "!! Docker setup failed; sandbox tests will skip loudly"
+  quietly "PostgreSQL" bash scripts/setup-postgres.sh \
+    || echo "!! PostgreSQL setup failed; its tests will skip loudly"
+  quietly "Docker" bash scripts/setup-docker.sh \
+    || echo "!! Docker setup failed; sandbox tests will skip loudly"
 }
 
 case "${1:-}" in
   demo)
     setup_python
     # Docker lets the demo show the data sandbox; without it that step is skipped.
-    bash scripts/setup-docker.sh || echo "!! Docker unavailable; the sandbox step will be skipped"
+    quietly "Docker" bash scripts/setup-docker.sh \
+      || echo "!! Docker unavailable; the sandbox step will be skipped"
     exec "$VENV/bin/cleanroom" demo
     ;;
   test)

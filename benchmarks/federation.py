@@ -96,12 +96,20 @@ class LocalFederation:
         self.client = client
         self.nodes = nodes
 
-    def run(self, spec: str, *, timeout: float = 600.0) -> JobRun:
-        """Submit, wait (10 ms polls), fetch the result; raise unless it succeeded."""
+    def run(
+        self,
+        spec: str,
+        *,
+        timeout: float = 600.0,
+        local_inputs: Mapping[str, Any] | None = None,
+    ) -> JobRun:
+        """Submit, wait (10 ms polls), fetch the result; raise unless it succeeded.
+
+        ``local_inputs`` go to the analyst's party (e.g. rows to score)."""
         pids = list(self.fed.processes.values())
         cpu0 = process_cpu_seconds(pids)
         start = time.perf_counter()
-        job_id = self.client.submit(spec).job.job_id
+        job_id = self.client.submit(spec, local_inputs=local_inputs).job.job_id
         view = self.client.wait(job_id, timeout=timeout, poll=0.01)
         wall = time.perf_counter() - start
         cpu = process_cpu_seconds(pids) - cpu0
@@ -114,13 +122,26 @@ class LocalFederation:
 
 @contextmanager
 def local_federation(
-    workdir: Path, *, nodes: int, rows: int, job_types: Sequence[str]
+    workdir: Path,
+    *,
+    nodes: int,
+    rows: int,
+    job_types: Sequence[str],
+    node_settings: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> Iterator[LocalFederation]:
-    """Start a coordinator and ``nodes`` nodes over mTLS on loopback; stop after."""
+    """Start a coordinator and ``nodes`` nodes over mTLS on loopback; stop after.
+
+    ``node_settings``: node -> its ``[jobtypes.<name>]`` tables."""
     datasets = write_datasets(workdir / "data", nodes, rows)
     policy = write_policy(workdir / "policy-in.yaml", job_types)
     fed_dir = workdir / "federation"
-    fed = local.up(workdir=fed_dir, nodes=datasets, policy=policy, plugins=PLUGINS)
+    fed = local.up(
+        workdir=fed_dir,
+        nodes=datasets,
+        policy=policy,
+        plugins=PLUGINS,
+        node_settings=node_settings,
+    )
     try:
         with Client.from_federation(fed_dir / "federation.json") as client:
             yield LocalFederation(fed, client, [name for name, _ in datasets])

@@ -24,6 +24,7 @@ from benchmarks.report import SuiteResult, describe, write_json, write_summary
 SUITE_MODULES: Final = (
     "benchmarks.bench_masks",
     "benchmarks.bench_secagg",
+    "benchmarks.bench_sealed",
     "benchmarks.bench_flower",
     "benchmarks.bench_paillier",
     "benchmarks.bench_he_sum",
@@ -35,6 +36,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_psi",
     "benchmarks.bench_pir",
     "benchmarks.bench_differencing",
+    "benchmarks.bench_vertical",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")

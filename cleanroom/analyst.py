@@ -36,9 +36,6 @@ _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS sessions (
     job_id TEXT PRIMARY KEY, seed BLOB NOT NULL, ack INTEGER NOT NULL DEFAULT 0,
     sent INTEGER NOT NULL DEFAULT 0, ended TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS inputs (
-    job_id TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL,
-    PRIMARY KEY (job_id, name));
 CREATE TABLE IF NOT EXISTS inbound (
     job_id TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (job_id, seq));
@@ -84,23 +81,6 @@ class SessionStore:
             )
             db.execute("UPDATE sessions SET ack=? WHERE job_id=?", (item.seq, job_id))
 
-    def set_inputs(self, job_id: str, inputs: Mapping[str, bytes]) -> None:
-        """The analyst's private inputs to ``job_id`` (set once, before its party
-        starts)."""
-        with self.db.transaction() as db:
-            for name, body in inputs.items():
-                db.execute(
-                    "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)",
-                    (job_id, str(name), bytes(body)),
-                )
-
-    def inputs(self, job_id: str) -> dict[str, bytes]:
-        with self.db.read() as db:
-            rows = db.execute(
-                "SELECT name, body FROM inputs WHERE job_id=?", (job_id,)
-            ).fetchall()
-        return {str(name): bytes(body) for name, body in rows}
-
     def set_sent(self, job_id: str, sent: int) -> None:
         with self.db.transaction() as db:
             db.execute("UPDATE sessions SET sent=? WHERE job_id=?", (sent, job_id))
@@ -122,8 +102,10 @@ class AnalystSession:
         keys: NodeKeys,
         ca_pem: bytes,
         clock: Callable[[], float] = time.time,
+        local_inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self._link = link
+        self._local_inputs = dict(local_inputs or {})
         self._store = store
         self.job_id = job_id
         self._analyst = analyst
@@ -205,7 +187,7 @@ class AnalystSession:
                 signing_key=self._keys.signing,
                 peer_signing_keys={n: b.signing_public for n, b in bundles.items()},
                 random=seeded_random(self._seed),
-                inputs=self._store.inputs(self.job_id),
+                local_inputs=self._local_inputs,
             )
         )
         self._emit(self.party.start())

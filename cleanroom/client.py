@@ -15,6 +15,7 @@ released result into the analyst's reading (e.g. decrypts it).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ from cleanroom.federation import Federation
 from cleanroom.jobspec import parse_spec
 from cleanroom.keys import KeyBundle, NodeKeys, make_key_bundle
 from cleanroom.links import AnalystLink, GrpcAnalystLink
-from cleanroom.model import JobEvent
+from cleanroom.model import JobEvent, ModelEntry
 from cleanroom.opened import OpenedResult
 from cleanroom.pki import TlsIdentity
 from cleanroom.provenance import check_attachments
@@ -35,6 +36,9 @@ from cleanroom.requests import sign_request
 from cleanroom.serde import JobView
 
 CatalogEntry = wire.CatalogNode
+
+
+log = logging.getLogger(__name__)
 
 
 def protocol_keys_path(tls_key: Path) -> Path:
@@ -65,6 +69,7 @@ class Client:
         self._clock = clock
         self._store: SessionStore | None = None
         self._sessions: dict[str, AnalystSession] = {}
+        self._local_inputs: dict[str, Mapping[str, Any]] = {}
 
     @classmethod
     def connect(
@@ -116,14 +121,14 @@ class Client:
 
     # ------------------------------------------------------------------ jobs --
     def submit(
-        self, spec_yaml: str, *, inputs: Mapping[str, bytes] | None = None
+        self, spec_yaml: str, *, local_inputs: Mapping[str, Any] | None = None
     ) -> JobView:
         """Sign and submit a job spec; SpecError (with the field path) if invalid.
 
-        ``inputs`` are the analyst's private inputs to its party (e.g. the claimed
-        records of a ``verify`` job): kept in the local journal, never submitted.
-        """
-        self._check_inputs(spec_yaml, inputs or {})
+        ``local_inputs`` are the analyst's own inputs to its party (e.g. rows
+        to score); they stay in this process and reach the
+        others only as the job type's protocol sends them (encrypted)."""
+        self._check_local_inputs(spec_yaml, local_inputs or {})
         signed = sign_request(
             spec_yaml,
             analyst=self.analyst,
@@ -133,24 +138,25 @@ class Client:
         view = self._link.submit(
             wire.Submission(spec_yaml, signed, self._bundle.to_bytes())
         )
-        if inputs:
-            if self._store is None:
-                self._store = SessionStore(self._state_dir)
-            self._store.set_inputs(view.job.job_id, inputs)
+        if local_inputs:
+            self.provide_inputs(view.job.job_id, local_inputs)
         return view
 
     @staticmethod
-    def _check_inputs(spec_yaml: str, inputs: Mapping[str, bytes]) -> None:
-        """The job type's check of the private inputs, before anything is sent;
-        a spec that does not parse is left to the coordinator to refuse."""
+    def _check_local_inputs(spec_yaml: str, local_inputs: Mapping[str, Any]) -> None:
+        """The job type's check of the local inputs, before anything is sent; a
+        spec that does not parse is left to the coordinator to refuse."""
         try:
             spec = parse_spec(spec_yaml)
             job_type = jobtypes.get(spec.type)
         except errors.SpecError:
-            if inputs:
-                raise
             return
-        job_type.check_inputs(spec, inputs)
+        job_type.check_local_inputs(spec, local_inputs)
+
+    def provide_inputs(self, job_id: str, local_inputs: Mapping[str, Any]) -> None:
+        """Give the analyst party of ``job_id`` its local inputs (before it runs,
+        e.g. when resuming a job submitted by another process)."""
+        self._local_inputs[job_id] = dict(local_inputs)
 
     def status(self, job_id: str) -> JobView:
         return self._link.status(job_id)
@@ -198,6 +204,14 @@ class Client:
         """Nodes and their datasets' public metadata."""
         return self._link.catalog()
 
+    def models(self, *, limit: int = 100) -> list[ModelEntry]:
+        """This analyst's trained models in the coordinator's registry, newest first."""
+        return self._link.models(limit)
+
+    def model(self, job_id: str) -> ModelEntry:
+        """The registry entry (model card) of one job's model; NotFound if none."""
+        return self._link.models(1, job_id)[0]
+
     def healthy(self) -> bool:
         """True if the coordinator's health service answers SERVING."""
         return self._link.healthy()
@@ -216,8 +230,22 @@ class Client:
                 keys=self._keys,
                 ca_pem=self._ca_pem,
                 clock=self._clock,
+                local_inputs=self._local_inputs.get(job_id),
             )
         return self._sessions[job_id]
+
+    def _step(self, session: AnalystSession, *, wait: float) -> bool:
+        """One step of the analyst's party; if the party refuses (its input, or
+        what it received), the job is cancelled with that reason, then re-raised,
+        so the other parties do not wait for it until their deadlines."""
+        try:
+            return session.step(wait=wait)
+        except errors.ProtocolError as exc:
+            try:
+                self.cancel(session.job_id, f"the analyst's party refused: {exc}")
+            except errors.CleanroomError:
+                log.warning("job %s: could not cancel after a refusal", session.job_id)
+            raise
 
     def wait(
         self,
@@ -242,7 +270,7 @@ class Client:
                     return view
                 if run_party and view.analyst_party:
                     session = session or self.session(job_id)
-                    if session.step(wait=min(1.0, max(poll, 0.05))):
+                    if self._step(session, wait=min(1.0, max(poll, 0.05))):
                         continue
             except errors.TransportError:
                 if deadline is not None and time.monotonic() > deadline:

@@ -61,6 +61,10 @@ class _SpecLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_document(self, node: Any) -> Any:
+        _check_keys(node, "")
+        return super().construct_document(node)
+
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[Any] = set()
         for key_node, _ in node.value:
@@ -76,6 +80,29 @@ class _SpecLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_keys(node: Any, path: str) -> None:
+    """Refuse a repeated key anywhere in the document, naming its field path
+    (``params.where[0].column``); composing has already bounded the depth."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError(
+                    path, f"line {key_node.start_mark.line + 1}: a key must be scalar"
+                )
+            key = str(key_node.value)
+            here = f"{path}.{key}" if path else key
+            if key in seen:
+                raise SpecError(
+                    here, f"duplicate key on line {key_node.start_mark.line + 1}"
+                )
+            seen.add(key)
+            _check_keys(value, here)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_keys(item, f"{path}[{i}]")
 
 
 @dataclass(frozen=True)

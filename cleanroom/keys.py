@@ -260,6 +260,11 @@ def canonical_json(obj: Any) -> bytes:
     return text.encode("utf-8")
 
 
+def statement_bytes(statement: Mapping[str, Any]) -> bytes:
+    """The exact bytes ``sign_statement`` signs."""
+    return _STATEMENT_LABEL + canonical_json(dict(statement))
+
+
 def sign_statement(key: Ed25519PrivateKey, statement: Mapping[str, Any]) -> str:
     """Sign a statement (e.g. a released result); return the signature as base64."""
     return _b64(key.sign(_STATEMENT_LABEL + canonical_json(dict(statement))))

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cleanroom import serde, wire
-from cleanroom.model import JobEvent
+from cleanroom.model import JobEvent, ModelEntry
 from cleanroom.pki import TlsIdentity
 from cleanroom.serde import JobView
 from cleanroom.transport import (
@@ -45,6 +45,8 @@ class AnalystLink(Protocol):
     def attachments(self, job_id: str) -> dict[str, bytes]: ...
 
     def catalog(self) -> list[wire.CatalogNode]: ...
+
+    def models(self, limit: int = 100, job_id: str = "") -> list[ModelEntry]: ...
 
     def pull(self, req: wire.PullRequest) -> wire.WorkBatch: ...
 
@@ -134,6 +136,11 @@ class GrpcAnalystLink:
     def catalog(self) -> list[wire.CatalogNode]:
         reply = self._unary("get catalog", self._stub.GetCatalog, pb.CatalogRequest())
         return serde.catalog_from_proto(reply)
+
+    def models(self, limit: int = 100, job_id: str = "") -> list[ModelEntry]:
+        request = pb.ListModelsRequest(limit=limit, job_id=job_id)
+        reply = self._unary("list models", self._stub.ListModels, request)
+        return serde.models_from_proto(reply)
 
     def pull(self, req: wire.PullRequest) -> wire.WorkBatch:
         with self._call("pull the analyst party's messages"):

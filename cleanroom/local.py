@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -87,6 +88,7 @@ def write_node_config(
     coordinator: str,
     policy_file: Path,
     plugins: Sequence[str] = (),
+    jobtype_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     node_dir = workdir / "nodes" / name
     node_dir.mkdir(parents=True, exist_ok=True)
@@ -105,8 +107,27 @@ def write_node_config(
         f"ca = {_toml_str(ca / 'ca.crt')}\n\n"
         f"[datasets.{dataset.stem}]\n"
         f"path = {_toml_str(dataset)}\n"
+        + "".join(
+            _toml_table(f"jobtypes.{job_type}", table)
+            for job_type, table in sorted((jobtype_settings or {}).items())
+        )
     )
     return config
+
+
+def _toml_table(name: str, table: Mapping[str, Any]) -> str:
+    """A TOML table of string, number and boolean values and nested tables."""
+    scalars, nested = [], []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            nested.append(_toml_table(f"{name}.{_toml_str(key)}", value))
+        elif isinstance(value, bool):
+            scalars.append(f"{_toml_str(key)} = {'true' if value else 'false'}\n")
+        elif isinstance(value, int | float):
+            scalars.append(f"{_toml_str(key)} = {value!r}\n")
+        else:
+            scalars.append(f"{_toml_str(key)} = {_toml_str(str(value))}\n")
+    return f"\n[{name}]\n" + "".join(scalars) + "".join(nested)
 
 
 def up(
@@ -119,8 +140,11 @@ def up(
     plugins: Sequence[str] = (),
     rpc_workers: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    node_settings: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> Federation:
-    """Start a coordinator and the nodes; return once every node is connected."""
+    """Start a coordinator and the nodes; return once every node is connected.
+
+    ``node_settings`` maps a node to its ``[jobtypes.<name>]`` tables."""
     workdir = workdir.resolve()
     fed_file = workdir / "federation.json"
     if fed_file.exists():
@@ -201,7 +225,13 @@ def up(
         fed = Federation(**{**fed.__dict__, "coordinator_address": address})
         for name, path in nodes:
             config = write_node_config(
-                workdir, name, path.resolve(), address, policy_file, plugins
+                workdir,
+                name,
+                path.resolve(),
+                address,
+                policy_file,
+                plugins,
+                (node_settings or {}).get(name),
             )
             progress(f"starting node {name} with dataset '{path.stem}'")
             processes[f"node:{name}"] = _spawn(

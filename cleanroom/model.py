@@ -87,3 +87,15 @@ class JobEvent:
     at: float
     kind: str
     detail: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A trained model in the coordinator's registry: its card (JSON), never its
+    weights, which stay in the analyst-sealed result of ``job_id``."""
+
+    job_id: str
+    analyst: str
+    job_type: str
+    created_at: float
+    card_json: str

@@ -17,6 +17,7 @@ has seen before.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import json
@@ -24,11 +25,21 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from cleanroom.errors import AuthError, InvalidSignature
-from cleanroom.keys import KeyBundle, canonical_json, sign_statement, verify_statement
+from cleanroom.keys import (
+    KeyBundle,
+    canonical_json,
+    sign_statement,
+    statement_bytes,
+    verify_statement,
+)
 from protocols.party import SYSTEM_RANDOM, RandomSource
+from protocols.secagg.graph import graph_seed_from
 
 VERSION: Final = 1
 MAX_AGE_SECONDS: Final = 600.0
@@ -138,3 +149,21 @@ def verify_request(
             f"requests are accepted within {max_age:.0f}s"
         )
     return request
+
+
+def graph_seed(raw: bytes, analyst_signing_public: bytes) -> bytes:
+    """The seed of a job's SecAgg+ neighbour graph: a hash of the analyst's signed
+    request and its signature (``protocols.secagg.graph.graph_seed_from``). The
+    operator cannot choose it (Ed25519 signatures are unpredictable without the
+    analyst's key and the body holds the analyst's fresh nonce) and cannot grind
+    job ids for it. Residual: an analyst colluding with the operator can re-sign
+    fresh nonces until it likes the graph; the sound degree and threshold
+    (``protocols.secagg.bounds``) are what bound that case."""
+    request = parse_request(raw)
+    try:
+        signature = base64.b64decode(request.signature, validate=True)
+        key = Ed25519PublicKey.from_public_bytes(analyst_signing_public)
+    except (ValueError, binascii.Error):
+        raise AuthError("the job request's signature is malformed") from None
+    return graph_seed_from(statement_bytes(request.body), signature, key)
+

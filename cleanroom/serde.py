@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from cleanroom import wire
 from cleanroom.catalog import AssetInfo, ColumnInfo, DatasetInfo
 from cleanroom.errors import ProtocolError
-from cleanroom.model import JobRecord, JobState
+from cleanroom.model import JobRecord, JobState, ModelEntry
 from proto import cleanroom_pb2 as pb
 from protocols.party import Progress
 
@@ -371,4 +371,26 @@ def catalog_from_proto(msg: pb.Catalog) -> list[wire.CatalogNode]:
             tuple(asset_from_proto(a) for a in n.assets),
         )
         for n in msg.nodes
+    ]
+
+
+def models_to_proto(entries: Sequence[ModelEntry]) -> pb.ModelList:
+    return pb.ModelList(
+        models=[
+            pb.ModelEntry(
+                job_id=e.job_id,
+                analyst=e.analyst,
+                job_type=e.job_type,
+                created_at=e.created_at,
+                card_json=e.card_json,
+            )
+            for e in entries
+        ]
+    )
+
+
+def models_from_proto(msg: pb.ModelList) -> list[ModelEntry]:
+    return [
+        ModelEntry(m.job_id, m.analyst, m.job_type, m.created_at, m.card_json)
+        for m in msg.models
     ]

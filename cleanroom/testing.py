@@ -24,7 +24,7 @@ from cleanroom.audit.log import AuditLog
 from cleanroom.client import Client
 from cleanroom.keys import NodeKeys, make_key_bundle
 from cleanroom.local import default_policy
-from cleanroom.model import JobEvent
+from cleanroom.model import JobEvent, ModelEntry
 from cleanroom.pki import Principal, TlsIdentity
 from cleanroom.serde import JobView
 from coordinator import lifecycle
@@ -149,6 +149,13 @@ class MemoryAnalystLink:
 
     def catalog(self) -> list[wire.CatalogNode]:
         return analysts.catalog(self._server.get())
+
+    def models(self, limit: int = 100, job_id: str = "") -> list[ModelEntry]:
+        return serde.models_from_proto(
+            serde.models_to_proto(
+                analysts.models(self._server.get(), self._analyst, limit, job_id)
+            )
+        )
 
     def pull(self, req: wire.PullRequest) -> wire.WorkBatch:
         state = self._server.get()
@@ -354,10 +361,10 @@ class InProcessFederation:
         spec_yaml: str,
         *,
         timeout: float = 30.0,
-        inputs: Mapping[str, bytes] | None = None,
+        local_inputs: Mapping[str, Any] | None = None,
     ) -> JobView:
-        """Submit and wait (running the analyst party if any, with ``inputs``)."""
-        view = self.client.submit(spec_yaml, inputs=inputs)
+        """Submit and wait (running the analyst party if any)."""
+        view = self.client.submit(spec_yaml, local_inputs=local_inputs)
         return self.client.wait(view.job.job_id, timeout=timeout, poll=0.01)
 
     def close(self) -> None:

@@ -39,6 +39,8 @@ class CoordinatorConfig:
     address_file: Path | None = None
     plugins: tuple[str, ...] = ()
     """Job-type plugins to load (entry points in ``cleanroom.job_types``)."""
+    max_jobs_per_analyst: int = 16
+    """Unfinished jobs one analyst may have at once."""
 
     def identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.cert, self.key, self.ca)
@@ -65,6 +67,7 @@ class CoordinatorConfig:
             "address_file",
             "tls",
             "plugins",
+            "max_jobs_per_analyst",
         }
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -87,6 +90,12 @@ class CoordinatorConfig:
                 f"{MIN_RPC_WORKERS}, got {workers!r}"
             )
         address_file = raw.get("address_file")
+        max_jobs = raw.get("max_jobs_per_analyst", 16)
+        if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+            raise ConfigError(
+                "coordinator config: max_jobs_per_analyst must be an integer >= 1, "
+                f"got {max_jobs!r}"
+            )
         return cls(
             name=str(raw.get("name", "coordinator")),
             listen=str(raw.get("listen", "127.0.0.1:7700")),
@@ -99,4 +108,5 @@ class CoordinatorConfig:
             rpc_workers=workers,
             address_file=base / address_file if address_file else None,
             plugins=tuple(raw.get("plugins", ())),
+            max_jobs_per_analyst=max_jobs,
         )

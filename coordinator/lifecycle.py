@@ -143,6 +143,7 @@ def _setup(state: CoordinatorState, job: JobRecord, spec: JobSpec) -> RunSetup:
         bundles={n: state.bundle_of(n) for n in spec.nodes},
         analyst_bundle=analyst_bundle,
         followers=followers,
+        signed_request=job.signed_request,
     )
 
 

@@ -129,6 +129,10 @@ class Release:
         return not self.waiting()
 
     def final_document(self) -> bytes:
+        return pack_result(serialize_result(self.final_dict()), self.files)
+
+    def final_dict(self) -> dict[str, Any]:
+        """The released document with every signer's provenance."""
         document = dict(self.document)
         document["provenance"] = {
             "output_hash": self.output_hash,
@@ -142,4 +146,4 @@ class Release:
                 self.state.bundle.to_bytes()
             ).decode(),
         }
-        return pack_result(serialize_result(document), self.files)
+        return document

@@ -20,12 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
-from cleanroom import errors, wire
+from cleanroom import errors, serde, wire
 from cleanroom.envelope import ReplayGuard, verify_message
 from cleanroom.jobspec import JobSpec
 from cleanroom.jobtypes.base import CoordinatorContext, JobType
 from cleanroom.keys import KeyBundle, canonical_json
-from cleanroom.model import JobState
+from cleanroom.model import JobState, ModelEntry
+from cleanroom.requests import graph_seed
 from coordinator.mailbox import analyst_mailbox, inbox
 from coordinator.release import Release
 from coordinator.state import CoordinatorState
@@ -111,6 +112,7 @@ class RunSetup:
     bundles: Mapping[str, KeyBundle]
     analyst_bundle: KeyBundle | None
     followers: tuple[str, ...] = field(default=())
+    signed_request: bytes = b""
 
 
 class JobRunner:
@@ -224,6 +226,11 @@ class JobRunner:
             parties=setup.parties,
             signing_keys=keys,
             random=seeded_random(seed),
+            graph_seed=(
+                graph_seed(setup.signed_request, setup.analyst_bundle.signing_public)
+                if setup.signed_request and setup.analyst_bundle is not None
+                else b""
+            ),
         )
 
     def _begin(self, journal: Sequence[bytes] | None) -> None:
@@ -429,10 +436,46 @@ class JobRunner:
             return
         if complete:
             self._state.store.put_result(self.job_id, release.final_document())
+            self._register_model(release)
             self._end(
                 JobState.SUCCEEDED,
                 f"result released, signed by {', '.join(sorted(release.signed))}",
             )
+
+    def _register_model(self, release: Release) -> None:
+        """A job type that trains a model gets a registry entry with its card."""
+        try:
+            card = self.setup.job_type.model_card(self.spec, release.final_dict())
+        except errors.CleanroomError as exc:
+            log.warning("job %s: no model card: %s", self.job_id, exc)
+            return
+        if card is None:
+            return
+        card = {**card, "row_buckets": self._row_buckets()}
+        job = self._state.store.get_job(self.job_id)
+        self._state.store.put_model(
+            ModelEntry(
+                job_id=self.job_id,
+                analyst=job.analyst,
+                job_type=self.spec.type,
+                created_at=self._state.clock(),
+                card_json=canonical_json(dict(card)).decode(),
+            )
+        )
+        self._state.record(self.job_id, "model.registered", f"{self.spec.type} model")
+
+    def _row_buckets(self) -> dict[str, str]:
+        """Each input's published row bucket (public catalog metadata)."""
+        out = {}
+        for item in self.spec.inputs:
+            try:
+                record = self._state.store.get_node(item.node)
+            except errors.NotFound:
+                continue
+            for info in serde.catalog_from_json(record.catalog_json):
+                if info.name == item.dataset:
+                    out[f"{item.node}/{item.dataset}"] = info.row_bucket
+        return out
 
     def _maybe_release(self) -> None:
         party = self._party

@@ -64,6 +64,7 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
         bundle=bundle,
         node_timeout=config.node_timeout,
         long_poll_slots=long_poll_slots(config.rpc_workers),
+        max_jobs_per_analyst=config.max_jobs_per_analyst,
     )
     lifecycle.recover(state)
     server, port = secure_server(

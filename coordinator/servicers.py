@@ -203,6 +203,15 @@ class AnalystServicer(pb_grpc.AnalystServiceServicer):
         )
 
     @servicer_errors
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ModelList:
+        found = analysts.models(
+            self._s, require_role(context, ANALYST), request.limit, request.job_id
+        )
+        return serde.models_to_proto(found)
+
+    @servicer_errors
     def GetCatalog(
         self, request: pb.CatalogRequest, context: grpc.ServicerContext
     ) -> pb.Catalog:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOUCH_INTERVAL_S = 5.0
+DEFAULT_MAX_JOBS_PER_ANALYST = 16
+"""Unfinished jobs one analyst may have at once (submitted, awaiting approval or
+running): more is refused at submission, before any node is asked."""
 
 
 class CoordinatorState:
@@ -37,6 +40,7 @@ class CoordinatorState:
         bundle: KeyBundle,
         node_timeout: float = 10.0,
         long_poll_slots: int | None = None,
+        max_jobs_per_analyst: int = DEFAULT_MAX_JOBS_PER_ANALYST,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -45,6 +49,9 @@ class CoordinatorState:
         self.ca_pem = ca_pem
         self.clock = clock
         self.node_timeout = node_timeout
+        self.max_jobs_per_analyst = max_jobs_per_analyst
+        self.submissions = threading.Lock()
+        """Held from counting an analyst's unfinished jobs to creating a new one."""
         self.mailboxes = Mailboxes(store)
         self.presence = Presence(node_timeout, clock=clock)
         self.polls = PollSlots(long_poll_slots, node_timeout=node_timeout)

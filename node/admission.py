@@ -105,6 +105,15 @@ class Admission:
             )
         epsilon, delta = job_type.epsilon(spec)
         rows = len(dataset.frame)
+        memory = job_type.estimate_memory(spec, rows)
+        if memory > policy.max_job_memory:
+            raise errors.PolicyRefusal(
+                [
+                    f"the job needs about {memory / 2**20:,.0f} MiB on this node "
+                    f"(its job type's estimate from the spec); this dataset allows "
+                    f"at most {policy.max_job_memory / 2**20:,.0f} MiB per job"
+                ]
+            )
         return JobRequest(
             job_id=job_id,
             analyst=analyst.name,
@@ -220,6 +229,7 @@ class Admission:
                 service=self._services.get(spec.type),
                 audit=self._audit,
                 policy_outcome=decision.outcome.value,
+                max_cells=self._policy.for_dataset(request.dataset).max_cells,
             ),
         )
         if refined is None:
@@ -240,11 +250,21 @@ class Admission:
         policy = self._policy.for_dataset(request.dataset)
         try:
             with self._state.db.transaction():
+                running = self._state.active(request.analyst, request.dataset)
+                if running >= policy.max_concurrent_jobs:
+                    raise errors.QuotaExceeded(
+                        [
+                            f"analyst {request.analyst!r} already has {running} jobs "
+                            f"approved or running on {request.dataset!r}; this "
+                            f"dataset allows {policy.max_concurrent_jobs} at once"
+                        ]
+                    )
                 self._meters.reserve(
                     request,
                     policy.quota_limits(),
                     epsilon_budget=policy.epsilon_budget,
                     delta_budget=policy.delta_budget,
+                    organisation_budget=policy.budget_shared_by_organisation,
                 )
                 self._audit.append(
                     "quota.reserved",

@@ -10,12 +10,13 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from cleanroom import errors, jobtypes, wire
 from cleanroom.audit.log import AuditLog
 from cleanroom.jobspec import parse_spec
+from cleanroom.jobtypes.base import CellPartition
 from cleanroom.keys import (
     KeyBundle,
     NodeKeys,
@@ -24,10 +25,12 @@ from cleanroom.keys import (
     verify_key_bundle,
 )
 from cleanroom.localdb import LocalDatabase
+from cleanroom.requests import graph_seed
 from node import services as node_services
 from node.admission import Admission
 from node.config import NodeConfig
 from node.datasets import DatasetRegistry
+from node.differencing import ReleaseGuard, ReleaseScope
 from node.link import CoordinatorLink, GrpcCoordinatorLink, LinkFactory
 from node.meters import Meters
 from node.policy import PolicySet
@@ -72,6 +75,12 @@ class NodeAgent:
             self.db, owner=config.name, signing_key=self.keys.signing, now=clock
         )
         self.bundle = make_key_bundle(config.name, self.keys, self.identity)
+        self.release_guard = ReleaseGuard(
+            self.db,
+            audit=lambda job_id, data: self.audit.append(
+                "differencing.refused", job_id=job_id, data=data
+            ),
+        )
         self._link_factory = link_factory or self._grpc_link
         self._link: CoordinatorLink | None = None
         self._coordinator_bundle: KeyBundle | None = None
@@ -259,6 +268,12 @@ class NodeAgent:
             canonical_json({"type": spec.type, "params": dict(spec.params)})
         ).hexdigest()
 
+        seed = (
+            graph_seed(local.signed_request, bundles[ANALYST].signing_public)
+            if local.signed_request and ANALYST in bundles
+            else b""
+        )
+
         def build() -> NodeParty:
             dataset = self.datasets.fresh(mine.dataset)  # refuses a changed file
             self.releases.started(start.job_id, dataset.content_hash)
@@ -279,6 +294,25 @@ class NodeAgent:
                     allow_change=policy.allow_survivor_change,
                 )
 
+            without_dp = job_type.epsilon(spec)[0] == 0
+
+            def cells_guard(
+                partitions: Sequence[CellPartition],
+            ) -> list[bool]:
+                if not (policy.differencing and without_dp):
+                    return [True for _, count in partitions for _ in range(count)]
+                return self.release_guard.check(
+                    job_id=start.job_id,
+                    dataset=mine.dataset,
+                    dataset_hash=dataset.content_hash,
+                    frame=dataset.frame,
+                    id_column=dataset.info.id_column,
+                    scope=ReleaseScope(local.analyst, local.organisation),
+                    min_group_size=policy.min_group_size,
+                    capacity=policy.differencing_capacity,
+                    partitions=partitions,
+                )
+
             return job_type.node_party(
                 jobtypes.NodeContext(
                     job_id=start.job_id,
@@ -296,6 +330,8 @@ class NodeAgent:
                     service=self.services.get(spec.type),
                     min_inputs=min_inputs,
                     inputs_guard=guard,
+                    graph_seed=seed,
+                    cells_guard=cells_guard,
                 )
             )
 

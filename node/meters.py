@@ -33,6 +33,11 @@ CREATE TABLE IF NOT EXISTS amounts (
     job_id TEXT NOT NULL REFERENCES reservations (job_id), meter TEXT NOT NULL,
     reserved REAL NOT NULL, used REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, meter));
+CREATE TABLE IF NOT EXISTS reservation_organisations (
+    job_id TEXT PRIMARY KEY REFERENCES reservations (job_id),
+    organisation TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS reservation_organisations_by_name
+    ON reservation_organisations (organisation);
 CREATE TABLE IF NOT EXISTS limits (
     dataset TEXT NOT NULL, meter TEXT NOT NULL, per_day REAL, total REAL,
     PRIMARY KEY (dataset, meter));
@@ -48,6 +53,14 @@ SELECT a.meter,
     SUM(CASE WHEN r.status = 'reserved' THEN a.reserved ELSE a.used END)
 FROM amounts a JOIN reservations r ON r.job_id = a.job_id
 WHERE r.analyst = ? AND r.dataset = ? GROUP BY a.meter
+"""
+_ORGANISATION_CHARGED_SQL: Final = """
+SELECT a.meter,
+    SUM(CASE WHEN r.status = 'reserved' THEN a.reserved ELSE a.used END)
+FROM amounts a JOIN reservations r ON r.job_id = a.job_id
+JOIN reservation_organisations o ON o.job_id = r.job_id
+WHERE o.organisation = ? AND r.dataset = ? AND a.meter IN ('epsilon', 'delta')
+GROUP BY a.meter
 """
 _USAGE_SQL: Final = """
 SELECT r.analyst, r.dataset, a.meter,
@@ -151,9 +164,12 @@ class Meters:
         *,
         epsilon_budget: float | None,
         delta_budget: float | None = None,
+        organisation_budget: bool = False,
     ) -> Reservation:
         """Reserve the request's amounts if every limit holds, else QuotaExceeded.
 
+        The privacy budgets hold per analyst and, with ``organisation_budget``,
+        also for the request's organisation (every analyst of it together).
         Idempotent per job id: reserving an open job again returns its reservation.
         """
         budgets = {"epsilon": epsilon_budget, "delta": delta_budget}
@@ -170,6 +186,16 @@ class Meters:
                 return existing
             charged = db.execute(_CHARGED_SQL, (held.day, *terms[1:3])).fetchall()
             reasons = _exceeded(held, charged, limits, budgets)
+            if organisation_budget and request.organisation:
+                spent = dict(
+                    db.execute(
+                        _ORGANISATION_CHARGED_SQL,
+                        (request.organisation, request.dataset),
+                    ).fetchall()
+                )
+                reasons += _organisation_exceeded(
+                    request.organisation, held, spent, budgets
+                )
             if not reasons:
                 db.execute(
                     "INSERT INTO reservations (job_id, analyst, dataset, job_type, "
@@ -180,6 +206,12 @@ class Meters:
                     "INSERT INTO amounts (job_id, meter, reserved) VALUES (?, ?, ?)",
                     [(request.job_id, m, a) for m, a in amounts.items()],
                 )
+                if request.organisation:
+                    db.execute(
+                        "INSERT INTO reservation_organisations (job_id, organisation) "
+                        "VALUES (?, ?)",
+                        (request.job_id, request.organisation),
+                    )
         if reasons:
             raise QuotaExceeded(reasons)
         return held
@@ -296,6 +328,25 @@ def _exceeded(
                     f"{held.dataset!r}: {_show(so_far)} used or reserved, {bound} "
                     f"{_show(cap)} (this job needs {_show(amount)})"
                 )
+    return reasons
+
+
+def _organisation_exceeded(
+    organisation: str,
+    held: Reservation,
+    spent: Mapping[str, float],
+    budgets: Mapping[str, float | None],
+) -> list[str]:
+    reasons = []
+    for meter in ("epsilon", "delta"):
+        amount, cap = held.amounts.get(meter, 0.0), budgets.get(meter)
+        so_far = spent.get(meter, 0.0)
+        if cap is not None and amount > 0 and _exceeds(so_far + amount, cap):
+            reasons.append(
+                f"privacy budget {meter!r} total for organisation {organisation!r} "
+                f"on {held.dataset!r}: {_show(so_far)} used or reserved by its "
+                f"analysts, budget {_show(cap)} (this job needs {_show(amount)})"
+            )
     return reasons
 
 

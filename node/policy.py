@@ -232,6 +232,7 @@ def _denials(policy: DatasetPolicy, request: JobRequest, now: float) -> list[str
             reasons.append(f"column {column!r} is on the dataset's forbidden list")
         elif not policy.columns_allowed.permits(column):
             reasons.append(f"column {column!r} is not on the dataset's allowed list")
+    reasons += _privacy_denials(policy, request)
     for name, asked, budget in (
         ("epsilon", request.epsilon, policy.epsilon_budget),
         ("delta", request.delta, policy.delta_budget),
@@ -242,6 +243,28 @@ def _denials(policy: DatasetPolicy, request: JobRequest, now: float) -> list[str
                 f"{name} budget {budget:g}"
             )
     return reasons
+
+
+def _privacy_denials(policy: DatasetPolicy, request: JobRequest) -> list[str]:
+    """DP the holder requires: a job without it, or outside the per-job bounds."""
+    low, high = policy.epsilon_per_job
+    bounds = f"[{'0' if low is None else f'{low:g}'}, "
+    bounds += f"{'any' if high is None else f'{high:g}'}]"
+    if request.epsilon == 0:
+        if policy.dp_required:
+            return [
+                f"dataset {request.dataset!r} releases only differentially private "
+                f"results: the job must ask for dp with epsilon in {bounds}"
+            ]
+        return []
+    if (low is not None and request.epsilon < low) or (
+        high is not None and request.epsilon > high
+    ):
+        return [
+            f"epsilon {request.epsilon:g} is outside this dataset's per-job bounds "
+            f"{bounds}"
+        ]
+    return []
 
 
 def _holds(policy: DatasetPolicy, request: JobRequest) -> list[str]:

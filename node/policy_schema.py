@@ -10,6 +10,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, NoReturn
 
+from cleanroom import jobtypes
 from cleanroom.errors import ConfigError
 
 ANY: Final = "*"
@@ -31,8 +32,24 @@ _DATASET_KEYS: Final = (
     "max_deadline_seconds",
     "min_inputs",
     "allow_survivor_change",
+    "max_cells",
+    "max_concurrent_jobs",
+    "max_job_memory",
+    "differencing",
+)
+_DP_KEYS: Final = (
+    "required",
+    "epsilon_per_job",
+    "epsilon_budget",
+    "delta_budget",
+    "shared_by_organisation",
 )
 DEFAULT_MAX_DEADLINE_S: Final = 3600.0
+DEFAULT_MAX_CELLS: Final = 1000
+DEFAULT_MAX_CONCURRENT_JOBS: Final = 8
+DEFAULT_MAX_JOB_MEMORY: Final = 1 << 30
+DEFAULT_DIFFERENCING_CAPACITY: Final = 10_000
+MAX_DIFFERENCING_CAPACITY: Final = 1_000_000
 
 
 class Approval(StrEnum):
@@ -101,12 +118,42 @@ class DatasetPolicy:
     allow_survivor_change: bool = False
     """Whether the same query may be released again over another set of inputs
     (refused by default: comparing the two would isolate the missing inputs)."""
+    dp_required: bool = False
+    """Every job must release under differential privacy (epsilon > 0)."""
+    epsilon_per_job: tuple[float | None, float | None] = (None, None)
+    """(min, max) epsilon one job may ask for; None: no bound."""
+    budget_shared_by_organisation: bool = True
+    """The privacy budgets hold per analyst and also per organisation (all of
+    its analysts together); False: per analyst only."""
+    max_cells: int = DEFAULT_MAX_CELLS
+    """Cells (groups, histogram bins) one job may release."""
+    max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
+    """Jobs one analyst may have approved or running here at once."""
+    max_job_memory: int = DEFAULT_MAX_JOB_MEMORY
+    """Bytes a job's node-side work may need, as its job type estimates them."""
+    differencing: bool = True
+    """Keep a record of released cells and refuse one 1..k-1 rows from an earlier
+    one (jobs without DP only)."""
+    differencing_capacity: int = DEFAULT_DIFFERENCING_CAPACITY
+    """Released cells one record (one analyst, one organisation) may hold."""
+    job_type_rules: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    """Sections named after a job type (a key that is a job type's name), as it
+    parsed them (``JobType.policy_rules``)."""
+
+    def rules_for(self, job_type: str) -> Mapping[str, Any]:
+        """A job type's own rules for this dataset, every default spelled out."""
+        if job_type in self.job_type_rules:
+            return self.job_type_rules[job_type]
+        return jobtypes.get(job_type).policy_rules({}, where=job_type)
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any], *, where: str) -> DatasetPolicy:
         """Validate ``m``; every error names its path below ``where``."""
         m = _mapping(m, where)
-        _check_keys(m, _DATASET_KEYS, where)
+        owned = [k for k in m if k not in _DATASET_KEYS and k in jobtypes.names()]
+        _check_keys(m, (*_DATASET_KEYS, *owned), where)
         columns = _mapping(m.get("columns", {}), f"{where}.columns")
         _check_keys(columns, ("allow", "forbid"), f"{where}.columns")
         forbid = columns.get("forbid", [])
@@ -123,7 +170,36 @@ class DatasetPolicy:
                 "(with 'approval: manual' every job is held)"
             )
         dp = _mapping(m.get("dp", {}), f"{where}.dp")
-        _check_keys(dp, ("epsilon_budget", "delta_budget"), f"{where}.dp")
+        _check_keys(dp, _DP_KEYS, f"{where}.dp")
+        per_job = _mapping(dp.get("epsilon_per_job", {}), f"{where}.dp.epsilon_per_job")
+        _check_keys(per_job, ("min", "max"), f"{where}.dp.epsilon_per_job")
+        bounds = (
+            _optional_number(per_job, "min", f"{where}.dp.epsilon_per_job"),
+            _optional_number(per_job, "max", f"{where}.dp.epsilon_per_job"),
+        )
+        if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+            raise ConfigError(
+                f"{where}.dp.epsilon_per_job: 'min' must not exceed 'max'"
+            )
+        required = _flag(dp.get("required", False), f"{where}.dp.required")
+        if required and bounds[1] is None and dp.get("epsilon_budget") is None:
+            raise ConfigError(
+                f"{where}.dp.required: give epsilon_per_job.max or epsilon_budget "
+                "(required DP without any bound on epsilon protects nothing)"
+            )
+        differencing = _mapping(m.get("differencing", {}), f"{where}.differencing")
+        _check_keys(differencing, ("enabled", "capacity"), f"{where}.differencing")
+        capacity = _integer(
+            differencing.get("capacity", DEFAULT_DIFFERENCING_CAPACITY),
+            f"{where}.differencing.capacity",
+            minimum=1,
+        )
+        if capacity > MAX_DIFFERENCING_CAPACITY:
+            _fail(
+                f"{where}.differencing.capacity",
+                f"at most {MAX_DIFFERENCING_CAPACITY}",
+                capacity,
+            )
         valid = _mapping(m.get("valid", {}), f"{where}.valid")
         _check_keys(valid, ("from", "until"), f"{where}.valid")
         policy = cls(
@@ -156,6 +232,42 @@ class DatasetPolicy:
             allow_survivor_change=_flag(
                 m.get("allow_survivor_change", False), f"{where}.allow_survivor_change"
             ),
+            dp_required=required,
+            epsilon_per_job=bounds,
+            budget_shared_by_organisation=_flag(
+                dp.get("shared_by_organisation", True),
+                f"{where}.dp.shared_by_organisation",
+            ),
+            max_cells=_integer(
+                m.get("max_cells", DEFAULT_MAX_CELLS), f"{where}.max_cells", minimum=1
+            ),
+            max_concurrent_jobs=_integer(
+                m.get("max_concurrent_jobs", DEFAULT_MAX_CONCURRENT_JOBS),
+                f"{where}.max_concurrent_jobs",
+                minimum=1,
+            ),
+            max_job_memory=_integer(
+                m.get("max_job_memory", DEFAULT_MAX_JOB_MEMORY),
+                f"{where}.max_job_memory",
+                minimum=1,
+            ),
+            differencing=_flag(
+                differencing.get("enabled", True), f"{where}.differencing.enabled"
+            ),
+            differencing_capacity=capacity,
+            job_type_rules=MappingProxyType(
+                {
+                    name: MappingProxyType(
+                        dict(
+                            jobtypes.get(name).policy_rules(
+                                _mapping(m[name], f"{where}.{name}"),
+                                where=f"{where}.{name}",
+                            )
+                        )
+                    )
+                    for name in sorted(owned)
+                }
+            ),
         )
         if (
             policy.valid_from is not None
@@ -187,8 +299,14 @@ class DatasetPolicy:
                 "analysts": sorted(self.manual_analysts),
             },
             "dp": {
+                "required": self.dp_required,
+                "epsilon_per_job": {
+                    "min": self.epsilon_per_job[0],
+                    "max": self.epsilon_per_job[1],
+                },
                 "epsilon_budget": self.epsilon_budget,
                 "delta_budget": self.delta_budget,
+                "shared_by_organisation": self.budget_shared_by_organisation,
             },
             "quotas": {
                 meter: {"per_day": limit.per_day, "total": limit.total}
@@ -201,6 +319,14 @@ class DatasetPolicy:
             "max_deadline_seconds": self.max_deadline_seconds,
             "min_inputs": self.min_inputs,
             "allow_survivor_change": self.allow_survivor_change,
+            "max_cells": self.max_cells,
+            "max_concurrent_jobs": self.max_concurrent_jobs,
+            "max_job_memory": self.max_job_memory,
+            "differencing": {
+                "enabled": self.differencing,
+                "capacity": self.differencing_capacity,
+            },
+            **{name: dict(r) for name, r in sorted(self.job_type_rules.items())},
         }
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -57,6 +57,9 @@ class Policies:
 
     def min_group_size(self, dataset: str) -> int:
         return self._policy.for_dataset(dataset).min_group_size
+
+    def job_type_rules(self, dataset: str, job_type: str) -> Mapping[str, Any]:
+        return self._policy.for_dataset(dataset).rules_for(job_type)
 
 
 def build_services(

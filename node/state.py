@@ -160,6 +160,16 @@ class NodeState:
             ).fetchall()
         return [self._row(r) for r in rows]
 
+    def active(self, analyst: str, dataset: str) -> int:
+        """How many of the analyst's jobs on ``dataset`` are approved or running."""
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE analyst=? AND dataset=? "
+                "AND status IN (?, ?)",
+                (analyst, dataset, JobStatus.APPROVED.value, JobStatus.RUNNING.value),
+            ).fetchone()
+        return int(row[0])
+
     def set_status(
         self,
         job_id: str,

@@ -88,11 +88,21 @@ class LogWitness:
             self._wanted_at = None
         self._last_run = self._clock()
         kept = self._audit.witnessed(bundle.node)
-        first: wire.WitnessReply = self._call(
-            lambda link: link.witness(
-                wire.WitnessRequest(coordinator_since=kept.size if kept else 0)
+        try:
+            first: wire.WitnessReply = self._call(
+                lambda link: link.witness(
+                    wire.WitnessRequest(coordinator_since=kept.size if kept else 0)
+                )
             )
-        )
+        except errors.AuditError as exc:
+            # A log that cannot prove it extends the kept head was rolled back.
+            detail = (
+                f"the coordinator could not prove its log extends the head of "
+                f"size {kept.size if kept else 0} this node kept ({exc})"
+            )
+            self._audit.append("coordinator.fork", data={"detail": detail})
+            log.error("refusing to co-sign the coordinator's audit log: %s", detail)
+            raise
         theirs = parse_head(first.coordinator_head)
         try:
             accept_head(

@@ -444,6 +444,11 @@ class AnalystServiceStub:
                 request_serializer=proto_dot_cleanroom__pb2.CatalogRequest.SerializeToString,
                 response_deserializer=proto_dot_cleanroom__pb2.Catalog.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/cleanroom.v1.AnalystService/ListModels',
+                request_serializer=proto_dot_cleanroom__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=proto_dot_cleanroom__pb2.ModelList.FromString,
+                _registered_method=True)
         self.PullWork = channel.unary_stream(
                 '/cleanroom.v1.AnalystService/PullWork',
                 request_serializer=proto_dot_cleanroom__pb2.PullRequest.SerializeToString,
@@ -501,6 +506,12 @@ class AnalystServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PullWork(self, request, context):
         """The analyst party of a job: its mailbox (chunks form one WorkBatch) ...
         """
@@ -552,6 +563,11 @@ def add_AnalystServiceServicer_to_server(servicer, server):
                     servicer.GetCatalog,
                     request_deserializer=proto_dot_cleanroom__pb2.CatalogRequest.FromString,
                     response_serializer=proto_dot_cleanroom__pb2.Catalog.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=proto_dot_cleanroom__pb2.ListModelsRequest.FromString,
+                    response_serializer=proto_dot_cleanroom__pb2.ModelList.SerializeToString,
             ),
             'PullWork': grpc.unary_stream_rpc_method_handler(
                     servicer.PullWork,
@@ -753,6 +769,33 @@ class AnalystService:
             '/cleanroom.v1.AnalystService/GetCatalog',
             proto_dot_cleanroom__pb2.CatalogRequest.SerializeToString,
             proto_dot_cleanroom__pb2.Catalog.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AnalystService/ListModels',
+            proto_dot_cleanroom__pb2.ListModelsRequest.SerializeToString,
+            proto_dot_cleanroom__pb2.ModelList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -136,6 +136,7 @@ class AnalystServiceStub:
     GetJobEvents: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.GetJobRequest, _cleanroom_pb2.JobEventList]
     FetchResult: _grpc.UnaryStreamMultiCallable[_cleanroom_pb2.FetchResultRequest, _cleanroom_pb2.Chunk]
     GetCatalog: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.CatalogRequest, _cleanroom_pb2.Catalog]
+    ListModels: _grpc.UnaryUnaryMultiCallable[_cleanroom_pb2.ListModelsRequest, _cleanroom_pb2.ModelList]
     PullWork: _grpc.UnaryStreamMultiCallable[_cleanroom_pb2.PullRequest, _cleanroom_pb2.Chunk]
     """The analyst party of a job: its mailbox (chunks form one WorkBatch) ..."""
     PushMessage: _grpc.StreamUnaryMultiCallable[_cleanroom_pb2.Chunk, _cleanroom_pb2.Ack]
@@ -151,6 +152,7 @@ class AnalystServiceAsyncStub(AnalystServiceStub):
     GetJobEvents: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.GetJobRequest, _cleanroom_pb2.JobEventList]  # type: ignore[assignment]
     FetchResult: _aio.UnaryStreamMultiCallable[_cleanroom_pb2.FetchResultRequest, _cleanroom_pb2.Chunk]  # type: ignore[assignment]
     GetCatalog: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.CatalogRequest, _cleanroom_pb2.Catalog]  # type: ignore[assignment]
+    ListModels: _aio.UnaryUnaryMultiCallable[_cleanroom_pb2.ListModelsRequest, _cleanroom_pb2.ModelList]  # type: ignore[assignment]
     PullWork: _aio.UnaryStreamMultiCallable[_cleanroom_pb2.PullRequest, _cleanroom_pb2.Chunk]  # type: ignore[assignment]
     """The analyst party of a job: its mailbox (chunks form one WorkBatch) ..."""
     PushMessage: _aio.StreamUnaryMultiCallable[_cleanroom_pb2.Chunk, _cleanroom_pb2.Ack]  # type: ignore[assignment]
@@ -205,6 +207,13 @@ class AnalystServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cleanroom_pb2.CatalogRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cleanroom_pb2.Catalog, _abc.Awaitable[_cleanroom_pb2.Catalog]]: ...
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _cleanroom_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cleanroom_pb2.ModelList, _abc.Awaitable[_cleanroom_pb2.ModelList]]: ...
 
     @_abc_1.abstractmethod
     def PullWork(

@@ -14,16 +14,30 @@ Rules, each checked on the output as written and as it would be released
   ``min_cell_count`` dataset rows share (so a group-by key like
   ``(F, smoker, north)`` is not a "row").
 
-Reasons name files, columns and rules but never the matching raw values.
+An information budget, because outputs that pass every rule above can still carry
+rows in their numbers (``age * 1e7 + diagnosis * 1e6 + income`` as "weights"):
+
+* at most ``max_numeric_values`` numeric values over all files (the service sets
+  rows / min_group_size of the dataset unless the holder's policy says
+  otherwise): a release of more numbers than that could hold a value per person;
+* whole numbers of magnitude 2^24 or more (outside count columns): a float's
+  53-bit mantissa holds several small fields at once;
+* values of more than 12 significant digits as released (after rounding).
+
+These are a help to the holder's review, not a proof: code can spread a row over
+fewer, smaller numbers, and only DP bounds what numbers reveal. Reasons name files,
+columns and rules but never the matching raw values.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 from cleanroom.errors import ConfigError, SandboxError
@@ -54,6 +68,8 @@ class VettingRules:
     max_total_bytes: int = 50 * MiB
     max_files: int = 100
     raw_row_columns: int = 3
+    max_numeric_values: int | None = None
+    """The information budget: numeric values all outputs may hold (None: any)."""
 
     def __post_init__(self) -> None:
         if self.min_cell_count < 1 or self.raw_row_columns < 2:
@@ -89,6 +105,7 @@ def vet_outputs(
         return VettingResult("held", reasons, {})
     raw = _RawData(dataset, rules)
     released: dict[str, bytes] = {}
+    numbers = 0
     for name, data in sorted(files.items()):
         try:
             parsed = parse_output(name, data)
@@ -100,9 +117,63 @@ def vet_outputs(
             for reason in raw.check(view):
                 if reason not in reasons:
                     reasons.append(reason)
+        numbers += _count_numbers(rounded)
+        reasons += _dense_numbers(rounded, rules)
+    budget = rules.max_numeric_values
+    if budget is not None and numbers > budget:
+        reasons.append(
+            f"the outputs hold {numbers} numeric values; the information budget is "
+            f"{budget} (the dataset's rows / minimum group size, unless the holder "
+            "set sandbox.max_released_values)"
+        )
     if reasons:
         return VettingResult("held", reasons, {})
     return VettingResult("pass", [], released)
+
+
+PACKED_MAGNITUDE = 2**24
+"""Whole numbers from here up could pack several small fields into one float."""
+MAX_SIGNIFICANT_DIGITS = 12
+
+
+def _numbers(values: list[object]) -> list[float]:
+    return [
+        float(v)
+        for v in values
+        if isinstance(v, int | float | np.integer | np.floating)
+        and not isinstance(v, bool | np.bool_)
+        and math.isfinite(float(v))
+    ]
+
+
+def _count_numbers(out: ParsedOutput) -> int:
+    return sum(len(_numbers(values)) for values in out.columns.values())
+
+
+def _significant_digits(value: float) -> int:
+    digits = repr(abs(value)).lower().split("e")[0].replace(".", "").lstrip("0")
+    return len(digits.rstrip("0")) if "." in repr(value) else len(digits)
+
+
+def _dense_numbers(out: ParsedOutput, rules: VettingRules) -> list[str]:
+    """Columns whose numbers look like packed fields (see the module docstring)."""
+    counts = {c.casefold() for c in rules.count_columns}
+    found = []
+    for column, values in out.columns.items():
+        numbers = _numbers(values)
+        if column.rsplit(".", 1)[-1].casefold() not in counts and any(
+            v == int(v) and abs(v) >= PACKED_MAGNITUDE for v in numbers
+        ):
+            found.append(
+                f"{out.name}: column {column!r} holds whole numbers of 2^24 or more "
+                "(several fields may be packed in one value)"
+            )
+        if any(_significant_digits(v) > MAX_SIGNIFICANT_DIGITS for v in numbers):
+            found.append(
+                f"{out.name}: column {column!r} holds values of more than "
+                f"{MAX_SIGNIFICANT_DIGITS} significant digits"
+            )
+    return found[:_MAX_REASONS_PER_RULE]
 
 
 def _load(

@@ -58,6 +58,31 @@ def _show(view: JobView) -> None:
         )
 
 
+_input_option = click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=FILE",
+    help="Your own input to your party of the job (e.g. rows=customers.csv); "
+    "it stays on this machine except as the job's protocol sends it.",
+)
+
+
+def _read_inputs(inputs: tuple[str, ...]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for item in inputs:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise ConfigError(f"--input {item!r}: expected NAME=FILE")
+        try:
+            found[name] = Path(file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"--input {name}: cannot read {file}: {exc.strerror}"
+            ) from None
+    return found
+
+
 @click.group("job")
 def job_group() -> None:
     """Submit, watch and fetch jobs."""
@@ -70,14 +95,7 @@ def job_group() -> None:
 @click.option(
     "--timeout", type=float, default=None, help="Give up waiting after N seconds."
 )
-@click.option(
-    "--input",
-    "inputs",
-    multiple=True,
-    metavar="NAME=FILE",
-    help="A private input of your party (e.g. claims=claims.csv): kept on this "
-    "machine, never submitted.",
-)
+@_input_option
 @json_option
 @handle_errors
 def submit(
@@ -94,9 +112,9 @@ def submit(
     except OSError as exc:
         raise ConfigError(f"cannot read {spec}: {exc.strerror}") from None
     parse_spec(text)  # malformed specs fail here, before any connection
-    private = _read_inputs(inputs)
+    local_inputs = _read_inputs(inputs)
     with Client.from_federation(federation) as client:
-        view = client.submit(text, inputs=private)
+        view = client.submit(text, local_inputs=local_inputs)
         if not wait:
             print_json(view.as_dict()) if as_json else _show(view)
             if view.analyst_party and not as_json:
@@ -109,35 +127,30 @@ def submit(
         _run_to_end(client, view.job.job_id, timeout, as_json)
 
 
-def _read_inputs(items: tuple[str, ...]) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"--input {item!r}: write NAME=FILE")
-        if name in found:
-            raise ConfigError(f"--input {name} is given twice")
-        try:
-            found[name] = Path(path).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    return found
-
-
 @job_group.command("run")
 @click.argument("job_id")
 @federation_option
 @click.option(
     "--timeout", type=float, default=None, help="Give up waiting after N seconds."
 )
+@_input_option
 @json_option
 @handle_errors
-def run(job_id: str, federation: Path, timeout: float | None, as_json: bool) -> None:
+def run(
+    job_id: str,
+    federation: Path,
+    timeout: float | None,
+    inputs: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Run (or resume) your party of JOB_ID until the job ends, then show its result.
 
     Jobs whose type has an analyst party (e.g. homomorphic queries) wait for it;
     what it received is kept locally, so this can be stopped and run again."""
+    local_inputs = _read_inputs(inputs)
     with Client.from_federation(federation) as client:
+        if local_inputs:
+            client.provide_inputs(job_id, local_inputs)
         _run_to_end(client, job_id, timeout, as_json)
 
 

@@ -19,6 +19,7 @@ from cleanroom.cli.governance import (
     usage_group,
 )
 from cleanroom.cli.jobs import catalog, job_group
+from cleanroom.cli.models import model_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,6 +38,7 @@ for command in (
     node_group,
     local_group,
     job_group,
+    model_group,
     catalog,
     demo,
     audit_group,

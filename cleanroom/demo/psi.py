@@ -137,7 +137,7 @@ def run(console: Console) -> bool:
                 ["telecom"],
                 {"key": "id", "records": len(claims), "fields": ["name", "phone"]},
             ),
-            inputs={"claims": csv.getvalue().encode()},
+            local_inputs={"claims": csv.getvalue().encode()},
             timeout=300,
         )
         if view.job.state.value != "succeeded":
@@ -164,7 +164,7 @@ def run(console: Console) -> bool:
                 ["telecom"],
                 {"key": "id", "lookups": 2, "fields": ["city"]},
             ),
-            inputs={"keys": "\n".join(keys).encode()},
+            local_inputs={"keys": "\n".join(keys).encode()},
             timeout=300,
         )
         if view.job.state.value != "succeeded":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import tempfile
 import time
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from cleanroom import local
 from cleanroom.client import Client
+from cleanroom.demo import vertical as vertical_demo
 from cleanroom.errors import CleanroomError
 from cleanroom.federation import Federation
 
@@ -39,6 +41,15 @@ class DemoStep:
     ]
     available: Callable[[], str | None] = lambda: None
     """Returns a reason to skip the step (e.g. no Docker engine), or None."""
+    node_settings: Callable[
+        [Path, Mapping[str, pd.DataFrame]], Mapping[str, Mapping[str, Any]]
+    ] = lambda root, frames: {}
+    """Before the federation starts: node -> ``[jobtypes.<name>]`` tables the
+    step needs (e.g. a model a holder registers), files written under ``root``."""
+    local_inputs: Callable[[Mapping[str, pd.DataFrame]], Mapping[str, Any]] = (
+        lambda frames: {}
+    )
+    """The analyst's own inputs to its party (e.g. rows to score)."""
 
 
 _STEPS: list[DemoStep] = []
@@ -73,7 +84,12 @@ def sample_data(directory: Path) -> dict[str, Path]:
 
 def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> bool:
     """Run every step; True if every federated result matched its reference."""
-    import cleanroom.demo.steps  # noqa: F401 - registers the built-in steps
+    # Importing these modules registers their steps.
+    import cleanroom.demo.he
+    import cleanroom.demo.steps  # noqa: F401
+    from cleanroom.demo import privacy
+
+    importlib.import_module("cleanroom.demo.fedavg")  # its step runs after those
 
     console = console or Console()
     with tempfile.TemporaryDirectory(prefix="cleanroom-demo-") as tmp:
@@ -89,6 +105,10 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
             + ", ".join(f"{n}: {len(f)}" for n, f in frames.items())
         )
         started = time.monotonic()
+        settings: dict[str, dict[str, Mapping[str, Any]]] = {}
+        for step in _STEPS:
+            for node, tables in step.node_settings(root, frames).items():
+                settings.setdefault(node, {}).update(tables)
         with console.status(
             "starting a local federation (coordinator + 3 nodes)"
         ) as status:
@@ -96,6 +116,7 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
                 workdir=root / "federation",
                 nodes=list(paths.items()),
                 progress=lambda m: status.update(m),
+                node_settings=settings,
             )
         console.print(
             f"federation up in {time.monotonic() - started:.1f}s at "
@@ -109,6 +130,7 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
             ) as client:
                 for step in _STEPS:
                     all_ok &= _run_step(step, client, datasets, frames, console)
+            all_ok &= privacy.show(frames, console)
             from cleanroom.demo import psi
 
             all_ok &= psi.run(console)
@@ -116,6 +138,7 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
         finally:
             _CURRENT.clear()
             local.down(root / "federation")
+        all_ok &= vertical_demo.run(console)
         console.rule(
             "[bold green]all results match" if all_ok else "[bold red]mismatch"
         )
@@ -138,7 +161,8 @@ def _run_step(
     started = time.monotonic()
     try:
         with console.status(f"running {step.title}") as status:
-            job = client.submit(spec).job.job_id
+            inputs = step.local_inputs(frames)
+            job = client.submit(spec, local_inputs=inputs).job.job_id
             final = client.wait(
                 job,
                 timeout=600,

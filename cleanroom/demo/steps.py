@@ -308,27 +308,40 @@ def _stats_compare(
                     float(np.corrcoef(data[a], data[b])[0, 1]),
                     1e-9,
                 )
-        # every bin is a cell of its own: one below a holder's minimum group
-        # size is withheld (None), and counts as empty in the quantiles
+        # Every bin is a cell of its own. It is withheld (None) when it holds
+        # fewer than a holder's minimum group size in all, and may be withheld by
+        # a holder's differencing record when that hospital holds 1..k-1 of its
+        # rows (it would differ from a cell released before by fewer than k);
+        # withheld bins count as empty in the quantiles.
         k = int(result["min_group_size"])
         counts = np.histogram(data.mean_radius, bins=_STATS_EDGES)[0].tolist()
-        shown = [c if c >= k else None for c in counts]
+        per_node = [
+            np.histogram(f[f.target == int(group)].mean_radius, bins=_STATS_EDGES)[
+                0
+            ].tolist()
+            for f in frames.values()
+        ]
         got = cell["histogram"]["mean_radius"]["counts"]
+        explained = all(
+            g == c if g is not None else c < k or any(0 < n[i] < k for n in per_node)
+            for i, (g, c) in enumerate(zip(got, counts, strict=True))
+        )
         rows.append(
             (
-                f"{label}: histogram mean_radius {_STATS_EDGES} (bins < {k} withheld)",
+                f"{label}: histogram mean_radius {_STATS_EDGES} (released bins "
+                f"exact; bins < {k} or with 1..{k - 1} rows at a hospital withheld)",
                 str(got),
-                str(shown),
-                got == shown,
+                str(counts),
+                explained,
             )
         )
-        released = [c or 0 for c in shown]
+        released = [c or 0 for c in got]
         for p, q in cell["quantiles"]["mean_radius"].items():
             exact = histogram_quantile(_STATS_EDGES, released, float(p))
             want = float(data.mean_radius.quantile(float(p)))
             rows.append(
                 (
-                    f"{label}: quantile {p} of mean_radius (from bins)",
+                    f"{label}: quantile {p} of mean_radius (from released bins)",
                     f"{q:.4f}",
                     f"{exact:.4f} (exact {want:.4f})",
                     abs(q - (exact or 0.0)) <= 1e-9,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -42,6 +44,15 @@ if TYPE_CHECKING:
     )
 
 P = TypeVar("P")
+CellPartition = tuple[npt.NDArray[np.int64], int]
+"""Cells about to be released, as a partition of a node's rows: each row's cell
+(0..count-1, or -1 for none) and the number of cells."""
+
+
+def _release_all(partitions: Sequence[CellPartition]) -> list[bool]:
+    return [True for _, count in partitions for _ in range(count)]
+
+
 PLUGIN_GROUP = "cleanroom.job_types"
 """Entry-point group of job-type plugins; a config's ``plugins`` names which to load."""
 DEFAULT_DEADLINE_S = 120.0
@@ -68,6 +79,9 @@ class NodeContext:
     random: RandomSource = SYSTEM_RANDOM
     service: Any = None
     """The job type's own node-side service (``JobType.node_service``), if any."""
+    graph_seed: bytes = b""
+    """32 bytes for a SecAgg+ neighbour graph that no single party chose
+    (``cleanroom.requests.graph_seed``); empty for unsigned test runs."""
     min_inputs: int = 0
     """The fewest inputs the holder lets this contribution be aggregated with
     (0: every input of the spec)."""
@@ -75,6 +89,11 @@ class NodeContext:
     """Call with the inputs an aggregate will cover, before revealing anything
     that completes it: refuses a set below ``min_inputs`` or, for a query
     released before, one other than the earlier release's."""
+    cells_guard: Callable[[Sequence[CellPartition]], list[bool]] = _release_all
+    """Call, for a release without DP, with the local rows of the cells about to
+    be released; returns, per cell in order, whether it may be: False for a cell
+    whose rows differ from an earlier released cell's by 1..k-1 (the node's
+    differencing record, which records the cells it allows)."""
 
     @property
     def params(self) -> Any:
@@ -95,6 +114,8 @@ class CoordinatorContext:
     signing_keys: Mapping[str, bytes]
     random: RandomSource = SYSTEM_RANDOM
     extra: Mapping[str, Any] = field(default_factory=dict)
+    graph_seed: bytes = b""
+    """The same graph seed the nodes derive (``NodeContext.graph_seed``)."""
 
     @property
     def params(self) -> Any:
@@ -112,10 +133,9 @@ class AnalystContext:
     signing_key: Ed25519PrivateKey
     peer_signing_keys: Mapping[str, bytes]
     random: RandomSource = SYSTEM_RANDOM
-    inputs: Mapping[str, bytes] = field(default_factory=dict)
-    """The analyst's private inputs to this job (e.g. claimed records), given to
-    ``Client.submit`` and kept in the analyst's local journal: never in the spec,
-    never sent to anyone unless the analyst party sends (a function of) them."""
+    local_inputs: Mapping[str, Any] = field(default_factory=dict)
+    """The analyst's own inputs to its party (e.g. rows to score), given to the
+    client beside the spec and never sent to the coordinator as they are."""
 
     @property
     def params(self) -> Any:
@@ -252,6 +272,13 @@ class JobType(ABC, Generic[P]):
         """The (epsilon, delta) the job spends on each input; (0, 0) without DP."""
         return (0.0, 0.0)
 
+    def estimate_memory(self, spec: JobSpec, rows: int) -> int:
+        """Bytes the job's node-side work needs on a dataset of ``rows`` rows, from
+        the spec alone (the node refuses a job beyond its ``max_job_memory``),
+        beyond the dataset the node holds loaded anyway. The default: a row mask
+        and one float64 column per column read, plus 16 MiB."""
+        return 16 * 2**20 + rows * (1 + 8 * len(self.columns_used(spec)))
+
     def estimate_units(self, spec: JobSpec, rows: int) -> Mapping[str, float]:
         """The declared units the job will consume on a dataset of ``rows`` rows."""
         return {}
@@ -274,6 +301,14 @@ class JobType(ABC, Generic[P]):
                 f"inputs.{sorted(inputs)[0]}", f"'{self.name}' takes no private inputs"
             )
 
+    def check_local_inputs(
+        self, spec: JobSpec, local_inputs: Mapping[str, Any]
+    ) -> None:
+        """Check the analyst's local inputs against the spec on the analyst's
+        machine, before the client submits it (SpecError naming the input), so a
+        bad input costs no approval, quota or holder work. The default accepts
+        anything (the analyst party checks what it uses)."""
+
     rereadable: bool = True
     """Whether anyone can re-derive the analyst's reading from the release and the
     messages the analyst party received (``cleanroom.opened``). False when the
@@ -290,6 +325,16 @@ class JobType(ABC, Generic[P]):
     def analyst_party(self, ctx: AnalystContext) -> AnalystParty:
         """The analyst's state machine, when ``has_analyst_party``."""
         raise ProtocolError(f"'{self.name}' has no analyst party")
+
+    def policy_rules(
+        self, rules: Mapping[str, Any], *, where: str
+    ) -> Mapping[str, Any]:
+        """A dataset policy's section named after this job type, checked, with
+        every default spelled out (ConfigError naming the path below ``where``).
+        The default: this job type takes no rules of its own."""
+        if rules:
+            raise ConfigError(f"{where}: job type '{self.name}' takes no policy rules")
+        return {}
 
     # ------------------------------------------------------- node-side hooks --
     def node_service(self, env: NodeEnvironment) -> Any:
@@ -318,6 +363,19 @@ class JobType(ABC, Generic[P]):
     def holder_waiting(self, holder: HolderContext) -> Sequence[HeldItem]:
         """This job type's work waiting for the holder beyond approvals."""
         return ()
+
+    # ------------------------------------------------------------- models --
+    def model_card(
+        self, spec: JobSpec, document: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """The model-registry card of a released job (``document``: the signed
+        result document with its provenance), or None if it trains no model. The
+        coordinator stores it at release; it must hold no weights."""
+        return None
+
+    def export_model(self, reading: Mapping[str, Any]) -> bytes:
+        """The file ``cleanroom model export`` writes from the analyst's reading."""
+        raise SpecError("type", f"'{self.name}' jobs deliver no model to export")
 
     # ------------------------------------------------------------------ CLI --
     def cli_commands(self) -> Sequence[click.Command]:

@@ -44,6 +44,11 @@ class PolicyAccess(Protocol):
 
     def min_group_size(self, dataset: str) -> int: ...
 
+    def job_type_rules(self, dataset: str, job_type: str) -> Mapping[str, Any]:
+        """The dataset policy's section named after ``job_type``, as that job
+        type parsed it (``JobType.policy_rules``), every default spelled out."""
+        ...
+
 
 @dataclass(frozen=True)
 class NodeEnvironment:
@@ -90,6 +95,8 @@ class AdmissionContext:
     audit: AuditSink
     policy_outcome: str
     """The node policy's outcome so far: allow, hold or deny."""
+    max_cells: int = 1000
+    """The most cells (groups, histogram bins) the holder lets one job release."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

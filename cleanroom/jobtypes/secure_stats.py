@@ -18,7 +18,7 @@ Parameters (every error names its path, e.g. ``params.columns[2]``)::
     groups: [F, M]                      # ... with its public, declared categories
     where: [{column: age, op: ">=", value: 18}]   # optional, as for ``count``
     dp: {epsilon: 1.0, delta: 1.0e-6}   # optional differential privacy
-    out_of_range: error                 # or clip; default error, clip with dp
+    out_of_range: clip                  # the only choice: values are clipped
     threshold: 4                        # optional SecAgg+ threshold (> n/2)
     max_rows: 1000000                   # public bound on any input's rows
 
@@ -70,6 +70,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cleanroom.catalog import DatasetInfo
+from cleanroom.errors import SpecError
 from cleanroom.jobspec import JobInput, JobSpec
 from cleanroom.jobtypes.base import (
     AnalystContext,
@@ -78,8 +79,10 @@ from cleanroom.jobtypes.base import (
     NodeContext,
     register,
 )
+from cleanroom.jobtypes.hooks import Admission, AdmissionContext, Verdict
 from cleanroom.jobtypes.stats.layout import build_layout
-from cleanroom.jobtypes.stats.params import StatsParams, parse_params
+from cleanroom.jobtypes.stats.limits import check_cells
+from cleanroom.jobtypes.stats.params import ANY_CELLS, StatsParams, parse_params
 from cleanroom.jobtypes.stats.parties import StatsAnalyst, StatsCoordinator, StatsNode
 from protocols.party import AnalystParty, CoordinatorParty, NodeParty
 from protocols.secagg.config import MIN_PARTIES
@@ -101,7 +104,9 @@ class SecureStatsJob(JobType[StatsParams]):
         super().validate(spec, catalog)
 
     def parse_params(self, spec: JobSpec) -> StatsParams:
-        params = parse_params(spec.params, parties=len(spec.inputs), schemas=())
+        params = parse_params(
+            spec.params, parties=len(spec.inputs), schemas=(), max_cells=ANY_CELLS
+        )
         build_layout(params)  # refuses a layout too large or that could overflow
         return params
 
@@ -112,11 +117,31 @@ class SecureStatsJob(JobType[StatsParams]):
         catalog: Mapping[JobInput, DatasetInfo],
     ) -> None:
         parse_params(
-            spec.params, parties=len(spec.inputs), schemas=list(catalog.values())
+            spec.params,
+            parties=len(spec.inputs),
+            schemas=list(catalog.values()),
+            max_cells=ANY_CELLS,
         )
 
     def columns_used(self, spec: JobSpec) -> frozenset[str]:
         return self.params(spec).columns_used()
+
+    def admit(self, spec: JobSpec, ctx: AdmissionContext) -> Admission | None:
+        params = self.params(spec)
+        try:
+            check_cells(params.group_by, params.groups, params.edges, ctx.max_cells)
+        except SpecError as exc:
+            return Admission(Verdict.DENY, (str(exc),))
+        return None
+
+    def estimate_memory(self, spec: JobSpec, rows: int) -> int:
+        """The rows read (float64, a few copies) plus the vectors a node holds at
+        once: its full vector, the sealed and masked copies of each round and
+        SecAgg+'s per-neighbour masks, about 8 + inputs vectors of 8 bytes."""
+        params = self.params(spec)
+        layout = build_layout(params)
+        vectors = (8 + params.parties) * 8 * layout.vector_length
+        return super().estimate_memory(spec, rows) + 2 * vectors
 
     def epsilon(self, spec: JobSpec) -> tuple[float, float]:
         privacy = self.params(spec).privacy

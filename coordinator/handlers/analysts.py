@@ -4,10 +4,11 @@ the catalog, and run their party of a job (pull its mailbox, push messages)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from cleanroom import errors, serde, wire
 from cleanroom.keys import KeyBundle, verify_key_bundle
-from cleanroom.model import JobEvent, JobRecord, JobState
+from cleanroom.model import JobEvent, JobRecord, JobState, ModelEntry
 from cleanroom.pki import Principal
 from cleanroom.provenance import unpack_result
 from cleanroom.requests import verify_request
@@ -16,6 +17,12 @@ from coordinator.handlers import nodes, relay
 from coordinator.mailbox import analyst_mailbox
 from coordinator.state import CoordinatorState
 from protocols.party import ANALYST
+
+_UNFINISHED: Final = (
+    JobState.SUBMITTED,
+    JobState.AWAITING_APPROVAL,
+    JobState.RUNNING,
+)
 
 
 def submit(
@@ -56,11 +63,25 @@ def submit(
         signed_request=signed,
         analyst_bundle=bundle_bytes,
     )
-    try:
-        state.store.create_job(job)
-    except errors.StoreError:
-        state.store.get_job(job_id)  # NotFound: the store failed, say so
-        raise errors.AuthError("this signed request was submitted before") from None
+    with state.submissions:
+        unfinished = [
+            j
+            for j in state.store.jobs_in_states(_UNFINISHED)
+            if j.analyst == analyst.name
+        ]
+        if len(unfinished) >= state.max_jobs_per_analyst:
+            raise errors.QuotaExceeded(
+                [
+                    f"analyst {analyst.name!r} has {len(unfinished)} unfinished jobs; "
+                    f"this coordinator runs at most {state.max_jobs_per_analyst} "
+                    "per analyst at once"
+                ]
+            )
+        try:
+            state.store.create_job(job)
+        except errors.StoreError:
+            state.store.get_job(job_id)  # NotFound: the store failed, say so
+            raise errors.AuthError("this signed request was submitted before") from None
     state.record(
         job.job_id,
         "job.submitted",
@@ -82,6 +103,18 @@ def list_jobs(
     state: CoordinatorState, analyst: Principal, limit: int
 ) -> list[JobRecord]:
     return state.store.list_jobs(analyst=analyst.name, limit=limit or 100)
+
+
+def models(
+    state: CoordinatorState, analyst: Principal, limit: int, job_id: str = ""
+) -> list[ModelEntry]:
+    """The analyst's own registry entries (one job's, if ``job_id`` is given)."""
+    if job_id:
+        entry = state.store.get_model(job_id)
+        if entry.analyst != analyst.name:
+            raise errors.NotFound(f"no model for job {job_id!r}")
+        return [entry]
+    return state.store.list_models(analyst=analyst.name, limit=limit or 100)
 
 
 def cancel(

@@ -10,7 +10,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from cleanroom.model import Decision, JobEvent, JobRecord, JobState, NodeRecord
+from cleanroom.model import (
+    Decision,
+    JobEvent,
+    JobRecord,
+    JobState,
+    ModelEntry,
+    NodeRecord,
+)
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,23 @@ class Store(ABC):
     @abstractmethod
     def events(self, job_id: str) -> list[JobEvent]:
         """The job's history in order; NotFound if the job does not exist."""
+
+    # --- model registry ---------------------------------------------------------
+    @abstractmethod
+    def put_model(self, entry: ModelEntry) -> None:
+        """Register a trained model (one per job; a later entry replaces it).
+        NotFound if the job does not exist."""
+
+    @abstractmethod
+    def get_model(self, job_id: str) -> ModelEntry:
+        """The registry entry of the job's model; NotFound if there is none."""
+
+    @abstractmethod
+    def list_models(
+        self, *, analyst: str | None = None, limit: int = 100
+    ) -> list[ModelEntry]:
+        """Newest first (ties by job id, descending); only ``analyst``'s models when
+        given; at most ``limit`` (none if ``limit`` < 1)."""
 
     # --- nodes ----------------------------------------------------------------
     @abstractmethod

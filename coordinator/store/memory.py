@@ -8,7 +8,14 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 from cleanroom.errors import NotFound, StoreError
-from cleanroom.model import Decision, JobEvent, JobRecord, JobState, NodeRecord
+from cleanroom.model import (
+    Decision,
+    JobEvent,
+    JobRecord,
+    JobState,
+    ModelEntry,
+    NodeRecord,
+)
 from coordinator.store.base import Mail, Step, Store
 
 
@@ -20,6 +27,7 @@ class MemoryStore(Store):
         self._jobs: dict[str, JobRecord] = {}
         self._decisions: dict[str, dict[str, Decision]] = {}
         self._results: dict[str, bytes] = {}
+        self._models: dict[str, ModelEntry] = {}
         self._events: dict[str, list[JobEvent]] = {}
         self._nodes: dict[str, NodeRecord] = {}
         self._mail: dict[str, dict[int, Mail]] = {}
@@ -111,6 +119,32 @@ class MemoryStore(Store):
                 return self._results[job_id]
             except KeyError:
                 raise NotFound(f"no result for job {job_id!r}") from None
+
+    def put_model(self, entry: ModelEntry) -> None:
+        with self._lock:
+            self._job(entry.job_id)
+            self._models[entry.job_id] = entry
+
+    def get_model(self, job_id: str) -> ModelEntry:
+        with self._lock:
+            try:
+                return self._models[job_id]
+            except KeyError:
+                raise NotFound(f"no model for job {job_id!r}") from None
+
+    def list_models(
+        self, *, analyst: str | None = None, limit: int = 100
+    ) -> list[ModelEntry]:
+        if limit <= 0:
+            return []
+        with self._lock:
+            found = [
+                m
+                for m in self._models.values()
+                if analyst is None or m.analyst == analyst
+            ]
+        found.sort(key=lambda m: (m.created_at, m.job_id), reverse=True)
+        return found[:limit]
 
     def append_event(
         self, job_id: str, kind: str, detail: str, *, at: float

@@ -38,7 +38,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from cleanroom.errors import ConfigError, NotFound, StoreError
-from cleanroom.model import Decision, JobEvent, JobRecord, JobState, NodeRecord
+from cleanroom.model import (
+    Decision,
+    JobEvent,
+    JobRecord,
+    JobState,
+    ModelEntry,
+    NodeRecord,
+)
 from coordinator.store.base import Mail, Step, Store
 
 SCHEMA_VERSION = 3
@@ -87,6 +94,17 @@ results_table = Table(
     METADATA,
     Column("job_id", ForeignKey("jobs.job_id"), primary_key=True),
     Column("result", LargeBinary, nullable=False),
+)
+
+models_table = Table(
+    "models",
+    METADATA,
+    Column("job_id", ForeignKey("jobs.job_id"), primary_key=True),
+    Column("analyst", String(200), nullable=False),
+    Column("job_type", String(100), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("card_json", Text, nullable=False),
+    Index("ix_models_analyst_created", "analyst", "created_at"),
 )
 
 events_table = Table(
@@ -323,6 +341,34 @@ class SqlStore(Store):
         if result is None:
             raise NotFound(f"no result for job {job_id!r}")
         return bytes(result)
+
+    def put_model(self, entry: ModelEntry) -> None:
+        values = asdict(entry)
+        with self._write("register model") as conn:
+            self._job_row(conn, entry.job_id)
+            self._upsert(conn, models_table, values, ("job_id",))
+
+    def get_model(self, job_id: str) -> ModelEntry:
+        query = select(models_table).where(models_table.c.job_id == job_id)
+        with self._read("get model") as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"no model for job {job_id!r}")
+        return _model_from_row(row)
+
+    def list_models(
+        self, *, analyst: str | None = None, limit: int = 100
+    ) -> list[ModelEntry]:
+        if limit <= 0:
+            return []
+        query = select(models_table)
+        if analyst is not None:
+            query = query.where(models_table.c.analyst == analyst)
+        query = query.order_by(
+            models_table.c.created_at.desc(), models_table.c.job_id.desc()
+        ).limit(limit)
+        with self._read("list models") as conn:
+            return [_model_from_row(row) for row in conn.execute(query)]
 
     def append_event(
         self, job_id: str, kind: str, detail: str, *, at: float
@@ -643,4 +689,14 @@ def _node_from_row(row: Row[Any]) -> NodeRecord:
         assets_json=row.assets_json,
         registered_at=float(row.registered_at),
         last_seen=float(row.last_seen),
+    )
+
+
+def _model_from_row(row: Row[Any]) -> ModelEntry:
+    return ModelEntry(
+        job_id=row.job_id,
+        analyst=row.analyst,
+        job_type=row.job_type,
+        created_at=float(row.created_at),
+        card_json=row.card_json,
     )

@@ -73,6 +73,21 @@ class _Cells:
             mine[self.size] = theirs[index]
         self.size += 1
 
+    def extend(self, other: _Cells) -> None:
+        """Append every cell ``other`` holds (its arrays are at their size)."""
+        n = self.size
+        self.rows = np.concatenate([self.rows[:n], other.rows[: other.size]])
+        self.groups = np.concatenate([self.groups[:n], other.groups[: other.size]])
+        self.tables = Tables(
+            *(
+                np.concatenate([mine[:n], theirs[: other.size]])
+                for mine, theirs in zip(
+                    _arrays(self.tables), _arrays(other.tables), strict=True
+                )
+            )
+        )
+        self.size = n + other.size
+
     def close(
         self,
         codec: TableCodec,
@@ -95,6 +110,19 @@ class _Cells:
         conflict = decoded.complete & (rows >= 1) & (rows < k)
         same = decoded.complete & (rows == 0)
         return bool(conflict.any()), bool(same.any())
+
+
+def _transpose(bodies: Sequence[bytes], geometry: Geometry) -> list[bytes]:
+    """Per-cell bodies (rows, groups, count, words, checks) as ``_load``'s layout:
+    every cell's rows, then every cell's groups, and so on."""
+    m = geometry.cells
+    widths = (8, 4 * GROUPS, 2 * m, 8 * m, 8 * m)
+    out = []
+    start = 0
+    for width in widths:
+        out.append(b"".join(body[start : start + width] for body in bodies))
+        start += width
+    return out
 
 
 def _arrays(tables: Tables) -> tuple[npt.NDArray[np.generic], ...]:
@@ -207,6 +235,52 @@ class ReleaseRecord:
             raise ConfigError("the differencing record belongs to another scope")
         record._load(data[start:-_MAC_BYTES], size)
         return record
+
+    def cell_bytes(self, start: int = 0) -> list[bytes]:
+        """Each recorded cell from ``start`` on as bytes of its own, MACed with the
+        record's scope and its position: a store appends only the new ones."""
+        if not 0 <= start <= len(self):
+            raise ConfigError(f"the record holds {len(self)} cells, not {start}")
+        cells, out = self._cells, []
+        for i in range(start, cells.size):
+            parts: tuple[npt.NDArray[Any], ...] = (
+                cells.rows[i : i + 1],
+                cells.groups[i],
+                *(a[i] for a in _arrays(cells.tables)),
+            )
+            body = b"".join(
+                np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
+                for a in parts
+            )
+            out.append(body + self._cell_mac(i, body))
+        return out
+
+    def append_cell_bytes(self, blobs: Sequence[bytes]) -> None:
+        """Load cells written by ``cell_bytes``, in order, after those held."""
+        size = self.bytes_per_cell(self.geometry)
+        if len(self) + len(blobs) > self.capacity:
+            raise ProtocolError("more recorded cells than the record's capacity")
+        bodies = []
+        for offset, blob in enumerate(blobs):
+            if not isinstance(blob, bytes) or len(blob) != size + _MAC_BYTES:
+                raise ProtocolError(f"a recorded cell is {size + _MAC_BYTES} bytes")
+            body, mac = blob[:size], blob[size:]
+            if not hmac.compare_digest(self._cell_mac(len(self) + offset, body), mac):
+                raise CryptoError("a recorded differencing cell does not verify")
+            bodies.append(body)
+        if not bodies:
+            return
+        loaded = ReleaseRecord(
+            self._key, self.scope, group_size=self.group_size, capacity=self.capacity
+        )
+        loaded._load(b"".join(_transpose(bodies, self.geometry)), len(bodies))
+        self._cells.extend(loaded._cells)
+
+    def _cell_mac(self, index: int, body: bytes) -> bytes:
+        label = self.scope.encode() + struct.pack("<I", index)
+        return hmac.new(
+            self._key.derive("record-cell-mac"), label + body, hashlib.sha256
+        ).digest()
 
     def _load(self, body: bytes, size: int) -> None:
         m = self.geometry.cells

@@ -173,7 +173,10 @@ class NodeTrainer:
             rng=round_generator(self._seed, round_index),
             round_index=round_index,
         )
-        if not np.all(np.isfinite(trained)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            # Finite but huge parameters overflow the norm: as diverged as NaN.
+            change = float(np.linalg.norm(trained - w))
+        if not (np.all(np.isfinite(trained)) and np.isfinite(change)):
             return {
                 "update": np.zeros(params.model.n_params, dtype=np.int64),
                 "diverged": np.ones(1, dtype=np.int64),

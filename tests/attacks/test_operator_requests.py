@@ -258,3 +258,33 @@ def test_nodes_refuse_filters_and_groups_on_the_identifier_column(
     _forge(fed, request)
     for reason in _refusals(fed, request.job_id).values():
         assert "identifier column" in reason, reason
+
+
+def test_nodes_and_coordinator_derive_one_graph_seed_from_the_signed_request(
+    fed: InProcessFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SecAgg+ graph seed is a hash of the analyst's signature over a fresh
+    nonce: the same on every party, different for every request, and not a
+    function of anything the operator chooses."""
+    from cleanroom import jobtypes
+    from cleanroom.jobtypes.base import CoordinatorContext, NodeContext
+
+    seen: dict[str, list[bytes]] = {"node": [], "coordinator": []}
+    job = jobtypes.get("count")
+    node_party, coordinator_party = job.node_party, job.coordinator_party
+
+    def on_node(ctx: NodeContext) -> Any:
+        seen["node"].append(ctx.graph_seed)
+        return node_party(ctx)
+
+    def on_coordinator(ctx: CoordinatorContext) -> Any:
+        seen["coordinator"].append(ctx.graph_seed)
+        return coordinator_party(ctx)
+
+    monkeypatch.setattr(job, "node_party", on_node)
+    monkeypatch.setattr(job, "coordinator_party", on_coordinator)
+    for _ in range(2):
+        assert fed.run(spec("count")).job.state.value == "succeeded"
+    first, second = seen["coordinator"]
+    assert len(first) == 32 and first != second
+    assert sorted(seen["node"]) == sorted([first] * 3 + [second] * 3)

@@ -35,3 +35,13 @@ def test_local_round_measures_against_its_baseline(dp: bool, tmp_path: Path) -> 
     m = _local_round(ctx, 300, 5, 0, dp)
     assert m.baseline is not None and m.measured.n == 1 and m.params["dp"] is dp
     assert m.details["n_params"] == 6
+
+
+def test_secagg_round_measures_against_plain_aggregation(tmp_path: Path) -> None:
+    from benchmarks.bench_fedavg import _secagg_round
+
+    ctx = Context("fedavg_secagg_round", "quick", 1, tmp_path, log=lambda _: None)
+    m = _secagg_round(ctx, 200, 4, 0)
+    assert m.baseline is not None and m.measured.n == 1
+    assert m.baseline_name == "plain aggregation, same round"
+    assert m.details["vector_length"] > m.details["n_params"]

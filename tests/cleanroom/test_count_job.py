@@ -1,6 +1,7 @@
 """The count job's parties, run in one process: suppression, signatures, checks."""
 
 import json
+import random
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,7 @@ def _parties(frames: dict[str, pd.DataFrame], min_group: int = 5) -> tuple:
                 spec.nodes,
                 publics,
             )
-        )  # fmt: skip
+        )
         for node, frame in frames.items()
     }
     return spec, keys, publics, coord, analyst, nodes
@@ -175,3 +176,75 @@ def test_where_clause_is_checked_against_the_schema() -> None:
         job.validate(spec, {i: info for i in spec.inputs})
     assert err.value.path == "params.where[0].value"
     assert "expected a number" in err.value.problem
+
+
+DP_SPEC = """
+type: count
+inputs: [{node: a, dataset: d}, {node: b, dataset: d}]
+params:
+  where: [{column: age, op: ">=", value: 50}]
+  dp: {epsilon: 0.5, delta: 1.0e-6}
+purpose: test
+"""
+
+
+def test_dp_counts_carry_exactly_the_noise_they_report() -> None:
+    """Repeated runs at a fixed epsilon: the released counts scatter around the
+    true count with the std each report states; the usage charges epsilon."""
+    spec = parse_spec(DP_SPEC)
+    job = jobtypes.get("count")
+    assert job.epsilon(spec) == (0.5, 1e-6)
+    frame = pd.DataFrame({"age": list(range(100))})  # 50 rows match
+    keys = {n: Ed25519PrivateKey.generate() for n in spec.nodes}
+    publics = {n: _raw(k) for n, k in keys.items()}
+    values, stds = [], set()
+    for seed in range(400):
+        coord = job.coordinator_party(
+            jobtypes.CoordinatorContext("j1", spec, spec.nodes, publics)
+        )
+        analyst = job.analyst_party(
+            jobtypes.AnalystContext(
+                "j1", spec, "alice", spec.nodes, Ed25519PrivateKey.generate(), publics
+            )
+        )
+        for node in spec.nodes:
+            party = job.node_party(
+                jobtypes.NodeContext(
+                    "j1", spec, node, "d", frame, "hash", 5, keys[node], spec.nodes,
+                    publics, random=random.Random(f"{seed}-{node}").randbytes,
+                )
+            )
+            sealed, commitment = party.start()
+            assert party.usage().epsilon == 0.5
+            coord.receive(Inbound(node, commitment.stage, commitment.payload))
+            analyst.receive(Inbound(node, sealed.stage, sealed.payload))
+        opened = analyst.finalize(coord.result())
+        for row in opened["counts"]:
+            values.append(row["count"])
+            stds.add(row["noise_std"])
+        assert opened["dp"]["total_noise_std"] == pytest.approx(
+            np.sqrt(2) * row["noise_std"]
+        )
+    (std,) = stds
+    assert std > 5  # epsilon 0.5, delta 1e-6: sigma about 9
+    sample = np.array(values, dtype=float)
+    assert sample.mean() == pytest.approx(50, abs=4 * std / np.sqrt(len(sample)))
+    # 800 counts: the sample std is within 2.5% (one standard error) of the truth
+    assert sample.std(ddof=1) / std == pytest.approx(1, abs=0.1)
+    assert len(set(values)) > 20  # never the exact count every time
+
+
+def test_dp_params_name_their_path() -> None:
+    job = jobtypes.get("count")
+    for dp, path in (
+        ({"epsilon": 0}, "params.dp.epsilon"),
+        ({"epsilon": 1, "delta": 1}, "params.dp.delta"),
+        ({"epsilon": 1, "delta": 1e-6, "x": 1}, "params.dp.x"),
+    ):
+        text = SPEC.replace(
+            'params: {where: [{column: age, op: ">=", value: 50}]}',
+            f"params: {{dp: {json.dumps(dp).replace('1e-06', '1.0e-06')}}}",
+        )
+        with pytest.raises(SpecError) as err:
+            job.params(parse_spec(text))
+        assert err.value.path == path

@@ -92,7 +92,7 @@ def _plain_verify(claim: tuple[str, ...]) -> dict[str, bool]:
 def test_verify_per_field_equals_plaintext_lookup(fed: InProcessFederation) -> None:
     view = fed.run(
         _spec("verify", records=len(CLAIMS), fields=["name", "phone"]),
-        inputs={"claims": _claims_csv(CLAIMS)},
+        local_inputs={"claims": _claims_csv(CLAIMS)},
     )
     assert view.job.state.value == "succeeded", view.job.reason
     result = fed.client.result(view.job.job_id)["result"]
@@ -108,7 +108,7 @@ def test_verify_per_field_equals_plaintext_lookup(fed: InProcessFederation) -> N
 def test_verify_all_fields_gives_one_bit(fed: InProcessFederation) -> None:
     view = fed.run(
         _spec("verify", records=2, fields=["name", "phone"], mode="all_fields"),
-        inputs={"claims": _claims_csv(CLAIMS[:2])},
+        local_inputs={"claims": _claims_csv(CLAIMS[:2])},
     )
     assert view.job.state.value == "succeeded", view.job.reason
     result = fed.client.result(view.job.job_id)["result"]
@@ -120,7 +120,7 @@ def test_pir_returns_exactly_the_permitted_fields(fed: InProcessFederation) -> N
     keys = "P-1004\nP-0000\n p-1005\n"
     view = fed.run(
         _spec("pir_lookup", lookups=3, fields=["name", "city"]),
-        inputs={"keys": keys.encode()},
+        local_inputs={"keys": keys.encode()},
     )
     assert view.job.state.value == "succeeded", view.job.reason
     lookups = fed.client.result(view.job.job_id)["result"]["lookups"]
@@ -142,7 +142,7 @@ def test_pir_returns_exactly_the_permitted_fields(fed: InProcessFederation) -> N
 def test_batch_beyond_quota_is_refused_before_work(fed: InProcessFederation) -> None:
     first = fed.run(
         _spec("verify", records=4, fields=["name"]),
-        inputs={"claims": _claims_csv(CLAIMS)},
+        local_inputs={"claims": _claims_csv(CLAIMS)},
     )
     assert first.job.state.value == "succeeded", first.job.reason
     meters = fed.agents[HOLDER].meters
@@ -157,7 +157,7 @@ def test_batch_beyond_quota_is_refused_before_work(fed: InProcessFederation) -> 
     before = used()
     second = fed.run(
         _spec("verify", records=3, fields=["name"]),
-        inputs={"claims": _claims_csv(CLAIMS[:3])},
+        local_inputs={"claims": _claims_csv(CLAIMS[:3])},
     )
     assert second.job.state.value == "refused"
     assert "verified_records" in second.job.reason
@@ -167,7 +167,7 @@ def test_batch_beyond_quota_is_refused_before_work(fed: InProcessFederation) -> 
 def test_cached_table_is_used_and_a_changed_dataset_gets_a_new_one() -> None:
     with InProcessFederation({HOLDER: FRAME}, id_column="id", policy=_policy()) as fed:
         spec = _spec("pir_lookup", lookups=1, fields=["city"])
-        first = fed.run(spec, inputs={"keys": b"P-1001"})
+        first = fed.run(spec, local_inputs={"keys": b"P-1001"})
         assert first.job.state.value == "succeeded", first.job.reason
         opened = fed.client.opened(first.job.job_id)
         table = downloaded_table(opened.transcript)
@@ -175,7 +175,7 @@ def test_cached_table_is_used_and_a_changed_dataset_gets_a_new_one() -> None:
         version = opened.reading["table_version"]
         cached = fed.run(
             _spec("pir_lookup", lookups=1, fields=["city"], table=version),
-            inputs={"keys": b"P-1002", "table": table},
+            local_inputs={"keys": b"P-1002", "table": table},
         )
         assert cached.job.state.value == "succeeded", cached.job.reason
         again = fed.client.opened(cached.job.job_id)
@@ -189,7 +189,7 @@ def test_cached_table_is_used_and_a_changed_dataset_gets_a_new_one() -> None:
         fed.wait_connected()
         stale = fed.run(
             _spec("pir_lookup", lookups=1, fields=["city"], table=version),
-            inputs={"keys": b"P-1002", "table": table},
+            local_inputs={"keys": b"P-1002", "table": table},
         )
         assert stale.job.state.value == "succeeded", stale.job.reason
         fresh = fed.client.opened(stale.job.job_id)
@@ -207,13 +207,13 @@ def test_holder_policy_limits_mode_and_batch() -> None:
     ) as fed:
         per_field = fed.run(
             _spec("verify", records=2, fields=["name"]),
-            inputs={"claims": _claims_csv(CLAIMS[:2])},
+            local_inputs={"claims": _claims_csv(CLAIMS[:2])},
         )
         assert per_field.job.state.value == "refused"
         assert "allows only all_fields" in per_field.job.reason
         big = fed.run(
             _spec("verify", records=4, fields=["name", "phone"], mode="all_fields"),
-            inputs={"claims": _claims_csv(CLAIMS)},
+            local_inputs={"claims": _claims_csv(CLAIMS)},
         )
         assert big.job.state.value == "refused"
         assert "exceed this holder's 3" in big.job.reason
@@ -235,12 +235,13 @@ def test_bad_claims_are_refused_before_submission(fed: InProcessFederation) -> N
     ]
     for spec, claims, problem in bad:
         with pytest.raises(SpecError, match=problem):
-            fed.client.submit(spec, inputs={"claims": claims})
+            fed.client.submit(spec, local_inputs={"claims": claims})
     with pytest.raises(SpecError, match=r"inputs\.claims"):
         fed.client.submit(_spec("verify", records=1, fields=["name"]))
     with pytest.raises(SpecError, match="3 keys"):
         fed.client.submit(
-            _spec("pir_lookup", lookups=2, fields=["name"]), inputs={"keys": b"a\nb\nc"}
+            _spec("pir_lookup", lookups=2, fields=["name"]),
+            local_inputs={"keys": b"a\nb\nc"},
         )
     assert fed.client.list_jobs() == []
 
@@ -251,7 +252,7 @@ def test_repeated_claims_are_padded_to_the_declared_batch(
     claims = [CLAIMS[0], CLAIMS[0], CLAIMS[3]]
     view = fed.run(
         _spec("verify", records=3, fields=["name", "phone"]),
-        inputs={"claims": _claims_csv(claims)},
+        local_inputs={"claims": _claims_csv(claims)},
     )
     assert view.job.state.value == "succeeded", view.job.reason
     got = [r["fields"] for r in fed.client.result(view.job.job_id)["result"]["records"]]
@@ -310,7 +311,7 @@ def test_an_absent_key_looks_the_same_to_the_holder() -> None:
         buyer = job.analyst_party(
             jobtypes.AnalystContext(
                 "j", spec, "analyst", (HOLDER,), Ed25519PrivateKey.generate(), public,
-                inputs={"keys": key},
+                local_local_inputs={"keys": key},
             )
         )  # fmt: skip
         (table,) = node.start()

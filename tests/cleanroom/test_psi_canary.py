@@ -69,7 +69,7 @@ def test_nothing_kept_by_the_coordinator_holds_a_key(
             _spec(
                 "verify", ["telecom"], {"key": "id", "records": 2, "fields": ["name"]}
             ),
-            inputs={"claims": claims.encode()},
+            local_inputs={"claims": claims.encode()},
         )
         assert verify.job.state.value == "succeeded", verify.job.reason
         lookup = fed.run(
@@ -78,7 +78,7 @@ def test_nothing_kept_by_the_coordinator_holds_a_key(
                 ["telecom"],
                 {"key": "id", "lookups": 2, "fields": ["name"]},
             ),
-            inputs={"keys": b"T-999\nT-3\n"},
+            local_inputs={"keys": b"T-999\nT-3\n"},
         )
         assert lookup.job.state.value == "succeeded", lookup.job.reason
         got = fed.client.result(lookup.job.job_id)["result"]["lookups"]

@@ -20,15 +20,15 @@ from cleanroom import jobtypes
 from cleanroom.catalog import ColumnInfo, DatasetInfo
 from cleanroom.errors import ProtocolAbort, ProtocolError, SpecError
 from cleanroom.jobspec import parse_spec
+from cleanroom.jobtypes.simulate import drive
+from cleanroom.jobtypes.stats.cells import POLICY
 from cleanroom.jobtypes.stats.encode import add_noise, contribution
 from cleanroom.jobtypes.stats.layout import build_layout
 from cleanroom.jobtypes.stats.params import parse_params
-from cleanroom.jobtypes.stats.cells import POLICY
 from cleanroom.jobtypes.stats.release import histogram_quantile
 from cleanroom.keys import canonical_json
 from protocols.party import Inbound
 from protocols.secagg import SHARE_KEYS, STAGES, UNMASK
-from cleanroom.jobtypes.simulate import drive
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
 SIZES = (120, 200, 80, 150, 60)
@@ -271,7 +271,7 @@ def _numbers(value: Any) -> list[Any]:
     return [value] if isinstance(value, int | float) else []
 
 
-def test_out_of_range_values_are_clipped_unless_the_holder_allows_errors() -> None:
+def test_out_of_range_values_are_always_clipped() -> None:
     frames = make_frames()
     frames["n2"].loc[0, "age"] = 130
     params = {"columns": ["age"], "stats": ["sum", "mean"], "clip": {"age": [18, 90]}}
@@ -279,21 +279,10 @@ def test_out_of_range_values_are_clipped_unless_the_holder_allows_errors() -> No
     for asked in ({}, {"out_of_range": "clip"}):
         result = run({**params, **asked}, frames)
         assert result["groups"]["all"]["sum"]["age"] == int(clipped.sum())
-    # an analyst cannot turn clipping into an oracle...
-    with pytest.raises(SpecError, match="not offered") as refused:
+    # an analyst cannot turn clipping into an oracle: the error mode is gone
+    with pytest.raises(SpecError, match="only 'clip' is offered") as refused:
         parse_params({**params, "out_of_range": "error"}, parties=5, schemas=())
     assert refused.value.path == "params.out_of_range"
-    # ...only the holder can offer the error mode, and never with dp
-    holder = {"parties": 5, "schemas": (), "allow_out_of_range_error": True}
-    strict = parse_params({**params, "out_of_range": "error"}, **holder)
-    with pytest.raises(ProtocolError, match=r"column 'age' has values outside") as err:
-        contribution(build_layout(strict), frames["n2"])
-    assert "130" not in str(err.value)
-    with pytest.raises(SpecError, match="with dp, values must be clipped"):
-        parse_params(
-            {**params, "out_of_range": "error", "dp": {"epsilon": 1, "delta": 1e-6}},
-            **holder,
-        )
 
 
 def test_nan_rows_are_left_out_and_the_plaintext_is_the_node_summary() -> None:
@@ -433,7 +422,7 @@ _DELETE = object()
         ("groups", ["F"], "params.groups", "without params.group_by"),
         ("threshold", 2, "params.threshold", "must be in 3..5"),
         ("clip.income", [0, 1e15], "params.clip", "could overflow"),
-        ("out_of_range", "ignore", "params.out_of_range", "'error' or 'clip'"),
+        ("out_of_range", "ignore", "params.out_of_range", "only 'clip'"),
         ("colour", 1, "params.colour", "unknown parameter"),
     ],
 )
@@ -459,7 +448,7 @@ def test_invalid_params_name_their_path(
         (
             {"dp": {"epsilon": 1, "delta": 1e-6}, "out_of_range": "error"},
             "params.out_of_range",
-            "not offered",
+            "only 'clip' is offered",
         ),
         (
             {"where": [{"column": "nope", "op": "==", "value": 1}]},

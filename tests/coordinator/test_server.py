@@ -16,7 +16,7 @@ from cleanroom import pki, wire
 from cleanroom.errors import AuthError, ConfigError, NotFound
 from cleanroom.keys import NodeKeys, make_key_bundle
 from cleanroom.links import GrpcAnalystLink
-from cleanroom.model import JobRecord, JobState
+from cleanroom.model import JobRecord, JobState, ModelEntry
 from cleanroom.pki import TlsIdentity
 from cleanroom.transport import from_chunks, secure_channel
 from coordinator.config import DEFAULT_RPC_WORKERS, CoordinatorConfig, long_poll_slots
@@ -161,6 +161,37 @@ def test_result_of_100_mb_streams_in_chunks(
             client.result_bytes(
                 "job-big"
             )  # another analyst's job does not exist for bob
+
+
+def test_model_registry_is_listed_over_grpc_to_its_analyst_only(
+    coordinator: RunningCoordinator, pki_dir: Path
+) -> None:
+    store = coordinator.state.store
+    for job_id, at in (("job-m1", 1.0), ("job-m2", 2.0)):
+        store.create_job(
+            JobRecord(
+                job_id,
+                "alice",
+                "fedavg",
+                "x",
+                "h",
+                JobState.SUCCEEDED,
+                "done",
+                "",
+                at,
+                at,
+            )
+        )
+        store.put_model(ModelEntry(job_id, "alice", "fedavg", at, '{"rounds": 3}'))
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "alice")) as client:
+        assert [m.job_id for m in client.models()] == ["job-m2", "job-m1"]
+        assert client.models(1, "job-m1") == [
+            ModelEntry("job-m1", "alice", "fedavg", 1.0, '{"rounds": 3}')
+        ]
+    with GrpcAnalystLink(_address(coordinator), _identity(pki_dir, "bob")) as client:
+        assert client.models() == []
+        with pytest.raises(NotFound):
+            client.models(1, "job-m1")
 
 
 # ---- long polls cannot take every RPC worker ---------------------------------------

@@ -18,6 +18,7 @@ from cleanroom.model import (
     Decision,
     JobRecord,
     JobState,
+    ModelEntry,
     NodeRecord,
 )
 from coordinator.store import MemoryStore, SqlStore, Store, open_store
@@ -312,6 +313,49 @@ def test_100_mb_result_round_trip(store: Store) -> None:
     back = store.get_result("big")
     assert len(back) == size
     assert back == blob
+
+
+def _model(job_id: str, analyst: str = "alice", at: float = T0) -> ModelEntry:
+    card = '{"algorithm": "logistic", "metrics": [{"round": 1, "loss": 0.25}], "ü": 1}'
+    return ModelEntry(job_id, analyst, "trainer", at, card)
+
+
+def test_model_registry_round_trip_replace_and_order(store: Store) -> None:
+    for i, (analyst, at) in enumerate(
+        [("alice", T0), ("bob", T0 + 1), ("alice", T0 + 2), ("alice", T0 + 2)]
+    ):
+        store.create_job(job(f"j{i}", analyst=analyst, created_at=at))
+        store.put_model(_model(f"j{i}", analyst, at))
+    with pytest.raises(NotFound):
+        store.get_model("nope")
+    assert store.get_model("j1") == _model("j1", "bob", T0 + 1)
+    assert [m.job_id for m in store.list_models()] == ["j3", "j2", "j1", "j0"]
+    assert [m.job_id for m in store.list_models(analyst="alice")] == ["j3", "j2", "j0"]
+    assert [m.job_id for m in store.list_models(limit=2)] == ["j3", "j2"]
+    assert store.list_models(limit=0) == []
+    replaced = ModelEntry("j0", "alice", "trainer", T0, '{"v": 2}')
+    store.put_model(replaced)
+    assert store.get_model("j0") == replaced
+    assert len(store.list_models()) == 4
+
+
+def test_model_of_missing_job_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.put_model(_model("nope"))
+    assert store.list_models() == []
+
+
+@pytest.mark.parametrize("backend", PERSISTENT_BACKENDS, indirect=True)
+def test_models_survive_reopening(store_url: str) -> None:
+    first = open_store(store_url)
+    first.create_job(job("j1"))
+    first.put_model(_model("j1"))
+    first.close()
+    second = open_store(store_url)
+    try:
+        assert second.get_model("j1") == _model("j1")
+    finally:
+        second.close()
 
 
 def test_events_numbered_from_one_per_job(store: Store) -> None:

@@ -171,6 +171,25 @@ def test_epsilon_budget_is_spent_across_jobs(meters: Meters) -> None:
     assert usage_of(meters, "epsilon").limit == QuotaLimit(total=1.0)
 
 
+def test_analysts_of_one_organisation_share_its_privacy_budget(
+    meters: Meters,
+) -> None:
+    shared: dict[str, Any] = {"epsilon_budget": 1.0, "organisation_budget": True}
+    meters.reserve(request("a1", epsilon=0.6), {}, **shared)
+    meters.settle("a1", NodeUsage(epsilon=0.6))
+    with pytest.raises(QuotaExceeded) as caught:  # bob is of alice's organisation
+        meters.reserve(request("b1", analyst="bob", epsilon=0.6), {}, **shared)
+    assert caught.value.reasons == [
+        "privacy budget 'epsilon' total for organisation 'uni-x' on 'patients': "
+        "0.6 used or reserved by its analysts, budget 1 (this job needs 0.6)"
+    ]
+    # another organisation has its own; without sharing, each analyst has one
+    meters.reserve(
+        request("c1", analyst="carol", organisation="uni-y", epsilon=0.6), {}, **shared
+    )
+    meters.reserve(request("b2", analyst="bob", epsilon=0.6), {}, epsilon_budget=1.0)
+
+
 def test_a_quota_on_epsilon_and_the_budget_both_apply(meters: Meters) -> None:
     limits = {"epsilon": QuotaLimit(per_day=0.5, total=5)}
     meters.reserve(request("j1", epsilon=0.4), limits, epsilon_budget=0.6)

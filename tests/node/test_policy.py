@@ -438,3 +438,72 @@ def test_request_amounts_and_immutability() -> None:
         "verified_records": 100.0,
     }
     assert hash(req) == hash(request(rows=50, epsilon=0.5))
+
+
+# -- issue 13: required DP, limits, differencing, sandbox rules -----------------
+
+
+def test_new_keys_have_documented_defaults() -> None:
+    policy = PolicySet.from_mapping({"patients": OPEN}).for_dataset("patients")
+    assert (policy.dp_required, policy.epsilon_per_job) == (False, (None, None))
+    assert policy.budget_shared_by_organisation is True
+    assert (policy.max_cells, policy.max_concurrent_jobs) == (1000, 8)
+    assert policy.max_job_memory == 1 << 30
+    assert (policy.differencing, policy.differencing_capacity) == (True, 10_000)
+    assert policy.rules_for("sandbox") == {
+        "approval": "per_digest",
+        "max_runs_per_digest": None,
+        "review_outputs": "flagged",
+        "max_released_values": None,
+    }
+    given = rules(sandbox={"approval": "per_run", "max_runs_per_digest": 3})
+    parsed = PolicySet.from_mapping({"patients": given}).for_dataset("patients")
+    assert parsed.rules_for("sandbox")["approval"] == "per_run"
+    assert parsed.rules_for("count") == {}
+
+
+def test_required_dp_refuses_exact_jobs_and_epsilon_outside_the_bounds() -> None:
+    dp = {
+        "required": True,
+        "epsilon_per_job": {"min": 0.1, "max": 0.5},
+        "epsilon_budget": 1.0,
+    }
+    m = rules(dp=dp)
+    exact = decide(m)
+    assert exact.outcome is Outcome.DENY
+    assert "releases only differentially private results" in exact.reasons[0]
+    assert "[0.1, 0.5]" in exact.reasons[0]
+    for epsilon in (0.05, 0.6):
+        denied = decide(m, request(epsilon=epsilon, delta=1e-7))
+        assert denied.outcome is Outcome.DENY
+        assert "outside this dataset's per-job bounds" in denied.reasons[0]
+    assert decide(m, request(epsilon=0.3, delta=1e-7)).outcome is Outcome.APPROVE
+    # bounds hold without the requirement too, for jobs that ask for DP
+    loose = rules(dp={"epsilon_per_job": {"max": 0.5}})
+    assert decide(loose).outcome is Outcome.APPROVE
+    assert decide(loose, request(epsilon=0.6)).outcome is Outcome.DENY
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"dp": {"required": "yes"}}, "patients.dp.required"),
+        ({"dp": {"required": True}}, "patients.dp.required"),
+        ({"dp": {"epsilon_per_job": {"min": 2, "max": 1}}}, "dp.epsilon_per_job"),
+        ({"dp": {"epsilon_per_job": {"mean": 1}}}, "dp.epsilon_per_job.mean"),
+        ({"max_cells": 0}, "patients.max_cells"),
+        ({"max_concurrent_jobs": 0}, "patients.max_concurrent_jobs"),
+        ({"max_job_memory": "1G"}, "patients.max_job_memory"),
+        ({"differencing": {"capacity": 10**7}}, "differencing.capacity"),
+        ({"differencing": {"on": True}}, "differencing.on"),
+        ({"sandbox": {"approval": "once"}}, "patients.sandbox.approval"),
+        ({"sandbox": {"review_outputs": "never"}}, "sandbox.review_outputs"),
+        ({"sandbox": {"max_runs_per_digest": 0}}, "sandbox.max_runs_per_digest"),
+        ({"sandbox": {"reviews": 1}}, "patients.sandbox.reviews"),
+        ({"count": {"x": 1}}, "patients.count: job type 'count' takes no"),
+    ],
+)
+def test_new_keys_are_checked_with_their_path(
+    change: dict[str, Any], path: str
+) -> None:
+    assert path in config_error({"patients": rules(**change)})

@@ -363,3 +363,27 @@ def _row(tables: Tables, i: int) -> Tables:
     return Tables(
         tables.count[i : i + 1], tables.words[i : i + 1], tables.checks[i : i + 1]
     )
+
+
+def test_cells_stored_one_by_one_load_into_the_same_record() -> None:
+    rng = np.random.default_rng(4)
+    ids = np.arange(2000)
+    key = DifferencingKey(bytes(range(32)))
+    index = RowIndex.build(ids, key)
+    masks = [rng.random(2000) < p for p in (0.2, 0.4, 0.6, 0.8)]
+    record = ReleaseRecord(key, "analyst:a", group_size=5, capacity=10)
+    admit([index.cell(m) for m in masks[:2]], [record], min_group_size=5)
+    first = record.cell_bytes()
+    admit([index.cell(m) for m in masks[2:]], [record], min_group_size=5)
+    rest = record.cell_bytes(len(first))
+    loaded = ReleaseRecord(key, "analyst:a", group_size=5, capacity=10)
+    loaded.append_cell_bytes(first)
+    loaded.append_cell_bytes(rest)
+    assert loaded.to_bytes() == record.to_bytes()
+    other = ReleaseRecord(key, "analyst:b", group_size=5, capacity=10)
+    with pytest.raises(CryptoError):  # bound to its scope
+        other.append_cell_bytes(first)
+    with pytest.raises(CryptoError):  # and to its position
+        ReleaseRecord(key, "analyst:a", group_size=5, capacity=10).append_cell_bytes(
+            rest
+        )

@@ -29,7 +29,7 @@ of the queries.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from cleanroom.catalog import DatasetInfo
 from cleanroom.errors import ProtocolError, SpecError
@@ -119,7 +119,7 @@ class _LookupJob:
         return LookupCoordinator(ctx)
 
     def _check_private(
-        self, inputs: Mapping[str, bytes], allowed: tuple[str, ...]
+        self, inputs: Mapping[str, Any], allowed: tuple[str, ...]
     ) -> None:
         extra = sorted(set(inputs) - set(allowed))
         if extra:
@@ -128,8 +128,9 @@ class _LookupJob:
             )
         if "table" in inputs:
             try:
-                decode_table(inputs["table"])
-            except ProtocolError as exc:
+                raw = inputs["table"]
+                decode_table(raw.encode() if isinstance(raw, str) else bytes(raw))
+            except (ProtocolError, TypeError) as exc:
                 raise SpecError("inputs.table", str(exc)) from None
 
 
@@ -161,7 +162,7 @@ class VerifyJob(_LookupJob, JobType[VerifyParams]):
     def estimate_units(self, spec: JobSpec, rows: int) -> Mapping[str, float]:
         return {VERIFIED_RECORDS: float(self.params(spec).records)}
 
-    def check_inputs(self, spec: JobSpec, inputs: Mapping[str, bytes]) -> None:
+    def check_local_inputs(self, spec: JobSpec, inputs: Mapping[str, Any]) -> None:
         """The claims must be a CSV of exactly ``records`` rows with the key and
         every asked field; checked on the analyst's machine before submission."""
         self._check_private(inputs, ("claims", "table"))
@@ -225,7 +226,7 @@ class PirLookupJob(_LookupJob, JobType[PirParams]):
     def estimate_units(self, spec: JobSpec, rows: int) -> Mapping[str, float]:
         return {LOOKUPS: float(self.params(spec).lookups)}
 
-    def check_inputs(self, spec: JobSpec, inputs: Mapping[str, bytes]) -> None:
+    def check_local_inputs(self, spec: JobSpec, inputs: Mapping[str, Any]) -> None:
         """One key per line, exactly ``lookups`` of them."""
         self._check_private(inputs, ("keys", "table"))
         lookups = self.params(spec).lookups

@@ -222,12 +222,12 @@ class LookupAnalyst(AnalystParty):
         if payload[:1] == _FULL:
             table = decode_table(payload[1:])
         elif payload[:1] == _CACHED and len(payload) == 33:
-            cached = self._ctx.inputs.get("table")
+            cached = self._ctx.local_inputs.get("table")
             if cached is None:
                 raise ProtocolError(
                     "the spec names a cached table version but no table was given"
                 )
-            table = decode_table(cached)
+            table = decode_table(_as_bytes(cached, "table"))
             if table.header.digest != payload[1:]:
                 raise ProtocolError("the cached table is not the version named")
         else:
@@ -241,14 +241,14 @@ class LookupAnalyst(AnalystParty):
         config = _config(self._ctx.job_id, self._holder, self._product, header, params)
         if isinstance(params, VerifyParams):
             claims = read_claims(
-                self._ctx.inputs.get("claims"), header.id_column, params.fields
+                self._ctx.local_inputs.get("claims"), header.id_column, params.fields
             )
             if len(claims) != params.records:
                 raise ProtocolError(
                     f"{len(claims)} claimed records, the spec declares {params.records}"
                 )
             return VerifyBuyer(config, ANALYST, table, claims, random=self._ctx.random)
-        keys = read_keys(self._ctx.inputs.get("keys"))
+        keys = read_keys(self._ctx.local_inputs.get("keys"))
         if len(keys) != params.lookups:
             raise ProtocolError(
                 f"{len(keys)} keys, the spec declares {params.lookups} lookups"
@@ -282,7 +282,7 @@ class LookupAnalyst(AnalystParty):
         if isinstance(self._buyer, VerifyBuyer):
             assert isinstance(self._params, VerifyParams)
             claims = read_claims(
-                self._ctx.inputs.get("claims"),
+                self._ctx.local_inputs.get("claims"),
                 self._table.header.id_column,
                 self._params.fields,
             )
@@ -319,13 +319,23 @@ def downloaded_table(transcript: Sequence[Inbound]) -> bytes | None:
     return None
 
 
+def _as_bytes(raw: object, name: str) -> bytes:
+    if isinstance(raw, str):
+        return raw.encode()
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return bytes(raw)
+    raise ProtocolError(f"the input '{name}' must be bytes or text")
+
+
 def read_claims(
-    raw: bytes | None, id_column: str, fields: tuple[str, ...]
+    given: object, id_column: str, fields: tuple[str, ...]
 ) -> list[dict[str, str]]:
-    """The buyer's claimed records (a UTF-8 CSV with a header row): the id column
-    and every asked field must be columns; other columns are ignored."""
-    if raw is None:
+    """The buyer's claimed records (a UTF-8 CSV with a header row, as bytes or
+    text): the id column and every asked field must be columns; other columns
+    are ignored."""
+    if given is None:
         raise ProtocolError("no claimed records were given (input 'claims')")
+    raw = _as_bytes(given, "claims")
     if len(raw) > MAX_CLAIM_BYTES:
         raise ProtocolError("the claimed records are too large")
     try:
@@ -339,10 +349,11 @@ def read_claims(
     return [{c: row[c] or "" for c in (id_column, *fields)} for row in rows]
 
 
-def read_keys(raw: bytes | None) -> list[str]:
-    """The buyer's lookup keys: UTF-8 text, one key per line."""
-    if raw is None:
+def read_keys(given: object) -> list[str]:
+    """The buyer's lookup keys: UTF-8 text (or bytes), one key per line."""
+    if given is None:
         raise ProtocolError("no lookup keys were given (input 'keys')")
+    raw = _as_bytes(given, "keys")
     if len(raw) > MAX_CLAIM_BYTES:
         raise ProtocolError("the lookup keys are too large")
     try:

@@ -52,6 +52,7 @@ from cleanroom.jobtypes.sandbox.parties import (
     SandboxCoordinator,
     SandboxNode,
 )
+from cleanroom.jobtypes.sandbox.rules import parse_rules
 from protocols.party import AnalystParty, CoordinatorParty, NodeParty
 
 __all__ = ["NAME", "SandboxJob", "make_spec", "pack_bundle"]
@@ -132,6 +133,11 @@ class SandboxJob(JobType[SandboxParams]):
 
         dataset = spec.input_for(holder.node).dataset
         return holder_review(self.params(spec), job_id, dataset, spec.source, holder)
+
+    def policy_rules(
+        self, rules: Mapping[str, Any], *, where: str
+    ) -> Mapping[str, Any]:
+        return parse_rules(rules, where=where)
 
     def holder_approved(
         self, spec: JobSpec, job_id: str, holder: HolderContext, expect: str | None

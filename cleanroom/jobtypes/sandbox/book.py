@@ -17,6 +17,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandbox_approvals (
     dataset TEXT NOT NULL, digest TEXT NOT NULL, job_id TEXT NOT NULL,
     approved_at REAL NOT NULL, PRIMARY KEY (dataset, digest));
+CREATE TABLE IF NOT EXISTS sandbox_runs (
+    job_id TEXT PRIMARY KEY, dataset TEXT NOT NULL, digest TEXT NOT NULL,
+    analyst TEXT NOT NULL, day TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sandbox_outputs (
     job_id TEXT PRIMARY KEY, status TEXT NOT NULL, reasons TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL);
@@ -66,6 +69,34 @@ class SandboxBook:
                 (dataset, digest),
             ).fetchone()
         return row is not None
+
+    def runs_today(self, dataset: str, digest: str, analyst: str) -> int:
+        """Runs of this code by this analyst on ``dataset`` this UTC day."""
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM sandbox_runs WHERE dataset=? AND digest=? "
+                "AND analyst=? AND day=?",
+                (dataset, digest, analyst, self._day()),
+            ).fetchone()
+        return int(row[0])
+
+    def record_run(
+        self, job_id: str, dataset: str, digest: str, analyst: str, limit: int | None
+    ) -> None:
+        """Count a run, refusing it (ConfigError) beyond ``limit`` runs today."""
+        with self._db.transaction() as db:
+            if limit is not None and self.runs_today(dataset, digest, analyst) >= limit:
+                raise ConfigError(
+                    f"this code already ran {limit} times today on dataset "
+                    f"'{dataset}' (sandbox.max_runs_per_digest)"
+                )
+            db.execute(
+                "INSERT OR IGNORE INTO sandbox_runs VALUES (?,?,?,?,?)",
+                (job_id, dataset, digest, analyst, self._day()),
+            )
+
+    def _day(self) -> str:
+        return time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
 
     def hold_output(self, job_id: str, reasons: Sequence[str]) -> None:
         with self._db.transaction() as db:

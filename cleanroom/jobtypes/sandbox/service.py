@@ -31,13 +31,14 @@ from cleanroom.jobtypes.hooks import (
     Verdict,
 )
 from cleanroom.jobtypes.sandbox.book import OutputStatus, SandboxBook
-from cleanroom.jobtypes.sandbox.params import SandboxParams
+from cleanroom.jobtypes.sandbox.params import NAME, SandboxParams
 from cleanroom.jobtypes.sandbox.parties import HOLDER_DECIDED, SandboxOutcome
 from protocols.party import LocalEvent
 from sandbox import (
     NO_ENGINE,
     SandboxLimits,
     SandboxRunner,
+    VettingResult,
     VettingRules,
     bundle_digest,
     docker_client,
@@ -54,6 +55,11 @@ log = logging.getLogger(__name__)
 
 FALLBACK_IMAGE: Final = "host python (unshare fallback, no image)"
 _STDERR_NOTE: Final = "; last lines of stderr:"
+FAILED: Final = "the sandboxed code failed (the holder's audit log has the details)"
+"""All the analyst learns of a failed run: never an exit code, signal or timeout."""
+REVIEW_ALWAYS: Final = (
+    "the holder reviews every output (sandbox.review_outputs: always)"
+)
 _LIMIT_KEYS: Final = ("memory_mb", "cpus", "pids", "tmp_mb", "output_mb")
 _KEYS: Final = frozenset(
     {
@@ -142,7 +148,13 @@ class SandboxSettings:
         return settings
 
     def rules(
-        self, *, min_cell_count: int, columns: Any, id_column: str, dataset: str
+        self,
+        *,
+        min_cell_count: int,
+        columns: Any,
+        id_column: str,
+        dataset: str,
+        max_numeric_values: int | None = None,
     ) -> VettingRules:
         """Vetting rules for one dataset: the policy's minimum group size, the
         dataset's identifier column, its sensitive columns from this table."""
@@ -159,6 +171,7 @@ class SandboxSettings:
             count_columns=list(self.count_columns),
             max_total_bytes=self.limits.output_bytes,
             raw_row_columns=self.raw_row_columns,
+            max_numeric_values=max_numeric_values,
         )
 
 
@@ -210,15 +223,33 @@ class SandboxService:
             )
         if params.columns is None and not self._policy.permitted_columns(dataset):
             denials.append(f"the policy permits no column of dataset '{dataset}'")
+        digest = params.digest
+        rules = self._rules(dataset)
+        limit = rules.get("max_runs_per_digest")
+        if limit is not None and (
+            self.book.runs_today(dataset, digest, ctx.analyst) >= limit
+        ):
+            denials.append(
+                f"this code already ran {limit} times today on dataset '{dataset}' "
+                "(sandbox.max_runs_per_digest)"
+            )
         if denials:
             return Admission(Verdict.DENY, tuple(denials))
-        digest = params.digest
         approved = self.book.digest_approved(dataset, digest)
         self._audit.append(
             "sandbox.bundle",
             job_id=ctx.job_id,
             data={"dataset": dataset, "digest": digest, "approved_before": approved},
         )
+        if approved and rules.get("approval") == "per_run":
+            return Admission(
+                Verdict.HOLD,
+                (
+                    f"dataset '{dataset}' needs the holder's approval of every run "
+                    f"(sandbox.approval: per_run); approve it with `cleanroom node "
+                    f"approve {ctx.job_id}`",
+                ),
+            )
         if approved:
             return None
         return Admission(
@@ -260,6 +291,18 @@ class SandboxService:
                     data={"digest": digest, "reason": reason},
                 )
                 raise SandboxError(reason)
+            try:
+                self.book.record_run(
+                    ctx.job_id,
+                    ctx.dataset,
+                    digest,
+                    ctx.analyst,
+                    self._policy.job_type_rules(ctx.dataset, NAME).get(
+                        "max_runs_per_digest"
+                    ),
+                )
+            except ConfigError as exc:
+                raise SandboxError(str(exc)) from None
             frame = self._frame(ctx, params)
             (data / "data.csv").write_bytes(frame.to_csv(index=False).encode())
             (data / "data.csv").chmod(0o644)
@@ -299,9 +342,9 @@ class SandboxService:
                         "cpu_seconds": round(exc.cpu_s, 3),
                     },
                 )
-                raise SandboxError(
-                    f"the sandboxed code {public}", cpu_s=exc.cpu_s
-                ) from None
+                # Only "failed": an exit code, a signal or a timeout is a channel
+                # the code controls (an exit code of 60 can be a person's age).
+                raise SandboxError(FAILED, cpu_s=exc.cpu_s) from None
             self._audit.append(
                 "sandbox.ran",
                 job_id=ctx.job_id,
@@ -329,13 +372,21 @@ class SandboxService:
         cpu_s: float,
         out: Path,
     ) -> SandboxOutcome:
+        budget = self._policy.job_type_rules(ctx.dataset, NAME).get(
+            "max_released_values"
+        )
         rules = self.settings.rules(
             min_cell_count=ctx.min_group_size,
             columns=ctx.data.columns,
             id_column=self._datasets.info(ctx.dataset).id_column,
             dataset=ctx.dataset,
+            max_numeric_values=budget
+            if budget is not None
+            else max(1, len(ctx.data) // ctx.min_group_size),
         )
         result = vet_outputs(out, ctx.data, rules)
+        if result.status == "pass" and self._review_always(ctx.dataset):
+            result = VettingResult("held", [REVIEW_ALWAYS], {})
         if result.status == "pass":
             outputs = result.release()
             self._audit.append(
@@ -363,6 +414,13 @@ class SandboxService:
             ctx.job_id,
         )
         return SandboxOutcome("held", outputs, reasons, digest, image, runner, cpu_s)
+
+    def _rules(self, dataset: str) -> Mapping[str, Any]:
+        """The dataset policy's ``sandbox`` section (``rules.parse_rules``)."""
+        return self._policy.job_type_rules(dataset, NAME)
+
+    def _review_always(self, dataset: str) -> bool:
+        return bool(self._rules(dataset).get("review_outputs") == "always")
 
     def _frame(self, ctx: NodeContext, params: SandboxParams) -> pd.DataFrame:
         """The dataset as the code sees it: the asked-for columns, else every

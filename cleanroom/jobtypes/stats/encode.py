@@ -7,9 +7,7 @@ Row rules, applied in this order and the same on every node:
 2. Complete cases only: a row with a missing (NaN/empty) value in any of
    ``columns`` or in ``group_by`` is left out of every cell.
 3. Out-of-range values (beyond ``clip``, infinities included) are saturated to the
-   bound. Only where the holder enabled it (``allow_out_of_range_error``) may an
-   analyst ask for ``out_of_range: error``: the node then refuses the job, naming
-   the column but no value.
+   bound, always: no job fails on a value it reads.
 4. A row whose ``group_by`` value is not a declared group is in no cell.
 
 ``max_rows`` must cover the dataset's row bucket (``limits.rows_bound``: 100, 1k,
@@ -204,15 +202,4 @@ def _bounded(
     params = layout.params
     lows = np.array([params.clip[c][0] for c in params.columns])
     highs = np.array([params.clip[c][1] for c in params.columns])
-    if params.out_of_range == "clip":
-        return np.clip(values, lows, highs)
-    kept = values[keep]
-    outside = ((kept < lows) | (kept > highs)).any(axis=0)
-    for j in np.flatnonzero(outside):
-        column = params.columns[j]
-        lo, hi = params.clip[column]
-        raise ProtocolError(
-            f"column {column!r} has values outside its clip range [{lo:g}, {hi:g}] "
-            f"(params.clip.{column}); widen it or set params.out_of_range: clip"
-        )
-    return values
+    return np.clip(values, lows, highs)

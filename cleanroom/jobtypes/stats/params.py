@@ -7,9 +7,9 @@ the same public layout from the result.
 
 What the holder decides, not the analyst (the node passes it from its policy):
 ``max_cells`` caps the cells a job releases (each declared group, and each bin of
-each histogram in each group, is a cell), and ``allow_out_of_range_error`` is the
-only way to get ``out_of_range: error``; otherwise values are always clipped, since
-failing on an out-of-range value is an oracle (``where`` + a moving clip bound).
+each histogram in each group, is a cell). Values are always clipped: failing on
+an out-of-range value would be an oracle (``where`` + a moving clip bound), so
+``out_of_range`` accepts only ``clip``.
 Filters, groups and bins on a dataset's identifier column are refused, and
 ``max_rows`` is checked against the catalog's row bucket, never an exact count.
 """
@@ -73,8 +73,11 @@ MAX_GROUPS: Final = 1000
 MAX_BINS: Final = 10_000
 DEFAULT_MAX_CELLS: Final = 1000
 """Cells (groups x (1 + bins)) a job may release when the node's policy says nothing."""
+ANY_CELLS: Final = MAX_GROUPS * (1 + MAX_COLUMNS * MAX_BINS)
+"""No cap on cells beyond the parser's own: what the spec is checked with before a
+node applies its holder's ``max_cells`` (``SecureStatsJob.admit``)."""
 
-OutOfRange = Literal["error", "clip"]
+OutOfRange = Literal["clip"]
 
 
 @dataclass(frozen=True)
@@ -131,11 +134,10 @@ def parse_params(
     parties: int,
     schemas: Sequence[DatasetInfo],
     max_cells: int = DEFAULT_MAX_CELLS,
-    allow_out_of_range_error: bool = False,
 ) -> StatsParams:
     """Parse ``params`` for a job with ``parties`` inputs; check each schema.
 
-    ``max_cells`` and ``allow_out_of_range_error`` come from the holder's policy."""
+    ``max_cells`` comes from the holder's policy."""
     extra = sorted(set(map(str, params)) - set(PARAMS))
     if extra:
         raise SpecError(
@@ -169,9 +171,7 @@ def parse_params(
         groups=groups,
         where=where,
         privacy=privacy,
-        out_of_range=_out_of_range(
-            params.get("out_of_range"), privacy, allow_out_of_range_error
-        ),
+        out_of_range=_out_of_range(params.get("out_of_range")),
         parties=parties,
         threshold=_threshold(params.get("threshold"), parties),
         max_rows=max_rows,
@@ -428,26 +428,15 @@ def _privacy(raw: Any) -> Privacy | None:
     return Privacy(epsilon, delta)
 
 
-def _out_of_range(raw: Any, privacy: Privacy | None, allow_error: bool) -> OutOfRange:
+def _out_of_range(raw: Any) -> OutOfRange:
     if raw is None or raw == "clip":
         return "clip"
-    if raw != "error":
-        raise SpecError(
-            "params.out_of_range", f"expected 'error' or 'clip', got {raw!r}"
-        )
-    if not allow_error:
-        raise SpecError(
-            "params.out_of_range",
-            "'error' is not offered: values are always clipped to params.clip "
-            "(whether one lies outside would otherwise be answered without noise)",
-        )
-    if privacy is not None:
-        raise SpecError(
-            "params.out_of_range",
-            "with dp, values must be clipped: failing on an out-of-range value would "
-            "reveal, without noise, that one exists",
-        )
-    return "error"
+    raise SpecError(
+        "params.out_of_range",
+        f"only 'clip' is offered, got {raw!r}: values are always clipped to "
+        "params.clip (failing on a value outside would answer, without noise, "
+        "whether one exists)",
+    )
 
 
 def _threshold(raw: Any, parties: int) -> int:

@@ -13,11 +13,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from cleanroom.errors import ProtocolAbort, ProtocolError
 from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext, NodeContext
 from cleanroom.jobtypes.stats import cells as C
-from cleanroom.jobtypes.stats.encode import add_noise, contribution, to_ring
+from cleanroom.jobtypes.stats.encode import (
+    add_noise,
+    cell_partitions,
+    contribution,
+    to_ring,
+)
 from cleanroom.jobtypes.stats.layout import Layout
 from cleanroom.jobtypes.stats.release import release
 from cleanroom.keys import canonical_json
@@ -202,9 +208,46 @@ class StatsNode(NodeParty):
         total = C.ring_from_text(body.get("total"), seal.sealed_length)
         opened = seal.open(total, survivors)  # refuses a sum that does not verify
         counts = C.decode_counts(layout, opened, len(survivors))
-        self._own_pass = tuple(C.passing(layout, counts, ctx.min_group_size))
+        self._own_pass = self._guarded(C.passing(layout, counts, ctx.min_group_size))
         report = {"survivors": list(survivors), "passing": list(self._own_pass)}
         return [Outbound(COORDINATOR, C.PASSING, C.dump(report))]
+
+    def _guarded(self, passing: Sequence[int]) -> tuple[int, ...]:
+        """Without DP, the passing cells that the node's differencing record also
+        allows (on the node's own rows of each cell); a group it refuses takes
+        its bins with it."""
+        layout = self._layout
+        if layout.noise is not None or not passing:
+            return tuple(passing)
+        found = C.cells(layout)
+        candidates = set(passing)
+        partitions = cell_partitions(layout, self._ctx.data)
+        keys: list[tuple[int, str | None, int | None]] = []
+        for g in range(len(layout.params.group_keys)):
+            keys.append((g, None, None))
+        for column, edges in layout.params.edges.items():
+            bins = len(edges) - 1
+            keys += [(g, column, b) for g in range(len(layout.params.group_keys))
+                     for b in range(bins)]  # fmt: skip
+        position = {(c.group, c.column, c.bin): i for i, c in enumerate(found)}
+        order = [position[k] for k in keys]
+        # Only the cells about to be released are checked (and recorded): each
+        # partition's labels are renumbered over its candidate cells.
+        masked: list[tuple[npt.NDArray[np.int64], int]] = []
+        checked: list[int] = []
+        start = 0
+        for names, labels in partitions:
+            renumber = np.full(len(names) + 1, -1, dtype=np.int64)
+            for j in range(len(names)):
+                if order[start + j] in candidates:
+                    renumber[j] = len(checked) - sum(c for _, c in masked)
+                    checked.append(order[start + j])
+            masked.append((renumber[labels], int((renumber >= 0).sum())))
+            start += len(names)
+        allowed = self._ctx.cells_guard(masked)
+        ok = {cell for cell, a in zip(checked, allowed, strict=True) if a}
+        groups_ok = {found[i].group for i in ok if found[i].bin is None}
+        return tuple(i for i in passing if i in ok and found[i].group in groups_ok)
 
     def _on_values_begin(self, payload: bytes) -> list[Outbound]:
         ctx, layout = self._ctx, self._layout
@@ -264,12 +307,17 @@ class StatsNode(NodeParty):
         suppressed = C.suppressed_groups(self._layout, self._agreed)
         checked = {
             "/survivors": survivors,
+            "/dropped": sorted(set(self._ctx.parties) - set(survivors)),
             "/passing": list(self._agreed),
             "/suppressed_groups": suppressed,
         }
         for pointer, value in checked.items():
             if result.get(pointer[1:]) != value:
                 raise ProtocolError(f"the release's {pointer[1:]} is not this node's")
+        released = result.get("min_group_size")
+        if not isinstance(released, int) or released < self._ctx.min_group_size:
+            # The others' minimums are theirs to vouch for; never below this one.
+            raise ProtocolError("the release's min_group_size is below this node's")
         return checked
 
 

@@ -1,0 +1,104 @@
+"""The coordinator's and the analyst's parties of both vertical job types.
+
+The coordinator relays sealed node-to-node envelopes it cannot read, counts the
+guest's epoch marks (an epoch number, nothing else) so each epoch has its own
+deadline, and releases one salted commitment per node. The analyst opens the
+nodes' sealed reports (``cleanroom.jobtypes.sealing``) and checks them against
+the release."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cleanroom.errors import ProtocolError
+from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext
+from cleanroom.jobtypes.sealing import COMMITMENT, CommitmentCollector, ReportOpener
+from cleanroom.jobtypes.vertical import codec
+from protocols.party import AnalystParty, CoordinatorParty, Inbound, Outbound, Progress
+
+
+class VerticalCoordinator(CoordinatorParty):
+    def __init__(
+        self, ctx: CoordinatorContext, stage: str, *, guest: str, mark: str, epochs: int
+    ) -> None:
+        self._ctx, self._stage, self._guest = ctx, stage, guest
+        self._mark, self._epochs = mark, epochs
+        self._collector = CommitmentCollector(ctx, stage)
+        self._epoch = 0
+
+    def start(self) -> list[Outbound]:
+        return []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        if message.stage == self._mark:
+            if message.sender != self._guest:
+                raise ProtocolError(f"'{message.sender}' may not mark epochs")
+            header, _ = codec.unpack(message.payload, message.stage)
+            codec.expect(header, e=self._epoch)
+            self._epoch += 1
+            return []
+        if message.stage != self._stage + COMMITMENT:
+            raise ProtocolError(f"unexpected stage '{message.stage}'")
+        self._collector.receive(message)
+        return []
+
+    def waiting_for(self) -> frozenset[str]:
+        return self._collector.waiting_for()
+
+    def progress(self) -> Progress:
+        if self._collector.commitments:
+            return self._collector.progress()
+        return Progress(stage="vertical/train", round=self._epoch, rounds=self._epochs)
+
+    @property
+    def finished(self) -> bool:
+        return self._collector.finished
+
+    def result(self) -> Mapping[str, Any]:
+        return {**self._collector.result(), "epochs": self._epoch}
+
+
+class VerticalAnalyst(AnalystParty):
+    """Opens every node's sealed report; ``shape`` turns them into the reading."""
+
+    def __init__(
+        self,
+        ctx: AnalystContext,
+        stage: str,
+        shape: Callable[[Mapping[str, Mapping[str, Any]]], Mapping[str, Any]],
+    ) -> None:
+        self._ctx, self._shape = ctx, shape
+        self._opener = ReportOpener(
+            stage,
+            ctx.parties,
+            ctx.peer_signing_keys,
+            lambda node: {
+                "job_id": ctx.job_id,
+                "spec_hash": ctx.spec.spec_hash,
+                "dataset": ctx.spec.input_for(node).dataset,
+            },
+        )
+
+    def start(self) -> list[Outbound]:
+        return []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        self._opener.receive(message)
+        return []
+
+    @property
+    def finished(self) -> bool:
+        return self._opener.finished
+
+    def progress(self) -> Progress:
+        return self._opener.progress()
+
+    def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
+        reports = self._opener.open(result)
+        statements = {node: dict(r.statement) for node, r in reports.items()}
+        return {
+            **result,
+            **self._shape(statements),
+            "reports": [reports[n].to_json() for n in sorted(reports)],
+        }
