@@ -311,7 +311,7 @@ def test_an_absent_key_looks_the_same_to_the_holder() -> None:
         buyer = job.analyst_party(
             jobtypes.AnalystContext(
                 "j", spec, "analyst", (HOLDER,), Ed25519PrivateKey.generate(), public,
-                local_local_inputs={"keys": key},
+                local_inputs={"keys": key},
             )
         )  # fmt: skip
         (table,) = node.start()
