@@ -25,6 +25,7 @@ from typing import Any
 from cleanroom import errors, jobtypes, wire
 from cleanroom.analyst import AnalystSession, SessionStore
 from cleanroom.federation import Federation
+from cleanroom.jobspec import parse_spec
 from cleanroom.keys import KeyBundle, NodeKeys, make_key_bundle
 from cleanroom.links import AnalystLink, GrpcAnalystLink
 from cleanroom.model import JobEvent, ModelEntry
@@ -127,6 +128,7 @@ class Client:
         ``local_inputs`` are the analyst's own inputs to its party (e.g. rows
         to score); they stay in this process and reach the
         others only as the job type's protocol sends them (encrypted)."""
+        self._check_local_inputs(spec_yaml, local_inputs or {})
         signed = sign_request(
             spec_yaml,
             analyst=self.analyst,
@@ -139,6 +141,17 @@ class Client:
         if local_inputs:
             self.provide_inputs(view.job.job_id, local_inputs)
         return view
+
+    @staticmethod
+    def _check_local_inputs(spec_yaml: str, local_inputs: Mapping[str, Any]) -> None:
+        """The job type's check of the local inputs, before anything is sent; a
+        spec that does not parse is left to the coordinator to refuse."""
+        try:
+            spec = parse_spec(spec_yaml)
+            job_type = jobtypes.get(spec.type)
+        except errors.SpecError:
+            return
+        job_type.check_local_inputs(spec, local_inputs)
 
     def provide_inputs(self, job_id: str, local_inputs: Mapping[str, Any]) -> None:
         """Give the analyst party of ``job_id`` its local inputs (before it runs,

@@ -131,6 +131,9 @@ def run_demo(*, workdir: Path | None = None, console: Console | None = None) -> 
                 for step in _STEPS:
                     all_ok &= _run_step(step, client, datasets, frames, console)
             all_ok &= privacy.show(frames, console)
+            from cleanroom.demo import psi
+
+            all_ok &= psi.run(console)
             all_ok &= _governance(root / "federation", console)
         finally:
             _CURRENT.clear()

@@ -19,6 +19,8 @@ register(CountJob())
 import cleanroom.jobtypes.fedavg  # noqa: E402 - registers itself
 import cleanroom.jobtypes.he_inference  # noqa: E402 - registers itself
 import cleanroom.jobtypes.he_sum  # noqa: E402 - registers itself
+import cleanroom.jobtypes.lookup  # noqa: E402 - registers verify, pir_lookup
+import cleanroom.jobtypes.psi  # noqa: E402 - registers itself
 import cleanroom.jobtypes.sandbox  # noqa: E402 - registers itself
 import cleanroom.jobtypes.secure_stats  # noqa: E402 - registers itself
 import cleanroom.jobtypes.vertical.register  # noqa: E402, F401 - registers itself

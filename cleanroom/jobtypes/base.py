@@ -293,6 +293,22 @@ class JobType(ABC, Generic[P]):
         """True if the analyst's client runs a party of this job."""
         return False
 
+    def check_inputs(self, spec: JobSpec, inputs: Mapping[str, bytes]) -> None:
+        """Check the analyst's private inputs against the spec before the client
+        submits it (SpecError naming the input); by default none are taken."""
+        if inputs:
+            raise SpecError(
+                f"inputs.{sorted(inputs)[0]}", f"'{self.name}' takes no private inputs"
+            )
+
+    def check_local_inputs(
+        self, spec: JobSpec, local_inputs: Mapping[str, Any]
+    ) -> None:
+        """Check the analyst's local inputs against the spec on the analyst's
+        machine, before the client submits it (SpecError naming the input), so a
+        bad input costs no approval, quota or holder work. The default accepts
+        anything (the analyst party checks what it uses)."""
+
     rereadable: bool = True
     """Whether anyone can re-derive the analyst's reading from the release and the
     messages the analyst party received (``cleanroom.opened``). False when the

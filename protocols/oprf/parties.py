@@ -42,6 +42,8 @@ Product = Literal["verify", "pir"]
 MAX_BATCH: Final = 2**16
 UNIT: Final = "oprf_evaluations"
 _DIGEST_DOMAIN: Final = b"cleanroom/oprf/v1/lookup\x00"
+_FILLER: Final = b"filler\x00"
+"""Prefix of the buyer's padding inputs: no table input starts with it."""
 
 
 @dataclass(frozen=True)
@@ -169,11 +171,17 @@ class _LookupBuyer(Party):
             raise ConfigError(f"{name!r} is not this lookup's buyer")
         if table.header.digest != config.table.digest:
             raise ProtocolError("the cached table is not the version this job uses")
-        if len(inputs) != config.evaluations:
+        if len(inputs) > config.evaluations:
             raise ConfigError(
                 f"{len(inputs)} distinct checks, the job declares {config.evaluations}"
             )
-        self._config, self._table, self._inputs = config, table, list(inputs)
+        # Repeated claims or keys cost one evaluation; random fillers keep the
+        # batch at the declared size, so the holder cannot count repeats.
+        padding = [
+            _FILLER + random(32) for _ in range(config.evaluations - len(inputs))
+        ]
+        self._config, self._table = config, table
+        self._inputs = [*inputs, *padding]
         self._runner = runner
         self._blinded = core.blind(self._inputs, random, runner)
         self._outputs: list[bytes] | None = None

@@ -185,7 +185,14 @@ def test_quota_and_declared_count_enforced(
     with pytest.raises(QuotaExceeded):
         LookupHolder(config, "holder", holder_key, table.header, quota=4)
     with pytest.raises(ConfigError, match="declares 5"):
-        PirBuyer(config, "buyer", table, ["ID-001"])
+        PirBuyer(config, "buyer", table, [f"ID-{i:03d}" for i in range(6)])
+    # Fewer distinct keys than declared (repeats) are padded with random fillers:
+    # the holder evaluates exactly the declared batch, the answers are unchanged.
+    buyer = PirBuyer(config, "buyer", table, ["ID-001", "ID-001", "nobody"])
+    holder, _ = run(config, buyer, holder_key, table)
+    assert holder.usage().units == {"oprf_evaluations": 5}
+    found = buyer.results()
+    assert found["ID-001"] is not None and found["nobody"] is None
 
 
 def test_holder_refuses_malformed_query(holder_key: OprfKey, table: OprfTable) -> None:
