@@ -104,7 +104,7 @@ class Admission:
                 ]
             )
         epsilon, delta = job_type.epsilon(spec)
-        rows = len(dataset.frame)
+        rows = dataset.rows
         return JobRequest(
             job_id=job_id,
             analyst=analyst.name,

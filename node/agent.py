@@ -262,6 +262,9 @@ class NodeAgent:
         def build() -> NodeParty:
             dataset = self.datasets.fresh(mine.dataset)  # refuses a changed file
             self.releases.started(start.job_id, dataset.content_hash)
+            # Rows an engine serves are queried there, or loaded for job types
+            # that read rows.
+            in_place = job_type.queries_table and dataset.in_engine
 
             def guard(survivors: frozenset[str]) -> None:
                 if len(survivors) < min_inputs:
@@ -285,7 +288,8 @@ class NodeAgent:
                     spec=spec,
                     node=self.config.name,
                     dataset=mine.dataset,
-                    data=dataset.frame,
+                    data=dataset.columns_frame() if in_place else dataset.frame,
+                    table=dataset.table,
                     dataset_hash=dataset.content_hash,
                     min_group_size=self.policy.for_dataset(mine.dataset).min_group_size,
                     signing_key=self.keys.signing,

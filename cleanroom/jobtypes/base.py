@@ -33,6 +33,7 @@ from protocols.party import (
 if TYPE_CHECKING:
     import click
 
+    from cleanroom.jobtypes.tables import Table
     from cleanroom.jobtypes.hooks import (
         Admission,
         AdmissionContext,
@@ -75,6 +76,9 @@ class NodeContext:
     """Call with the inputs an aggregate will cover, before revealing anything
     that completes it: refuses a set below ``min_inputs`` or, for a query
     released before, one other than the earlier release's."""
+    table: Table | None = None
+    """The dataset as its engine serves it (``tables.Table``), for job types that
+    set ``queries_table``; None: query ``data`` (``tables.table_of``)."""
 
     @property
     def params(self) -> Any:
@@ -201,6 +205,11 @@ class JobType(ABC, Generic[P]):
     """Whether the coordinator may resume a running job after a restart by
     replaying its party's journal (the party must be deterministic)."""
     default_deadline: ClassVar[float] = DEFAULT_DEADLINE_S
+    queries_table: ClassVar[bool] = False
+    """True when the node party reads its dataset only through
+    ``tables.table_of(ctx)``: a dataset an engine serves (a database, DuckDB) is
+    then aggregated where it lives and ``NodeContext.data`` is left empty. False:
+    the node loads the columns the job uses into ``data`` first."""
     """Seconds a stage may wait for a party before that party counts as dropped."""
     _CACHE_SIZE: ClassVar[int] = 256
 

@@ -32,6 +32,7 @@ from cleanroom.jobtypes.sealing import (
     seal_report,
 )
 from cleanroom.jobtypes.stats import limits
+from cleanroom.jobtypes.tables import table_of
 from protocols.party import (
     ANALYST,
     AnalystParty,
@@ -61,7 +62,7 @@ class CountNode(NodeParty):
     def start(self) -> list[Outbound]:
         ctx = self._ctx
         params: CountParams = ctx.params
-        count = int(predicates.apply(params.where, ctx.data).sum())
+        count = table_of(ctx).count(params.where)
         released = count >= ctx.min_group_size
         statement: dict[str, Any] = {
             "job_id": ctx.job_id,
@@ -83,7 +84,7 @@ class CountNode(NodeParty):
         return self._digest is not None
 
     def usage(self) -> NodeUsage:
-        return NodeUsage(rows_touched=len(self._ctx.data))
+        return NodeUsage(rows_touched=table_of(self._ctx).rows)
 
     def attest(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
         assert self._digest is not None
@@ -170,6 +171,7 @@ class CountAnalyst(AnalystParty):
 class CountJob(JobType[CountParams]):
     name = "count"
     summary = "rows per input, optionally filtered; small counts are suppressed"
+    queries_table = True
 
     def parse_params(self, spec: JobSpec) -> CountParams:
         extra = sorted(set(spec.params) - {"where"})
