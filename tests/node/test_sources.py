@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from helpers.tcpproxy import TcpProxy
 
 from cleanroom.errors import ConfigError, DatasetError
 from cleanroom.jobtypes.predicates import Predicate
@@ -283,7 +282,7 @@ def test_a_database_that_goes_away_fails_the_query_and_comes_back(
 ) -> None:
     url, data = people
     target = sa.make_url(url)
-    with _Proxy(str(target.host), int(target.port or 5432)) as proxy:
+    with TcpProxy(str(target.host), int(target.port or 5432)) as proxy:
         via = target.set(host="127.0.0.1", port=proxy.port)
         table = DatabaseTable(
             "d", via.render_as_string(hide_password=False), '"people"', TYPES
@@ -296,71 +295,6 @@ def test_a_database_that_goes_away_fails_the_query_and_comes_back(
         proxy.restore()
         assert table.count(()) == len(data)
         table.dispose()
-
-
-class _Proxy:
-    """A TCP relay to the database that can be cut (every connection reset, new
-    ones refused) and restored on the same port."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._open: list[socket.socket] = []
-        self._up = True
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def __enter__(self) -> _Proxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cut()
-        self._listener.close()
-
-    def cut(self) -> None:
-        with self._lock:
-            self._up = False
-            for conn in self._open:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                conn.close()
-            self._open.clear()
-
-    def restore(self) -> None:
-        with self._lock:
-            self._up = True
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                if not self._up:
-                    client.close()
-                    continue
-                upstream = socket.create_connection(self._target)
-                self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (source, sink):
-            try:
-                s.close()
-            except OSError:
-                pass
 
 
 def test_reference_fsum_is_exact() -> None:
