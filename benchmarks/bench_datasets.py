@@ -157,9 +157,7 @@ def dataset_pushdown(ctx: Context) -> Iterator[Measurement]:
         write_parquet(path, rows)
     size = path.stat().st_size
     for which in ("count", "secure_stats"):
-        ours, theirs = ctx.time_interleaved(
-            node_side(path, which), direct(path, which)
-        )
+        ours, theirs = ctx.time_interleaved(node_side(path, which), direct(path, which))
         yield ctx.measurement(
             case=f"{which} on Parquet via the node's query seam",
             params={"rows": rows},

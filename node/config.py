@@ -202,7 +202,9 @@ def _dataset(name: str, spec: Any, base: Path) -> DatasetConfig:
     )
 
 
-def _sql_dataset(name: str, spec: dict[str, Any], base: Path, where: str) -> DatasetConfig:
+def _sql_dataset(
+    name: str, spec: dict[str, Any], base: Path, where: str
+) -> DatasetConfig:
     if "url" in spec and "url_file" in spec:
         raise ConfigError(f"{where}: give url or url_file, not both")
     if "url_file" in spec:
@@ -215,7 +217,9 @@ def _sql_dataset(name: str, spec: dict[str, Any], base: Path, where: str) -> Dat
     else:
         url = str(spec["url"])
     if ("table" in spec) == ("query" in spec):
-        raise ConfigError(f"{where}: a database dataset needs exactly one of table, query")
+        raise ConfigError(
+            f"{where}: a database dataset needs exactly one of table, query"
+        )
     if "table" in spec:
         table = str(spec["table"])
         if not _IDENTIFIER.match(table):

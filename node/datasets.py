@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,7 +51,9 @@ class LoadedDataset:
 
     def columns_frame(self) -> pd.DataFrame:
         """No rows, only the published columns: for parties that query ``table``."""
-        return pd.DataFrame({c.name: pd.Series(dtype=object) for c in self.info.columns})
+        return pd.DataFrame(
+            {c.name: pd.Series(dtype=object) for c in self.info.columns}
+        )
 
 
 file_hash = files.file_hash
@@ -122,9 +123,13 @@ def load(config: DatasetConfig) -> LoadedDataset:
         except FileNotFoundError:
             raise DatasetError(f"{where}: file not found") from None
         except OSError as exc:
-            raise DatasetError(f"{where}: cannot be read: {type(exc).__name__}") from None
+            raise DatasetError(
+                f"{where}: cannot be read: {type(exc).__name__}"
+            ) from None
     if config.id_column and config.id_column not in table.types:
-        raise DatasetError(f"{where}: id column '{config.id_column}' is not in the data")
+        raise DatasetError(
+            f"{where}: id column '{config.id_column}' is not in the data"
+        )
     info = DatasetInfo(
         config.name,
         tuple(ColumnInfo(c, t) for c, t in table.types.items()),

@@ -33,7 +33,6 @@ from protocols.party import (
 if TYPE_CHECKING:
     import click
 
-    from cleanroom.jobtypes.tables import Table
     from cleanroom.jobtypes.hooks import (
         Admission,
         AdmissionContext,
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
         HolderContext,
         NodeEnvironment,
     )
+    from cleanroom.jobtypes.tables import Table
 
 P = TypeVar("P")
 PLUGIN_GROUP = "cleanroom.job_types"

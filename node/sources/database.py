@@ -77,8 +77,8 @@ class DatabaseTable:
         self._identity = f"{self._engine.dialect.name}\0{relation}\0{selected}"
         with self._transaction() as conn:
             self.content_hash = self._hash(conn)
-            self._rows = int(conn.execute(
-                sa.text(f"SELECT COUNT(*) FROM {self._source} AS src")).scalar_one())  # fmt: skip
+            counted = conn.execute(sa.text(f"SELECT COUNT(*) FROM {self._source} AS s"))
+            self._rows = int(counted.scalar_one())
 
     @property
     def rows(self) -> int:
@@ -96,7 +96,9 @@ class DatabaseTable:
                 with conn.begin():
                     yield conn
         except sa.exc.DBAPIError as exc:
-            kind = type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
+            kind = (
+                type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__
+            )
             if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
                 raise DatasetError(
                     f"dataset '{self.name}': its database is unreachable ({kind}); "

@@ -42,7 +42,12 @@ _TYPES: Final = {
     "DOUBLE": "float",
     "REAL": "float",
 }
-_CASTS: Final = {"int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "str": "VARCHAR"}
+_CASTS: Final = {
+    "int": "BIGINT",
+    "float": "DOUBLE",
+    "bool": "BOOLEAN",
+    "str": "VARCHAR",
+}
 
 Stamp = tuple[tuple[str, int, int], ...]
 
@@ -139,9 +144,7 @@ class FileTable:
         return self._rows
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        return duckdb.connect(
-            ":memory:", config={"memory_limit": self._memory_limit}
-        )
+        return duckdb.connect(":memory:", config={"memory_limit": self._memory_limit})
 
     def check(self) -> None:
         """Refuse if the files are no longer the content that was hashed."""
@@ -164,8 +167,7 @@ class FileTable:
                 return con.execute(sql, params).fetchall()
         except duckdb.Error as exc:
             raise DatasetError(
-                f"dataset '{self.name}': the query engine failed "
-                f"({type(exc).__name__})"
+                f"dataset '{self.name}': the query engine failed ({type(exc).__name__})"
             ) from None
 
     def _checked(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -194,6 +196,5 @@ class FileTable:
                 return con.execute(f"SELECT {wanted} FROM {self._source}").df()
         except duckdb.Error as exc:
             raise DatasetError(
-                f"dataset '{self.name}': the query engine failed "
-                f"({type(exc).__name__})"
+                f"dataset '{self.name}': the query engine failed ({type(exc).__name__})"
             ) from None

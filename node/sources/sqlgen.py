@@ -161,13 +161,13 @@ def cells_sql(
         names.append(f"q{k}")
     for k, (col, edges) in enumerate(query.histograms.items()):
         v = f"v{index[col]}"
-        for b in range(len(edges) - 1):
-            upper = "<=" if b == len(edges) - 2 else "<"
+        for i in range(len(edges) - 1):
+            upper = "<=" if i == len(edges) - 2 else "<"
             outer.append(
-                f"SUM(CASE WHEN {v} >= {c.bind(float(edges[b]))} AND {v} {upper} "
-                f"{c.bind(float(edges[b + 1]))} THEN 1 ELSE 0 END) AS h{k}_{b}"
+                f"SUM(CASE WHEN {v} >= {c.bind(float(edges[i]))} AND {v} {upper} "
+                f"{c.bind(float(edges[i + 1]))} THEN 1 ELSE 0 END) AS h{k}_{i}"
             )
-            names.append(f"h{k}_{b}")
+            names.append(f"h{k}_{i}")
     sql = (
         f"SELECT cell, {', '.join(outer)} FROM (SELECT {', '.join(inner)} "
         f"FROM {source} AS src WHERE {' AND '.join(keep)}) AS t GROUP BY cell"

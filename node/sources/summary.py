@@ -28,15 +28,18 @@ def summarise(
         cells.append(
             CellSummary(
                 count=int(found.get("n") or 0),
-                sums={c: float(found.get(f"s{i}") or 0.0)
-                      for i, c in enumerate(query.sums)},  # fmt: skip
+                sums={
+                    c: float(found.get(f"s{i}") or 0.0)
+                    for i, c in enumerate(query.sums)
+                },
                 products={
                     pair: float(found.get(f"q{i}") or 0.0)
                     for i, pair in enumerate(query.products)
                 },
                 histograms={
-                    c: tuple(int(found.get(f"h{i}_{b}") or 0)
-                             for b in range(len(edges) - 1))  # fmt: skip
+                    c: tuple(
+                        int(found.get(f"h{i}_{b}") or 0) for b in range(len(edges) - 1)
+                    )
                     for i, (c, edges) in enumerate(query.histograms.items())
                 },
             )

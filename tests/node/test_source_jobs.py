@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from helpers.tcpproxy import TcpProxy
 
 from cleanroom.testing import InProcessFederation
-from helpers.tcpproxy import TcpProxy
 from node.config import DatasetConfig
 
 NODES = ("h1", "h2", "h3")
