@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.errors import ConfigError
+from cleanroom.metrics import parse_listen
 from cleanroom.pki import TlsIdentity
 
 DEFAULT_RPC_WORKERS = 256
@@ -39,6 +40,8 @@ class CoordinatorConfig:
     address_file: Path | None = None
     plugins: tuple[str, ...] = ()
     """Job-type plugins to load (entry points in ``cleanroom.job_types``)."""
+    metrics_listen: str = ""
+    """``host:port`` of the Prometheus ``/metrics`` endpoint; empty: none."""
 
     def identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.cert, self.key, self.ca)
@@ -65,6 +68,7 @@ class CoordinatorConfig:
             "address_file",
             "tls",
             "plugins",
+            "metrics_listen",
         }
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -99,4 +103,11 @@ class CoordinatorConfig:
             rpc_workers=workers,
             address_file=base / address_file if address_file else None,
             plugins=tuple(raw.get("plugins", ())),
+            metrics_listen=(
+                parse_listen(
+                    raw["metrics_listen"], "coordinator config: metrics_listen"
+                )
+                if raw.get("metrics_listen")
+                else ""
+            ),
         )

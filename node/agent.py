@@ -24,12 +24,14 @@ from cleanroom.keys import (
     verify_key_bundle,
 )
 from cleanroom.localdb import LocalDatabase
+from cleanroom.metrics import MetricsEndpoint, serve_metrics
 from node import services as node_services
 from node.admission import Admission
 from node.config import NodeConfig
 from node.datasets import DatasetRegistry
 from node.link import CoordinatorLink, GrpcCoordinatorLink, LinkFactory
 from node.meters import Meters
+from node.metrics import NodeMetrics
 from node.policy import PolicySet
 from node.release import ReleaseSigner
 from node.runner import Ending, JobOutcome, JobRunner
@@ -118,6 +120,12 @@ class NodeAgent:
         self.witness = LogWitness(
             self.audit, coordinator=lambda: self._coordinator_bundle, call=self._call
         )
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics = NodeMetrics(
+            self.meters,
+            connected=self.connected.is_set,
+            running=lambda: len(self.runner.active()),
+        )
         self._audit_policy_version()
 
     def _grpc_link(self) -> CoordinatorLink:
@@ -125,6 +133,7 @@ class NodeAgent:
             self.config.coordinator,
             self.identity,
             server_name=self.config.coordinator_name,
+            observe=self.metrics.rpc,
         )
 
     # -------------------------------------------------------------- lifecycle --
@@ -136,6 +145,19 @@ class NodeAgent:
         threading.Thread(
             target=self._background, daemon=True, name="node-background"
         ).start()
+        if self.config.metrics_listen:
+            self.metrics_endpoint = serve_metrics(
+                self.metrics.registry, self.config.metrics_listen
+            )
+            log.info("metrics on port %d", self.metrics_endpoint.port)
+        try:
+            self._serve()
+        finally:
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.stop()
+                self.metrics_endpoint = None
+
+    def _serve(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             link = self._link_factory()
@@ -350,12 +372,22 @@ class NodeAgent:
                     job_id=outcome.job_id,
                     data={"reason": outcome.reason, **_usage(outcome)},
                 )
+        self._observe_end(outcome)
         if outcome.ok and outcome.party is not None:
             self.releases.finished(outcome.job_id, outcome.party)
         else:
             self.releases.forget(outcome.job_id)
         if outcome.ending is Ending.FAILED:
             self._report_failure(outcome.job_id, outcome.reason)
+
+    def _observe_end(self, outcome: JobOutcome) -> None:
+        try:
+            job = self.state.get(outcome.job_id)
+        except errors.NotFound:
+            return
+        self.metrics.job_ended(
+            job.job_type, outcome.ending.value, self._clock() - job.created_at
+        )
 
     # ------------------------------------------------------------------- sends --
     def _call(self, fn: Callable[[CoordinatorLink], Any]) -> Any:

@@ -13,6 +13,7 @@ import yaml
 
 from cleanroom.catalog import COLUMN_TYPES
 from cleanroom.errors import ConfigError
+from cleanroom.metrics import parse_listen
 from cleanroom.pki import TlsIdentity
 
 _TOP = {
@@ -25,6 +26,7 @@ _TOP = {
     "datasets",
     "jobtypes",
     "plugins",
+    "metrics_listen",
 }
 _DATASET = {
     "path",
@@ -90,6 +92,8 @@ class NodeConfig:
     """``[jobtypes.<name>]`` tables: each job type's own node settings."""
     plugins: tuple[str, ...] = ()
     """Job-type plugins to load (entry points in ``cleanroom.job_types``)."""
+    metrics_listen: str = ""
+    """``host:port`` of the node's Prometheus ``/metrics`` endpoint; empty: none."""
 
     def identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.cert, self.key, self.ca)
@@ -163,6 +167,11 @@ class NodeConfig:
             policy=policy,
             jobtypes={str(k): dict(v) for k, v in tables.items()},
             plugins=tuple(plugins),
+            metrics_listen=(
+                parse_listen(raw["metrics_listen"], "node config: metrics_listen")
+                if raw.get("metrics_listen")
+                else ""
+            ),
         )
 
 
