@@ -54,6 +54,9 @@ class CellQuery:
     """Pairs whose centred product sum ``sum((a - ca) * (b - cb))`` is wanted."""
     histograms: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     """Column -> bin edges: counts per bin as ``np.histogram`` (last bin closed)."""
+    need_outside: bool = True
+    """Whether ``CellResult.outside`` must be computed (an engine then aggregates
+    rows in no group too); False leaves it empty."""
 
     def centre(self, column: str) -> float:
         lo, hi = self.clip[column]
@@ -122,6 +125,8 @@ class FrameTable:
         kept = values[keep]
         beyond = ((kept < lows) | (kept > highs)).any(axis=0)
         outside = frozenset(query.columns[j] for j in np.flatnonzero(beyond))
+        if not query.need_outside:
+            outside = frozenset()
         bounded = np.clip(values, lows, highs)
         index = {c: j for j, c in enumerate(query.columns)}
         centred = bounded - np.array([query.centre(c) for c in query.columns])

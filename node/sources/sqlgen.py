@@ -132,21 +132,30 @@ def cells_sql(
     for col, j in index.items():
         lo, hi = query.clip[col]
         raw = c.number(col)
-        inner.append(
-            f"CASE WHEN {raw} < {c.bind(float(lo))} OR {raw} > {c.bind(float(hi))} "
-            f"THEN 1 ELSE 0 END AS o{j}"
-        )
+        if query.need_outside:
+            inner.append(
+                f"CASE WHEN {raw} < {c.bind(float(lo))} OR {raw} > "
+                f"{c.bind(float(hi))} THEN 1 ELSE 0 END AS o{j}"
+            )
         inner.append(
             f"LEAST(GREATEST({raw}, {c.bind(float(lo))}), {c.bind(float(hi))}) AS v{j}"
         )
     keep = [c.where(query.where)] + [f"NOT {c.missing(col)}" for col in query.columns]
     if query.group_by is not None:
         keep.append(f"NOT {c.missing(query.group_by)}")
+        if not query.need_outside:
+            # Rows in no group matter only to the out-of-range flags.
+            values = ", ".join(
+                c.bind(c._value(query.group_by, g)) for g in query.groups
+            )
+            in_a_group = f"{c._operand(query.group_by)} IN ({values})"
+            keep.append(in_a_group if values else "FALSE")
     outer = ["COUNT(*) AS n"]
     names = ["n"]
-    for j in index.values():
-        outer.append(f"MAX(o{j}) AS o{j}")
-        names.append(f"o{j}")
+    if query.need_outside:
+        for j in index.values():
+            outer.append(f"MAX(o{j}) AS o{j}")
+            names.append(f"o{j}")
 
     def centred(col: str) -> str:
         return f"(v{index[col]} - {c.bind(float(query.centre(col)))})"

@@ -152,7 +152,7 @@ def test_rpc_errors_are_counted_by_code(
         ),
         key_path=ca / "analyst.key",
     )
-    with client, pytest.raises(Exception):  # noqa: B017 - any refusal will do
+    with client, pytest.raises(Exception):
         client.status("no-such-job")
     found = scrape(coordinator.metrics.port)
     assert value(found, "cleanroom_rpc_errors_total", code="NOT_FOUND") == 1

@@ -6,6 +6,7 @@ reason and the next one reconnects."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
@@ -90,6 +91,9 @@ def check_against_reference(table: Table, data: pd.DataFrame) -> None:
     for where in WHERES:
         assert table.count(where) == reference.count(where), where
     assert_same(table.cells(QUERY), reference.cells(QUERY))
+    clipping = dataclasses.replace(QUERY, need_outside=False)
+    assert_same(table.cells(clipping), reference.cells(clipping))
+    assert table.cells(clipping).outside == frozenset()
     ungrouped = CellQuery(QUERY.where, ("age",), {"age": (0.0, 60.0)}, sums=("age",))
     assert_same(table.cells(ungrouped), reference.cells(ungrouped))
     assert table.cells(ungrouped).outside == {"age"}

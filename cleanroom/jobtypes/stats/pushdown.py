@@ -35,6 +35,7 @@ def cell_query(layout: Layout) -> CellQuery:
         sums=tuple(sums),
         products=tuple(products),
         histograms=dict(params.edges),
+        need_outside=params.out_of_range != "clip",
     )
 
 
