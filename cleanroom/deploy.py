@@ -106,8 +106,8 @@ def init(directory: Path, *, port: int = 7700) -> Path:
         for suffix in (".crt", ".key"):
             shutil.copy(ca / f"{party}{suffix}", _dir(secret_dir / party))
         shutil.copy(ca / "ca.crt", secret_dir / party)
-    _write(secret_dir / "h1" / "db_url",
-           f"postgresql+psycopg://cleanroom:{password}@postgres:5432/holders\n")  # fmt: skip
+    database = f"postgresql+psycopg://cleanroom:{password}@postgres:5432"
+    _write(secret_dir / "h1" / "db_url", f"{database}/holders\n")
     tls = (
         '[tls]\ncert = "/run/secrets/cleanroom/{0}.crt"\n'
         'key = "/run/secrets/cleanroom/{0}.key"\n'
@@ -116,7 +116,7 @@ def init(directory: Path, *, port: int = 7700) -> Path:
     _write(directory / "config" / "coordinator" / "coordinator.toml",
         'name = "coordinator"\nlisten = "0.0.0.0:7700"\n'
         'data_dir = "/var/lib/cleanroom"\nmetrics_listen = "0.0.0.0:9464"\n'
-        f'store = "postgresql+psycopg://cleanroom:{password}@postgres:5432/coordinator"\n'
+        f'store = "{database}/coordinator"\n'
         "\n" + tls.format("coordinator"))  # fmt: skip
     frames = sample_frames()
     columns = "".join(f'{c} = "{t}"\n' for c, t in COLUMNS.items())
