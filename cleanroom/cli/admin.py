@@ -354,9 +354,18 @@ def _parse_node(value: str) -> tuple[str, Path]:
     show_default=True,
     help="Seconds without contact before a node counts as gone.",
 )
+@click.option(
+    "--netns",
+    is_flag=True,
+    help="Root only: every party in its own network namespace, joined by a bridge.",
+)
 @handle_errors
 def local_up(
-    workdir: Path, nodes: tuple[str, ...], policy: Path | None, node_timeout: float
+    workdir: Path,
+    nodes: tuple[str, ...],
+    policy: Path | None,
+    node_timeout: float,
+    netns: bool,
 ) -> None:
     """Start a coordinator and one node per --node; return when all are connected."""
     started = time.monotonic()
@@ -366,6 +375,7 @@ def local_up(
             nodes=[_parse_node(n) for n in nodes],
             policy=policy,
             node_timeout=node_timeout,
+            netns=netns,
             progress=lambda msg: status.update(msg),
         )
     out.print(
