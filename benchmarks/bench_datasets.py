@@ -100,7 +100,9 @@ def direct(path: Path, which: str) -> Any:
     sql = DIRECT_COUNT if which == "count" else DIRECT_STATS
 
     def run() -> object:
-        with duckdb.connect(":memory:", config={"memory_limit": "512MB"}) as con:
+        with duckdb.connect(
+            ":memory:", config={"memory_limit": "512MB", "enable_progress_bar": False}
+        ) as con:
             return con.execute(sql, {"path": str(path)}).fetchall()
 
     return run
@@ -122,7 +124,8 @@ else:
 """
 _DIRECT_CHILD: Final = """
 import duckdb
-with duckdb.connect(":memory:", config={"memory_limit": "512MB"}) as con:
+with duckdb.connect(":memory:", config={"memory_limit": "512MB",
+                                                  "enable_progress_bar": False}) as con:
     con.execute(SQL, {"path": str(PATH)}).fetchall()
 """
 
