@@ -100,9 +100,8 @@ def direct(path: Path, which: str) -> Any:
     sql = DIRECT_COUNT if which == "count" else DIRECT_STATS
 
     def run() -> object:
-        with duckdb.connect(
-            ":memory:", config={"memory_limit": "512MB", "enable_progress_bar": False}
-        ) as con:
+        with duckdb.connect(":memory:", config={"memory_limit": "512MB"}) as con:
+            con.execute("PRAGMA disable_progress_bar")
             return con.execute(sql, {"path": str(path)}).fetchall()
 
     return run
@@ -124,8 +123,8 @@ else:
 """
 _DIRECT_CHILD: Final = """
 import duckdb
-with duckdb.connect(":memory:", config={"memory_limit": "512MB",
-                                                  "enable_progress_bar": False}) as con:
+with duckdb.connect(":memory:", config={"memory_limit": "512MB"}) as con:
+    con.execute("PRAGMA disable_progress_bar")
     con.execute(SQL, {"path": str(PATH)}).fetchall()
 """
 

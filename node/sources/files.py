@@ -144,9 +144,10 @@ class FileTable:
         return self._rows
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(":memory:", config={"memory_limit": self._memory_limit})
         # No progress bar: DuckDB draws one on stdout for queries over 2 s.
-        config = {"memory_limit": self._memory_limit, "enable_progress_bar": False}
-        return duckdb.connect(":memory:", config=config)
+        con.execute("PRAGMA disable_progress_bar")
+        return con
 
     def check(self) -> None:
         """Refuse if the files are no longer the content that was hashed."""
