@@ -19,6 +19,8 @@ from cleanroom import jobtypes, pki
 from cleanroom.errors import ConfigError, TransportError
 from cleanroom.federation import Federation
 from cleanroom.links import GrpcAnalystLink
+from cleanroom.netns import FILE as NETNS_FILE
+from cleanroom.netns import Network
 
 ANALYST = "analyst"
 COORDINATOR = "coordinator"
@@ -43,11 +45,11 @@ def _toml_str(value: str | Path) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _spawn(args: Sequence[str], log_path: Path) -> int:
+def _spawn(args: Sequence[str], log_path: Path, prefix: Sequence[str] = ()) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cleanroom", *args],
+            [*prefix, sys.executable, "-m", "cleanroom", *args],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
@@ -139,12 +141,16 @@ def up(
     timeout: float = 60.0,
     plugins: Sequence[str] = (),
     rpc_workers: int | None = None,
+    netns: bool = False,
     progress: Callable[[str], None] = lambda _: None,
     node_settings: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> Federation:
     """Start a coordinator and the nodes; return once every node is connected.
 
-    ``node_settings`` maps a node to its ``[jobtypes.<name>]`` tables."""
+    ``node_settings`` maps a node to its ``[jobtypes.<name>]`` tables.
+    ``netns`` (root only): each party in its own network namespace
+    (``cleanroom.netns``), the coordinator listening on its namespace's address.
+    """
     workdir = workdir.resolve()
     fed_file = workdir / "federation.json"
     if fed_file.exists():
@@ -183,8 +189,17 @@ def up(
     address_file.unlink(missing_ok=True)
     coord_config = coord_dir / "coordinator.toml"
     workers = f"rpc_workers = {rpc_workers}\n" if rpc_workers is not None else ""
+    network = Network.create(["coordinator", *names]) if netns else None
+    listen = f"{network.address('coordinator')}:0" if network else "127.0.0.1:0"
+    if network is not None:
+        network.save(workdir)
+        progress(f"one network namespace per party, bridge {network.bridge}")
+
+    def prefix(party: str) -> list[str]:
+        return network.exec_prefix(party) if network is not None else []
+
     coord_config.write_text(
-        f'name = "{COORDINATOR}"\nlisten = "127.0.0.1:0"\ndata_dir = "data"\n'
+        f'name = "{COORDINATOR}"\nlisten = "{listen}"\ndata_dir = "data"\n'
         f'address_file = "address"\nnode_timeout_seconds = {node_timeout}\n'
         f"{workers}"
         f"plugins = [{', '.join(_toml_str(p) for p in plugins)}]\n\n[tls]\n"
@@ -197,6 +212,7 @@ def up(
     processes["coordinator"] = _spawn(
         ["coordinator", "serve", "--config", str(coord_config)],
         workdir / "logs" / "coordinator.log",
+        prefix("coordinator"),
     )
     fed = Federation(
         coordinator_address="",
@@ -237,6 +253,7 @@ def up(
             processes[f"node:{name}"] = _spawn(
                 ["node", "serve", "--config", str(config)],
                 workdir / "logs" / f"{name}.log",
+                prefix(name),
             )
             fed.nodes[name] = {
                 "config": str(config),
@@ -248,6 +265,9 @@ def up(
         wait_connected(fed, names, deadline=deadline)
     except BaseException:
         _stop_processes(processes)
+        if network is not None:
+            network.destroy()
+            (workdir / NETNS_FILE).unlink(missing_ok=True)
         raise
     return fed
 
@@ -322,7 +342,10 @@ def restart(workdir: Path, party: str) -> int:
     old = fed.processes.get(key)
     if old is not None and _alive(old):
         _stop_processes({key: old})
-    processes = {**fed.processes, key: _spawn(args, workdir / "logs" / f"{party}.log")}
+    network = Network.load(workdir)
+    prefix = network.exec_prefix(party) if network is not None else []
+    log_path = workdir / "logs" / f"{party}.log"
+    processes = {**fed.processes, key: _spawn(args, log_path, prefix)}
     Federation(**{**fed.__dict__, "processes": processes}).save(fed_file)
     return processes[key]
 
@@ -332,6 +355,10 @@ def down(workdir: Path) -> list[str]:
     fed = Federation.load(workdir.resolve() / "federation.json")
     running = [k for k, pid in fed.processes.items() if _alive(pid)]
     _stop_processes(fed.processes)
+    network = Network.load(workdir.resolve())
+    if network is not None:
+        network.destroy()
+        (workdir.resolve() / NETNS_FILE).unlink(missing_ok=True)
     return running
 
 

@@ -166,4 +166,3 @@ def graph_seed(raw: bytes, analyst_signing_public: bytes) -> bytes:
     except (ValueError, binascii.Error):
         raise AuthError("the job request's signature is malformed") from None
     return graph_seed_from(statement_bytes(request.body), signature, key)
-

@@ -191,6 +191,9 @@ class InProcessFederation:
     jobtypes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     id_column: str = ""
     """Every dataset's identifier column (none by default)."""
+    dataset_configs: Mapping[str, DatasetConfig] = field(default_factory=dict)
+    """Node name -> its dataset's config, where the dataset lives elsewhere (a
+    Parquet file for DuckDB, a database table); its frame is then not written."""
     agents: dict[str, NodeAgent] = field(default_factory=dict, init=False)
     _server: _Server = field(default_factory=_Server, init=False)
     _threads: dict[str, threading.Thread] = field(default_factory=dict, init=False)
@@ -273,8 +276,11 @@ class InProcessFederation:
         assert root is not None
         node_dir = root / "nodes" / name
         node_dir.mkdir(parents=True, exist_ok=True)
-        path = node_dir / f"{name}.csv"
-        frame.to_csv(path, index=False)
+        dataset = self.dataset_configs.get(name)
+        if dataset is None:
+            path = node_dir / f"{name}.csv"
+            frame.to_csv(path, index=False)
+            dataset = DatasetConfig(name, path, id_column=self.id_column)
         config = NodeConfig(
             name=name,
             coordinator="in-process",
@@ -283,7 +289,7 @@ class InProcessFederation:
             cert=self._ca / f"{name}.crt",
             key=self._ca / f"{name}.key",
             ca=self._ca / "ca.crt",
-            datasets=(DatasetConfig(name, path, id_column=self.id_column),),
+            datasets=(dataset,),
             policy=dict(self.policy or default_policy(ANALYST_NAME)),
             jobtypes=dict(self.jobtypes),
             plugins=self.plugins,

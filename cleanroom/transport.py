@@ -4,7 +4,7 @@ caller identity from certificates, deadlines, and domain-error <-> status mappin
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -56,7 +56,11 @@ def secure_channel(
 
 
 def secure_server(
-    identity: TlsIdentity, address: str, *, max_workers: int = 64
+    identity: TlsIdentity,
+    address: str,
+    *,
+    max_workers: int = 64,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int]:
     """A gRPC server that requires a client certificate from the federation CA.
 
@@ -65,6 +69,7 @@ def secure_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         options=_OPTIONS,
+        interceptors=list(interceptors),
     )
     credentials = grpc.ssl_server_credentials(
         [(identity.key_pem, identity.cert_pem)],

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.errors import ConfigError
+from cleanroom.metrics import parse_listen
 from cleanroom.pki import TlsIdentity
 
 DEFAULT_RPC_WORKERS = 256
@@ -41,6 +42,8 @@ class CoordinatorConfig:
     """Job-type plugins to load (entry points in ``cleanroom.job_types``)."""
     max_jobs_per_analyst: int = 16
     """Unfinished jobs one analyst may have at once."""
+    metrics_listen: str = ""
+    """``host:port`` of the Prometheus ``/metrics`` endpoint; empty: none."""
 
     def identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.cert, self.key, self.ca)
@@ -68,6 +71,7 @@ class CoordinatorConfig:
             "tls",
             "plugins",
             "max_jobs_per_analyst",
+            "metrics_listen",
         }
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -109,4 +113,11 @@ class CoordinatorConfig:
             address_file=base / address_file if address_file else None,
             plugins=tuple(raw.get("plugins", ())),
             max_jobs_per_analyst=max_jobs,
+            metrics_listen=(
+                parse_listen(
+                    raw["metrics_listen"], "coordinator config: metrics_listen"
+                )
+                if raw.get("metrics_listen")
+                else ""
+            ),
         )

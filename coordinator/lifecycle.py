@@ -177,6 +177,7 @@ def finish(state: CoordinatorState, job_id: str, new: JobState, reason: str) -> 
         run.stop()
     if job is None:
         return
+    state.metrics.job_ended(job, state.clock())
     state.store.set_progress(job_id, new.value, at=state.clock())
     state.record(job_id, f"job.{new.value}", reason)
     # A released job's analyst party may not have read its messages yet.

@@ -538,7 +538,11 @@ class JobRunner:
         encoded = [state.mailboxes.encode(r, w) for r, w in mail]
         key = self._stage_key()
         if key != self._stage.key and self._release is None:
-            self._stage = _Stage(key, state.clock())
+            now = state.clock()
+            state.metrics.stage_ended(
+                self.setup.job_type.name, self._stage.key[1], now - self._stage.since
+            )
+            self._stage = _Stage(key, now)
         text, doc = self._progress_text()
         changed = text != self._shown
         consumed = tuple(sorted(self._consumed))

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cleanroom import jobtypes
 from cleanroom.audit.log import AuditLog
 from cleanroom.keys import NodeKeys, make_key_bundle
+from cleanroom.metrics import MetricsEndpoint, serve_metrics
 from cleanroom.transport import secure_server
 from coordinator import lifecycle
 from coordinator.config import CoordinatorConfig, long_poll_slots
@@ -32,10 +33,13 @@ class RunningCoordinator:
     state: CoordinatorState
     port: int
     _stop: threading.Event
+    metrics: MetricsEndpoint | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.stop()
         for run in self.state.runs():
             run.stop()
             run.join(5.0)
@@ -68,7 +72,10 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
     )
     lifecycle.recover(state)
     server, port = secure_server(
-        identity, config.listen, max_workers=config.rpc_workers
+        identity,
+        config.listen,
+        max_workers=config.rpc_workers,
+        interceptors=[state.metrics.interceptor()],
     )
     pb_grpc.add_NodeServiceServicer_to_server(NodeServicer(state), server)
     pb_grpc.add_AnalystServiceServicer_to_server(AnalystServicer(state), server)
@@ -93,7 +100,12 @@ def start_coordinator(*, config: CoordinatorConfig) -> RunningCoordinator:
         tmp.write_text(f"{host}:{port}\n")
         tmp.replace(config.address_file)
     log.info("coordinator %s serving on %s:%d", config.name, host, port)
-    return RunningCoordinator(server, state, port, stop)
+    metrics = None
+    if config.metrics_listen:
+        metrics = serve_metrics(state.metrics.registry, config.metrics_listen)
+        log.info("metrics on http://%s:%d/metrics",
+                 config.metrics_listen.rpartition(":")[0], metrics.port)  # fmt: skip
+    return RunningCoordinator(server, state, port, stop, metrics)
 
 
 def serve(config: CoordinatorConfig) -> None:

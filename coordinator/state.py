@@ -14,6 +14,7 @@ from cleanroom.audit.log import AuditLog
 from cleanroom.keys import KeyBundle
 from coordinator.longpoll import PollSlots
 from coordinator.mailbox import Mailboxes
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.presence import Presence
 from coordinator.store.base import Store
 
@@ -55,6 +56,7 @@ class CoordinatorState:
         self.mailboxes = Mailboxes(store)
         self.presence = Presence(node_timeout, clock=clock)
         self.polls = PollSlots(long_poll_slots, node_timeout=node_timeout)
+        self.metrics = CoordinatorMetrics(self)
         self._lock = threading.RLock()
         self._runs: dict[str, JobRunner] = {}
         self._bundles: dict[str, KeyBundle] = {}

@@ -104,7 +104,7 @@ class Admission:
                 ]
             )
         epsilon, delta = job_type.epsilon(spec)
-        rows = len(dataset.frame)
+        rows = dataset.rows
         memory = job_type.estimate_memory(spec, rows)
         if memory > policy.max_job_memory:
             raise errors.PolicyRefusal(

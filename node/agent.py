@@ -25,6 +25,7 @@ from cleanroom.keys import (
     verify_key_bundle,
 )
 from cleanroom.localdb import LocalDatabase
+from cleanroom.metrics import MetricsEndpoint, serve_metrics
 from cleanroom.requests import graph_seed
 from node import services as node_services
 from node.admission import Admission
@@ -33,6 +34,7 @@ from node.datasets import DatasetRegistry
 from node.differencing import ReleaseGuard, ReleaseScope
 from node.link import CoordinatorLink, GrpcCoordinatorLink, LinkFactory
 from node.meters import Meters
+from node.metrics import NodeMetrics
 from node.policy import PolicySet
 from node.release import ReleaseSigner
 from node.runner import Ending, JobOutcome, JobRunner
@@ -127,6 +129,12 @@ class NodeAgent:
         self.witness = LogWitness(
             self.audit, coordinator=lambda: self._coordinator_bundle, call=self._call
         )
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics = NodeMetrics(
+            self.meters,
+            connected=self.connected.is_set,
+            running=lambda: len(self.runner.active()),
+        )
         self._audit_policy_version()
 
     def _grpc_link(self) -> CoordinatorLink:
@@ -134,6 +142,7 @@ class NodeAgent:
             self.config.coordinator,
             self.identity,
             server_name=self.config.coordinator_name,
+            observe=self.metrics.rpc,
         )
 
     # -------------------------------------------------------------- lifecycle --
@@ -145,6 +154,19 @@ class NodeAgent:
         threading.Thread(
             target=self._background, daemon=True, name="node-background"
         ).start()
+        if self.config.metrics_listen:
+            self.metrics_endpoint = serve_metrics(
+                self.metrics.registry, self.config.metrics_listen
+            )
+            log.info("metrics on port %d", self.metrics_endpoint.port)
+        try:
+            self._serve()
+        finally:
+            if self.metrics_endpoint is not None:
+                self.metrics_endpoint.stop()
+                self.metrics_endpoint = None
+
+    def _serve(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             link = self._link_factory()
@@ -277,6 +299,9 @@ class NodeAgent:
         def build() -> NodeParty:
             dataset = self.datasets.fresh(mine.dataset)  # refuses a changed file
             self.releases.started(start.job_id, dataset.content_hash)
+            # Rows an engine serves are queried there, or loaded for job types
+            # that read rows.
+            in_place = job_type.queries_table and dataset.in_engine
 
             def guard(survivors: frozenset[str]) -> None:
                 if len(survivors) < min_inputs:
@@ -319,7 +344,8 @@ class NodeAgent:
                     spec=spec,
                     node=self.config.name,
                     dataset=mine.dataset,
-                    data=dataset.frame,
+                    data=dataset.columns_frame() if in_place else dataset.frame,
+                    table=dataset.table,
                     dataset_hash=dataset.content_hash,
                     min_group_size=self.policy.for_dataset(mine.dataset).min_group_size,
                     signing_key=self.keys.signing,
@@ -382,12 +408,22 @@ class NodeAgent:
                     job_id=outcome.job_id,
                     data={"reason": outcome.reason, **_usage(outcome)},
                 )
+        self._observe_end(outcome)
         if outcome.ok and outcome.party is not None:
             self.releases.finished(outcome.job_id, outcome.party)
         else:
             self.releases.forget(outcome.job_id)
         if outcome.ending is Ending.FAILED:
             self._report_failure(outcome.job_id, outcome.reason)
+
+    def _observe_end(self, outcome: JobOutcome) -> None:
+        try:
+            job = self.state.get(outcome.job_id)
+        except errors.NotFound:
+            return
+        self.metrics.job_ended(
+            job.job_type, outcome.ending.value, self._clock() - job.created_at
+        )
 
     # ------------------------------------------------------------------- sends --
     def _call(self, fn: Callable[[CoordinatorLink], Any]) -> Any:

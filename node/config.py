@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import yaml
 
 from cleanroom.catalog import COLUMN_TYPES
 from cleanroom.errors import ConfigError
+from cleanroom.metrics import parse_listen
 from cleanroom.pki import TlsIdentity
 
 _TOP = {
@@ -24,13 +26,34 @@ _TOP = {
     "datasets",
     "jobtypes",
     "plugins",
+    "metrics_listen",
 }
-_DATASET = {"path", "id_column", "description", "format", "columns", "policy"}
+_DATASET = {
+    "path",
+    "id_column",
+    "description",
+    "format",
+    "columns",
+    "policy",
+    "engine",
+    "url",
+    "url_file",
+    "table",
+    "query",
+    "snapshot_query",
+}
+ENGINES = ("pandas", "duckdb", "sql")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """One dataset the node holds: where its file is and how to read and check it."""
+    """One dataset the node holds: where it lives and how to read and check it.
+
+    ``engine``: ``pandas`` loads a CSV or Parquet file into memory; ``duckdb``
+    queries Parquet (a file or a directory) or CSV in place; ``sql`` queries
+    ``relation`` (a table or ``(query)``) in the database at ``url``.
+    """
 
     name: str
     path: Path
@@ -38,6 +61,18 @@ class DatasetConfig:
     description: str = ""
     format: str = "csv"
     columns: Mapping[str, str] = field(default_factory=dict)
+    engine: str = "pandas"
+    url: str = field(default="", repr=False)
+    """SQLAlchemy URL (``sql``); may hold a password, so never logged or shown."""
+    relation: str = ""
+    snapshot_query: str = ""
+
+    @property
+    def location(self) -> str:
+        """Where the data is, safe to show (no URL credentials)."""
+        if self.engine != "sql":
+            return str(self.path)
+        return f"{self.relation} in a database"
 
 
 @dataclass(frozen=True)
@@ -57,6 +92,8 @@ class NodeConfig:
     """``[jobtypes.<name>]`` tables: each job type's own node settings."""
     plugins: tuple[str, ...] = ()
     """Job-type plugins to load (entry points in ``cleanroom.job_types``)."""
+    metrics_listen: str = ""
+    """``host:port`` of the node's Prometheus ``/metrics`` endpoint; empty: none."""
 
     def identity(self) -> TlsIdentity:
         return TlsIdentity.load(self.cert, self.key, self.ca)
@@ -130,20 +167,97 @@ class NodeConfig:
             policy=policy,
             jobtypes={str(k): dict(v) for k, v in tables.items()},
             plugins=tuple(plugins),
+            metrics_listen=(
+                parse_listen(raw["metrics_listen"], "node config: metrics_listen")
+                if raw.get("metrics_listen")
+                else ""
+            ),
         )
 
 
 def _dataset(name: str, spec: Any, base: Path) -> DatasetConfig:
     where = f"node config: datasets.{name}"
-    if not isinstance(spec, dict) or "path" not in spec:
-        raise ConfigError(f"{where}: 'path' is required")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a table")
     unknown = sorted(set(spec) - _DATASET)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}'")
+    if "url" in spec or "url_file" in spec:
+        return _sql_dataset(name, spec, base, where)
+    if "path" not in spec:
+        raise ConfigError(f"{where}: 'path' (or 'url' for a database) is required")
     path = base / str(spec["path"])
-    fmt = str(spec.get("format", "parquet" if path.suffix == ".parquet" else "csv"))
+    parquet = path.suffix == ".parquet" or path.is_dir()
+    fmt = str(spec.get("format", "parquet" if parquet else "csv"))
     if fmt not in ("csv", "parquet"):
         raise ConfigError(f"{where}.format: expected csv or parquet, got '{fmt}'")
+    engine = str(spec.get("engine", "pandas"))
+    if engine not in ("pandas", "duckdb"):
+        raise ConfigError(
+            f"{where}.engine: expected pandas or duckdb for a file, got '{engine}'"
+        )
+    for key in ("table", "query", "snapshot_query"):
+        if key in spec:
+            raise ConfigError(f"{where}.{key}: only for a database dataset (url)")
+    columns = _columns(spec, where)
+    return DatasetConfig(
+        name,
+        path,
+        str(spec.get("id_column", "")),
+        str(spec.get("description", "")),
+        fmt,
+        columns,
+        engine=engine,
+    )
+
+
+def _sql_dataset(
+    name: str, spec: dict[str, Any], base: Path, where: str
+) -> DatasetConfig:
+    if "url" in spec and "url_file" in spec:
+        raise ConfigError(f"{where}: give url or url_file, not both")
+    if "url_file" in spec:
+        # A mounted secret: the URL (with its password) stays out of the config.
+        secret = base / str(spec["url_file"])
+        try:
+            url = secret.read_text().strip()
+        except OSError:
+            raise ConfigError(f"{where}.url_file: cannot read {secret}") from None
+    else:
+        url = str(spec["url"])
+    if ("table" in spec) == ("query" in spec):
+        raise ConfigError(
+            f"{where}: a database dataset needs exactly one of table, query"
+        )
+    if "table" in spec:
+        table = str(spec["table"])
+        if not _IDENTIFIER.match(table):
+            raise ConfigError(f"{where}.table: expected [schema.]name, got '{table}'")
+        relation = ".".join(f'"{part}"' for part in table.split("."))
+    else:
+        relation = f"({spec['query']})"
+    columns = _columns(spec, where)
+    if not columns:
+        raise ConfigError(
+            f"{where}.columns: a database dataset declares every column it publishes"
+        )
+    if spec.get("id_column") and spec["id_column"] not in columns:
+        raise ConfigError(f"{where}.id_column: not among the declared columns")
+    return DatasetConfig(
+        name,
+        Path(),
+        str(spec.get("id_column", "")),
+        str(spec.get("description", "")),
+        "sql",
+        columns,
+        engine="sql",
+        url=url,
+        relation=relation,
+        snapshot_query=str(spec.get("snapshot_query", "")),
+    )
+
+
+def _columns(spec: dict[str, Any], where: str) -> dict[str, str]:
     columns = spec.get("columns", {})
     if not isinstance(columns, dict):
         raise ConfigError(f"{where}.columns: expected a table of column = type")
@@ -153,11 +267,4 @@ def _dataset(name: str, spec: Any, base: Path) -> DatasetConfig:
                 f"{where}.columns.{column}: unknown type '{col_type}' "
                 f"(known: {', '.join(COLUMN_TYPES)})"
             )
-    return DatasetConfig(
-        name,
-        path,
-        str(spec.get("id_column", "")),
-        str(spec.get("description", "")),
-        fmt,
-        dict(columns),
-    )
+    return dict(columns)

@@ -1,39 +1,62 @@
-"""A node's datasets: read from CSV or Parquet, type-checked on load, hashed, and
-re-checked before every use so a file that changes or vanishes is refused."""
+"""A node's datasets: CSV or Parquet loaded into memory, or Parquet/CSV queried in
+place by DuckDB, or a SQL table or query — type-checked on load, hashed
+(``node.sources``: what each source's hash covers) and re-checked before every
+use, so data that changes or vanishes is refused."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cleanroom.catalog import ColumnInfo, DatasetInfo, row_bucket
 from cleanroom.errors import DatasetError
+from cleanroom.jobtypes.tables import FrameTable, Table
 from node.config import DatasetConfig
+from node.sources import files
+from node.sources.database import DatabaseTable
 
 
 @dataclass(frozen=True)
 class LoadedDataset:
-    """A dataset as loaded: its rows stay here; only ``info`` leaves the node."""
+    """A dataset as loaded: its rows stay here; only ``info`` leaves the node.
+
+    ``table`` answers a job type's queries (``tables.Table``) where the rows
+    live; ``frame`` is the in-memory rows (loaded on demand from an engine).
+    """
 
     config: DatasetConfig
-    frame: pd.DataFrame
     info: DatasetInfo
     content_hash: str
-    mtime_ns: int
-    size: int
+    rows: int
+    table: Table
+    loaded_frame: pd.DataFrame | None = None
+    stamp: files.Stamp = ()
+
+    @property
+    def in_engine(self) -> bool:
+        """True when an engine serves the rows (they are not held in memory)."""
+        return self.loaded_frame is None
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        if self.loaded_frame is not None:
+            return self.loaded_frame
+        engine = self.table
+        assert isinstance(engine, files.FileTable | DatabaseTable)
+        frame: pd.DataFrame = engine.frame()
+        return frame
+
+    def columns_frame(self) -> pd.DataFrame:
+        """No rows, only the published columns: for parties that query ``table``."""
+        return pd.DataFrame(
+            {c.name: pd.Series(dtype=object) for c in self.info.columns}
+        )
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_hash = files.file_hash
 
 
 def _infer(series: pd.Series) -> str:
@@ -79,11 +102,49 @@ def _coerce(series: pd.Series, declared: str, where: str) -> pd.Series:
 
 
 def load(config: DatasetConfig) -> LoadedDataset:
-    """Read, type-check and hash one dataset."""
+    """Read (or open in its engine), type-check and hash one dataset."""
+    if config.engine == "pandas":
+        return _load_frame(config)
+    where = f"dataset '{config.name}' ({config.location})"
+    table: files.FileTable | DatabaseTable
+    if config.engine == "sql":
+        table = DatabaseTable(
+            config.name,
+            config.url,
+            config.relation,
+            dict(config.columns),
+            snapshot_query=config.snapshot_query,
+        )
+    else:
+        try:
+            table = files.FileTable(
+                config.name, config.path, config.format, dict(config.columns)
+            )
+        except FileNotFoundError:
+            raise DatasetError(f"{where}: file not found") from None
+        except OSError as exc:
+            raise DatasetError(
+                f"{where}: cannot be read: {type(exc).__name__}"
+            ) from None
+    if config.id_column and config.id_column not in table.types:
+        raise DatasetError(
+            f"{where}: id column '{config.id_column}' is not in the data"
+        )
+    info = DatasetInfo(
+        config.name,
+        tuple(ColumnInfo(c, t) for c, t in table.types.items()),
+        row_bucket(table.rows),
+        config.id_column,
+        config.description,
+    )
+    return LoadedDataset(config, info, table.content_hash, table.rows, table)
+
+
+def _load_frame(config: DatasetConfig) -> LoadedDataset:
     where = f"dataset '{config.name}' ({config.path})"
     try:
-        stat = config.path.stat()
-        digest = file_hash(config.path)
+        stamp = files.stamp(config.path)
+        digest = files.content_hash(config.path)
         frame = (
             pd.read_parquet(config.path)
             if config.format == "parquet"
@@ -117,7 +178,9 @@ def load(config: DatasetConfig) -> LoadedDataset:
         config.id_column,
         config.description,
     )
-    return LoadedDataset(config, frame, info, digest, stat.st_mtime_ns, stat.st_size)
+    return LoadedDataset(
+        config, info, digest, len(frame), FrameTable(frame), frame, stamp
+    )
 
 
 class DatasetRegistry:
@@ -139,15 +202,18 @@ class DatasetRegistry:
             if name not in self._loaded:
                 raise DatasetError(f"this node has no dataset '{name}'")
             loaded = self._loaded[name]
+        if isinstance(loaded.table, files.FileTable | DatabaseTable):
+            loaded.table.check()
+            return loaded
         path = loaded.config.path
         try:
-            stat = path.stat()
-        except FileNotFoundError:
+            stamp = files.stamp(path)
+        except (FileNotFoundError, DatasetError):
             raise DatasetError(
                 f"dataset '{name}': its file {path} has disappeared"
             ) from None
-        if (stat.st_mtime_ns, stat.st_size) != (loaded.mtime_ns, loaded.size):
-            if file_hash(path) != loaded.content_hash:
+        if stamp != loaded.stamp:
+            if files.content_hash(path) != loaded.content_hash:
                 raise DatasetError(
                     f"dataset '{name}': its file changed on disk after the node loaded "
                     "it; restart the node to load and publish the new version"

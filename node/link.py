@@ -8,6 +8,7 @@ and the coordinator's own domain error otherwise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol, TypeVar
@@ -58,17 +59,30 @@ class GrpcCoordinatorLink:
     """The gRPC link: one mTLS channel to the coordinator."""
 
     def __init__(
-        self, address: str, identity: TlsIdentity, *, server_name: str
+        self,
+        address: str,
+        identity: TlsIdentity,
+        *,
+        server_name: str,
+        observe: Callable[[str, float, str], None] | None = None,
     ) -> None:
         self._channel = secure_channel(address, identity, server_name=server_name)
         self._stub = pb_grpc.NodeServiceStub(self._channel)
+        self._observe = observe
+        """Called with (call, seconds, gRPC code name) after every call (metrics)."""
 
     @contextmanager
     def _call(self, what: str) -> Iterator[None]:
+        started, code = time.perf_counter(), "OK"
         try:
             yield
         except grpc.RpcError as exc:
+            found = exc.code() if hasattr(exc, "code") else None
+            code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
             raise_from_rpc(exc, what=what)
+        finally:
+            if self._observe is not None:
+                self._observe(what, time.perf_counter() - started, code)
 
     def register(self, reg: wire.Registration) -> wire.RegisterReply:
         with self._call("register"):

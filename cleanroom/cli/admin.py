@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from cleanroom import jobtypes, pki
+from cleanroom import jobtypes, logs, pki
 from cleanroom import local as local_fed
 from cleanroom.cli.common import err, handle_errors, out, print_json
 from cleanroom.errors import ConfigError, NotFound
@@ -30,10 +29,16 @@ config_option = click.option(
 )
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default=None,
+    help=f"text (default) or json: one JSON object per line (or ${logs.ENV}).",
+)
+
+
+def _logging(log_format: str | None = None) -> None:
+    logs.configure(log_format)
 
 
 # ------------------------------------------------------------------- pki --
@@ -109,13 +114,14 @@ def coordinator_group() -> None:
 
 @coordinator_group.command("serve")
 @config_option
+@log_format_option
 @handle_errors
-def coordinator_serve(config: Path) -> None:
+def coordinator_serve(config: Path, log_format: str | None) -> None:
     """Serve the node and analyst APIs until interrupted."""
     from coordinator.config import CoordinatorConfig
     from coordinator.server import serve
 
-    _logging()
+    _logging(log_format)
     serve(CoordinatorConfig.load(config))
 
 
@@ -155,12 +161,13 @@ def node_group(ctx: click.Context) -> None:
 
 @node_group.command("serve")
 @config_option
+@log_format_option
 @handle_errors
-def node_serve(config: Path) -> None:
+def node_serve(config: Path, log_format: str | None) -> None:
     """Dial out to the coordinator and serve jobs until interrupted."""
     from node.agent import NodeAgent
 
-    _logging()
+    _logging(log_format)
     agent = NodeAgent(NodeConfig.load(config))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
@@ -347,9 +354,18 @@ def _parse_node(value: str) -> tuple[str, Path]:
     show_default=True,
     help="Seconds without contact before a node counts as gone.",
 )
+@click.option(
+    "--netns",
+    is_flag=True,
+    help="Root only: every party in its own network namespace, joined by a bridge.",
+)
 @handle_errors
 def local_up(
-    workdir: Path, nodes: tuple[str, ...], policy: Path | None, node_timeout: float
+    workdir: Path,
+    nodes: tuple[str, ...],
+    policy: Path | None,
+    node_timeout: float,
+    netns: bool,
 ) -> None:
     """Start a coordinator and one node per --node; return when all are connected."""
     started = time.monotonic()
@@ -359,6 +375,7 @@ def local_up(
             nodes=[_parse_node(n) for n in nodes],
             policy=policy,
             node_timeout=node_timeout,
+            netns=netns,
             progress=lambda msg: status.update(msg),
         )
     out.print(

@@ -12,6 +12,7 @@ from cleanroom.cli.admin import (
     pki_group,
 )
 from cleanroom.cli.bench import bench
+from cleanroom.cli.deploy import deploy_group
 from cleanroom.cli.governance import (
     audit_group,
     node_usage,
@@ -45,6 +46,7 @@ for command in (
     result_group,
     usage_group,
     bench,
+    deploy_group,
 ):
     cli.add_command(command)
 node_group.add_command(node_usage)

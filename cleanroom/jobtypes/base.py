@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         HolderContext,
         NodeEnvironment,
     )
+    from cleanroom.jobtypes.tables import Table
 
 P = TypeVar("P")
 CellPartition = tuple[npt.NDArray[np.int64], int]
@@ -94,6 +95,9 @@ class NodeContext:
     be released; returns, per cell in order, whether it may be: False for a cell
     whose rows differ from an earlier released cell's by 1..k-1 (the node's
     differencing record, which records the cells it allows)."""
+    table: Table | None = None
+    """The dataset as its engine serves it (``tables.Table``), for job types that
+    set ``queries_table``; None: query ``data`` (``tables.table_of``)."""
 
     @property
     def params(self) -> Any:
@@ -225,6 +229,11 @@ class JobType(ABC, Generic[P]):
     """Whether the coordinator may resume a running job after a restart by
     replaying its party's journal (the party must be deterministic)."""
     default_deadline: ClassVar[float] = DEFAULT_DEADLINE_S
+    queries_table: ClassVar[bool] = False
+    """True when the node party reads its dataset only through
+    ``tables.table_of(ctx)``: a dataset an engine serves (a database, DuckDB) is
+    then aggregated where it lives and ``NodeContext.data`` is left empty. False:
+    the node loads the columns the job uses into ``data`` first."""
     """Seconds a stage may wait for a party before that party counts as dropped."""
     _CACHE_SIZE: ClassVar[int] = 256
 

@@ -52,6 +52,7 @@ from cleanroom.jobtypes.sealing import (
     seal_report,
 )
 from cleanroom.jobtypes.stats import limits
+from cleanroom.jobtypes.tables import table_of
 from protocols import dp
 from protocols.party import (
     ANALYST,
@@ -84,19 +85,25 @@ class CountNode(NodeParty):
     def start(self) -> list[Outbound]:
         ctx = self._ctx
         params: CountParams = ctx.params
-        mask = predicates.apply(params.where, ctx.data)
-        count = int(mask.sum())
         noise: dict[str, Any] = {}
         if params.privacy is not None:
+            count = table_of(ctx).count(params.where)
             noisy = dp.noisy_count(count, params.privacy, ctx.random)
             released = not noisy.below(ctx.min_group_size)
             count = noisy.value
             noise = {"noise_std": noisy.std}
-        else:
+        elif ctx.table is None:
+            mask = predicates.apply(params.where, ctx.data)
+            count = int(mask.sum())
             released = (
                 count >= ctx.min_group_size
                 and ctx.cells_guard([(np.where(mask, 0, -1).astype(np.int64), 1)])[0]
             )
+        else:
+            # An engine-backed dataset (SQL, DuckDB) serves no row identities, so
+            # no differencing record can be kept for it (docs/policy.md).
+            count = table_of(ctx).count(params.where)
+            released = count >= ctx.min_group_size
         statement: dict[str, Any] = {
             "job_id": ctx.job_id,
             "spec_hash": ctx.spec.spec_hash,
@@ -120,9 +127,9 @@ class CountNode(NodeParty):
     def usage(self) -> NodeUsage:
         privacy: dp.PrivacyCost | None = self._ctx.params.privacy
         if privacy is None or self._digest is None:
-            return NodeUsage(rows_touched=len(self._ctx.data))
+            return NodeUsage(rows_touched=table_of(self._ctx).rows)
         return NodeUsage(
-            rows_touched=len(self._ctx.data),
+            rows_touched=table_of(self._ctx).rows,
             epsilon=privacy.epsilon,
             delta=privacy.delta,
         )
@@ -230,6 +237,7 @@ class CountAnalyst(AnalystParty):
 class CountJob(JobType[CountParams]):
     name = "count"
     summary = "rows per input, optionally filtered; small counts are suppressed"
+    queries_table = True
 
     def parse_params(self, spec: JobSpec) -> CountParams:
         extra = sorted(set(spec.params) - {"where", "dp"})

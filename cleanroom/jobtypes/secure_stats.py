@@ -97,6 +97,7 @@ class SecureStatsJob(JobType[StatsParams]):
         "pooled over inputs by SecAgg+; small cells suppressed; optional DP"
     )
     min_inputs = MIN_PARTIES
+    queries_table = True
 
     def validate(self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]) -> None:
         # Against the schemas first: "no such column" says more than what follows.

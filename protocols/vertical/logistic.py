@@ -44,8 +44,7 @@ def auc(scores: Array, labels: Array) -> float:
         ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
         i = j + 1
     return float(
-        (ranks[truth].sum() - positives * (positives + 1) / 2)
-        / (positives * negatives)
+        (ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives)
     )
 
 

@@ -92,7 +92,10 @@ def test_results_verify_offline_and_quota_holds(
     document = json.loads(saved.read_text())
     assert set(document["result"]) == {"commitments"}  # the operator saw no count
     opened = tmp_path / "result.opened.json"
-    counts = {c["node"]: c["count"] for c in json.loads(opened.read_text())["reading"]["counts"]}
+    counts = {
+        c["node"]: c["count"]
+        for c in json.loads(opened.read_text())["reading"]["counts"]
+    }
     want = expected_counts(paths)
     assert counts == {"h1": want["h1"], "h2": want["h2"]}
     ok = cli("result", "verify", str(saved), "--federation", fed_file)

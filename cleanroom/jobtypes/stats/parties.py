@@ -18,14 +18,11 @@ import numpy.typing as npt
 from cleanroom.errors import ProtocolAbort, ProtocolError
 from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext, NodeContext
 from cleanroom.jobtypes.stats import cells as C
-from cleanroom.jobtypes.stats.encode import (
-    add_noise,
-    cell_partitions,
-    contribution,
-    to_ring,
-)
+from cleanroom.jobtypes.stats import pushdown
+from cleanroom.jobtypes.stats.encode import add_noise, cell_partitions, to_ring
 from cleanroom.jobtypes.stats.layout import Layout
 from cleanroom.jobtypes.stats.release import release
+from cleanroom.jobtypes.tables import table_of
 from cleanroom.keys import canonical_json
 from protocols.party import (
     ANALYST,
@@ -109,8 +106,8 @@ class StatsNode(NodeParty):
         ctx, layout = self._ctx, self._layout
         if self._full is not None:
             raise ProtocolError(f"{ctx.node} has already started")
-        self._full = to_ring(layout, add_noise(layout, contribution(layout, ctx.data),
-                                               ctx.random))  # fmt: skip
+        exact = pushdown.contribution(layout, table_of(ctx))
+        self._full = to_ring(layout, add_noise(layout, exact, ctx.random))
         policy = canonical_json({"min_group_size": ctx.min_group_size})
         out = [Outbound(COORDINATOR, C.POLICY, policy)]
         if ctx.node == leader(ctx.parties):
@@ -295,7 +292,7 @@ class StatsNode(NodeParty):
         """Rows read; epsilon is spent once the noised values have been sent."""
         privacy = self._layout.params.privacy
         spent = privacy.epsilon if privacy is not None and self._sent_values else 0.0
-        rows = len(self._ctx.data) if self._full is not None else 0
+        rows = table_of(self._ctx).rows if self._full is not None else 0
         return NodeUsage(rows_touched=rows, epsilon=spent)
 
     def attest(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
