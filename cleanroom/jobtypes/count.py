@@ -52,7 +52,7 @@ from cleanroom.jobtypes.sealing import (
     seal_report,
 )
 from cleanroom.jobtypes.stats import limits
-from cleanroom.jobtypes.tables import table_of
+from cleanroom.jobtypes.tables import FrameTable, table_of
 from protocols import dp
 from protocols.party import (
     ANALYST,
@@ -92,7 +92,7 @@ class CountNode(NodeParty):
             released = not noisy.below(ctx.min_group_size)
             count = noisy.value
             noise = {"noise_std": noisy.std}
-        elif ctx.table is None:
+        elif ctx.table is None or isinstance(ctx.table, FrameTable):
             mask = predicates.apply(params.where, ctx.data)
             count = int(mask.sum())
             released = (
