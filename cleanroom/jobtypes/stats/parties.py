@@ -22,7 +22,7 @@ from cleanroom.jobtypes.stats import pushdown
 from cleanroom.jobtypes.stats.encode import add_noise, cell_partitions, to_ring
 from cleanroom.jobtypes.stats.layout import Layout
 from cleanroom.jobtypes.stats.release import release
-from cleanroom.jobtypes.tables import table_of
+from cleanroom.jobtypes.tables import FrameTable, table_of
 from cleanroom.keys import canonical_json
 from protocols.party import (
     ANALYST,
@@ -215,6 +215,10 @@ class StatsNode(NodeParty):
         its bins with it."""
         layout = self._layout
         if layout.noise is not None or not passing:
+            return tuple(passing)
+        if self._ctx.table is not None and not isinstance(self._ctx.table, FrameTable):
+            # An engine-backed dataset serves no row identities: no record can
+            # be kept for it (docs/policy.md; holders require DP there).
             return tuple(passing)
         found = C.cells(layout)
         candidates = set(passing)
