@@ -46,9 +46,9 @@ from cleanroom.jobtypes.base import (
     NodeContext,
 )
 from cleanroom.jobtypes.sealing import (
-    CommitmentCollector,
-    ReportOpener,
+    CommitmentCoordinator,
     attest_commitment,
+    report_opener,
     seal_report,
 )
 from cleanroom.jobtypes.stats import limits
@@ -139,31 +139,11 @@ class CountNode(NodeParty):
         return attest_commitment(self._ctx.node, self._digest, result)
 
 
-class CountCoordinator(CoordinatorParty):
+class CountCoordinator(CommitmentCoordinator):
     """Collects every node's commitment; it never sees a count."""
 
     def __init__(self, ctx: CoordinatorContext) -> None:
-        self._collector = CommitmentCollector(ctx, STAGE_COUNT)
-
-    def start(self) -> list[Outbound]:
-        return []
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        self._collector.receive(message)
-        return []
-
-    @property
-    def finished(self) -> bool:
-        return self._collector.finished
-
-    def waiting_for(self) -> frozenset[str]:
-        return self._collector.waiting_for()
-
-    def progress(self) -> Progress:
-        return self._collector.progress()
-
-    def result(self) -> Mapping[str, Any]:
-        return self._collector.result()
+        super().__init__(ctx, STAGE_COUNT)
 
 
 class CountAnalyst(AnalystParty):
@@ -171,16 +151,7 @@ class CountAnalyst(AnalystParty):
 
     def __init__(self, ctx: AnalystContext) -> None:
         self._ctx = ctx
-        self._opener = ReportOpener(
-            STAGE_COUNT,
-            ctx.parties,
-            ctx.peer_signing_keys,
-            lambda node: {
-                "job_id": ctx.job_id,
-                "spec_hash": ctx.spec.spec_hash,
-                "dataset": ctx.spec.input_for(node).dataset,
-            },
-        )
+        self._opener = report_opener(ctx, STAGE_COUNT)
 
     def start(self) -> list[Outbound]:
         return []

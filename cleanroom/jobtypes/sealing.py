@@ -23,9 +23,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cleanroom.errors import InvalidSignature, ProtocolError
-from cleanroom.jobtypes.base import CoordinatorContext, NodeContext
+from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext, NodeContext
 from cleanroom.keys import canonical_json, sign_statement, verify_statement
-from protocols.party import ANALYST, COORDINATOR, Inbound, Outbound, Progress
+from protocols.party import (
+    ANALYST,
+    COORDINATOR,
+    CoordinatorParty,
+    Inbound,
+    Outbound,
+    Progress,
+)
 
 _DOMAIN: Final = b"cleanroom/sealed-report/v1\x00"
 COMMITMENT: Final = "/commitment"
@@ -196,3 +203,50 @@ class ReportOpener:
             ):
                 raise ProtocolError(f"the released commitment of '{node}' is wrong")
         return dict(self.reports)
+
+
+class CommitmentCoordinator(CoordinatorParty):
+    """The whole coordinator party of a job whose nodes seal their reports to the
+    analyst: it relays, and keeps each node's commitment for the release; it
+    never sees a report."""
+
+    def __init__(self, ctx: CoordinatorContext, stage: str) -> None:
+        self._collector = CommitmentCollector(ctx, stage)
+
+    def start(self) -> list[Outbound]:
+        return []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        self._collector.receive(message)
+        return []
+
+    @property
+    def finished(self) -> bool:
+        return self._collector.finished
+
+    def waiting_for(self) -> frozenset[str]:
+        return self._collector.waiting_for()
+
+    def progress(self) -> Progress:
+        return self._collector.progress()
+
+    def result(self) -> Mapping[str, Any]:
+        return self._collector.result()
+
+
+def report_opener(
+    ctx: AnalystContext, stage: str, parties: Sequence[str] | None = None
+) -> ReportOpener:
+    """The analyst's opener for reports sealed at ``stage`` by ``parties``
+    (default: every party), each bound to this job, spec and the node's
+    dataset."""
+    return ReportOpener(
+        stage,
+        ctx.parties if parties is None else parties,
+        ctx.peer_signing_keys,
+        lambda node: {
+            "job_id": ctx.job_id,
+            "spec_hash": ctx.spec.spec_hash,
+            "dataset": ctx.spec.input_for(node).dataset,
+        },
+    )

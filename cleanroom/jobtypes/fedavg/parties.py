@@ -24,8 +24,8 @@ from cleanroom.jobtypes.fedavg.params import FedSpec
 from cleanroom.jobtypes.sealing import (
     COMMITMENT,
     CommitmentCollector,
-    ReportOpener,
     attest_commitment,
+    report_opener,
     seal_report,
 )
 from cleanroom.jobtypes.stats.cells import (
@@ -610,16 +610,7 @@ class FedAnalyst(AnalystParty):
     def __init__(self, ctx: AnalystContext, spec: FedSpec) -> None:
         self._ctx = ctx
         self._spec = spec
-        self._opener = ReportOpener(
-            FINAL,
-            ctx.parties,
-            ctx.peer_signing_keys,
-            lambda node: {
-                "job_id": ctx.job_id,
-                "spec_hash": ctx.spec.spec_hash,
-                "dataset": ctx.spec.input_for(node).dataset,
-            },
-        )
+        self._opener = report_opener(ctx, FINAL)
         self._survivors: tuple[str, ...] | None = None
 
     def start(self) -> list[Outbound]:

@@ -24,9 +24,9 @@ from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext, NodeCont
 from cleanroom.jobtypes.lookup.params import PirParams, VerifyParams
 from cleanroom.jobtypes.lookup.service import TableService
 from cleanroom.jobtypes.sealing import (
-    CommitmentCollector,
-    ReportOpener,
+    CommitmentCoordinator,
     attest_commitment,
+    report_opener,
     seal_report,
 )
 from protocols.oprf.download import decode_table, encode_table
@@ -42,7 +42,6 @@ from protocols.oprf.table import OprfTable, TableHeader
 from protocols.party import (
     ANALYST,
     AnalystParty,
-    CoordinatorParty,
     Inbound,
     NodeParty,
     NodeUsage,
@@ -151,31 +150,11 @@ def _records(params: VerifyParams | PirParams) -> int:
     return params.records if isinstance(params, VerifyParams) else params.lookups
 
 
-class LookupCoordinator(CoordinatorParty):
+class LookupCoordinator(CommitmentCoordinator):
     """Relays and keeps the holder's commitment; it never sees a query or answer."""
 
     def __init__(self, ctx: CoordinatorContext) -> None:
-        self._collector = CommitmentCollector(ctx, REPORT)
-
-    def start(self) -> list[Outbound]:
-        return []
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        self._collector.receive(message)
-        return []
-
-    @property
-    def finished(self) -> bool:
-        return self._collector.finished
-
-    def waiting_for(self) -> frozenset[str]:
-        return self._collector.waiting_for()
-
-    def progress(self) -> Progress:
-        return self._collector.progress()
-
-    def result(self) -> Mapping[str, Any]:
-        return self._collector.result()
+        super().__init__(ctx, REPORT)
 
 
 class LookupAnalyst(AnalystParty):
@@ -188,16 +167,7 @@ class LookupAnalyst(AnalystParty):
         self._holder = ctx.spec.inputs[0].node
         self._buyer: VerifyBuyer | PirBuyer | None = None
         self._table: OprfTable | None = None
-        self._opener = ReportOpener(
-            REPORT,
-            (self._holder,),
-            ctx.peer_signing_keys,
-            lambda node: {
-                "job_id": ctx.job_id,
-                "spec_hash": ctx.spec.spec_hash,
-                "dataset": ctx.spec.input_for(node).dataset,
-            },
-        )
+        self._opener = report_opener(ctx, REPORT, (self._holder,))
 
     def start(self) -> list[Outbound]:
         return []

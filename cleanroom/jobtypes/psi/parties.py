@@ -15,15 +15,14 @@ from cleanroom.jobtypes.lookup.service import cell_text
 from cleanroom.jobtypes.psi import store
 from cleanroom.jobtypes.psi.params import PsiParams
 from cleanroom.jobtypes.sealing import (
-    CommitmentCollector,
-    ReportOpener,
+    CommitmentCoordinator,
     attest_commitment,
+    report_opener,
     seal_report,
 )
 from cleanroom.localdb import LocalDatabase
 from protocols.party import (
     AnalystParty,
-    CoordinatorParty,
     Inbound,
     NodeParty,
     NodeUsage,
@@ -181,31 +180,11 @@ class PsiNode(NodeParty):
         return attest_commitment(self._ctx.node, self._digest, result)
 
 
-class PsiCoordinator(CoordinatorParty):
+class PsiCoordinator(CommitmentCoordinator):
     """Relays sealed PSI traffic (it never sees it) and keeps the commitments."""
 
     def __init__(self, ctx: CoordinatorContext) -> None:
-        self._collector = CommitmentCollector(ctx, REPORT)
-
-    def start(self) -> list[Outbound]:
-        return []
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        self._collector.receive(message)
-        return []
-
-    @property
-    def finished(self) -> bool:
-        return self._collector.finished
-
-    def waiting_for(self) -> frozenset[str]:
-        return self._collector.waiting_for()
-
-    def progress(self) -> Progress:
-        return self._collector.progress()
-
-    def result(self) -> Mapping[str, Any]:
-        return self._collector.result()
+        super().__init__(ctx, REPORT)
 
 
 class PsiAnalyst(AnalystParty):
@@ -213,16 +192,7 @@ class PsiAnalyst(AnalystParty):
 
     def __init__(self, ctx: AnalystContext) -> None:
         self._ctx = ctx
-        self._opener = ReportOpener(
-            REPORT,
-            ctx.parties,
-            ctx.peer_signing_keys,
-            lambda node: {
-                "job_id": ctx.job_id,
-                "spec_hash": ctx.spec.spec_hash,
-                "dataset": ctx.spec.input_for(node).dataset,
-            },
-        )
+        self._opener = report_opener(ctx, REPORT)
 
     def start(self) -> list[Outbound]:
         return []

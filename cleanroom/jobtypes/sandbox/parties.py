@@ -17,8 +17,8 @@ from cleanroom.errors import ProtocolError, SandboxError
 from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext, NodeContext
 from cleanroom.jobtypes.sealing import (
     CommitmentCollector,
-    ReportOpener,
     attest_commitment,
+    report_opener,
     seal_report,
 )
 from protocols.party import (
@@ -206,16 +206,7 @@ class SandboxAnalyst(AnalystParty):
 
     def __init__(self, ctx: AnalystContext) -> None:
         self._ctx = ctx
-        self._opener = ReportOpener(
-            STAGE_OUTPUT,
-            ctx.parties,
-            ctx.peer_signing_keys,
-            lambda node: {
-                "job_id": ctx.job_id,
-                "spec_hash": ctx.spec.spec_hash,
-                "dataset": ctx.spec.input_for(node).dataset,
-            },
-        )
+        self._opener = report_opener(ctx, STAGE_OUTPUT)
 
     def start(self) -> list[Outbound]:
         return []

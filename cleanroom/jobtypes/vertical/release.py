@@ -13,7 +13,7 @@ from typing import Any
 
 from cleanroom.errors import ProtocolError
 from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext
-from cleanroom.jobtypes.sealing import COMMITMENT, CommitmentCollector, ReportOpener
+from cleanroom.jobtypes.sealing import COMMITMENT, CommitmentCollector, report_opener
 from cleanroom.jobtypes.vertical import codec
 from protocols.party import AnalystParty, CoordinatorParty, Inbound, Outbound, Progress
 
@@ -69,16 +69,7 @@ class VerticalAnalyst(AnalystParty):
         shape: Callable[[Mapping[str, Mapping[str, Any]]], Mapping[str, Any]],
     ) -> None:
         self._ctx, self._shape = ctx, shape
-        self._opener = ReportOpener(
-            stage,
-            ctx.parties,
-            ctx.peer_signing_keys,
-            lambda node: {
-                "job_id": ctx.job_id,
-                "spec_hash": ctx.spec.spec_hash,
-                "dataset": ctx.spec.input_for(node).dataset,
-            },
-        )
+        self._opener = report_opener(ctx, stage)
 
     def start(self) -> list[Outbound]:
         return []
