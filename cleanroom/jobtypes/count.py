@@ -47,8 +47,8 @@ from cleanroom.jobtypes.base import (
 )
 from cleanroom.jobtypes.sealing import (
     CommitmentCoordinator,
+    ReportsAnalyst,
     attest_commitment,
-    report_opener,
     seal_report,
 )
 from cleanroom.jobtypes.stats import limits
@@ -62,7 +62,6 @@ from protocols.party import (
     NodeParty,
     NodeUsage,
     Outbound,
-    Progress,
 )
 
 STAGE_COUNT: Final = "count.report"
@@ -146,26 +145,11 @@ class CountCoordinator(CommitmentCoordinator):
         super().__init__(ctx, STAGE_COUNT)
 
 
-class CountAnalyst(AnalystParty):
+class CountAnalyst(ReportsAnalyst):
     """Opens the nodes' sealed counts and checks them against the release."""
 
     def __init__(self, ctx: AnalystContext) -> None:
-        self._ctx = ctx
-        self._opener = report_opener(ctx, STAGE_COUNT)
-
-    def start(self) -> list[Outbound]:
-        return []
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        self._opener.receive(message)
-        return []
-
-    @property
-    def finished(self) -> bool:
-        return self._opener.finished
-
-    def progress(self) -> Progress:
-        return self._opener.progress()
+        super().__init__(ctx, STAGE_COUNT)
 
     def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
         reports = self._opener.open(result)

@@ -28,6 +28,7 @@ from cleanroom.keys import canonical_json, sign_statement, verify_statement
 from protocols.party import (
     ANALYST,
     COORDINATOR,
+    AnalystParty,
     CoordinatorParty,
     Inbound,
     Outbound,
@@ -250,3 +251,28 @@ def report_opener(
             "dataset": ctx.spec.input_for(node).dataset,
         },
     )
+
+
+class ReportsAnalyst(AnalystParty):
+    """An analyst party that only opens the reports sealed at ``stage``; a job
+    type's subclass reads them in ``finalize`` (``self._opener.open(result)``)."""
+
+    def __init__(
+        self, ctx: AnalystContext, stage: str, parties: Sequence[str] | None = None
+    ) -> None:
+        self._ctx = ctx
+        self._opener = report_opener(ctx, stage, parties)
+
+    def start(self) -> list[Outbound]:
+        return []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        self._opener.receive(message)
+        return []
+
+    @property
+    def finished(self) -> bool:
+        return self._opener.finished
+
+    def progress(self) -> Progress:
+        return self._opener.progress()

@@ -16,18 +16,16 @@ from cleanroom.jobtypes.psi import store
 from cleanroom.jobtypes.psi.params import PsiParams
 from cleanroom.jobtypes.sealing import (
     CommitmentCoordinator,
+    ReportsAnalyst,
     attest_commitment,
-    report_opener,
     seal_report,
 )
 from cleanroom.localdb import LocalDatabase
 from protocols.party import (
-    AnalystParty,
     Inbound,
     NodeParty,
     NodeUsage,
     Outbound,
-    Progress,
 )
 from protocols.psi import BatchRunner, ProcessRunner, psi_party
 from protocols.psi.group import SERIAL
@@ -187,26 +185,11 @@ class PsiCoordinator(CommitmentCoordinator):
         super().__init__(ctx, REPORT)
 
 
-class PsiAnalyst(AnalystParty):
+class PsiAnalyst(ReportsAnalyst):
     """Opens the nodes' reports: who received what, and the size if reported."""
 
     def __init__(self, ctx: AnalystContext) -> None:
-        self._ctx = ctx
-        self._opener = report_opener(ctx, REPORT)
-
-    def start(self) -> list[Outbound]:
-        return []
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        self._opener.receive(message)
-        return []
-
-    @property
-    def finished(self) -> bool:
-        return self._opener.finished
-
-    def progress(self) -> Progress:
-        return self._opener.progress()
+        super().__init__(ctx, REPORT)
 
     def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
         reports = self._opener.open(result)

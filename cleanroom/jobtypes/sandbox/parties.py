@@ -17,13 +17,12 @@ from cleanroom.errors import ProtocolError, SandboxError
 from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext, NodeContext
 from cleanroom.jobtypes.sealing import (
     CommitmentCollector,
+    ReportsAnalyst,
     attest_commitment,
-    report_opener,
     seal_report,
 )
 from protocols.party import (
     COORDINATOR,
-    AnalystParty,
     CoordinatorParty,
     Inbound,
     LocalEvent,
@@ -201,23 +200,11 @@ class SandboxCoordinator(CoordinatorParty):
         return {**self._collector.result(), "held_for_review": self._held}
 
 
-class SandboxAnalyst(AnalystParty):
+class SandboxAnalyst(ReportsAnalyst):
     """Opens the node's sealed, signed outputs."""
 
     def __init__(self, ctx: AnalystContext) -> None:
-        self._ctx = ctx
-        self._opener = report_opener(ctx, STAGE_OUTPUT)
-
-    def start(self) -> list[Outbound]:
-        return []
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        self._opener.receive(message)
-        return []
-
-    @property
-    def finished(self) -> bool:
-        return self._opener.finished
+        super().__init__(ctx, STAGE_OUTPUT)
 
     def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
         (report,) = self._opener.open(result).values()

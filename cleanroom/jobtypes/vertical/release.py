@@ -13,9 +13,9 @@ from typing import Any
 
 from cleanroom.errors import ProtocolError
 from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext
-from cleanroom.jobtypes.sealing import COMMITMENT, CommitmentCollector, report_opener
+from cleanroom.jobtypes.sealing import COMMITMENT, CommitmentCollector, ReportsAnalyst
 from cleanroom.jobtypes.vertical import codec
-from protocols.party import AnalystParty, CoordinatorParty, Inbound, Outbound, Progress
+from protocols.party import CoordinatorParty, Inbound, Outbound, Progress
 
 
 class VerticalCoordinator(CoordinatorParty):
@@ -59,7 +59,7 @@ class VerticalCoordinator(CoordinatorParty):
         return {**self._collector.result(), "epochs": self._epoch}
 
 
-class VerticalAnalyst(AnalystParty):
+class VerticalAnalyst(ReportsAnalyst):
     """Opens every node's sealed report; ``shape`` turns them into the reading."""
 
     def __init__(
@@ -68,22 +68,8 @@ class VerticalAnalyst(AnalystParty):
         stage: str,
         shape: Callable[[Mapping[str, Mapping[str, Any]]], Mapping[str, Any]],
     ) -> None:
-        self._ctx, self._shape = ctx, shape
-        self._opener = report_opener(ctx, stage)
-
-    def start(self) -> list[Outbound]:
-        return []
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        self._opener.receive(message)
-        return []
-
-    @property
-    def finished(self) -> bool:
-        return self._opener.finished
-
-    def progress(self) -> Progress:
-        return self._opener.progress()
+        super().__init__(ctx, stage)
+        self._shape = shape
 
     def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
         reports = self._opener.open(result)
