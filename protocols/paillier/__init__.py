@@ -43,7 +43,7 @@ Licences: python-paillier (``phe``) is GPLv3; gmpy2 is LGPL-3.0+ (GMP LGPLv3/
 GPLv2). Both are dynamically imported dependencies, not vendored here.
 """
 
-from protocols.paillier.batch import CryptoPool
+from protocols.paillier.batch import CryptoPool, shared_pool
 from protocols.paillier.encryptor import Encryptor, decrypt_vector, exponent_bits
 from protocols.paillier.keys import (
     DEFAULT_BITS,
@@ -87,6 +87,7 @@ __all__ = [
     "public_key_from_bytes",
     "public_key_to_bytes",
     "scale",
+    "shared_pool",
     "sum_vectors",
     "vector_from_bytes",
 ]

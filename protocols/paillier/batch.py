@@ -18,9 +18,11 @@ size; the ``he_pool_threshold`` benchmark measures the real crossover beside it.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -39,11 +41,15 @@ from protocols.paillier.fixedbase import (
 )
 from protocols.paillier.keys import CrtKey
 
+log = logging.getLogger(__name__)
+
 PAYOFF: Final = 0.8
 """The pool is used when predicted to take at most this share of the serial time."""
 _ROUND_TRIPS: Final = 5
 _TIMED_MULMODS: Final = 200
 _MAX_REPORTED_BATCH: Final = 4096
+_START_ATTEMPTS: Final = 5
+_START_HOLD_SECONDS: Final = 0.05
 _CALIBRATION_MULMODS: Final = 4000
 """About 20 ms of work, enough to see whether the workers really run at once."""
 
@@ -65,7 +71,7 @@ class CryptoPool:
         self.cpu_seconds = 0.0
         self._executor = ProcessPoolExecutor(workers, mp_context=context)
         self._mulmod_seconds: dict[int, float] = {}
-        self.run(_noop, [() for _ in range(workers)])
+        self.worker_pids = self._start_workers()
         trips = []
         for _ in range(_ROUND_TRIPS):
             start = time.perf_counter()
@@ -73,6 +79,21 @@ class CryptoPool:
             trips.append(time.perf_counter() - start)
         self.round_trip_seconds = statistics.median(trips)
         self.parallelism = self._measure_parallelism()
+
+    def _start_workers(self) -> frozenset[int]:
+        """Make every worker process exist before anything is timed.
+
+        The executor starts workers on demand and reuses an idle one, so quick
+        tasks submitted together may all land on the first worker: parallelism
+        would then be measured (and batches run) on one process. Tasks that
+        hold their worker for a moment force a process per task.
+        """
+        pids: set[int] = set()
+        for _ in range(_START_ATTEMPTS):
+            pids |= set(self.run(_pid_after, [(_START_HOLD_SECONDS,)] * self.workers))
+            if len(pids) >= self.workers:
+                break
+        return frozenset(pids)
 
     def _measure_parallelism(self) -> float:
         """How many workers' worth of work runs at once (1 to ``workers``)."""
@@ -149,6 +170,11 @@ def _noop() -> None:
     return None
 
 
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def _spin(count: int) -> None:
     """Calibration work: ``count`` multiplications mod a 3072-bit number."""
     modulus = (mpz(1) << 3072) - 1103
@@ -183,3 +209,44 @@ def crt_decrypt(crt: CrtKey, ciphertexts: Sequence[mpz]) -> list[mpz]:
         )
         for xp, xq in zip(cp, cq, strict=True)
     ]
+
+
+WORKERS_ENV: Final = "CLEANROOM_CRYPTO_WORKERS"
+"""Worker processes of the shared pool: unset = one per core (at most 4); 0 or 1
+turns it off."""
+_MAX_SHARED_WORKERS: Final = 4
+_shared: CryptoPool | None = None
+_shared_lock = threading.Lock()
+_shared_tried = False
+
+
+def shared_pool() -> CryptoPool | None:
+    """This process's pool for job parties (None on one core or when disabled).
+
+    Created on first use and kept for the life of the process, so that jobs do
+    not each pay for starting workers; whether a batch uses it is still decided
+    per batch (``worth_it``). A pool that cannot start is not retried.
+    """
+    global _shared, _shared_tried
+    with _shared_lock:
+        if _shared is None and not _shared_tried:
+            _shared_tried = True
+            workers = _configured_workers()
+            if workers >= 2:
+                try:
+                    _shared = CryptoPool(workers)
+                except (OSError, ProtocolAbort) as exc:
+                    log.warning("no crypto pool: %s", exc)
+        return _shared
+
+
+def _configured_workers() -> int:
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if not raw:
+        return min(os.cpu_count() or 1, _MAX_SHARED_WORKERS)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{WORKERS_ENV} must be a whole number, not {raw!r}"
+        ) from None

@@ -303,3 +303,38 @@ def test_rows_without_the_models_features_cancel_the_job_before_encryption(
         assert view.job.state.value == "cancelled"
         assert "the model takes 30 features" in view.job.reason
         assert _scored(fed)[0] == 0.0
+
+
+class _Watched:
+    """A party whose progress line is written down after every step it takes,
+    as ``job submit --wait`` would show it between polls."""
+
+    def __init__(self, party: Any) -> None:
+        self._party = party
+        self.seen: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._party, name)
+
+    def _note(self, out: Any) -> Any:
+        self.seen.append(self._party.progress().describe())
+        return out
+
+    def start(self) -> Any:
+        return self._note(self._party.start())
+
+    def receive(self, message: Any) -> Any:
+        return self._note(self._party.receive(message))
+
+
+def test_progress_shows_rows_encrypted_evaluated_and_decrypted(
+    cancer: pd.DataFrame, cancer_model: ModelAsset
+) -> None:
+    rows = cancer.drop(columns="target").head(60)
+    coordinator, owner, buyer, _ = _parties(cancer_model, rows, 60)
+    watched_owner, watched_buyer = _Watched(owner), _Watched(buyer)
+    drive(coordinator, {"owner": watched_owner}, watched_buyer)
+    assert "60 of 60 rows encrypted" in " | ".join(watched_buyer.seen)
+    assert watched_owner.seen[-1].endswith("60 of 60 rows evaluated")
+    assert watched_buyer.seen[-1].endswith("60 of 60 rows decrypted")
+    assert any("0 of 60 rows evaluated" in s for s in watched_owner.seen[:-1])

@@ -284,3 +284,12 @@ def test_a_short_random_source_is_refused(paillier_keys: KeyPair) -> None:
     encryptor = Encryptor(paillier_keys.public, random=lambda count: b"\x00" * 8)
     with pytest.raises(ConfigError, match="random source"):
         encryptor.obfuscators(2)
+
+
+def test_the_pool_runs_a_process_per_worker_before_it_measures(
+    pool: CryptoPool,
+) -> None:
+    # The executor reuses an idle worker for quick tasks: without the start-up
+    # step, the calibration and every batch ran on one process.
+    assert len(pool.worker_pids) == pool.workers
+    assert 1.0 <= pool.parallelism <= pool.workers

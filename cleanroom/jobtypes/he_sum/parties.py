@@ -37,6 +37,7 @@ from protocols.paillier import (
     generate_keypair,
     public_key_from_bytes,
     public_key_to_bytes,
+    shared_pool,
     sum_vectors,
     vector_from_bytes,
 )
@@ -140,7 +141,7 @@ class HeSumNode(NodeParty):
         )
         values = self.values()
         layout = params.layout()
-        encryptor = Encryptor(key, random=ctx.random)
+        encryptor = Encryptor(key, random=ctx.random, pool=shared_pool())
         vector = encryptor.encrypt_integers(values, layout, path="params.columns")
         context = vector_context(ctx.job_id, ctx.spec.spec_hash)
         data = encryptor.to_bytes(vector, context=context)
@@ -319,7 +320,9 @@ class HeSumCoordinator(CoordinatorParty):
         if self._aggregate is None:
             assert self._key is not None
             total = sum_vectors([v for _, (v, _) in sorted(self._vectors.items())])
-            encryptor = Encryptor(self._key, random=self._ctx.random)
+            encryptor = Encryptor(
+                self._key, random=self._ctx.random, pool=shared_pool()
+            )
             self._aggregate = encryptor.to_bytes(
                 total,
                 context=vector_context(self._ctx.job_id, self._ctx.spec.spec_hash),
@@ -430,7 +433,7 @@ class HeSumAnalyst(AnalystParty):
         # The bound of a sum of one vector per input, whatever the header says.
         bound = params.layout().max_value * len(inputs)
         vector = vector.derived(vector.ciphertexts, bound)
-        values = decrypt_vector(keys.private, vector)
+        values = decrypt_vector(keys.private, vector, pool=shared_pool())
         if values[0] != sum(self._tags[n]["tag"] for n in inputs):
             raise ProtocolError("the aggregate holds other inputs than released")
         if values[1] != len(inputs):
