@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -88,6 +88,24 @@ def sample_frames(seed: int = 23) -> dict[str, pd.DataFrame]:
     }
 
 
+_ENGINES = ("h1", "h2")
+"""The sample nodes whose datasets a database engine serves (PostgreSQL, DuckDB)."""
+
+
+def _sample_policy(*, engine: bool) -> str:
+    policy: dict[str, Any] = default_policy("analyst")
+    if not engine:
+        return yaml.safe_dump(policy, sort_keys=False)
+    policy["default"] = {**policy["default"], "differencing": {"enabled": False}}
+    return (
+        "# This dataset is served by a database engine, where the node keeps no\n"
+        "# record of released cells against differencing; exact (non-DP) results\n"
+        "# are allowed here only because differencing is turned off below. Remove\n"
+        "# that line (or set dp.required) to release only noised results.\n"
+        + yaml.safe_dump(policy, sort_keys=False)
+    )
+
+
 def init(directory: Path, *, port: int = 7700) -> Path:
     """Write a fresh deployment into ``directory``; return its ``deploy.env``."""
     directory = directory.resolve()
@@ -128,9 +146,7 @@ def init(directory: Path, *, port: int = 7700) -> Path:
     }  # fmt: skip
     for name in NODES:
         config = _dir(directory / "config" / name)
-        (config / "policy.yaml").write_text(
-            yaml.safe_dump(default_policy("analyst"), sort_keys=False)
-        )
+        (config / "policy.yaml").write_text(_sample_policy(engine=name in _ENGINES))
         _write(config / "node.toml",
             f'name = "{name}"\ncoordinator = "coordinator:7700"\n'
             'coordinator_name = "coordinator"\ndata_dir = "/var/lib/cleanroom"\n'

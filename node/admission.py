@@ -114,6 +114,23 @@ class Admission:
                     f"at most {policy.max_job_memory / 2**20:,.0f} MiB per job"
                 ]
             )
+        if (
+            epsilon == 0
+            and job_type.queries_table
+            and dataset.in_engine
+            and policy.differencing
+        ):
+            # Cells an engine counts have no row identities here, so nothing
+            # would stop two exact releases from differencing out one row.
+            raise errors.PolicyRefusal(
+                [
+                    f"dataset '{mine.dataset}' releases only differentially private "
+                    "results to this job type: it is served by a database engine, "
+                    "where this node keeps no record of released cells against "
+                    "differencing (its holder may set differencing.enabled: false "
+                    "to allow exact results)"
+                ]
+            )
         return JobRequest(
             job_id=job_id,
             analyst=analyst.name,

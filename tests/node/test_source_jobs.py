@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from helpers.tcpproxy import TcpProxy
 
+from cleanroom.local import default_policy
 from cleanroom.testing import InProcessFederation
 from node.config import DatasetConfig
 
@@ -30,6 +31,13 @@ STATS = {
     "groups": ["F", "M"],
     "where": [{"column": "age", "op": ">=", "value": 20}],
 }
+
+
+def exact_policy() -> dict[str, Any]:
+    """The default policy, with the holders' choice to release exact results from
+    engine datasets (which keep no differencing record)."""
+    policy: dict[str, Any] = default_policy()
+    return {"default": {**policy["default"], "differencing": {"enabled": False}}}
 
 
 def frames() -> dict[str, pd.DataFrame]:
@@ -79,7 +87,9 @@ def test_parquet_through_duckdb_gives_the_in_memory_results(
         configs[name] = DatasetConfig(
             name, tmp_path / f"{name}.parquet", format="parquet", engine="duckdb"
         )
-    with InProcessFederation(frames(), dataset_configs=configs) as fed:
+    with InProcessFederation(
+        frames(), dataset_configs=configs, policy=exact_policy()
+    ) as fed:
         counts, groups = results(fed)
     assert counts == in_memory[0]
     assert _close(groups, in_memory[1])
@@ -97,7 +107,9 @@ def test_postgres_tables_give_the_in_memory_results(
                             url=postgres_url, relation=f'"job_{name}"')
         for name in NODES
     }  # fmt: skip
-    with InProcessFederation(frames(), dataset_configs=configs) as fed:
+    with InProcessFederation(
+        frames(), dataset_configs=configs, policy=exact_policy()
+    ) as fed:
         counts, groups = results(fed)
     assert counts == in_memory[0]
     assert _close(groups, in_memory[1])
@@ -116,7 +128,9 @@ def test_a_database_gone_fails_the_job_and_the_node_recovers(
             "h1", Path(), format="sql", columns=TYPES, engine="sql",
             url=via.render_as_string(hide_password=False), relation='"gone_h1"',
         )}  # fmt: skip
-        with InProcessFederation(frames(), dataset_configs=configs) as fed:
+        with InProcessFederation(
+            frames(), dataset_configs=configs, policy=exact_policy()
+        ) as fed:
             proxy.cut()
             view = fed.run(spec("count"))
             assert view.job.state.value == "failed", view.job.reason
@@ -126,6 +140,23 @@ def test_a_database_gone_fails_the_job_and_the_node_recovers(
             proxy.restore()
             view = fed.run(spec("count"))
             assert view.job.state.value == "succeeded", view.job.reason
+
+
+def test_engine_datasets_refuse_exact_results_unless_the_holder_allows_them(
+    tmp_path: Path,
+) -> None:
+    configs = {}
+    for name, data in frames().items():
+        data.to_parquet(tmp_path / f"{name}.parquet")
+        configs[name] = DatasetConfig(
+            name, tmp_path / f"{name}.parquet", format="parquet", engine="duckdb"
+        )
+    with InProcessFederation(frames(), dataset_configs=configs) as fed:
+        view = fed.run(spec("count"))
+        assert view.job.state.value == "refused", view.job.reason
+        assert "keeps no record of released cells" in view.job.reason
+        noisy = fed.run(spec("count", params={"dp": {"epsilon": 1.0, "delta": 0.001}}))
+        assert noisy.job.state.value == "succeeded", noisy.job.reason
 
 
 def _close(found: Any, expected: Any) -> bool:
