@@ -53,8 +53,7 @@ model and the metrics reveal about any one row (row-level DP, accountant in
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -182,10 +181,22 @@ class FedAvgJob(JobType[FedSpec]):
 
         return model_card(self.params(spec), spec, document)
 
-    def export_model(self, reading: Mapping[str, Any]) -> bytes:
-        from cleanroom.jobtypes.fedavg.card import export_document
+    def export_formats(self) -> Sequence[str]:
+        from cleanroom.jobtypes.fedavg.export import FORMATS
 
-        return json.dumps(export_document(reading), indent=1).encode()
+        return FORMATS
+
+    def export_model(
+        self,
+        reading: Mapping[str, Any],
+        fmt: str | None = None,
+        *,
+        spec: JobSpec | None = None,
+        job_id: str = "",
+    ) -> bytes:
+        from cleanroom.jobtypes.fedavg.export import export
+
+        return export(reading, fmt, spec, job_id)
 
 
 register(FedAvgJob())
