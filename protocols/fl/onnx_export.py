@@ -48,7 +48,9 @@ def to_onnx(
     try:
         from onnx import TensorProto, checker, helper, numpy_helper
     except ImportError as exc:
-        raise ConfigError("ONNX export needs onnx: pip install 'cleanroom[onnx]'") from exc
+        raise ConfigError(
+            "ONNX export needs onnx: pip install 'cleanroom[onnx]'"
+        ) from exc
 
     labels = class_labels(model, classes)
     layers = raw_layers(model, w, std)
@@ -90,9 +92,7 @@ def to_onnx(
                 helper.make_node("Softmax", [current], ["probabilities"], axis=1)
             )
         nodes.append(
-            helper.make_node(
-                "ArgMax", ["probabilities"], ["index"], axis=1, keepdims=0
-            )
+            helper.make_node("ArgMax", ["probabilities"], ["index"], axis=1, keepdims=0)
         )
         table, label_type = _label_table(labels)
         const("classes", table)

@@ -13,7 +13,6 @@ from cleanroom.errors import ConfigError
 from protocols.fl.curves import training_curves_png
 from protocols.fl.export import raw_layers, to_sklearn
 from protocols.fl.local import LocalTraining
-from protocols.fl.onnx_export import to_onnx
 from protocols.fl.models import (
     Model,
     linear_regression,
@@ -21,6 +20,7 @@ from protocols.fl.models import (
     mlp,
     softmax_regression,
 )
+from protocols.fl.onnx_export import to_onnx
 from protocols.fl.plan import FedAvgParams
 from protocols.fl.simulate import predict_rows, simulate, split_iid
 

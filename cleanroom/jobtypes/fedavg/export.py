@@ -113,7 +113,9 @@ def he_asset(
     holders = ", ".join(dict.fromkeys(n for n, _ in inputs))
     try:
         return ModelAsset(
-            kind="logistic_regression" if model.task == "binary" else "linear_regression",
+            kind="logistic_regression"
+            if model.task == "binary"
+            else "linear_regression",
             model_id=f"fedavg-{job_id}"[:255],
             version="1",
             schema=InputSchema(
