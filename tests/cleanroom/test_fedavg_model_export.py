@@ -252,3 +252,11 @@ def test_a_node_refuses_a_federated_asset_without_the_other_holders_consent(
     path.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="content_hash"):
         _registry("h1", path)
+
+    # Without its origin (and hash) it is a plain asset: consent_of is refused.
+    doc.pop("origin")
+    doc.pop("content_hash")
+    path.write_text(json.dumps(doc))
+    assert _registry("h1", path).models["m"].asset.origin is None
+    with pytest.raises(ConfigError, match="names no origin"):
+        _registry("h1", path, consent_of=["h2"])

@@ -49,6 +49,10 @@ operator controls enough nodes to reach the round's threshold. Without DP,
 sums of updates can still leak about rows; the ``dp`` option bounds what the
 model and the metrics reveal about any one row (row-level DP, accountant in
 ``protocols.fl.privacy``), charged to each holder's budget before the job starts.
+
+Export (``export``): the analyst writes its model as JSON (scikit-learn), ONNX or
+an ``he_inference`` model asset; a holder serving the asset to buyers must name
+every other training holder's consent in its node config (docs/he.md).
 """
 
 from __future__ import annotations
