@@ -4,7 +4,6 @@
     path = "models/churn.json"    # the documented JSON format (protocols.models)
     arrays = "models/churn.npz"   # optional companion NPZ
     dataset = "customers"         # whose policy governs queries of this model
-
     consent_of = ["h2", "h3"]     # required for a federated model: see below
 
 A model is served only on its dataset, so that dataset's policy decides who may
@@ -19,6 +18,7 @@ from their data. If this node is not among the inputs, that is every holder.
 The origin is declared by whoever exported the file, not proven: the rule stops
 a holder serving such a model by mistake and records whose consent it claimed
 (in the catalog card), it cannot stop a holder who strips the origin.
+
 The catalog shows its name, kind, input features and model card; the weights
 never leave the node. Every scoring run is logged with the model, the buyer, the
 purpose and the row count — never which rows, which the owner never sees.
