@@ -16,6 +16,8 @@ from cleanroom import jobtypes
 from cleanroom.cli.common import handle_errors, out, print_json
 from cleanroom.cli.jobs import federation_option, json_option
 from cleanroom.client import Client
+from cleanroom.errors import SpecError
+from cleanroom.jobspec import parse_spec
 
 
 @click.group("model")
@@ -68,6 +70,14 @@ def show(job_id: str, federation: Path) -> None:
         print_json(json.loads(client.model(job_id).card_json))
 
 
+def _formats_help() -> str:
+    offered = {fmt for t in jobtypes.all_types() for fmt in t.export_formats()}
+    return (
+        "File format (default: the job type's first). Offered by the installed "
+        f"job types: {', '.join(sorted(offered)) or 'none'}."
+    )
+
+
 @model_group.command("export")
 @click.argument("job_id")
 @click.option(
@@ -75,15 +85,29 @@ def show(job_id: str, federation: Path) -> None:
     "out_path",
     type=click.Path(path_type=Path),
     required=True,
-    help="File to write (JSON; load it with the job type's loader).",
+    help="File to write.",
 )
+@click.option("--format", "fmt", default=None, help=_formats_help())
 @federation_option
 @handle_errors
-def export(job_id: str, out_path: Path, federation: Path) -> None:
-    """Write the trained model from your sealed result as a standard file."""
+def export(job_id: str, out_path: Path, fmt: str | None, federation: Path) -> None:
+    """Write the trained model from your sealed result as a standard file
+    (e.g. JSON for scikit-learn, ONNX for onnxruntime, a model asset)."""
     with Client.from_federation(federation) as client:
         entry = client.model(job_id)
-        reading = client.result(job_id)["result"]
-    data = jobtypes.get(entry.job_type).export_model(reading)
+        opened = client.opened(job_id)
+    # The job type and inputs come from the spec the analyst signed (the job id
+    # is its hash), not from the coordinator's registry entry.
+    spec = parse_spec(opened.spec_yaml)
+    if spec.type != entry.job_type:
+        raise SpecError("type", "the registry entry does not match the signed spec")
+    job_type = jobtypes.get(spec.type)
+    formats = list(job_type.export_formats())
+    if fmt is not None and fmt not in formats:
+        raise SpecError(
+            "format",
+            f"'{spec.type}' models export as {', '.join(formats) or 'nothing'}",
+        )
+    data = job_type.export_model(opened.reading, fmt, spec=spec, job_id=job_id)
     out_path.write_bytes(data)
     out.print(f"saved {out_path}", highlight=False)

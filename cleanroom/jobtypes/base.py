@@ -382,8 +382,23 @@ class JobType(ABC, Generic[P]):
         coordinator stores it at release; it must hold no weights."""
         return None
 
-    def export_model(self, reading: Mapping[str, Any]) -> bytes:
-        """The file ``cleanroom model export`` writes from the analyst's reading."""
+    def export_formats(self) -> Sequence[str]:
+        """The file formats ``export_model`` writes, the default first; empty if
+        this job type delivers no model."""
+        return ()
+
+    def export_model(
+        self,
+        reading: Mapping[str, Any],
+        fmt: str | None = None,
+        *,
+        spec: JobSpec | None = None,
+        job_id: str = "",
+    ) -> bytes:
+        """The file ``cleanroom model export`` writes from the analyst's reading,
+        in ``fmt`` (one of ``export_formats``; None: the default). ``spec`` is the
+        job's signed spec and ``job_id`` its id, for formats that record where the
+        model came from; a format that needs them refuses without them."""
         raise SpecError("type", f"'{self.name}' jobs deliver no model to export")
 
     # ------------------------------------------------------------------ CLI --

@@ -1,5 +1,5 @@
-"""Export a trained model as fitted scikit-learn estimators and, where skl2onnx is
-installed (the ``onnx`` extra), as ONNX bytes.
+"""Export a trained model as fitted scikit-learn estimators (ONNX:
+:mod:`protocols.fl.onnx_export`).
 
 The released standardisation is folded into the first layer, so the exported
 model takes raw feature rows: ``w . (x - m) / s + b == (w / s) . x + (b - w . m /
@@ -59,7 +59,7 @@ def to_sklearn(
     """A fitted estimator whose ``predict`` matches the federated model on raw rows:
     LogisticRegression / LinearRegression for a GLM, MLPClassifier / MLPRegressor
     for the MLP."""
-    labels = _classes(model, classes)
+    labels = class_labels(model, classes)
     layers = raw_layers(model, w, std)
     if model.hidden:
         return _mlp(model, layers, labels)
@@ -77,25 +77,8 @@ def to_sklearn(
     return estimator
 
 
-def to_onnx(estimator: Estimator, n_features: int) -> bytes:
-    """The estimator as a serialised ONNX model (float32 input ``X``), by skl2onnx.
-
-    Classifiers output ``label`` and ``probabilities`` (a plain tensor, no zipmap).
-    """
-    try:
-        from skl2onnx import to_onnx as convert
-    except ImportError as exc:
-        raise ConfigError(
-            "ONNX export needs skl2onnx: pip install 'cleanroom[onnx]'"
-        ) from exc
-    sample = np.zeros((1, n_features), dtype=np.float32)
-    options = {"zipmap": False} if hasattr(estimator, "classes_") else None
-    onnx_model = convert(estimator, sample, options=options, target_opset=17)
-    data: bytes = onnx_model.SerializeToString()
-    return data
-
-
-def _classes(model: Model, classes: Sequence[Any] | None) -> npt.NDArray[Any]:
+def class_labels(model: Model, classes: Sequence[Any] | None) -> npt.NDArray[Any]:
+    """The declared labels of classes 0..K-1 (indices if none), checked sorted."""
     if model.task == "regression":
         return np.array([])
     labels = np.arange(model.n_classes) if classes is None else np.array(classes)

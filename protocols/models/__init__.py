@@ -5,6 +5,7 @@ from protocols.models.asset import (
     LinearParameters,
     ModelAsset,
     ModelCard,
+    Origin,
     PolyMLPParameters,
 )
 from protocols.models.codec import content_hash, dump_model, load_model
@@ -17,6 +18,7 @@ __all__ = [
     "LinearParameters",
     "ModelAsset",
     "ModelCard",
+    "Origin",
     "PolyMLPParameters",
     "apply_link",
     "content_hash",

@@ -233,6 +233,47 @@ class PolyMLPParameters:
 
 Parameters = LinearParameters | PolyMLPParameters
 
+MAX_ORIGIN_INPUTS: Final = 1024
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The federated job that trained the model and the inputs it learned from.
+
+    Declared by whoever wrote the file (``cleanroom model export --format
+    he-asset`` fills it from the signed job spec), not proven by it: a holder's
+    node reads it to require the consent of every other holder whose data trained
+    the model before serving it (``cleanroom.jobtypes.he_inference.service``).
+    """
+
+    job_type: str
+    job_id: str
+    inputs: tuple[tuple[str, str], ...]
+    """(node, dataset) of every input of the training job, in spec order."""
+
+    def __post_init__(self) -> None:
+        checked_text(self.job_type, "origin.job_type", MAX_NAME_CHARS)
+        checked_text(self.job_id, "origin.job_id", MAX_NAME_CHARS)
+        if not self.job_type or not self.job_id:
+            raise fail("origin", "job_type and job_id must not be empty")
+        inputs = self.inputs
+        if not isinstance(inputs, tuple) or not 1 <= len(inputs) <= MAX_ORIGIN_INPUTS:
+            raise fail("origin.inputs", f"must list 1..{MAX_ORIGIN_INPUTS} inputs")
+        for i, pair in enumerate(inputs):
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise fail(f"origin.inputs[{i}]", "must be a (node, dataset) pair")
+            for part, value in zip(("node", "dataset"), pair, strict=True):
+                checked_text(value, f"origin.inputs[{i}].{part}", MAX_NAME_CHARS)
+                if not value:
+                    raise fail(f"origin.inputs[{i}].{part}", "must not be empty")
+        if len(set(inputs)) != len(inputs):
+            raise fail("origin.inputs", "must not repeat an input")
+
+    @property
+    def holders(self) -> tuple[str, ...]:
+        """The distinct nodes whose data trained the model, in spec order."""
+        return tuple(dict.fromkeys(node for node, _ in self.inputs))
+
 
 @dataclass(frozen=True, eq=False)
 class ModelAsset:
@@ -249,8 +290,12 @@ class ModelAsset:
     card: ModelCard
     parameters: Parameters
     link: Link = "identity"
+    origin: Origin | None = None
+    """Set when a federated job trained the model (see :class:`Origin`)."""
 
     def __post_init__(self) -> None:
+        if self.origin is not None and not isinstance(self.origin, Origin):
+            raise fail("origin", "must be an Origin")
         if self.kind not in KINDS:
             raise fail("kind", f"must be one of {', '.join(KINDS)}")
         for name, value in (("id", self.model_id), ("version", self.version)):

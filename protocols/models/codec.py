@@ -12,6 +12,8 @@ A model is one JSON document (UTF-8, at most ``MAX_DOCUMENT_BYTES``)::
       "card": {"name": "...", "description": "...", "provenance": "...",
                "metrics": {"auc": 0.97}},        # description..metrics optional
       "parameters": {"coef": [...], "intercept": -0.3},
+      "origin": {"job_type": "fedavg", "job_id": "job-...",   # optional: the
+                 "inputs": [{"node": "h1", "dataset": "d"}]}, # training job
       "content_hash": "sha256:..."               # optional on load, always written
     }
 
@@ -46,11 +48,13 @@ from protocols.models.asset import (
     LINKS,
     MAX_FEATURES,
     MAX_HIDDEN,
+    MAX_ORIGIN_INPUTS,
     Array,
     InputSchema,
     LinearParameters,
     ModelAsset,
     ModelCard,
+    Origin,
     Parameters,
     PolyMLPParameters,
     checked_float,
@@ -88,7 +92,9 @@ def load_model(document: bytes, arrays: bytes | None = None) -> ModelAsset:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"a model document is not valid UTF-8 JSON: {exc}") from None
     store = _NpzStore(arrays)
-    top = _object(doc, "", required=(*_TOP, "parameters"), optional=("content_hash",))
+    top = _object(
+        doc, "", required=(*_TOP, "parameters"), optional=("content_hash", "origin")
+    )
     if top["format"] != FORMAT:
         raise fail("format", f"must be {FORMAT!r}")
     kind = top["kind"]
@@ -110,6 +116,7 @@ def load_model(document: bytes, arrays: bytes | None = None) -> ModelAsset:
             else _linear(top["parameters"], store, features)
         ),
         link=top["link"],
+        origin=None if "origin" not in top else _origin(top["origin"]),
     )
     store.finish()
     claimed = top.get("content_hash")
@@ -175,7 +182,7 @@ def _document(asset: ModelAsset, put: Callable[[str, Array], object]) -> dict[st
             "output_weights": put("output_weights", p.output_weights),
             "output_bias": p.output_bias,
         }
-    return {
+    document: dict[str, Any] = {
         "format": FORMAT,
         "kind": asset.kind,
         "id": asset.model_id,
@@ -190,6 +197,36 @@ def _document(asset: ModelAsset, put: Callable[[str, Array], object]) -> dict[st
         },
         "parameters": parameters,
     }
+    origin = asset.origin
+    if origin is not None:  # absent, it leaves the content hash as before
+        document["origin"] = {
+            "job_type": origin.job_type,
+            "job_id": origin.job_id,
+            "inputs": [{"node": n, "dataset": d} for n, d in origin.inputs],
+        }
+    return document
+
+
+def _origin(value: object) -> Origin:
+    raw = _object(value, "origin", required=("job_type", "job_id", "inputs"))
+    inputs = raw["inputs"]
+    if not isinstance(inputs, list) or len(inputs) > MAX_ORIGIN_INPUTS:
+        raise fail("origin.inputs", f"must be a list of at most {MAX_ORIGIN_INPUTS}")
+    pairs = []
+    for i, item in enumerate(inputs):
+        where = f"origin.inputs[{i}]"
+        entry = _object(item, where, required=("node", "dataset"))
+        pairs.append(
+            (
+                _string(entry["node"], f"{where}.node"),
+                _string(entry["dataset"], f"{where}.dataset"),
+            )
+        )
+    return Origin(
+        _string(raw["job_type"], "origin.job_type"),
+        _string(raw["job_id"], "origin.job_id"),
+        tuple(pairs),
+    )
 
 
 def _refuse_constant(name: str) -> float:

@@ -11,7 +11,7 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 
 from cleanroom.errors import ConfigError
 from protocols.fl.curves import training_curves_png
-from protocols.fl.export import raw_layers, to_onnx, to_sklearn
+from protocols.fl.export import raw_layers, to_sklearn
 from protocols.fl.local import LocalTraining
 from protocols.fl.models import (
     Model,
@@ -20,6 +20,7 @@ from protocols.fl.models import (
     mlp,
     softmax_regression,
 )
+from protocols.fl.onnx_export import to_onnx
 from protocols.fl.plan import FedAvgParams
 from protocols.fl.simulate import predict_rows, simulate, split_iid
 
@@ -73,21 +74,56 @@ def test_sklearn_estimator_predicts_as_the_federated_model(trained) -> None:  # 
         assert estimator.predict_proba(x).shape == (len(x), params.model.n_classes)
 
 
-def test_onnx_runs_in_onnxruntime_as_in_sklearn(trained) -> None:  # type: ignore[no-untyped-def]
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("skl2onnx")
+def test_onnx_runs_in_onnxruntime_as_the_federated_model(trained) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
     params, result, x, _ = trained
-    estimator = to_sklearn(params.model, result.model, result.standardisation)
-    session = ort.InferenceSession(to_onnx(estimator, params.model.n_features))
-    outputs = session.run(None, {"X": x.astype(np.float32)})
-    expected = estimator.predict(x)
-    if params.model.task == "regression":
-        np.testing.assert_allclose(outputs[0].ravel(), expected, rtol=1e-4, atol=1e-2)
+    model = params.model
+    session = ort.InferenceSession(
+        to_onnx(model, result.model, result.standardisation),
+        providers=["CPUExecutionProvider"],
+    )
+    outputs = session.run(None, {"X": x.astype(np.float64)})
+    # The federated model's own outputs on the same rows (inside the bounds).
+    z = model.outputs(result.model, result.standardisation.features(x))
+    if model.task == "regression":
+        (prediction,) = outputs
+        expected = z[:, 0] * result.standardisation.target_scale
+        expected += result.standardisation.target_mean
+        assert np.max(np.abs(prediction[:, 0] - expected)) <= 1e-6
+        return
+    labels, probabilities = outputs
+    if model.task == "binary":
+        p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+        expected = np.column_stack([1.0 - p1, p1])
     else:
-        labels, probabilities = outputs
-        # float32 inference may flip only rows on the decision boundary.
-        assert np.mean(labels == expected) >= 0.99
-        np.testing.assert_allclose(probabilities, estimator.predict_proba(x), atol=1e-4)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        expected = e / e.sum(axis=1, keepdims=True)
+    assert np.max(np.abs(probabilities - expected)) <= 1e-6
+    assert labels.dtype == np.int64
+    assert np.array_equal(labels, predict_rows(params, result, x).astype(np.int64))
+
+
+def test_onnx_carries_declared_labels_and_metadata() -> None:
+    import onnx
+    import onnxruntime as ort
+
+    params, result, x = _train(logistic_regression(30), "breast_cancer")
+    data = to_onnx(
+        params.model,
+        result.model,
+        result.standardisation,
+        ["benign", "malignant"],
+        metadata={"cleanroom.job_id": "job-1"},
+    )
+    props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    assert props == {"cleanroom.job_id": "job-1"}
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    labels, _ = session.run(None, {"X": x})
+    expected = np.where(predict_rows(params, result, x) == 1, "malignant", "benign")
+    assert np.array_equal(labels.astype(str), expected)
+    with pytest.raises(ConfigError, match="sorted"):
+        to_onnx(params.model, result.model, result.standardisation, ["b", "a"])
 
 
 def test_folded_standardisation_is_exact() -> None:

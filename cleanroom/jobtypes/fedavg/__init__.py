@@ -49,12 +49,15 @@ operator controls enough nodes to reach the round's threshold. Without DP,
 sums of updates can still leak about rows; the ``dp`` option bounds what the
 model and the metrics reveal about any one row (row-level DP, accountant in
 ``protocols.fl.privacy``), charged to each holder's budget before the job starts.
+
+Export (``export``): the analyst writes its model as JSON (scikit-learn), ONNX or
+an ``he_inference`` model asset; a holder serving the asset to buyers must name
+every other training holder's consent in its node config (docs/he.md).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -182,10 +185,22 @@ class FedAvgJob(JobType[FedSpec]):
 
         return model_card(self.params(spec), spec, document)
 
-    def export_model(self, reading: Mapping[str, Any]) -> bytes:
-        from cleanroom.jobtypes.fedavg.card import export_document
+    def export_formats(self) -> Sequence[str]:
+        from cleanroom.jobtypes.fedavg.export import FORMATS
 
-        return json.dumps(export_document(reading), indent=1).encode()
+        return FORMATS
+
+    def export_model(
+        self,
+        reading: Mapping[str, Any],
+        fmt: str | None = None,
+        *,
+        spec: JobSpec | None = None,
+        job_id: str = "",
+    ) -> bytes:
+        from cleanroom.jobtypes.fedavg.export import export
+
+        return export(reading, fmt, spec, job_id)
 
 
 register(FedAvgJob())

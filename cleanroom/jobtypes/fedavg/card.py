@@ -70,7 +70,7 @@ def export_document(reading: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(model, Mapping) or model.get("format") != FORMAT:
         raise ConfigError("this result holds no fedavg model")
     doc = dict(model)
-    shape, std = _model(doc)
+    shape, std = model_and_standardisation(doc)
     layers = raw_layers(shape, np.asarray(doc["weights"], dtype=np.float64), std)
     # The same model on raw rows, layer by layer (``x @ coef + intercept``), for
     # readers without cleanroom: scikit-learn's coef_ is the transpose.
@@ -80,7 +80,10 @@ def export_document(reading: Mapping[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _model(doc: Mapping[str, Any]) -> tuple[Model, Standardisation]:
+def model_and_standardisation(
+    doc: Mapping[str, Any],
+) -> tuple[Model, Standardisation]:
+    """The model's shape and released standardisation from an export document."""
     if doc.get("format") != FORMAT:
         raise ConfigError(f"not a {FORMAT} file")
     try:
@@ -108,7 +111,7 @@ def _model(doc: Mapping[str, Any]) -> tuple[Model, Standardisation]:
 
 def estimator_from_document(doc: Mapping[str, Any]) -> Estimator:
     """A fitted scikit-learn estimator that predicts as the federated model."""
-    model, std = _model(doc)
+    model, std = model_and_standardisation(doc)
     weights = np.asarray(doc["weights"], dtype=np.float64)
     classes = list(doc["classes"]) or None
     return to_sklearn(model, weights, std, classes)
