@@ -327,3 +327,156 @@ def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measur
         baseline_name="plain aggregation, same round",
         x=("rows",),
     )
+
+
+@benchmark("fedavg_scale", "fl")
+def fedavg_scale(ctx: Context) -> Iterator[Measurement]:
+    """Many simulated nodes on SecAgg+'s sparse graph: CPU and bytes per node per
+    training round's aggregation, against sending the plain update and the sum.
+
+    Every round is what a ``fedavg`` node does around its local step: seal its
+    update with the job seed (``SealedSum``), one k-regular SecAgg+ session (Bell
+    et al.'s sound degree and threshold, graph from a fixed seed) driven message by
+    message with real clients and server, the coordinator's sum message (JSON,
+    base64, as ``fedavg/sum``) to every node, and every node opening and checking
+    it. Local training is not included (its cost is the model's, not the
+    protocol's: ``fedavg_local_round``); the updates are uniform ring vectors.
+    CPU is each node's own calls (thread CPU time), bytes what it sends plus what
+    it receives; the coordinator's CPU is reported in the details.
+    """
+    cases = ctx.pick(quick=[(20, 10_000, 2)], full=[(100, 100_000, 10)])
+    for nodes, d, rounds in cases:
+        yield from _scale(ctx, nodes, d, rounds)
+
+
+def _scale(ctx: Context, nodes: int, d: int, rounds: int) -> Iterator[Measurement]:
+    import time
+
+    from cleanroom.jobtypes.stats.cells import dump, ring_to_text
+    from protocols.party import COORDINATOR, Inbound, Outbound
+    from protocols.sealed_sum import DEFAULT_CHECKS, SealedSum
+    from protocols.secagg import SecAggConfig
+    from protocols.secagg.simulate import build_session
+
+    names = tuple(f"node{i:03d}" for i in range(nodes))
+    rng = np.random.default_rng(nodes + d)
+    seed, graph_seed = bytes(range(32)), bytes(32)
+    cpu_rounds: list[float] = []
+    byte_rounds: list[float] = []
+    coordinator_cpu: list[float] = []
+    config = None
+    for round_ in range(1, rounds + 1):
+        cpu = dict.fromkeys(names, 0.0)
+        traffic = dict.fromkeys(names, 0)
+        session = f"bench/fedavg/r{round_}"
+        seal = SealedSum(seed, session, d)
+        updates = {
+            n: rng.integers(0, 2**63, d, dtype=np.uint64) for n in names
+        }  # fmt: skip
+        inputs = {}
+        for n in names:
+            t0 = time.thread_time()
+            inputs[n] = seal.seal(n, updates[n])
+            cpu[n] += time.thread_time() - t0
+        config = SecAggConfig.create(
+            session_id=session,
+            parties=names,
+            vector_length=d + DEFAULT_CHECKS,
+            modulus_bits=64,
+            graph="k-regular",
+            graph_seed=graph_seed,
+        )
+        server, clients = build_session(inputs, config)
+        server_cpu = 0.0
+        queue: list[tuple[str, Inbound]] = []
+
+        def post(sender: str, out: list[Outbound]) -> None:
+            for o in out:
+                if sender != COORDINATOR:
+                    traffic[sender] += len(o.payload)
+                else:
+                    traffic[o.recipient] += len(o.payload)
+                queue.append((o.recipient, Inbound(sender, o.stage, o.payload)))
+
+        t0 = time.thread_time()
+        post(COORDINATOR, server.start())
+        server_cpu += time.thread_time() - t0
+        for n, client in clients.items():
+            t0 = time.thread_time()
+            out = client.start()
+            cpu[n] += time.thread_time() - t0
+            post(n, out)
+        while queue:
+            batch, queue = queue, []
+            for recipient, message in batch:
+                t0 = time.thread_time()
+                if recipient == COORDINATOR:
+                    out = server.receive(message)
+                    server_cpu += time.thread_time() - t0
+                else:
+                    out = clients[recipient].receive(message)
+                    cpu[recipient] += time.thread_time() - t0
+                post(recipient, out)
+        t0 = time.thread_time()
+        body = dump({"round": round_, "survivors": list(names),
+                     "total": ring_to_text(server.sum_vector())})  # fmt: skip
+        server_cpu += time.thread_time() - t0
+        expected = np.zeros(d, dtype=np.uint64)
+        for u in updates.values():
+            np.add(expected, u, out=expected)
+        for n in names:
+            traffic[n] += len(body)
+            t0 = time.thread_time()
+            opened = SealedSum(seed, session, d).open(
+                _ring_from_body(body, d + DEFAULT_CHECKS), names
+            )
+            cpu[n] += time.thread_time() - t0
+            if n == names[0] and not np.array_equal(opened, expected):
+                raise AssertionError("the opened sum is not the sum of the updates")
+        cpu_rounds.append(float(np.mean(list(cpu.values()))))
+        byte_rounds.append(float(np.mean(list(traffic.values()))))
+        coordinator_cpu.append(server_cpu)
+    assert config is not None
+    plain_bytes = 2 * 8 * d  # the update up, the sum down, raw
+    at_goal = (nodes, d, rounds) == (100, 100_000, 10)
+    details = {
+        "degree": config.degree,
+        "threshold": config.threshold,
+        "rounds": rounds,
+        "coordinator_cpu_s_per_round": float(np.median(coordinator_cpu)),
+        "goal_setting": at_goal,
+    }
+    ctx.log(
+        f"  {nodes} nodes, d={d}, degree {config.degree}: "
+        f"{np.median(cpu_rounds) * 1e3:.1f} ms CPU and "
+        f"{np.median(byte_rounds) / 1e6:.2f} MB per node per round "
+        f"(coordinator {np.median(coordinator_cpu):.2f} s per round)"
+    )
+    params = {"nodes": nodes, "d": d}
+    yield ctx.measurement(
+        case="fedavg aggregation per node per round, sparse graph",
+        params=params,
+        details=details,
+        metric="cpu",
+        measured=Stats.of(cpu_rounds, "s"),
+        note="mean over nodes of each node's CPU, one sample per round; "
+        "local training excluded",
+        x=("nodes",),
+    )
+    yield ctx.measurement(
+        case="fedavg bytes per node per round, sparse graph",
+        params=params,
+        details=details,
+        metric="bytes",
+        measured=Stats.of(byte_rounds, "bytes"),
+        baseline=Stats.of([float(plain_bytes)] * rounds, "bytes"),
+        baseline_name="the raw update up and the raw sum down",
+        note="sent plus received payload bytes, mean over nodes; one sample per round",
+        x=("nodes",),
+    )
+
+
+def _ring_from_body(body: bytes, length: int) -> Any:
+    from cleanroom.jobtypes.stats.cells import load, ring_from_text
+
+    return ring_from_text(load(body, "sum").get("total"), length)
