@@ -53,7 +53,7 @@ from protocols.party import (
 from protocols.sealed_sum import DEFAULT_CHECKS, SealedSum
 from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 from protocols.secagg.config import MIN_PARTIES
-from protocols.secagg.keys import identity_keys
+from protocols.secagg.keys import ChannelKeys, identity_keys
 
 SEED: Final = "fedavg/seed"
 SUM: Final = "fedavg/sum"
@@ -179,6 +179,8 @@ class FedNode(NodeParty):
         self._seed: bytes | None = None
         self._round = -1
         self._client: SecAggClient | None = None
+        self._seal: SealedSum | None = None
+        self._channel: ChannelKeys | None = None
         self._survivors: frozenset[str] = frozenset()
         self._opened = -1
         self._history: list[dict[str, Any]] = []
@@ -205,6 +207,9 @@ class FedNode(NodeParty):
 
     def _begin(self, seed: bytes) -> list[Outbound]:
         self._seed = seed
+        # One share-bundle key pair for all of this job's sessions (fresh masks,
+        # mask keys and self-masks every round: ``ChannelKeys`` says why it is sound).
+        self._channel = ChannelKeys(self._ctx.random)
         return self._open_round(0, tuple(self._ctx.parties))
 
     def _open_round(self, round_: int, parties: Sequence[str]) -> list[Outbound]:
@@ -218,9 +223,9 @@ class FedNode(NodeParty):
                 raise ProtocolError(f"round {round_} is not the next aggregation")
             vector = trainer.round_vector(task.index, task.model)
         length = vector_length(spec, round_)
-        sealed = SealedSum(self._seed, session(ctx.job_id, round_), length).seal(
-            ctx.node, vector
-        )
+        # Kept for the round: opening the sum reuses its expanded check matrix.
+        self._seal = SealedSum(self._seed, session(ctx.job_id, round_), length)
+        sealed = self._seal.seal(ctx.node, vector)
         self._round = round_
         self._survivors = frozenset()
         self._client = SecAggClient(
@@ -233,6 +238,7 @@ class FedNode(NodeParty):
             peer_signing_keys=identity_keys(ctx.peer_signing_keys),
             random=ctx.random,
             approve_survivors=self._approve,
+            channel=self._channel,
         )
         return _prefix(round_, self._client.start())
 
@@ -302,8 +308,9 @@ class FedNode(NodeParty):
             if not self._survivors <= frozenset(survivors):
                 raise ProtocolError("the coordinator omits survivors it named before")
             self._check_inputs(frozenset(survivors))
-        length = vector_length(spec, self._round)
-        seal = SealedSum(self._seed, session(ctx.job_id, self._round), length)
+        seal = self._seal
+        if seal is None:
+            raise ProtocolError("the sum came before this node unmasked it")
         total = ring_from_text(body.get("total"), seal.sealed_length)
         opened = seal.open(total, survivors)  # refuses a sum that does not verify
         self._opened = self._round
