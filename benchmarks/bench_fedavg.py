@@ -349,151 +349,156 @@ def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measur
 @benchmark("fedavg_scale", "fl")
 def fedavg_scale(ctx: Context) -> Iterator[Measurement]:
     """Many simulated nodes on SecAgg+'s sparse graph: CPU and bytes per node per
-    training round's aggregation, against sending the plain update and the sum.
+    round, the whole ``fedavg`` job's real parties driven in one process.
 
-    Every round is what a ``fedavg`` node does around its local step: seal its
-    update with the job seed (``SealedSum``), one k-regular SecAgg+ session (Bell
-    et al.'s sound degree and threshold, graph from a fixed seed) driven message by
-    message with real clients and server, the coordinator's sum message (JSON,
-    base64, as ``fedavg/sum``) to every node, and every node opening and checking
-    it. Local training is not included (its cost is the model's, not the
-    protocol's: ``fedavg_local_round``); the updates are uniform ring vectors.
-    CPU is each node's own calls (thread CPU time), bytes what it sends plus what
-    it receives; the coordinator's CPU is reported in the details.
+    ``cleanroom.jobtypes.simulate.drive`` runs the job type's own node,
+    coordinator and analyst parties (seed, standardisation, every training round
+    — local epoch of a one-hidden-layer MLP with ``d`` parameters, sealing, one
+    k-regular SecAgg+ session with Bell et al.'s sound degree and threshold,
+    opening and checking the sum, the round report — the final evaluation and the
+    analyst-sealed reports). Each node's CPU is the thread time of its own calls,
+    its bytes what it sends plus what it receives, both divided by the job's
+    aggregations (standardisation, rounds, final evaluation); one sample per
+    node; 200 rows per node. Bytes are set against sending the raw
+    update up and the raw sum down. The coordinator's CPU per round is a detail.
     """
-    cases = ctx.pick(quick=[(20, 10_000, 2)], full=[(100, 100_000, 10)])
-    for nodes, d, rounds in cases:
-        yield from _scale(ctx, nodes, d, rounds)
+    cases = ctx.pick(quick=[(20, 312, 2)], full=[(100, 3125, 10)])
+    for nodes, hidden, rounds in cases:
+        yield from _scale(ctx, nodes, hidden, rounds)
 
 
-def _scale(ctx: Context, nodes: int, d: int, rounds: int) -> Iterator[Measurement]:
+def _scale(
+    ctx: Context, nodes: int, hidden: int, rounds: int
+) -> Iterator[Measurement]:
+    import json
+    import random
     import time
 
-    from cleanroom.jobtypes.stats.cells import dump, ring_to_text
-    from protocols.party import COORDINATOR, Inbound, Outbound
-    from protocols.sealed_sum import DEFAULT_CHECKS, SealedSum
-    from protocols.secagg import SecAggConfig
-    from protocols.secagg.simulate import build_session
+    import pandas as pd
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cleanroom import jobtypes
+    from cleanroom.jobspec import parse_spec
+    from cleanroom.jobtypes.fedavg.parties import secagg_config
+    from cleanroom.jobtypes.simulate import drive
 
     names = tuple(f"node{i:03d}" for i in range(nodes))
-    rng = np.random.default_rng(nodes + d)
-    seed, graph_seed = bytes(range(32)), bytes(32)
-    cpu_rounds: list[float] = []
-    byte_rounds: list[float] = []
-    coordinator_cpu: list[float] = []
-    config = None
-    for round_ in range(1, rounds + 1):
-        cpu = dict.fromkeys(names, 0.0)
-        traffic = dict.fromkeys(names, 0)
-        session = f"bench/fedavg/r{round_}"
-        seal = SealedSum(seed, session, d)
-        updates = {
-            n: rng.integers(0, 2**63, d, dtype=np.uint64) for n in names
-        }  # fmt: skip
-        inputs = {}
-        for n in names:
-            t0 = time.thread_time()
-            inputs[n] = seal.seal(n, updates[n])
-            cpu[n] += time.thread_time() - t0
-        config = SecAggConfig.create(
-            session_id=session,
-            parties=names,
-            vector_length=d + DEFAULT_CHECKS,
-            modulus_bits=64,
-            graph="k-regular",
-            graph_seed=graph_seed,
-        )
-        server, clients = build_session(inputs, config)
-        server_cpu = 0.0
-        queue: list[tuple[str, Inbound]] = []
+    features = [f"x{i}" for i in range(30)]
+    doc = {
+        "type": "fedavg",
+        "inputs": [{"node": n, "dataset": "d"} for n in names],
+        "purpose": "benchmark",
+        "params": {
+            "features": features,
+            "label": "y",
+            "algorithm": "mlp",
+            "hidden": hidden,
+            "feature_bounds": {f: [-6.0, 6.0] for f in features},
+            "rounds": rounds,
+            "max_rows": 1000,
+            "patience": None,
+            "graph": "k-regular",
+        },
+    }
+    spec = parse_spec(json.dumps(doc))
+    job = jobtypes.get("fedavg")
+    plan = job.params(spec)
+    d = plan.model.n_params
+    keys = {n: Ed25519PrivateKey.from_private_bytes(os.urandom(32)) for n in names}
+    publics = {n: k.public_key().public_bytes_raw() for n, k in keys.items()}
+    graph_seed = bytes(range(32))
+    rng = np.random.default_rng(nodes)
+    cpu = dict.fromkeys(names, 0.0)
+    traffic = dict.fromkeys(names, 0)
+    coordinator_cpu = [0.0]
 
-        def post(sender: str, out: list[Outbound]) -> None:
-            for o in out:
-                if sender != COORDINATOR:
-                    traffic[sender] += len(o.payload)
-                else:
-                    traffic[o.recipient] += len(o.payload)
-                queue.append((o.recipient, Inbound(sender, o.stage, o.payload)))
-
-        t0 = time.thread_time()
-        post(COORDINATOR, server.start())
-        server_cpu += time.thread_time() - t0
-        for n, client in clients.items():
-            t0 = time.thread_time()
-            out = client.start()
-            cpu[n] += time.thread_time() - t0
-            post(n, out)
-        while queue:
-            batch, queue = queue, []
-            for recipient, message in batch:
+    def timed(party: Any, name: str, counter: dict[str, float] | list[float]) -> None:
+        def wrap(method: Any, inbound: bool) -> Any:
+            def call(*args: Any) -> Any:
                 t0 = time.thread_time()
-                if recipient == COORDINATOR:
-                    out = server.receive(message)
-                    server_cpu += time.thread_time() - t0
+                out = method(*args)
+                elapsed = time.thread_time() - t0
+                if isinstance(counter, list):
+                    counter[0] += elapsed
                 else:
-                    out = clients[recipient].receive(message)
-                    cpu[recipient] += time.thread_time() - t0
-                post(recipient, out)
-        t0 = time.thread_time()
-        body = dump({"round": round_, "survivors": list(names),
-                     "total": ring_to_text(server.sum_vector())})  # fmt: skip
-        server_cpu += time.thread_time() - t0
-        expected = np.zeros(d, dtype=np.uint64)
-        for u in updates.values():
-            np.add(expected, u, out=expected)
-        for n in names:
-            traffic[n] += len(body)
-            t0 = time.thread_time()
-            opened = SealedSum(seed, session, d).open(
-                _ring_from_body(body, d + DEFAULT_CHECKS), names
-            )
-            cpu[n] += time.thread_time() - t0
-            if n == names[0] and not np.array_equal(opened, expected):
-                raise AssertionError("the opened sum is not the sum of the updates")
-        cpu_rounds.append(float(np.mean(list(cpu.values()))))
-        byte_rounds.append(float(np.mean(list(traffic.values()))))
-        coordinator_cpu.append(server_cpu)
-    assert config is not None
-    plain_bytes = 2 * 8 * d  # the update up, the sum down, raw
-    at_goal = (nodes, d, rounds) == (100, 100_000, 10)
+                    counter[name] += elapsed
+                    if inbound:
+                        traffic[name] += len(args[0].payload)
+                    traffic[name] += sum(len(o.payload) for o in out)
+                return out
+
+            return call
+
+        setattr(party, "start", wrap(party.start, False))  # noqa: B010
+        setattr(party, "receive", wrap(party.receive, True))  # noqa: B010
+
+    coordinator = job.coordinator_party(
+        jobtypes.CoordinatorContext("job-scale", spec, names, publics,
+                                    graph_seed=graph_seed)  # fmt: skip
+    )
+    timed(coordinator, "", coordinator_cpu)
+    parties = {}
+    for n in names:
+        x = rng.normal(size=(200, len(features)))
+        y = (x[:, 0] - x[:, 1] + rng.normal(0, 0.5, 200) > 0).astype(int)
+        frame = pd.DataFrame(x, columns=features).assign(y=y)
+        parties[n] = job.node_party(
+            jobtypes.NodeContext("job-scale", spec, n, "d", frame, "hash", 5, keys[n],
+                                 names, publics, random=random.Random(n).randbytes,
+                                 graph_seed=graph_seed)  # fmt: skip
+        )
+        timed(parties[n], n, cpu)
+    analyst = job.analyst_party(
+        jobtypes.AnalystContext("job-scale", spec, "analyst", names,
+                                Ed25519PrivateKey.generate(), publics)  # fmt: skip
+    )
+    started = time.perf_counter()
+    run = drive(coordinator, parties, analyst)
+    wall = time.perf_counter() - started
+    if run.opened is None or run.result["survivors"] != list(names):
+        raise AssertionError("the simulated job did not release every node's model")
+    aggregations = plan.params.aggregations + 1  # the standardisation's too
+    config = secagg_config(plan, "job-scale", 1, names, plan.plan.round.length,
+                           graph_seed)  # fmt: skip
+    per_round_cpu = [c / aggregations for c in cpu.values()]
+    per_round_bytes = [float(b) / aggregations for b in traffic.values()]
+    plain = float(2 * 8 * plan.plan.round.length)
+    at_goal = (nodes, d, rounds) == (100, 100_001, 10)
     details = {
+        "d": d,
         "degree": config.degree,
         "threshold": config.threshold,
-        "rounds": rounds,
-        "coordinator_cpu_s_per_round": float(np.median(coordinator_cpu)),
-        "goal_setting": at_goal,
+        "aggregations": aggregations,
+        "coordinator_cpu_s_per_round": coordinator_cpu[0] / aggregations,
+        "wall_s": wall,
+        "issue_setting": at_goal,
     }
     ctx.log(
         f"  {nodes} nodes, d={d}, degree {config.degree}: "
-        f"{np.median(cpu_rounds) * 1e3:.1f} ms CPU and "
-        f"{np.median(byte_rounds) / 1e6:.2f} MB per node per round "
-        f"(coordinator {np.median(coordinator_cpu):.2f} s per round)"
+        f"{np.median(per_round_cpu) * 1e3:.1f} ms CPU and "
+        f"{np.median(per_round_bytes) / 1e6:.2f} MB per node per round "
+        f"(coordinator {coordinator_cpu[0] / aggregations:.2f} s per round; "
+        f"{wall:.0f} s wall)"
     )
-    params = {"nodes": nodes, "d": d}
+    params = {"nodes": nodes, "d": d, "rounds": rounds}
     yield ctx.measurement(
-        case="fedavg aggregation per node per round, sparse graph",
+        case="fedavg job, CPU per node per round, sparse graph",
         params=params,
         details=details,
         metric="cpu",
-        measured=Stats.of(cpu_rounds, "s"),
-        note="mean over nodes of each node's CPU, one sample per round; "
-        "local training excluded",
+        measured=Stats.of(per_round_cpu, "s"),
+        note="one sample per node: its CPU over the whole job / aggregations, "
+        "local MLP training included",
         x=("nodes",),
     )
     yield ctx.measurement(
-        case="fedavg bytes per node per round, sparse graph",
+        case="fedavg job, bytes per node per round, sparse graph",
         params=params,
         details=details,
         metric="bytes",
-        measured=Stats.of(byte_rounds, "bytes"),
-        baseline=Stats.of([float(plain_bytes)] * rounds, "bytes"),
+        measured=Stats.of(per_round_bytes, "bytes"),
+        baseline=Stats.of([plain] * nodes, "bytes"),
         baseline_name="the raw update up and the raw sum down",
-        note="sent plus received payload bytes, mean over nodes; one sample per round",
+        note="sent plus received payload bytes / aggregations; one sample per node",
         x=("nodes",),
     )
-
-
-def _ring_from_body(body: bytes, length: int) -> Any:
-    from cleanroom.jobtypes.stats.cells import load, ring_from_text
-
-    return ring_from_text(load(body, "sum").get("total"), length)
