@@ -362,14 +362,13 @@ def fedavg_scale(ctx: Context) -> Iterator[Measurement]:
     node; 200 rows per node. Bytes are set against sending the raw
     update up and the raw sum down. The coordinator's CPU per round is a detail.
     """
-    cases = ctx.pick(quick=[(20, 312, 2)], full=[(100, 3125, 10)])
+    # 98 features and 1,000 hidden units: d = 99 * 1000 + 1001 = 100,001.
+    cases = ctx.pick(quick=[(20, 100, 2)], full=[(100, 1000, 10)])
     for nodes, hidden, rounds in cases:
         yield from _scale(ctx, nodes, hidden, rounds)
 
 
-def _scale(
-    ctx: Context, nodes: int, hidden: int, rounds: int
-) -> Iterator[Measurement]:
+def _scale(ctx: Context, nodes: int, hidden: int, rounds: int) -> Iterator[Measurement]:
     import json
     import random
     import time
@@ -383,7 +382,7 @@ def _scale(
     from cleanroom.jobtypes.simulate import drive
 
     names = tuple(f"node{i:03d}" for i in range(nodes))
-    features = [f"x{i}" for i in range(30)]
+    features = [f"x{i}" for i in range(98)]
     doc = {
         "type": "fedavg",
         "inputs": [{"node": n, "dataset": "d"} for n in names],
@@ -433,8 +432,9 @@ def _scale(
         setattr(party, "receive", wrap(party.receive, True))  # noqa: B010
 
     coordinator = job.coordinator_party(
-        jobtypes.CoordinatorContext("job-scale", spec, names, publics,
-                                    graph_seed=graph_seed)  # fmt: skip
+        jobtypes.CoordinatorContext(
+            "job-scale", spec, names, publics, graph_seed=graph_seed
+        )
     )
     timed(coordinator, "", coordinator_cpu)
     parties = {}
@@ -443,14 +443,26 @@ def _scale(
         y = (x[:, 0] - x[:, 1] + rng.normal(0, 0.5, 200) > 0).astype(int)
         frame = pd.DataFrame(x, columns=features).assign(y=y)
         parties[n] = job.node_party(
-            jobtypes.NodeContext("job-scale", spec, n, "d", frame, "hash", 5, keys[n],
-                                 names, publics, random=random.Random(n).randbytes,
-                                 graph_seed=graph_seed)  # fmt: skip
+            jobtypes.NodeContext(
+                "job-scale",
+                spec,
+                n,
+                "d",
+                frame,
+                "hash",
+                5,
+                keys[n],
+                names,
+                publics,
+                random=random.Random(n).randbytes,
+                graph_seed=graph_seed,
+            )
         )
         timed(parties[n], n, cpu)
     analyst = job.analyst_party(
-        jobtypes.AnalystContext("job-scale", spec, "analyst", names,
-                                Ed25519PrivateKey.generate(), publics)  # fmt: skip
+        jobtypes.AnalystContext(
+            "job-scale", spec, "analyst", names, Ed25519PrivateKey.generate(), publics
+        )
     )
     started = time.perf_counter()
     run = drive(coordinator, parties, analyst)

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from helpers.federation import cli
 from sklearn.datasets import load_breast_cancer
@@ -56,8 +55,11 @@ def test_fedavg_over_grpc_matches_sklearn_and_registers_the_model(
             "patience": None,
             "validation_fraction": 0.0,
             "l2": 1.0 / len(train),
-            "local": {"batch_size": 16, "learning_rate": 0.5,
-                      "learning_rate_decay": 0.98},  # fmt: skip
+            "local": {
+                "batch_size": 16,
+                "learning_rate": 0.5,
+                "learning_rate_decay": 0.98,
+            },
         },
     }
     spec_file = tmp_path / "fedavg.json"

@@ -181,6 +181,7 @@ class FedNode(NodeParty):
         self._client: SecAggClient | None = None
         self._seal: SealedSum | None = None
         self._channel: ChannelKeys | None = None
+        self._identities = identity_keys(ctx.peer_signing_keys)  # once per job
         self._survivors: frozenset[str] = frozenset()
         self._opened = -1
         self._history: list[dict[str, Any]] = []
@@ -235,7 +236,7 @@ class FedNode(NodeParty):
             ),
             sealed,
             signing_key=ctx.signing_key,
-            peer_signing_keys=identity_keys(ctx.peer_signing_keys),
+            peer_signing_keys=self._identities,
             random=ctx.random,
             approve_survivors=self._approve,
             channel=self._channel,
