@@ -86,9 +86,11 @@ def fedavg_accuracy(ctx: Context) -> Iterator[Measurement]:
     LogisticRegression(C=1) on the pooled, standardised training rows, fit in the
     same run. Reported in percentage points; no timing.
     """
-    cases = ctx.pick(
-        quick=[(d, s, None) for d in ("breast_cancer", "wine") for s in SPLITS]
-        + [("breast_cancer", "iid", 1.0), ("breast_cancer", "iid", 8.0)],
+    plain: list[tuple[str, str, float | None]] = [
+        (d, s, None) for d in ("breast_cancer", "wine") for s in SPLITS
+    ]
+    cases: list[tuple[str, str, float | None]] = ctx.pick(
+        quick=[*plain, ("breast_cancer", "iid", 1.0), ("breast_cancer", "iid", 8.0)],
         full=[
             (d, s, e)
             for d in ("breast_cancer", "wine")
