@@ -10,7 +10,14 @@ back (``fedavg/sum``) and every node opens and checks it, then runs the same
 divergence — and tells the coordinator the round's aggregated metrics and whether
 training goes on (``fedavg/report``). The next round runs over the round's
 survivors. At the end every node seals its signed final report (model,
-standardisation, history) to the analyst and commits to it (``sealing``)."""
+standardisation, history) to the analyst and commits to it (``sealing``).
+
+Per round each node draws fresh SecAgg+ mask keys and self-mask seeds and signs
+its advertisement for that round; its share-bundle encryption key pair is drawn
+once per job (``protocols.secagg.keys.ChannelKeys``: never revealed, every
+round's bundle keys bound to that round's configuration), which saves one
+X25519 agreement per neighbour per round. Assumption named: the bundles of all
+of a job's rounds are as safe as that one in-memory key."""
 
 from __future__ import annotations
 
