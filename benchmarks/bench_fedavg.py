@@ -3,6 +3,7 @@ and what one node's side of a round costs against the plain computation it wraps
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -12,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from benchmarks.registry import Context, Measurement, benchmark
+from benchmarks.registry import Context, Goal, Measurement, benchmark
 from benchmarks.stats import Stats
 from protocols.fl.aggregator import FedAvgAggregator
 from protocols.fl.local import LocalTraining, round_generator, train_locally
@@ -23,6 +24,7 @@ from protocols.fl.simulate import predict_rows, simulate, split_by_label, split_
 from protocols.fl.trainer import NodeTrainer
 
 PARTIES: Final = 3
+ROUND_GOAL: Final = Goal("<=", 1.2, "issue 18", at="5 nodes")
 DELTA: Final = 1e-5
 SPLITS: Final = {"iid": split_iid, "by_label": split_by_label}
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -84,9 +86,11 @@ def fedavg_accuracy(ctx: Context) -> Iterator[Measurement]:
     LogisticRegression(C=1) on the pooled, standardised training rows, fit in the
     same run. Reported in percentage points; no timing.
     """
-    cases = ctx.pick(
-        quick=[(d, s, None) for d in ("breast_cancer", "wine") for s in SPLITS]
-        + [("breast_cancer", "iid", 1.0), ("breast_cancer", "iid", 8.0)],
+    plain: list[tuple[str, str, float | None]] = [
+        (d, s, None) for d in ("breast_cancer", "wine") for s in SPLITS
+    ]
+    cases: list[tuple[str, str, float | None]] = ctx.pick(
+        quick=[*plain, ("breast_cancer", "iid", 1.0), ("breast_cancer", "iid", 8.0)],
         full=[
             (d, s, e)
             for d in ("breast_cancer", "wine")
@@ -228,11 +232,14 @@ def fedavg_secagg_round(ctx: Context) -> Iterator[Measurement]:
     plain (unmasked) aggregation, same local training, same in-memory transport.
 
     Secure: every node's ``round_vector`` (local epoch, metrics, encoding), sealed
-    with the job seed (``SealedSum``: mask plus 14 checksums), one SecAgg+ session
-    (fresh keys, signatures, Shamir shares, AES-CTR masks) driven message by
-    message, then every node opens and checks the sum. Plain: the same vectors,
-    each serialised to the coordinator, summed, the sum serialised back. Goal:
-    at most 1.2x. CPU of all parties together (one process).
+    with the job seed (``SealedSum``: mask plus 14 checksums, each node its own),
+    one SecAgg+ session (fresh mask keys and self-mask seeds, signed adverts,
+    Shamir shares, AES-CTR masks; the share-bundle keys and identities a node
+    keeps for the whole job, as ``FedNode`` does) driven message by message, then
+    every node opens and checks the sum. Plain: the same vectors, each serialised
+    to the coordinator, summed, the sum serialised back. Goal (issue 18): at most
+    1.2x, stated for 5 nodes at no particular size. CPU of all parties together
+    (one process).
     """
     sizes = ctx.pick(
         quick=[(2_000, 30, 0), (20_000, 30, 0)],
@@ -245,8 +252,9 @@ def fedavg_secagg_round(ctx: Context) -> Iterator[Measurement]:
 def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measurement:
     from protocols.fl.vector import ring_sum
     from protocols.sealed_sum import DEFAULT_CHECKS, SealedSum
-    from protocols.secagg import SecAggConfig
-    from protocols.secagg.simulate import build_session, drive
+    from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
+    from protocols.secagg.keys import ChannelKeys
+    from protocols.secagg.simulate import drive, make_identities
 
     parties = 5
     names = tuple(f"n{i}" for i in range(parties))
@@ -279,6 +287,10 @@ def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measur
     length = plan.round.length
     seed = bytes(32)
     counter = iter(range(1, 10**6))
+    # Long-lived, as a node's: its identity key and its job's share-bundle keys.
+    identities = make_identities(names)
+    public = {n: k.public_key() for n, k in identities.items()}
+    channels = {n: ChannelKeys(os.urandom) for n in names}
 
     def vectors() -> dict[str, Any]:
         index = next(counter)
@@ -292,9 +304,10 @@ def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measur
     def secure() -> object:
         index = next(counter)
         session = f"bench/r{index}"
-        seal = SealedSum(seed, session, length)
+        # Each node its own SealedSum, kept from sealing to opening, as FedNode.
+        seals = {n: SealedSum(seed, session, length) for n in names}
         inputs = {
-            n: seal.seal(n, t.round_vector(index, w)) for n, t in trainers.items()
+            n: seals[n].seal(n, t.round_vector(index, w)) for n, t in trainers.items()
         }
         config = SecAggConfig.create(
             session_id=session,
@@ -302,10 +315,15 @@ def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measur
             vector_length=length + DEFAULT_CHECKS,
             modulus_bits=64,
         )
-        server, clients = build_session(inputs, config)
+        clients = {
+            n: SecAggClient(n, config, inputs[n], signing_key=identities[n],
+                            peer_signing_keys=public, channel=channels[n])
+            for n in names
+        }  # fmt: skip
+        server = SecAggServer(config, public)
         drive(server, clients)
         total = server.sum_vector()
-        return [seal.open(total, names) for _ in names]
+        return [seals[n].open(total, names) for n in names]
 
     # Each round advances every trainer: give both paths fresh rounds to the end.
     params_rounds = params.aggregations - 1
@@ -320,10 +338,181 @@ def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measur
     return ctx.measurement(
         case=f"fedavg round, 5 nodes, {'mlp' if hidden else 'logistic'}",
         params={"rows": rows, "features": features, "hidden": hidden, "nodes": 5},
-        details={"n_params": model.n_params, "vector_length": length, "goal": 1.2},
+        details={"n_params": model.n_params, "vector_length": length},
         metric="cpu",
         measured=measured.cpu,
         baseline=baseline.cpu,
         baseline_name="plain aggregation, same round",
+        goal=ROUND_GOAL,
         x=("rows",),
+    )
+
+
+@benchmark("fedavg_scale", "fl")
+def fedavg_scale(ctx: Context) -> Iterator[Measurement]:
+    """Many simulated nodes on SecAgg+'s sparse graph: CPU and bytes per node per
+    round, the whole ``fedavg`` job's real parties driven in one process.
+
+    ``cleanroom.jobtypes.simulate.drive`` runs the job type's own node,
+    coordinator and analyst parties (seed, standardisation, every training round
+    — local epoch of a one-hidden-layer MLP with ``d`` parameters, sealing, one
+    k-regular SecAgg+ session with Bell et al.'s sound degree and threshold,
+    opening and checking the sum, the round report — the final evaluation and the
+    analyst-sealed reports). Each node's CPU is the thread time of its own calls,
+    its bytes what it sends plus what it receives, both divided by the job's
+    aggregations (standardisation, rounds, final evaluation); one sample per
+    node; 200 rows per node. Bytes are set against sending the raw
+    update up and the raw sum down. The coordinator's CPU per round is a detail.
+    """
+    # 98 features and 1,000 hidden units: d = 99 * 1000 + 1001 = 100,001.
+    cases = ctx.pick(quick=[(20, 100, 2)], full=[(100, 1000, 10)])
+    for nodes, hidden, rounds in cases:
+        yield from _scale(ctx, nodes, hidden, rounds)
+
+
+def _scale(ctx: Context, nodes: int, hidden: int, rounds: int) -> Iterator[Measurement]:
+    import json
+    import random
+    import time
+
+    import pandas as pd
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cleanroom import jobtypes
+    from cleanroom.jobspec import parse_spec
+    from cleanroom.jobtypes.fedavg.parties import secagg_config
+    from cleanroom.jobtypes.simulate import drive
+
+    names = tuple(f"node{i:03d}" for i in range(nodes))
+    features = [f"x{i}" for i in range(98)]
+    doc = {
+        "type": "fedavg",
+        "inputs": [{"node": n, "dataset": "d"} for n in names],
+        "purpose": "benchmark",
+        "params": {
+            "features": features,
+            "label": "y",
+            "algorithm": "mlp",
+            "hidden": hidden,
+            "feature_bounds": {f: [-6.0, 6.0] for f in features},
+            "rounds": rounds,
+            "max_rows": 1000,
+            "patience": None,
+            "graph": "k-regular",
+        },
+    }
+    spec = parse_spec(json.dumps(doc))
+    job = jobtypes.get("fedavg")
+    plan = job.params(spec)
+    d = plan.model.n_params
+    keys = {n: Ed25519PrivateKey.from_private_bytes(os.urandom(32)) for n in names}
+    publics = {n: k.public_key().public_bytes_raw() for n, k in keys.items()}
+    graph_seed = bytes(range(32))
+    rng = np.random.default_rng(nodes)
+    cpu = dict.fromkeys(names, 0.0)
+    traffic = dict.fromkeys(names, 0)
+    coordinator_cpu = [0.0]
+
+    def timed(party: Any, name: str, counter: dict[str, float] | list[float]) -> None:
+        def wrap(method: Any, inbound: bool) -> Any:
+            def call(*args: Any) -> Any:
+                t0 = time.thread_time()
+                out = method(*args)
+                elapsed = time.thread_time() - t0
+                if isinstance(counter, list):
+                    counter[0] += elapsed
+                else:
+                    counter[name] += elapsed
+                    if inbound:
+                        traffic[name] += len(args[0].payload)
+                    traffic[name] += sum(len(o.payload) for o in out)
+                return out
+
+            return call
+
+        setattr(party, "start", wrap(party.start, False))  # noqa: B010
+        setattr(party, "receive", wrap(party.receive, True))  # noqa: B010
+
+    coordinator = job.coordinator_party(
+        jobtypes.CoordinatorContext(
+            "job-scale", spec, names, publics, graph_seed=graph_seed
+        )
+    )
+    timed(coordinator, "", coordinator_cpu)
+    parties = {}
+    for n in names:
+        x = rng.normal(size=(200, len(features)))
+        y = (x[:, 0] - x[:, 1] + rng.normal(0, 0.5, 200) > 0).astype(int)
+        frame = pd.DataFrame(x, columns=features).assign(y=y)
+        parties[n] = job.node_party(
+            jobtypes.NodeContext(
+                "job-scale",
+                spec,
+                n,
+                "d",
+                frame,
+                "hash",
+                5,
+                keys[n],
+                names,
+                publics,
+                random=random.Random(n).randbytes,
+                graph_seed=graph_seed,
+            )
+        )
+        timed(parties[n], n, cpu)
+    analyst = job.analyst_party(
+        jobtypes.AnalystContext(
+            "job-scale", spec, "analyst", names, Ed25519PrivateKey.generate(), publics
+        )
+    )
+    started = time.perf_counter()
+    run = drive(coordinator, parties, analyst)
+    wall = time.perf_counter() - started
+    if run.opened is None or run.result["survivors"] != list(names):
+        raise AssertionError("the simulated job did not release every node's model")
+    aggregations = plan.params.aggregations + 1  # the standardisation's too
+    config = secagg_config(plan, "job-scale", 1, names, plan.plan.round.length,
+                           graph_seed)  # fmt: skip
+    per_round_cpu = [c / aggregations for c in cpu.values()]
+    per_round_bytes = [float(b) / aggregations for b in traffic.values()]
+    plain = float(2 * 8 * plan.plan.round.length)
+    at_goal = (nodes, d, rounds) == (100, 100_001, 10)
+    details = {
+        "d": d,
+        "degree": config.degree,
+        "threshold": config.threshold,
+        "aggregations": aggregations,
+        "coordinator_cpu_s_per_round": coordinator_cpu[0] / aggregations,
+        "wall_s": wall,
+        "issue_setting": at_goal,
+    }
+    ctx.log(
+        f"  {nodes} nodes, d={d}, degree {config.degree}: "
+        f"{np.median(per_round_cpu) * 1e3:.1f} ms CPU and "
+        f"{np.median(per_round_bytes) / 1e6:.2f} MB per node per round "
+        f"(coordinator {coordinator_cpu[0] / aggregations:.2f} s per round; "
+        f"{wall:.0f} s wall)"
+    )
+    params = {"nodes": nodes, "d": d, "rounds": rounds}
+    yield ctx.measurement(
+        case="fedavg job, CPU per node per round, sparse graph",
+        params=params,
+        details=details,
+        metric="cpu",
+        measured=Stats.of(per_round_cpu, "s"),
+        note="one sample per node: its CPU over the whole job / aggregations, "
+        "local MLP training included",
+        x=("nodes",),
+    )
+    yield ctx.measurement(
+        case="fedavg job, bytes per node per round, sparse graph",
+        params=params,
+        details=details,
+        metric="bytes",
+        measured=Stats.of(per_round_bytes, "bytes"),
+        baseline=Stats.of([plain] * nodes, "bytes"),
+        baseline_name="the raw update up and the raw sum down",
+        note="sent plus received payload bytes / aggregations; one sample per node",
+        x=("nodes",),
     )

@@ -8,7 +8,9 @@ to — never the coordinator) derives, for a session:
   vector, which the contributor adds to its input before SecAgg+; the unmasked
   SecAgg+ sum is then ``S + sum_{i in survivors} M_i``, uniformly random to
   anyone without the seed;
-* ``checks`` random vectors ``r_k = PRG(seed, session, "check", k)``; each
+* ``checks`` random vectors ``r_k``, consecutive ``length``-long pieces of one
+  keystream ``PRG(seed, session, "checks")`` (one AES context, not one per
+  check: the pieces are as independent as separate streams); each
   contributor appends ``c_ik = <r_k, x_i>`` (mod 2^64) to its input, so the sum
   carries ``C_k = <r_k, S>`` (the map is linear in Z_2^64).
 
@@ -67,20 +69,19 @@ class SealedSum:
         self._session = session
         self.length = length
         self.checks = checks
-        self._checkers: list[MaskVector] | None = None
+        self._checkers: MaskVector | None = None
 
     @property
     def sealed_length(self) -> int:
         """The length of what goes into SecAgg+: the values, then the checksums."""
         return self.length + self.checks
 
-    def _r(self) -> list[MaskVector]:
+    def _r(self) -> MaskVector:
+        """The ``checks`` x ``length`` check matrix, expanded once per session."""
         if self._checkers is None:
-            self._checkers = [
-                expand_mask(_key(self._seed, self._session, "check", str(k)),
-                            self.length, 64)
-                for k in range(self.checks)
-            ]  # fmt: skip
+            key = _key(self._seed, self._session, "checks", str(self.checks))
+            stream = expand_mask(key, self.checks * self.length, 64)
+            self._checkers = stream.reshape(self.checks, self.length)
         return self._checkers
 
     def mask(self, party: str) -> MaskVector:
@@ -97,8 +98,7 @@ class SealedSum:
             )
         out = np.empty(self.sealed_length, dtype=np.uint64)
         out[: self.length] = values
-        for k, r in enumerate(self._r()):
-            out[self.length + k] = np.dot(r, values)  # wraps mod 2^64, as it must
+        out[self.length :] = self._r() @ values  # wraps mod 2^64, as it must
         np.add(out, self.mask(party), out=out)
         return out
 
@@ -112,10 +112,9 @@ class SealedSum:
         for party in sorted(set(survivors)):
             np.subtract(plain, self.mask(party), out=plain)
         values = plain[: self.length]
-        for k, r in enumerate(self._r()):
-            if np.dot(r, values) != plain[self.length + k]:
-                raise ProtocolError(
-                    "the aggregate does not verify: it is not the sum the inputs "
-                    "sealed (altered, or over other survivors)"
-                )
+        if not np.array_equal(self._r() @ values, plain[self.length :]):
+            raise ProtocolError(
+                "the aggregate does not verify: it is not the sum the inputs "
+                "sealed (altered, or over other survivors)"
+            )
         return values.copy()

@@ -52,7 +52,9 @@ class SecAggClient(NodeParty):
     already fixed-point-encoded vector. The client keeps a reference to that
     vector (no copy) until it masks it, so the caller hands it over and must not
     change it during the session. The client fails closed: after refusing one
-    message it refuses everything that follows.
+    message it refuses everything that follows. A job running many sessions may
+    pass one ``keys.ChannelKeys`` to all of them (its share-bundle key pair and
+    agreements are then reused; see there why that stays sound).
     """
 
     def __init__(
@@ -65,11 +67,13 @@ class SecAggClient(NodeParty):
         peer_signing_keys: Mapping[str, Ed25519PublicKey],
         random: RandomSource = SYSTEM_RANDOM,
         approve_survivors: Callable[[frozenset[str]], None] | None = None,
+        channel: keys.ChannelKeys | None = None,
     ) -> None:
         if name not in config.parties:
             raise ConfigError(f"{name!r} is not a party of session {config.session_id}")
         self.name = name
         self._approve_survivors = approve_survivors
+        self._channel = channel
         self._config = config
         self._graph: NeighbourGraph = build_graph(config)
         self._closed = self._graph.closed_of(name)
@@ -101,7 +105,7 @@ class SecAggClient(NodeParty):
         if self._started:
             raise ProtocolError(f"{self.name} has already started")
         self._started = True
-        self._secrets = keys.SessionKeys.generate(self._random)
+        self._secrets = keys.SessionKeys.generate(self._random, self._channel)
         self._advert = self._secrets.advertise(
             self.name, self._signing_key, self._config.digest
         )
@@ -171,7 +175,11 @@ class SecAggClient(NodeParty):
         for party, advert in sorted(adverts.items()):
             if party == self.name:
                 continue
-            shared = keys.agree(secrets.c_sk, advert.c_pk, party)
+            shared = (
+                self._channel.agree(advert.c_pk, party)
+                if self._channel is not None
+                else keys.agree(secrets.c_sk, advert.c_pk, party)
+            )
             seal_key, open_key = keys.bundle_keys(shared, digest, self.name, party)
             i = self._graph.share_index(self.name, party) - 1
             plaintext = b_shares[i].to_bytes() + s_shares[i].to_bytes()

@@ -47,22 +47,62 @@ class SessionKeys:
     s_sk: bytes = field(repr=False)
     self_mask_seed: bytes = field(repr=False)
 
+    c_pk: bytes = b""
+    """The public half of ``c_sk`` when a ``ChannelKeys`` already computed it."""
+
     @classmethod
-    def generate(cls, random: RandomSource) -> SessionKeys:
-        """Draw every secret from the injected randomness source."""
+    def generate(
+        cls, random: RandomSource, channel: ChannelKeys | None = None
+    ) -> SessionKeys:
+        """Draw every secret from the injected randomness source; with ``channel``,
+        its bundle-encryption key stands in for a fresh ``c`` key (the ``s`` key and
+        the self-mask seed are always fresh)."""
         return cls(
-            c_sk=_draw(random, KEY_BYTES),
+            c_sk=channel.c_sk if channel is not None else _draw(random, KEY_BYTES),
             s_sk=_draw(random, KEY_BYTES),
             self_mask_seed=_draw(random, KEY_BYTES),
+            c_pk=channel.c_pk if channel is not None else b"",
         )
 
     def advertise(
         self, party: str, signing_key: Ed25519PrivateKey, digest: bytes
     ) -> KeyAdvertisement:
         """Sign both public keys under this configuration."""
-        c_pk, s_pk = public_key(self.c_sk), public_key(self.s_sk)
+        c_pk = self.c_pk or public_key(self.c_sk)
+        s_pk = public_key(self.s_sk)
         signed = KeyAdvertisement.signed_bytes(digest, party, c_pk, s_pk)
         return KeyAdvertisement(party, c_pk, s_pk, signing_key.sign(signed))
+
+
+class ChannelKeys:
+    """One party's share-bundle (``c``) key pair for every SecAgg+ session of one
+    job, and its X25519 agreements with the neighbours' advertised ``c`` keys.
+
+    Sound to reuse where a fresh pair per session is not needed: ``c_sk`` is never
+    shared (the coordinator only ever reconstructs ``s`` keys, of dropped parties),
+    every advertisement carrying ``c_pk`` is still signed per session, and the
+    bundle keys are HKDF'd with each session's configuration digest as salt, so
+    every session has fresh bundle keys and each still seals one message. The
+    cost: whoever later steals ``c_sk`` can open the bundles of all the job's
+    sessions rather than one (no forward secrecy between a job's rounds). The
+    pairwise mask keys (``s``) and self-mask seeds stay fresh per session.
+    """
+
+    def __init__(self, random: RandomSource) -> None:
+        self.c_sk = _draw(random, KEY_BYTES)
+        self.c_pk = public_key(self.c_sk)
+        self._agreed: dict[bytes, bytes] = {}
+
+    def __repr__(self) -> str:
+        return "ChannelKeys(...)"  # no secret in any log line or traceback
+
+    def agree(self, peer_public: bytes, peer: str) -> bytes:
+        """``agree(c_sk, peer_public)``, computed once per advertised peer key."""
+        shared = self._agreed.get(peer_public)
+        if shared is None:
+            shared = agree(self.c_sk, peer_public, peer)
+            self._agreed[peer_public] = shared
+        return shared
 
 
 def public_key(secret: bytes) -> bytes:

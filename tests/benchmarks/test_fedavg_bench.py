@@ -45,3 +45,16 @@ def test_secagg_round_measures_against_plain_aggregation(tmp_path: Path) -> None
     assert m.baseline is not None and m.measured.n == 1
     assert m.baseline_name == "plain aggregation, same round"
     assert m.details["vector_length"] > m.details["n_params"]
+
+
+def test_scale_drives_the_real_job_and_counts_per_node(tmp_path: Path) -> None:
+    from benchmarks.bench_fedavg import _scale
+
+    ctx = Context("fedavg_scale", "quick", 1, tmp_path, log=lambda _: None)
+    cpu, traffic = list(_scale(ctx, 6, 4, 1))
+    assert cpu.metric == "cpu" and cpu.measured.n == 6
+    assert min(cpu.measured.samples) > 0
+    assert cpu.details["d"] == 99 * 4 + 5 and cpu.details["aggregations"] == 3
+    # Masked, base64 and framed: more than the raw update up and raw sum down.
+    assert traffic.baseline is not None
+    assert traffic.measured.median > traffic.baseline.median

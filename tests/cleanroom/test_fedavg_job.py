@@ -494,3 +494,31 @@ def test_params_are_checked_with_their_paths() -> None:
         with pytest.raises(SpecError) as caught:
             parse(raw, parties=3)
         assert caught.value.path == path, (path, caught.value)
+
+
+def test_a_coordinator_restart_mid_training_resumes_and_finishes(
+    tmp_path: Path,
+) -> None:
+    """The coordinator's party is deterministic in the messages it hears, so
+    fedavg is resumable: a coordinator killed mid-training and restarted on the
+    same store replays its journal and the job finishes with the nodes' model."""
+    frames = dict(zip(NODES, _split(TRAIN, 3), strict=True))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    with InProcessFederation(frames, store_url=url) as fed:
+        job_id = fed.client.submit(_spec(_params(rounds=40))).job.job_id
+        wait_until(
+            lambda: "round 5, loss " in fed.client.status(job_id).job.progress,
+            timeout=120,
+        )
+        fed.kill_coordinator()
+        fed.start_coordinator()
+        view = fed.client.wait(job_id, timeout=240, poll=0.01)
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(job_id)["result"]
+        assert result["survivors"] == list(NODES)
+        assert result["rounds_run"] == 41
+        assert [m["round"] for m in result["history"]] == list(range(1, 42))
+        assert "job.resumed" in [e.kind for e in fed.client.events(job_id)]
+    x_test = TEST[COLUMNS].to_numpy()
+    accuracy = float(np.mean(_federated_predict(result["model"], x_test) == TEST["y"]))
+    assert accuracy >= _central_accuracy() - 0.03

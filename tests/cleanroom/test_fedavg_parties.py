@@ -110,3 +110,73 @@ def test_forty_nodes_train_on_the_sparse_graph_with_dropouts() -> None:
     assert sparse_first == dense.result["history"][0]
     accuracy = run.result["history"][-1]["val_accuracy"]
     assert accuracy is not None and accuracy > 0.85
+
+
+def _session(round_: int, names: tuple[str, ...]) -> Any:
+    from protocols.secagg import SecAggConfig
+
+    return SecAggConfig.create(session_id=f"job-1/fedavg/r{round_}", parties=names,
+                               vector_length=8, modulus_bits=64)  # fmt: skip
+
+
+def _until_forwarded(server: Any, clients: dict[str, Any], target: str) -> bytes:
+    """Deliver messages in order until the coordinator forwards ``target`` its
+    share bundles; return that (undelivered) payload."""
+    from protocols.party import COORDINATOR, Inbound
+
+    queue = [(COORDINATOR, o) for o in server.start()]
+    queue += [(n, o) for n, c in clients.items() for o in c.start()]
+    while queue:
+        sender, out = queue.pop(0)
+        message = Inbound(sender, out.stage, out.payload)
+        if out.recipient == COORDINATOR:
+            queue += [(COORDINATOR, o) for o in server.receive(message)]
+        elif out.recipient == target and out.stage == MASKED_INPUT:
+            return bytes(out.payload)
+        else:
+            queue += [(out.recipient, o) for o in
+                      clients[out.recipient].receive(message)]  # fmt: skip
+    raise AssertionError("the bundles were never forwarded")
+
+
+def test_share_bundle_keys_kept_for_a_job_are_bound_to_each_session() -> None:
+    """FedNode keeps one ``ChannelKeys`` for all its rounds: every round still
+    sums right, and a coordinator that replays the share bundles a node got in
+    round 1 into round 2 (re-framed for round 2) is refused: each session's
+    bundle keys are its own."""
+    import pytest
+
+    from cleanroom.errors import ProtocolError
+    from protocols.party import COORDINATOR, Inbound
+    from protocols.secagg import SecAggClient, SecAggServer
+    from protocols.secagg.keys import ChannelKeys
+    from protocols.secagg.messages import ForwardedShares
+    from protocols.secagg.simulate import drive, make_identities
+
+    names = ("a", "b", "c", "d")
+    ids = make_identities(names)
+    public = {n: k.public_key() for n, k in ids.items()}
+    channels = {n: ChannelKeys(random.Random(n).randbytes) for n in names}
+    inputs = {n: np.arange(8, dtype=np.uint64) * (i + 1)
+              for i, n in enumerate(names)}  # fmt: skip
+
+    def session(round_: int) -> tuple[Any, Any, dict[str, SecAggClient]]:
+        config = _session(round_, names)
+        clients = {n: SecAggClient(n, config, inputs[n], signing_key=ids[n],
+                                   peer_signing_keys=public, channel=channels[n])
+                   for n in names}  # fmt: skip
+        return config, SecAggServer(config, public), clients
+
+    for round_ in (1, 2):
+        _, server, clients = session(round_)
+        drive(server, clients)
+        assert list(server.sum_vector()) == [10 * k for k in range(8)]
+
+    config1, server, clients = session(3)
+    old = ForwardedShares.decode(_until_forwarded(server, clients, "b"),
+                                 config1.digest).by_sender  # fmt: skip
+    config2, server, clients = session(4)
+    _until_forwarded(server, clients, "b")
+    replay = ForwardedShares(old).encode(config2.digest)
+    with pytest.raises(ProtocolError, match="failed authentication"):
+        clients["b"].receive(Inbound(COORDINATOR, MASKED_INPUT, replay))
