@@ -185,9 +185,18 @@ class Network:
                 pass
 
     def destroy(self) -> None:
+        """Remove everything, ending any process still inside a namespace (a
+        packet delayer, a party that outlived its federation)."""
         for party in list(self.delayers):
             self.unimpair(party)
         for party in self.parties:
+            pids = subprocess.run(["ip", "netns", "pids", self.namespace(party)],
+                                  capture_output=True, text=True).stdout  # fmt: skip
+            for pid in pids.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
             _ip("link", "del", self.veth(party), check=False)
             _ip("netns", "del", self.namespace(party), check=False)
         _ip("link", "del", self.bridge, check=False)
