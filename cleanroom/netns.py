@@ -44,7 +44,12 @@ HUB = "coordinator"
 
 
 def _run(*args: str, check: bool = True) -> None:
-    done = subprocess.run(list(args), capture_output=True, text=True)
+    try:
+        done = subprocess.run(list(args), capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        if not check:
+            return
+        raise ConfigError(f"--netns needs '{exc.filename}' (not found)") from exc
     if check and done.returncode != 0:
         raise ConfigError(f"{' '.join(args)} failed: {done.stderr.strip()}")
 

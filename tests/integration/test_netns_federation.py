@@ -63,8 +63,9 @@ class Fed:
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
-        message = "network-namespace tests NOT RUN: they need root, iproute2 and tc"
+    tools = ("ip", "bridge", "ss", "iptables")
+    if os.geteuid() != 0 or any(shutil.which(t) is None for t in tools):
+        message = "network-namespace tests NOT RUN: they need root, iproute2, iptables"
         warnings.warn(message, stacklevel=1)
         pytest.skip(message)
     tmp_path = tmp_path_factory.mktemp("netns")
@@ -168,6 +169,12 @@ def test_nodes_reach_only_the_coordinator_and_nothing_reaches_a_node(
             if other != node:
                 assert not _connects(fed, node, fed.network.address(other), port)
         assert not _connects(fed, node, fed.network.address_of_host(), port)
+    for party in ("coordinator", *NODES):  # the bridge keeps nodes apart
+        shown = subprocess.run(
+            ["bridge", "-d", "link", "show", "dev", fed.network.veth(party)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert ("isolated on" in shown) == (party != "coordinator"), shown
     # A node that listened anyway would still be unreachable: its firewall and
     # the bridge stand between it and the coordinator or another node.
     server = subprocess.Popen(
