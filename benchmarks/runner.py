@@ -38,6 +38,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_differencing",
     "benchmarks.bench_vertical",
     "benchmarks.bench_datasets",
+    "benchmarks.bench_netns",
 )
 """Importing these registers the suite's benchmarks."""
 DEFAULT_OUT: Final = Path("bench-results")
