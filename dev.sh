@@ -31,6 +31,16 @@ setup_system() {
     (apt-get update -qq && apt-get install -y -qq libsodium23) \
       || echo "!! libsodium23 could not be installed; PSI/OPRF tests will fail"
   fi
+  # The separate-hosts tests (root only) build namespaces, bridges and firewalls.
+  if [ "$(id -u)" = 0 ]; then
+    for tool in ip bridge iptables ss; do
+      if ! command -v "$tool" > /dev/null; then
+        (apt-get update -qq && apt-get install -y -qq iproute2 iptables) \
+          || echo "!! iproute2/iptables could not be installed; netns tests will skip"
+        break
+      fi
+    done
+  fi
 }
 
 install_python() {
