@@ -228,7 +228,7 @@ def fedavg_secagg_round(ctx: Context) -> Iterator[Measurement]:
     plain (unmasked) aggregation, same local training, same in-memory transport.
 
     Secure: every node's ``round_vector`` (local epoch, metrics, encoding), sealed
-    with the job seed (``SealedSum``: mask plus 14 checksums), one SecAgg+ session
+    with the job seed (``SealedSum``: mask plus 10 checksums), one SecAgg+ session
     (fresh keys, signatures, Shamir shares, AES-CTR masks) driven message by
     message, then every node opens and checks the sum. Plain: the same vectors,
     each serialised to the coordinator, summed, the sum serialised back. Goal:
