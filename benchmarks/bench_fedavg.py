@@ -232,7 +232,7 @@ def fedavg_secagg_round(ctx: Context) -> Iterator[Measurement]:
     plain (unmasked) aggregation, same local training, same in-memory transport.
 
     Secure: every node's ``round_vector`` (local epoch, metrics, encoding), sealed
-    with the job seed (``SealedSum``: mask plus 14 checksums, each node its own),
+    with the job seed (``SealedSum``: mask plus 10 checksums, each node its own),
     one SecAgg+ session (fresh mask keys and self-mask seeds, signed adverts,
     Shamir shares, AES-CTR masks; the share-bundle keys and identities a node
     keeps for the whole job, as ``FedNode`` does) driven message by message, then
