@@ -64,6 +64,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -76,7 +77,7 @@ import tenseal.sealapi as sa
 
 from cleanroom.errors import ConfigError, ProtocolError
 from protocols.ckks import sealwire
-from protocols.ckks.params import ParameterSet, parameter_set
+from protocols.ckks.params import parameter_set
 from protocols.ckks.tenseal_backend import TENSEAL
 from protocols.party import SYSTEM_RANDOM, RandomSource
 from protocols.vertical.gradient import FEATURE_CLIP, MAX_BATCH, RESIDUAL_CAP_BITS
@@ -140,8 +141,10 @@ class CkksLayout:
     def honest_bound(self) -> int:
         """The largest |w_k| an honest run produces (gradient, h and flood)."""
         gradient = self.max_batch << (self.product_scale_bits + 8)
-        return gradient + (1 << (FEATURE_SCALE_BITS + H_MARGIN_BITS)) + (
-            1 << self.flood_bits
+        return (
+            gradient
+            + (1 << (FEATURE_SCALE_BITS + H_MARGIN_BITS))
+            + (1 << self.flood_bits)
         )
 
     def positions(self) -> list[int]:
@@ -215,6 +218,8 @@ class _Ring:
         limit = TENSEAL.max_ciphertext_bytes(PARAMETERS, self.limbs)
         if len(data) > limit:
             raise ProtocolError(f"{what} is larger than a ciphertext")
+        if data[-9:] != b"\x19" + struct.pack("<d", 2.0**scale_bits):
+            raise ProtocolError(f"{what} has the wrong parameters")
         try:
             vector = ts.ckks_vector_from(self.context, data)
             cts = vector.ciphertext()
@@ -367,11 +372,14 @@ class GuestKeys:
             blobs.append(ring.to_bytes(ct))
         return _pack(_tag(context, self._digest), blobs)
 
-    def decrypt_masked(self, layout: CkksLayout, data: bytes, *, context: bytes) -> list[int]:
+    def decrypt_masked(
+        self, layout: CkksLayout, data: bytes, *, context: bytes
+    ) -> list[int]:
         """One flooded value mod q per host feature, from the host's ciphertexts."""
         ring = self._ring
-        blobs = _unpack(data, _tag(context, self._digest), layout.groups, "the masked gradient")
-        n = layout.degree
+        blobs = _unpack(
+            data, _tag(context, self._digest), layout.groups, "the masked gradient"
+        )
         out: list[int] = []
         for g, blob in enumerate(blobs):
             ct = ring.load(blob, layout.product_scale_bits, "a masked gradient")
@@ -435,11 +443,15 @@ class HostGradient:
             layout.chunks(rows),
             "the residuals",
         )
-        cts = [ring.load(b, RESIDUAL_SCALE_BITS, "a residual ciphertext") for b in blobs]
+        cts = [
+            ring.load(b, RESIDUAL_SCALE_BITS, "a residual ciphertext") for b in blobs
+        ]
         scale = 2.0**layout.product_scale_bits
         out, mask = [], []
         for g in range(layout.groups):
-            columns = range(g * layout.per_ct, min(layout.features, (g + 1) * layout.per_ct))
+            columns = range(
+                g * layout.per_ct, min(layout.features, (g + 1) * layout.per_ct)
+            )
             total = None
             for c, ct in enumerate(cts):
                 block = self._x[c * r : (c + 1) * r]
@@ -468,7 +480,9 @@ class HostGradient:
         self._mask = mask
         return _pack(_tag(reply, self._host.digest), out)
 
-    def unmask(self, masked_values: Sequence[int], batch_rows: int) -> npt.NDArray[np.float64]:
+    def unmask(
+        self, masked_values: Sequence[int], batch_rows: int
+    ) -> npt.NDArray[np.float64]:
         """The host's mean gradient over the batch, from the guest's values."""
         mask, ring = self._mask, self._host.ring
         if mask is None:
