@@ -452,28 +452,25 @@ class HostGradient:
             columns = range(
                 g * layout.per_ct, min(layout.features, (g + 1) * layout.per_ct)
             )
-            total = None
+            # The fresh Enc_pk(0) first: it re-randomises, and it keeps a group
+            # whose features are all zero (a product SEAL refuses) well formed.
+            total = sa.Ciphertext()
+            self._host.encryptor.encrypt_zero(ring.top, total)
+            total.scale = scale
             for c, ct in enumerate(cts):
                 block = self._x[c * r : (c + 1) * r]
                 poly = np.zeros(n)
                 for k, j in enumerate(columns):
                     poly[(k + 1) * r - len(block) : (k + 1) * r] = block[::-1, j]
+                plain = ring.encode(poly, FEATURE_SCALE_BITS)
+                if plain.is_zero():
+                    continue
                 product = sa.Ciphertext()
-                ring.evaluator.multiply_plain(
-                    ct, ring.encode(poly, FEATURE_SCALE_BITS), product
-                )
-                if total is None:
-                    total = product
-                else:
-                    ring.evaluator.add_inplace(total, product)
-            assert total is not None
+                ring.evaluator.multiply_plain(ct, plain, product)
+                ring.evaluator.add_inplace(total, product)
             words = _uniform_words(self._random, ring.primes, n)
             shift = ring.from_words(np.concatenate([words, self._zero_c1]), scale)
             ring.evaluator.add_inplace(total, shift)
-            zero = sa.Ciphertext()
-            self._host.encryptor.encrypt_zero(ring.top, zero)
-            zero.scale = scale
-            ring.evaluator.add_inplace(total, zero)
             out.append(ring.to_bytes(total))
             both = ring.from_words(np.concatenate([words, words]), scale)
             mask += ring.read(both, layout.positions()[: len(columns)])
