@@ -66,7 +66,7 @@ def test_more_features_than_one_ciphertext_holds(
 ) -> None:
     layout = CkksLayout(4096, 9)  # 4 features per ciphertext: 3 groups
     assert layout.groups == 3
-    d, x, values, step, _, masked = _step(keys, host, 4096, 9)
+    d, x, values, step, _, _ = _step(keys, host, 4096, 9)
     assert np.allclose(step.unmask(values, 4096), x.T @ d / 4096, atol=1e-3)
 
 
