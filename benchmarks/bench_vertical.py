@@ -204,6 +204,23 @@ def _declare_ids(fed: Any, workdir: Path, names: list[str]) -> None:
     local.wait_connected(fed, names, deadline=time.monotonic() + 60)
 
 
+def _wait_for_ids(client: Client, timeout: float = 60.0) -> None:
+    """Until the coordinator's catalog shows both restarted nodes' id columns."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        declared = {
+            entry.node
+            for entry in client.catalog()
+            if entry.connected
+            and entry.datasets
+            and all(d.id_column == "customer_id" for d in entry.datasets)
+        }
+        if declared >= {"guest", "host"}:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the nodes did not publish their id columns")
+
+
 def _train_spec(epochs: int, gradient: str) -> str:
     return job_spec(
         "vertical_logreg",
@@ -244,6 +261,7 @@ def vertical_epoch_grpc(ctx: Context) -> Iterator[Measurement]:
     try:
         _declare_ids(fed, fed_dir, [n for n, _ in datasets])
         with Client.from_federation(fed_dir / "federation.json") as client:
+            _wait_for_ids(client)
             run = LocalFederation(fed, client, [n for n, _ in datasets])
             for _ in range(max(1, ctx.repeat)):
                 one = run.run(_train_spec(1, "ckks"), timeout=900)
