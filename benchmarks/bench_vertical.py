@@ -80,7 +80,8 @@ def encrypted_epoch(
 
 @benchmark("vertical_epoch", "vertical")
 def vertical_epoch(ctx: Context) -> Iterator[Measurement]:
-    """One epoch, packed Paillier (3072-bit), vs plaintext numpy on the same batches."""
+    """One epoch, CKKS and packed Paillier (3072-bit), vs plaintext numpy on the
+    same batches."""
     rows_list = ctx.pick(quick=(300,), full=(10_000,))
     repeat = ctx.pick(quick=1, full=1)
     keys = generate_keypair()
