@@ -173,3 +173,20 @@ def test_a_context_of_another_parameter_set_is_refused() -> None:
     data = context.serialize(save_secret_key=False, save_relin_keys=False)
     with pytest.raises(ProtocolError):
         HostContext(data)
+
+
+def test_the_guest_floods_every_value_it_returns(
+    keys: GuestKeys, host: HostContext
+) -> None:
+    """Exact decryptions would be linear equations in the guest's secret key for
+    the host: two decryptions of one reply differ, by at most the flood."""
+    layout = CkksLayout(64, 3)
+    data = keys.encrypt_residuals(layout, np.ones(64), context=b"r")
+    step = HostGradient(host, layout, np.ones((64, 3)))
+    masked = step.masked(data, context=b"r", reply=b"g")
+    first = keys.decrypt_masked(layout, masked, context=b"g")
+    second = keys.decrypt_masked(layout, masked, context=b"g")
+    q = host.ring.q
+    gaps = [min((a - b) % q, (b - a) % q) for a, b in zip(first, second, strict=True)]
+    assert all(0 < gap <= 2 ** (layout.flood_bits + 1) for gap in gaps)
+    assert max(gaps) > 2 ** (layout.flood_bits - 8)
