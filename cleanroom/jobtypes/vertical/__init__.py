@@ -51,9 +51,10 @@ What each party learns, per iteration and in total (semi-honest parties):
   weigh it. It also learns which of its ids every input shares.
 - A host: its own data; ciphertexts under the guest's key; its own gradient
   X_h^T d / B per batch (with CKKS, plus a uniform flood error of at most
-  2^(E-90) per sum, E from ``CkksLayout.flood_bits``) (a B-row aggregate of residuals weighted by its own
-  features: with batch_size 8 or more it does not single out one row's label,
-  but many batches together constrain the labels), the batch order, the
+  2^(E-90) per sum, E from ``CkksLayout.flood_bits``; a B-row aggregate of
+  residuals weighted by its own features: with batch_size 8 or more it does not
+  single out one row's label, but many batches together constrain the labels),
+  the batch order, the
   stopping decision and the best epoch; which of its ids every input shares.
 - The coordinator: that the job runs, the epoch count, message sizes and
   timing, salted commitments; no features, labels, scores, gradients or ids.
