@@ -40,7 +40,9 @@ EPOCH_DEADLINE_S = 600.0
 
 class VerticalLogRegJob(JobType[TrainParams]):
     name = "vertical_logreg"
-    summary = "logistic regression on columns split across holders (PSI + Paillier)"
+    summary = (
+        "logistic regression on columns split across holders (PSI + CKKS or Paillier)"
+    )
     min_inputs = 2
     resumable = False
     default_deadline = EPOCH_DEADLINE_S
@@ -75,7 +77,8 @@ class VerticalLogRegJob(JobType[TrainParams]):
         )
         if refused:
             reasons.append(f"column '{refused[0]}' is not permitted by this node")
-        if params.key_bits < 3072 and not service.settings.allow_legacy_2048:
+        legacy = params.gradient == "paillier" and params.key_bits < 3072
+        if legacy and not service.settings.allow_legacy_2048:
             reasons.append(
                 f"{params.key_bits}-bit Paillier keys are below this node's minimum"
             )

@@ -10,6 +10,8 @@ from cleanroom.catalog import NUMERIC_TYPES, DatasetInfo
 from cleanroom.errors import SpecError
 from cleanroom.jobspec import JobInput, JobSpec
 
+GRADIENTS: Final = ("ckks", "paillier")
+"""How hosts' gradients are computed under the guest's key (see docs/vertical.md)."""
 KEY_BITS: Final = (2048, 3072, 4096)
 """2048 only where every node's ``allow_legacy_2048`` setting allows it (tests)."""
 MAX_EPOCHS: Final = 1000
@@ -30,6 +32,7 @@ class TrainParams:
     patience: int = 2
     min_delta: float = 1e-4
     key_bits: int = 3072
+    gradient: str = "ckks"
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -55,6 +58,7 @@ _TRAIN_KEYS: Final = {
     "validation_fraction",
     "early_stopping",
     "key_bits",
+    "gradient",
 }
 
 
@@ -91,6 +95,9 @@ def parse_train(spec: JobSpec) -> TrainParams:
     key_bits = raw.get("key_bits", 3072)
     if key_bits not in KEY_BITS or isinstance(key_bits, bool):
         raise SpecError("params.key_bits", f"expected one of {KEY_BITS}")
+    gradient = raw.get("gradient", "ckks")
+    if gradient not in GRADIENTS:
+        raise SpecError("params.gradient", f"expected one of {', '.join(GRADIENTS)}")
     params = TrainParams(
         guest=guest,
         label=label,
@@ -113,6 +120,7 @@ def parse_train(spec: JobSpec) -> TrainParams:
             stopping.get("min_delta", 1e-4), "params.early_stopping.min_delta", low=0.0
         ),
         key_bits=int(key_bits),
+        gradient=str(gradient),
     )
     if not params.hosts:
         raise SpecError("inputs", "a vertical job needs a guest and at least one host")

@@ -2,12 +2,16 @@
 and the hosts (feature holders). Stages, all node to node through the relay
 (sealed to the recipient) except the guest's epoch marks::
 
-    guest -> host   vlr/key        public key, batch-order seed
+    guest -> host   vlr/key        public key (CKKS context or Paillier), seed
     (both ways)     vlr/psi/...    alignment (``alignment``)
     host -> guest   vlr/forward    u_h = X_h w_h on the batch   (e, b)
     guest -> host   vlr/residual   [[d]] under the guest's key   (e, b)
     host -> guest   vlr/masked     [[X_h^T d + r]]               (e, b)
-    guest -> host   vlr/unmasked   X_h^T d + r                   (e, b)
+    guest -> host   vlr/unmasked   X_h^T d + r (+ flood, CKKS)   (e, b)
+
+``params.gradient`` picks the scheme: ``ckks`` (default,
+:mod:`protocols.vertical.ckks_gradient`) or ``paillier``
+(:mod:`protocols.vertical.gradient`); the messages are the same.
     host -> guest   vlr/epoch_fwd  u_h on every aligned row      (e)
     guest -> host   vlr/control    continue, or stop at the best epoch (e)
     guest -> coord  vlr/epoch      the epoch number only
@@ -58,6 +62,7 @@ from protocols.vertical import (
     log_loss,
     sigmoid,
 )
+from protocols.vertical import ckks_gradient as ckks
 from protocols.vertical.gradient import encode_features
 
 KEY, FORWARD, RESIDUAL = "vlr/key", "vlr/forward", "vlr/residual"
@@ -173,6 +178,8 @@ class GuestTrainer(_Node):
         super().__init__(ctx)
         self._hosts = self._params.hosts
         self._keys: KeyPair | None = None
+        self._ckks: ckks.GuestKeys | None = None
+        self._ckks_layouts: dict[str, ckks.CkksLayout] = {}
         self._forward: dict[tuple[str, int, int], Array] = {}
         self._pending: set[str] = set()
         self._curve: list[dict[str, float]] = []
@@ -182,6 +189,14 @@ class GuestTrainer(_Node):
         self._stopped_early = False
 
     def start(self) -> list[Outbound]:
+        self._seed = self._ctx.random(_SEED_BYTES)
+        if self._params.gradient == "ckks":
+            self._ckks = ckks.GuestKeys(random=self._ctx.random)
+            key = codec.pack(
+                {"seed": self._seed.hex(), "gradient": "ckks"},
+                self._ckks.public_context(),
+            )
+            return self._align.start() + [Outbound(h, KEY, key) for h in self._hosts]
         settings = self._service.settings
         try:
             self._keys = generate_keypair(
@@ -196,9 +211,9 @@ class GuestTrainer(_Node):
         self._encryptor = Encryptor(
             self._keys.public, private=self._keys.private, random=self._ctx.random
         )
-        self._seed = self._ctx.random(_SEED_BYTES)
         key = codec.pack(
-            {"seed": self._seed.hex()}, public_key_to_bytes(self._keys.public)
+            {"seed": self._seed.hex(), "gradient": "paillier"},
+            public_key_to_bytes(self._keys.public),
         )
         return self._align.start() + [Outbound(h, KEY, key) for h in self._hosts]
 
@@ -235,7 +250,17 @@ class GuestTrainer(_Node):
                 self.sw[self.y == value] = len(train) / (2.0 * count)
         self.w = np.zeros(self.x.shape[1])
         self.b = 0.0
-        self._layout = GradientLayout(self._params.key_bits, self._params.batch_size)
+        if self._params.gradient == "ckks":
+            self._ckks_layouts = {
+                h: ckks.CkksLayout(
+                    self._params.batch_size, len(self._params.features[h])
+                )
+                for h in self._hosts
+            }
+        else:
+            self._layout = GradientLayout(
+                self._params.key_bits, self._params.batch_size
+            )
         self._new_epoch()
 
     def _on_forward(
@@ -280,12 +305,18 @@ class GuestTrainer(_Node):
     def _residual_step(
         self, rows: npt.NDArray[np.int64], partial: Array
     ) -> list[Outbound]:
-        assert self._layout is not None
         params, x = self._params, self.x[rows]
         d = (sigmoid(x @ self.w + self.b + partial) - self.y[rows]) * self.sw[rows]
-        data = encrypt_residuals(
-            self._encryptor, self._layout, d, context=self._context(RESIDUAL)
-        )
+        if self._ckks is not None:
+            layout = next(iter(self._ckks_layouts.values()))
+            data = self._ckks.encrypt_residuals(
+                layout, d, context=self._context(RESIDUAL)
+            )
+        else:
+            assert self._layout is not None
+            data = encrypt_residuals(
+                self._encryptor, self._layout, d, context=self._context(RESIDUAL)
+            )
         self.w = self.w - params.learning_rate * (
             x.T @ d / len(rows) + params.l2 * self.w
         )
@@ -297,17 +328,22 @@ class GuestTrainer(_Node):
     def _on_masked(
         self, host: str, header: dict[str, Any], body: bytes
     ) -> list[Outbound]:
-        assert self._keys is not None and self._layout is not None
         codec.expect(header, e=self._epoch, b=self._batch)
         if host not in self._pending:
             raise ProtocolError(f"{MASKED}: nothing outstanding from '{host}'")
-        values = decrypt_masked(
-            self._keys.private,
-            self._layout,
-            body,
-            features=len(self._params.features[host]),
-            context=self._context(MASKED, host),
-        )
+        if self._ckks is not None:
+            values = self._ckks.decrypt_masked(
+                self._ckks_layouts[host], body, context=self._context(MASKED, host)
+            )
+        else:
+            assert self._keys is not None and self._layout is not None
+            values = decrypt_masked(
+                self._keys.private,
+                self._layout,
+                body,
+                features=len(self._params.features[host]),
+                context=self._context(MASKED, host),
+            )
         self._pending.discard(host)
         reply = codec.pack({"e": self._epoch, "b": self._batch}, codec.integers(values))
         out = [Outbound(host, UNMASKED, reply)]
@@ -346,6 +382,15 @@ class GuestTrainer(_Node):
         self._new_epoch()
         return out + self._advance()
 
+    def _encryption(self) -> dict[str, Any]:
+        """The parameter set the gradients were computed under (model card)."""
+        if self._ckks_layouts:
+            return {
+                "scheme": "CKKS (RLWE), coefficient packing",
+                **next(iter(self._ckks_layouts.values())).to_json(),
+            }
+        return {"scheme": "packed Paillier", "key_bits": self._params.key_bits}
+
     def _finish(self) -> list[Outbound]:
         params = self._params
         self.w, self.b = self._snapshot
@@ -361,7 +406,8 @@ class GuestTrainer(_Node):
             "epochs_run": len(self._curve),
             "best_epoch": self._best[1] + 1,
             "stopped_early": self._stopped_early,
-            "key_bits": params.key_bits,
+            "gradient": params.gradient,
+            "encryption": self._encryption(),
             "hyperparameters": {
                 "batch_size": params.batch_size,
                 "learning_rate": params.learning_rate,
@@ -393,7 +439,8 @@ class HostTrainer(_Node):
         super().__init__(ctx)
         self._guest = self._params.guest
         self._key: PublicKey | None = None
-        self._step: HostGradient | None = None
+        self._ckks: ckks.HostContext | None = None
+        self._step: HostGradient | ckks.HostGradient | None = None
         self._snapshots: dict[int, Array] = {}
 
     def start(self) -> list[Outbound]:
@@ -419,8 +466,14 @@ class HostTrainer(_Node):
         return []
 
     def _on_key(self, header: dict[str, Any], body: bytes) -> list[Outbound]:
-        if self._key is not None:
+        if self._key is not None or self._ckks is not None:
             raise ProtocolError(f"{KEY}: sent twice")
+        if header.get("gradient") != self._params.gradient:
+            raise ProtocolAbort("the guest's key is not for the scheme the spec names")
+        seed = self._read_seed(header)
+        if self._params.gradient == "ckks":
+            self._ckks, self._seed = ckks.HostContext(body), seed
+            return self._maybe_begin()
         # Parsed at the smallest size any node may allow, then held to this
         # node's own minimum (smaller keys are refused by the parser itself).
         key = public_key_from_bytes(body, allow_legacy_2048=True)
@@ -432,22 +485,34 @@ class HostTrainer(_Node):
             raise ProtocolAbort(
                 "the guest's Paillier key is not the size the spec names"
             )
+        self._key, self._seed = key, seed
+        return self._maybe_begin()
+
+    @staticmethod
+    def _read_seed(header: dict[str, Any]) -> bytes:
         try:
             seed = bytes.fromhex(str(header.get("seed")))
         except ValueError:
             raise ProtocolError(f"{KEY}: malformed seed") from None
         if len(seed) != _SEED_BYTES:
             raise ProtocolError(f"{KEY}: malformed seed")
-        self._key, self._seed = key, seed
-        return self._maybe_begin()
+        return seed
 
     def _maybe_begin(self) -> list[Outbound]:
-        if self._key is None or self._align.rows is None or self.x.size:
+        keyed = self._key is not None or self._ckks is not None
+        if not keyed or self._align.rows is None or self.x.size:
             return []
         self.x = self._features()
-        self._encoded = encode_features(self.x)
         self.w = np.zeros(self.x.shape[1])
-        self._layout = GradientLayout(self._params.key_bits, self._params.batch_size)
+        if self._ckks is not None:
+            self._ckks_layout = ckks.CkksLayout(
+                self._params.batch_size, self.x.shape[1]
+            )
+        else:
+            self._encoded = encode_features(self.x)
+            self._layout = GradientLayout(
+                self._params.key_bits, self._params.batch_size
+            )
         self._new_epoch()
         return self._forward()
 
@@ -461,15 +526,22 @@ class HostTrainer(_Node):
         return [Outbound(self._guest, EPOCH_FWD, codec.pack(header, body))]
 
     def _on_residual(self, header: dict[str, Any], body: bytes) -> list[Outbound]:
-        assert self._key is not None and self._layout is not None
         codec.expect(header, e=self._epoch, b=self._batch)
         if self._step is not None or self._batch >= len(self._batches):
             raise ProtocolError(f"{RESIDUAL}: no batch is waiting for residuals")
         rows = self._batches[self._batch]
-        self._step = HostGradient(
-            self._key, self._layout, self._encoded[rows], random=self._ctx.random
-        )
-        masked = self._step.masked(
+        step: HostGradient | ckks.HostGradient
+        if self._ckks is not None:
+            step = ckks.HostGradient(
+                self._ckks, self._ckks_layout, self.x[rows], random=self._ctx.random
+            )
+        else:
+            assert self._key is not None and self._layout is not None
+            step = HostGradient(
+                self._key, self._layout, self._encoded[rows], random=self._ctx.random
+            )
+        self._step = step
+        masked = step.masked(
             body,
             context=self._context(RESIDUAL),
             reply=self._context(MASKED, self._ctx.node),
