@@ -20,7 +20,13 @@ from cleanroom.errors import CleanroomError
 from cleanroom.federation import Federation
 from cleanroom.model import JobState
 
-PLUGINS: Final = ("bench_plain_sum", "bench_plain_vector", "bench_secure_vector")
+PLUGINS: Final = (
+    "bench_plain_sum",
+    "bench_plain_vector",
+    "bench_secure_vector",
+    "bench_delivered_vector",
+    "bench_sealed_vector",
+)
 DATASET: Final = "records"
 COLUMNS: Final = ("age", "income", "visits", "score")
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

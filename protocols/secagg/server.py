@@ -138,6 +138,11 @@ class SecAggServer(CoordinatorParty):
             expected=len(live),
         )
 
+    @property
+    def survivors(self) -> frozenset[str]:
+        """The parties whose inputs are in the sum (empty before unmasking)."""
+        return self._survivors
+
     def sum_vector(self) -> MaskVector:
         """The survivors' exact sum mod 2^modulus_bits; only valid once finished."""
         if self._result is None:
