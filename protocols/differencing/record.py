@@ -127,7 +127,8 @@ def _coarse(groups: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.int32]:
     """Group counts folded to COARSE groups (group mod COARSE): a lower bound on
     the rows apart that is cheaper to compare than the full groups."""
     folded = groups.reshape(*groups.shape[:-1], GROUPS // COARSE, COARSE)
-    return folded.sum(axis=-2, dtype=np.int32)
+    out: npt.NDArray[np.int32] = folded.sum(axis=-2, dtype=np.int32)
+    return out
 
 
 def _transpose(bodies: Sequence[bytes], geometry: Geometry) -> list[bytes]:
