@@ -130,6 +130,10 @@ def differencing_check(ctx: Context) -> Iterator[Measurement]:
     order = index.order()
     frame = frame.iloc[order].reset_index(drop=True)
     index = index.take(order)
+    # Where the frame stays in file order (node/differencing.py today), each
+    # mask is reordered first: file row order[i] is arranged row i.
+    in_file_order = np.empty_like(order)
+    in_file_order[order] = np.arange(order.size)
     signing_key = Ed25519PrivateKey.generate()
     at_goal = rows == 1_000_000 and cells == 1_000
     record_bytes: list[float] = []
@@ -137,13 +141,15 @@ def differencing_check(ctx: Context) -> Iterator[Measurement]:
         mask = predicates.apply(predicates.parse_where(where_raw, []), frame)
         # The warm-up call and every repeat admit fresh cells.
         new = variants(mask, (repeat + 1) * _CALLS)
+        # Other fresh cells for the file-order path, as file-order masks.
+        new_file = [v[in_file_order] for v in variants(mask, len(new), seed=17)]
         size = int(new[0].sum())
         for kind, masks in (
             ("varied earlier cells", earlier_masks(frame, cells)),
             ("earlier cells of the same size", earlier_masks(frame, cells, rows=size)),
         ):
             record = ReleaseRecord(
-                key, "bench", group_size=MIN_GROUP_SIZE, capacity=cells + len(new)
+                key, "bench", group_size=MIN_GROUP_SIZE, capacity=cells + 2 * len(new)
             )
             for earlier in masks:
                 admit([index.cell(earlier)], [record], min_group_size=MIN_GROUP_SIZE)
@@ -164,9 +170,15 @@ def differencing_check(ctx: Context) -> Iterator[Measurement]:
                 )
                 assert allowed
 
-            ours, base = ctx.time_interleaved(
+            def admit_file_order(
+                cell: npt.NDArray[np.bool_], record: ReleaseRecord = record
+            ) -> None:
+                admit_one(cell[order], record)
+
+            ours, base, file_order = ctx.time_interleaved(
                 _cycling([partial(admit_one, cell) for cell in new]),
                 _repeated(count_job),
+                _cycling([partial(admit_file_order, cell) for cell in new_file]),
                 repeat=repeat,
             )
             ctx.log(f"  {name}, {kind}: {recorded} earlier cells")
@@ -187,6 +199,17 @@ def differencing_check(ctx: Context) -> Iterator[Measurement]:
                     x=("rows",),
                     note="frame arranged by bucket at load (RowIndex.order)",
                 )
+            yield ctx.measurement(
+                case=f"admit in file order vs count ({name}; {kind})",
+                params={"rows": rows, "cells": cells},
+                details={"earlier_cells": recorded, "new_cell_rows": size},
+                metric="cpu",
+                measured=_per_call(file_order.cpu.samples),
+                baseline=_per_call(base.cpu.samples),
+                baseline_name=f"count job node side: where {name}, count, sign",
+                x=("rows",),
+                note="the node's path today: each mask reordered (mask[order]) first",
+            )
     geometry = record.geometry
     yield ctx.measurement(
         case="record bytes per released cell",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -74,8 +74,14 @@ class _Index:
     arranged: RowIndex
     order: npt.NDArray[np.intp]
 
-    def sketch(self, labels: npt.NDArray[np.int64], count: int) -> list[CellSketch]:
+    def sketch(
+        self, labels: npt.NDArray[np.signedinteger[Any]], count: int
+    ) -> list[CellSketch]:
+        if labels.shape != (self.rows.rows,) or labels.dtype.kind not in "iu":
+            raise ConfigError(f"the cell labels must be {self.rows.rows} integers")
         if count == 1:  # one cell (a count): the packed fast path on its mask
+            # The one per-row cost left: the frame is in file order, the index in
+            # bucket order (docs/policy.md, "Cost").
             return [self.arranged.cell((labels == 0)[self.order])]
         return self.rows.cells(labels, count)
 
@@ -120,7 +126,7 @@ class ReleaseGuard:
             sketches = [
                 sketch
                 for labels, count in partitions
-                for sketch in index.sketch(np.asarray(labels, dtype=np.int64), count)
+                for sketch in index.sketch(np.asarray(labels), count)
             ]
             records = [
                 self._record(dataset, name, key, min_group_size, capacity)

@@ -45,9 +45,10 @@ if TYPE_CHECKING:
     from cleanroom.jobtypes.tables import Table
 
 P = TypeVar("P")
-CellPartition = tuple[npt.NDArray[np.int64], int]
+CellPartition = tuple[npt.NDArray[np.signedinteger[Any]], int]
 """Cells about to be released, as a partition of a node's rows: each row's cell
-(0..count-1, or -1 for none) and the number of cells."""
+(0..count-1, or -1 for none; any signed integer type: int8 suffices for one cell)
+and the number of cells."""
 
 
 def _release_all(partitions: Sequence[CellPartition]) -> list[bool]:

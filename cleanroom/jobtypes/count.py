@@ -96,7 +96,10 @@ class CountNode(NodeParty):
             count = int(mask.sum())
             released = (
                 count >= ctx.min_group_size
-                and ctx.cells_guard([(np.where(mask, 0, -1).astype(np.int64), 1)])[0]
+                # int8 labels 0 / -1 straight from the mask: no 8-byte copy.
+                and ctx.cells_guard(
+                    [(np.asarray(mask, np.bool_).view(np.int8) - 1, 1)]
+                )[0]
             )
         else:
             # An engine-backed dataset (SQL, DuckDB) serves no row identities, so

@@ -39,8 +39,12 @@ Probabilities, per comparison, for an analyst who does not know the key:
   differing rows share one of 256 buckets with mixed signs, about C(d, 3) / 256^2
   (1.5e-4 for d = 5); never for identical sets.
 
-Cost (``benchmarks/bench_differencing.py``): per released cell 8 + 256 + 18 x
-table-cells bytes (1,344 B for k = 5); per dataset 4 bytes per row for the index.
+Cost (``benchmarks/bench_differencing.py``, numbers in docs/policy.md): per
+released cell 8 + 256 + 18 x table-cells bytes stored (1,344 B for k = 5) and 32
+more in memory; per dataset 4 bytes per row for an index. Time per cell: one packed
+pass over its mask and one over the tags when the frame is in bucket order (a
+gather of the mask first otherwise), then row-count and group-count screens, so
+only cells within k - 1 rows on every bound are decoded.
 Records are bounded by a capacity and refuse new releases when full (never evict:
 eviction re-opens differencing against the evicted cell).
 

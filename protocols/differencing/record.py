@@ -40,6 +40,8 @@ MAX_CAPACITY: Final = 1_000_000
 _HEADER: Final = struct.Struct("<8s16sHHHIIH")
 _MAC_BYTES: Final = 32
 _MAX_SCOPE_BYTES: Final = 1024
+COARSE: Final = 8
+"""Folded groups compared first (in memory only; stored records keep GROUPS)."""
 
 
 class _Cells:
@@ -50,6 +52,7 @@ class _Cells:
         self.size = 0
         self.rows = np.zeros(0, dtype=np.int64)
         self.groups = np.zeros((0, GROUPS), dtype=np.int32)
+        self.coarse = np.zeros((0, COARSE), dtype=np.int32)
         self.tables = Tables(
             np.zeros((0, m), dtype=np.int16),
             np.zeros((0, m), dtype=np.uint64),
@@ -61,6 +64,7 @@ class _Cells:
             grow = max(8, 2 * self.size)
             self.rows = np.resize(self.rows, grow)
             self.groups = np.resize(self.groups, (grow, GROUPS))
+            self.coarse = np.resize(self.coarse, (grow, COARSE))
             m = self.tables.count.shape[1]
             self.tables = Tables(
                 np.resize(self.tables.count, (grow, m)),
@@ -69,6 +73,7 @@ class _Cells:
             )
         self.rows[self.size] = sketch.rows
         self.groups[self.size] = sketch.groups
+        self.coarse[self.size] = _coarse(sketch.groups)
         for mine, theirs in zip(_arrays(self.tables), _arrays(tables), strict=True):
             mine[self.size] = theirs[index]
         self.size += 1
@@ -78,6 +83,7 @@ class _Cells:
         n = self.size
         self.rows = np.concatenate([self.rows[:n], other.rows[: other.size]])
         self.groups = np.concatenate([self.groups[:n], other.groups[: other.size]])
+        self.coarse = np.concatenate([self.coarse[:n], other.coarse[: other.size]])
         self.tables = Tables(
             *(
                 np.concatenate([mine[:n], theirs[: other.size]])
@@ -98,6 +104,11 @@ class _Cells:
     ) -> tuple[bool, bool]:
         """(some cell is 1..k-1 rows away, some cell has the same rows)."""
         near = np.flatnonzero(np.abs(self.rows[: self.size] - sketch.rows) < k)
+        # Each bound is exact (a row apart moves one group count by one), and
+        # each level reads a fraction of the next: 8, then 64 groups.
+        if near.size:
+            apart = np.abs(self.coarse[near] - _coarse(sketch.groups)).sum(axis=1)
+            near = near[apart < k]
         if near.size:
             apart = np.abs(self.groups[near] - sketch.groups).sum(axis=1)
             near = near[apart < k]
@@ -110,6 +121,14 @@ class _Cells:
         conflict = decoded.complete & (rows >= 1) & (rows < k)
         same = decoded.complete & (rows == 0)
         return bool(conflict.any()), bool(same.any())
+
+
+def _coarse(groups: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.int32]:
+    """Group counts folded to COARSE groups (group mod COARSE): a lower bound on
+    the rows apart that is cheaper to compare than the full groups."""
+    folded = groups.reshape(*groups.shape[:-1], GROUPS // COARSE, COARSE)
+    out: npt.NDArray[np.int32] = folded.sum(axis=-2, dtype=np.int32)
+    return out
 
 
 def _transpose(bodies: Sequence[bytes], geometry: Geometry) -> list[bytes]:
@@ -170,7 +189,7 @@ class ReleaseRecord:
 
     @staticmethod
     def bytes_per_cell(geometry: Geometry) -> int:
-        """Serialised (and in-memory) bytes per recorded cell."""
+        """Serialised bytes per recorded cell (in memory, 4 x COARSE more)."""
         return 8 + 4 * GROUPS + geometry.cells * (2 + 8 + 8)
 
     def max_bytes(self) -> int:
@@ -303,6 +322,7 @@ class ReleaseRecord:
             offset += count * np.dtype(dtype).itemsize
         cells = self._cells
         cells.rows, cells.groups = arrays[0], arrays[1]
+        cells.coarse = _coarse(arrays[1])
         cells.tables = Tables(arrays[2], arrays[3], arrays[4])
         cells.size = size
 

@@ -157,10 +157,20 @@ class RowIndex:
         self._tag = tag
         self._segments: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]] | None = None
         self._chunks: list[tuple[int, int, int, int, npt.NDArray[np.intp]]] = []
+        self._bounds: tuple[
+            npt.NDArray[np.intp], npt.NDArray[np.uint64], npt.NDArray[np.bool_]
+        ] = (np.zeros(0, np.intp), np.zeros(0, np.uint64), np.zeros(0, np.bool_))
         if bucket.size and bool(np.all(bucket[1:] >= bucket[:-1])):
             starts = np.flatnonzero(np.diff(bucket.astype(np.int32), prepend=-1))
             self._segments = (bucket[starts].astype(np.intp), starts.astype(np.intp))
             self._chunks = _chunk_plan(starts.astype(np.intp), bucket.size)
+            bounds = np.append(starts, bucket.size).astype(np.intp)
+            word = bounds >> 6
+            self._bounds = (
+                word,
+                (np.uint64(1) << (bounds & 63).astype(np.uint64)) - np.uint64(1),
+                word[1:] == word[:-1],
+            )
         self._chunk_rows = max((hi - lo for _, _, lo, hi, _ in self._chunks), default=0)
 
     @classmethod
@@ -220,13 +230,12 @@ class RowIndex:
         # One spare zero word, so that the bound at row n (n % 64 == 0) is in range.
         words = np.zeros((self.rows + 63) // 64 + 1, dtype=np.uint64)
         words.view(np.uint8)[: packed.size] = packed
-        prefix = np.zeros(words.size + 1, dtype=np.int64)
-        np.cumsum(np.bitwise_count(words), out=prefix[1:])
-        bounds = np.append(starts, self.rows)
-        word, bit = bounds >> 6, (bounds & 63).astype(np.uint64)
-        below = words[word] & ((np.uint64(1) << bit) - np.uint64(1))
-        cumulative = prefix[word] + np.bitwise_count(below)
-        counts = np.diff(cumulative)
+        word, below, shared = self._bounds
+        # Rows of a segment: the bits of the words from its first bound's word up
+        # to its last's, less those below each bound in its word (no prefix sum).
+        whole = np.add.reduceat(np.bitwise_count(words), word, dtype=np.int64)[:-1]
+        part = np.bitwise_count(words[word] & below).astype(np.int64)
+        counts = np.where(shared, 0, whole) - part[:-1] + part[1:]
         tags = np.empty(starts.size, dtype=np.uint16)
         flags = selected.view(np.uint8)  # uint16 x uint8 is numpy's fast loop
         scratch = np.empty(self._chunk_rows, np.uint16)

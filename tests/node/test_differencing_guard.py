@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cleanroom.errors import CryptoError, QuotaExceeded
+from cleanroom.errors import ConfigError, CryptoError, QuotaExceeded
 from cleanroom.localdb import LocalDatabase
 from node.differencing import ReleaseGuard, ReleaseScope
 
@@ -77,3 +77,24 @@ def test_concurrent_checks_are_serialised(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert sum(results.values()) == 1  # whichever came first; the rest are near it
+
+
+def test_narrow_labels_decide_as_wide_ones_and_bad_labels_are_refused(
+    tmp_path: Path,
+) -> None:
+    guard = ReleaseGuard(LocalDatabase(tmp_path / "node.db"))
+    assert check(guard, 100)
+    labels, count = cell(99)
+    narrow = [(labels.astype(np.int8), count)]  # what count passes: 0 / -1 int8
+
+    def run(partitions: list[tuple[np.ndarray, int]]) -> list[bool]:
+        return guard.check(
+            job_id="j", dataset="d", dataset_hash="h", frame=frame(),
+            id_column="pid", scope=ReleaseScope("alice", "lab"), min_group_size=5,
+            capacity=100, partitions=partitions,
+        )  # fmt: skip
+
+    assert run(narrow) == [False]  # one row from the recorded cell
+    for bad in (labels[:-1], labels.astype(np.float64)):
+        with pytest.raises(ConfigError, match="cell labels"):
+            run([(bad, 1)])

@@ -387,3 +387,18 @@ def test_cells_stored_one_by_one_load_into_the_same_record() -> None:
         ReleaseRecord(key, "analyst:a", group_size=5, capacity=10).append_cell_bytes(
             rest
         )
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 65, 129, 4097])
+def test_packed_counts_are_exact_at_word_edges(rows: int) -> None:
+    """The fast path counts rows per bucket from packed words; segments that start
+    or end inside a word, share one, or end the frame at any n % 64 are exact."""
+    rng = np.random.default_rng(rows)
+    index, _ = arranged(rng.permutation(rows).astype(np.int64), key(3))
+    for share in (0.0, 0.01, 0.5, 1.0):
+        mask = rng.random(rows) < share
+        direct = index.cell(mask)
+        (slow,) = index.cells(mask.astype(np.int8) - 1, 1)
+        assert np.array_equal(direct.items, slow.items)
+        assert direct.rows == slow.rows == int(mask.sum())
+        assert np.array_equal(direct.groups, slow.groups)
