@@ -54,6 +54,6 @@ def test_psi_cardinality_and_receivers_over_grpc(tmp_path: Path) -> None:
         assert result["cardinality"] == 50  # user100..user149
         receivers = {n["node"]: n["receiver"] for n in result["nodes"]}
         assert receivers == {"bank": True, "telecom": False}
-            assert "example.org" not in proc.stdout.casefold()  # no raw key released
+        assert "example.org" not in proc.stdout.casefold()  # no raw key released
     finally:
         local.down(workdir)
