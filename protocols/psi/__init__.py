@@ -1,12 +1,12 @@
 """Private set intersection: ECDH-PSI over Curve25519 (X25519, libsodium), 2 or n parties.
 
 Construction. Each party normalises its keys (:mod:`protocols.psi.normalize`),
-removes duplicates and maps each key x to H(x): the first 32 bytes of SHA-512(domain
-|| config digest || x) through Elligator 2 onto edwards25519 with the cofactor
-cleared (libsodium's ``crypto_core_ed25519_from_uniform``), written as the
-Montgomery u-coordinate of that point (u = (1 + y) / (1 - y)). The config digest
-binds session id, parties, output mode, receivers, normalisation rules and size
-caps, so hashes from one job are useless in another. Each party draws a fresh
+removes duplicates and maps each key x to H(x): 48 bytes of SHA-512(domain ||
+config digest || x) read as a field element mod p, through RFC 9380's Elligator 2
+map onto Curve25519 (the map of the ``curve25519_XMD:SHA-512_ELL2_NU_`` suite,
+checked against its test vectors), written as the point's u-coordinate. The
+config digest binds session id, parties, output mode, receivers, normalisation
+rules and size caps, so hashes from one job are useless in another. Each party draws a fresh
 32-byte X25519 secret a per job from the injectable CSPRNG (never reused, never
 stored), sends {X25519(a, H(x))} in an order drawn from the CSPRNG, and applies
 X25519 with its own secret to what it receives. Equal keys meet at
@@ -19,9 +19,10 @@ Why u-coordinates and X25519 are sound here. (1) Commutativity: X25519(a, u)
 is the u-coordinate of clamp(a) * P for either point P with that u; clamp(a) =
 8 * a' is an integer, and integer multiples commute, so X25519(a, X25519(b, u)) =
 X25519(b, X25519(a, u)). Dropping the sign (v) loses only the pair {P, -P}, which
-no step needs to tell apart. (2) Cofactor: Curve25519 has order 8 * l. H(x) is in
-the prime-order subgroup (cofactor cleared) and clamped scalars are multiples of 8,
-so a small-order component a malicious peer adds to a point is annihilated;
+no step needs to tell apart. (2) Cofactor: Curve25519 has order 8 * l. Clamped
+scalars are multiples of 8, so the first X25519 clears H(x)'s cofactor (the tags are
+those of RFC 9380's encode_to_curve output 8 * H(x), scalars a'), and a small-order
+component a malicious peer adds to a point is annihilated;
 a low-order input gives the all-zero u, which libsodium refuses and we abort on.
 (3) Twist: a peer may send a u that lies on the quadratic twist; X25519 is
 defined there too, and Curve25519's twist has order 4 * l' with l' a 253-bit prime,
@@ -50,12 +51,11 @@ the other side's set only ever appears under the other side's secret).
 
 Assumptions. Decisional Diffie-Hellman in the prime-order subgroup of Curve25519
 (order l ~ 2^252, ~126-bit security; for twist inputs, the same on the twist) with
-SHA-512 modelled as a random oracle and Elligator 2 as an admissible encoding
-(the map is not surjective, covering about half the points, and is
-indifferentiable from a random oracle only up to that known, benign bias, as for
-RFC 9380's ``curve25519_XMD:SHA-512_ELL2_NU_`` suite); libsodium >= 1.0.18's
-constant-time X25519. The Edwards-to-Montgomery step runs on Python integers
-(not constant-time) over the party's own hashed keys in its own process.
+SHA-512 modelled as a random oracle and Elligator 2 as RFC 9380's nonuniform
+encoding (the map reaches about half the points: a known, benign bias, the same
+as any ``_NU_`` suite; ECDH-PSI needs only that nobody knows a discrete log of
+H(x)); libsodium >= 1.0.18's constant-time X25519. The map runs on gmpy2
+integers (not constant-time) over the party's own hashed keys in its own process.
 Non-colluding parties in the ring (an aggregator colluding with its receiver learns
 the receiver's intersection with each single set). Malicious parties: the protocol
 is secure only against semi-honest ones. A malicious party can use any input set it

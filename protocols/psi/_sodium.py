@@ -7,20 +7,22 @@ blinds, validates protocol state or hides timing beyond what libsodium does: use
 
 ristretto255 serves the OPRF (RFC 9497); X25519 (u-coordinates on Curve25519,
 clamped scalars) serves ECDH-PSI, where it is ~1.5x cheaper per multiplication.
-The one step libsodium 1.0.18 lacks, the Edwards-to-Montgomery map of a hashed
-point without a subgroup check (its ``pk_to_curve25519`` multiplies by l, costing
-as much as the X25519 itself), is done here with Python integers and one batched
-field inversion (Montgomery's trick). Python integer arithmetic is not constant
-time; what it handles is H(x) for the party's own keys, in its own process.
+libsodium 1.0.18 has no Elligator 2 onto Curve25519's u-line (its
+``ed25519_from_uniform`` costs ~30 us, half an X25519, and then needs an
+Edwards-to-Montgomery conversion), so RFC 9380's map is computed here with gmpy2
+integers (~5 us per key with one batched inversion). gmpy2 arithmetic is not
+constant time; what it handles is H(x) of the party's own keys in its own process.
 """
 
 from __future__ import annotations
 
 import ctypes.util
+from collections.abc import Sequence
 from functools import cache
 from typing import Any, Final
 
 import cffi
+import gmpy2
 
 from cleanroom.errors import ConfigError, ProtocolError
 
@@ -29,6 +31,9 @@ SCALAR_BYTES: Final = 32
 HASH_BYTES: Final = 64
 UNIFORM_BYTES: Final = 32
 FIELD_PRIME: Final = 2**255 - 19
+_P: Final = gmpy2.mpz(FIELD_PRIME)
+_A: Final = gmpy2.mpz(486662)
+_ONE: Final = gmpy2.mpz(1)
 _LIBRARY_NAMES: Final = ("libsodium.so.23", "libsodium.so.26", "libsodium.so")
 
 _ffi = cffi.FFI()
@@ -48,7 +53,6 @@ _ffi.cdef(
                                              const unsigned char *y);
     int crypto_scalarmult(unsigned char *q, const unsigned char *n,
                           const unsigned char *p);
-    int crypto_core_ed25519_from_uniform(unsigned char *p, const unsigned char *r);
     """
 )
 
@@ -210,45 +214,42 @@ def x25519_many(scalar: bytes, points: bytes) -> bytes:
     return bytes(_ffi.buffer(out))
 
 
-def uniform_to_u(uniform: bytes) -> bytes:
-    """Packed Curve25519 u-coordinates of Elligator 2 images of 32-byte strings.
+def elligator2_u(field_elements: Sequence[int]) -> bytes:
+    """Packed u-coordinates of RFC 9380's Elligator 2 map onto Curve25519 (Z = 2).
 
-    libsodium's ``crypto_core_ed25519_from_uniform`` maps each string to an
-    edwards25519 point (Elligator 2, cofactor cleared, so in the prime-order
-    subgroup); the birational map u = (1 + y) / (1 - y) then gives the same point's
-    Montgomery u-coordinate, with one field inversion for the whole batch.
+    ``map_to_curve_elligator2`` (RFC 9380 section 6.7.1) for each field element r
+    (an integer in [0, p)): x1 = -A / (1 + 2 r^2) (-A if the denominator is 0),
+    u = x1 if x1^3 + A x1^2 + x1 is a square, else -x1 - A. The output is a point
+    of the curve, not of the twist; its cofactor is cleared by the clamped scalar
+    of every later X25519 (so the tags are those of RFC 9380's ``encode_to_curve``
+    output 8 * P). One field inversion serves the whole batch (Montgomery's trick).
     """
-    if len(uniform) % UNIFORM_BYTES:
-        raise ValueError("inputs must be packed 32-byte strings")
-    count = len(uniform) // UNIFORM_BYTES
+    p = _P
+    count = len(field_elements)
     if count == 0:
         return b""
-    edwards = _ffi.new("unsigned char[]", count * POINT_BYTES)
-    src = _ffi.from_buffer(uniform)
-    fn = _lib().crypto_core_ed25519_from_uniform
-    for i in range(count):
-        fn(edwards + i * POINT_BYTES, src + i * UNIFORM_BYTES)
-    encoded = bytes(_ffi.buffer(edwards))
-    p = FIELD_PRIME
-    mask = (1 << 255) - 1  # bit 255 is the sign of x, which u does not depend on
-    ys = [
-        int.from_bytes(encoded[i : i + POINT_BYTES], "little") & mask
-        for i in range(0, len(encoded), POINT_BYTES)
-    ]
-    # Montgomery's trick: prefix products of (1 - y), one inversion, walk back
+    dens = []
     prefix = []
-    acc = 1
-    for y in ys:
-        acc = acc * (1 - y) % p
+    acc = _ONE
+    for r in field_elements:
+        den = (2 * gmpy2.mpz(r) * r + 1) % p
+        if den == 0:  # r^2 = -1/2: x1 = -A by RFC 9380's inv0 convention
+            den = _ONE
+        dens.append(den)
+        acc = acc * den % p
         prefix.append(acc)
-    if acc == 0:  # y = 1 is the identity: probability ~2^-250 per key
-        raise ProtocolError("hash-to-curve produced the identity")
-    inverse = pow(acc, -1, p)
+    inverse = gmpy2.invert(acc, p)
     out = bytearray(count * POINT_BYTES)
     for i in range(count - 1, -1, -1):
-        y = ys[i]
-        before = prefix[i - 1] if i else 1
-        u = (1 + y) * inverse * before % p
-        inverse = inverse * (1 - y) % p
-        out[i * POINT_BYTES : (i + 1) * POINT_BYTES] = u.to_bytes(POINT_BYTES, "little")
+        den = dens[i]
+        before = prefix[i - 1] if i else _ONE
+        x1 = -_A * inverse * before % p
+        inverse = inverse * den % p
+        if 2 * field_elements[i] * field_elements[i] % p == p - 1:
+            x1 = (-_A) % p
+        gx1 = x1 * (x1 * (x1 + _A) + 1) % p
+        u = x1 if gmpy2.legendre(gx1, p) >= 0 else (-x1 - _A) % p
+        out[i * POINT_BYTES : (i + 1) * POINT_BYTES] = int(u).to_bytes(
+            POINT_BYTES, "little"
+        )
     return bytes(out)

@@ -23,6 +23,8 @@ A = TypeVar("A")
 R = TypeVar("R")
 
 _SCALAR_DOMAIN: Final = b"cleanroom/psi/v1/scalar\x00"
+_FIELD_BYTES: Final = 48
+_P: Final = _sodium.FIELD_PRIME
 
 
 class BatchRunner(Protocol):
@@ -97,18 +99,19 @@ def psi_scalar(random: RandomSource) -> bytes:
 def hash_to_group(prefix: bytes, encoded: Sequence[bytes]) -> bytes:
     """Packed Curve25519 u-coordinates of H(prefix || x): SHA-512, then Elligator 2.
 
-    The first 32 bytes of SHA-512(prefix || x) go through libsodium's Elligator 2
-    map onto edwards25519 (cofactor cleared), then to the Montgomery u-coordinate.
+    The first 48 bytes of SHA-512(prefix || x), read big-endian mod p (RFC 9380's
+    hash_to_field length for this field: bias < 2^-128), go through RFC 9380's
+    Elligator 2 map onto Curve25519 (:func:`protocols.psi._sodium.elligator2_u`).
     ``prefix`` carries the domain and the job's configuration digest, so the same
     key hashes to unrelated elements in different jobs.
     """
     base = hashlib.sha512(prefix)
-    digests = bytearray()
+    field = []
     for item in encoded:
         h = base.copy()
         h.update(item)
-        digests += h.digest()[: _sodium.UNIFORM_BYTES]
-    return _sodium.uniform_to_u(bytes(digests))
+        field.append(int.from_bytes(h.digest()[:_FIELD_BYTES], "big") % _P)
+    return _sodium.elligator2_u(field)
 
 
 def _hash_and_multiply(job: tuple[bytes, bytes, Sequence[bytes]]) -> bytes:
