@@ -54,9 +54,7 @@ def _child(
     conn.recv()
     cpu0 = time.process_time()
     busy0 = _children_cpu()
-    party = psi_party(
-        PsiConfig.create(**config), name, keys, runner=pool or SERIAL
-    )
+    party = psi_party(PsiConfig.create(**config), name, keys, runner=pool or SERIAL)
     for m in party.start():
         conn.send((m.recipient, m.stage, m.payload))
     while not party.finished:

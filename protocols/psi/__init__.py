@@ -1,4 +1,4 @@
-"""Private set intersection: ECDH-PSI over Curve25519 (X25519, libsodium), 2 or n parties.
+"""Private set intersection: ECDH-PSI on Curve25519 (X25519, libsodium), 2..n parties.
 
 Construction. Each party normalises its keys (:mod:`protocols.psi.normalize`),
 removes duplicates and maps each key x to H(x): 48 bytes of SHA-512(domain ||
@@ -6,9 +6,9 @@ config digest || x) read as a field element mod p, through RFC 9380's Elligator 
 map onto Curve25519 (the map of the ``curve25519_XMD:SHA-512_ELL2_NU_`` suite,
 checked against its test vectors), written as the point's u-coordinate. The
 config digest binds session id, parties, output mode, receivers, normalisation
-rules and size caps, so hashes from one job are useless in another. Each party draws a fresh
-32-byte X25519 secret a per job from the injectable CSPRNG (never reused, never
-stored), sends {X25519(a, H(x))} in an order drawn from the CSPRNG, and applies
+rules and size caps, so hashes from one job are useless in another. Each party
+draws a fresh 32-byte X25519 secret a per job from the injectable CSPRNG (never
+reused, never stored), sends {X25519(a, H(x))} in an order drawn from the CSPRNG, and applies
 X25519 with its own secret to what it receives. Equal keys meet at
 u(clamp(a) * clamp(b) * H(x)), the same whichever key came first; those are
 compared as 16-byte BLAKE2b tags keyed with the digest. Every set a party sends is

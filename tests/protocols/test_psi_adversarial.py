@@ -142,8 +142,6 @@ def test_transcript_carries_no_key_and_no_recomputable_hash(n: int, mode: str) -
             oprf_h1([raw]),
             oprf_h1([encoded]),
         ]
-        needles.append(
-            hash_to_group(HASH_DOMAIN + config.digest, [encoded])
-        )
+        needles.append(hash_to_group(HASH_DOMAIN + config.digest, [encoded]))
         for needle in needles:
             assert needle not in blob
