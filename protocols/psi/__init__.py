@@ -8,8 +8,9 @@ checked against its test vectors), written as the point's u-coordinate. The
 config digest binds session id, parties, output mode, receivers, normalisation
 rules and size caps, so hashes from one job are useless in another. Each party
 draws a fresh 32-byte X25519 secret a per job from the injectable CSPRNG (never
-reused, never stored), sends {X25519(a, H(x))} in an order drawn from the CSPRNG, and applies
-X25519 with its own secret to what it receives. Equal keys meet at
+reused, never stored), sends {X25519(a, H(x))} in an order drawn from the
+CSPRNG, and applies X25519 with its own secret to what it receives. Equal keys
+meet at
 u(clamp(a) * clamp(b) * H(x)), the same whichever key came first; those are
 compared as 16-byte BLAKE2b tags keyed with the digest. Every set a party sends is
 shuffled, so positions say nothing about rows. (This is SecretFlow's default
