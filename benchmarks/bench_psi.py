@@ -111,7 +111,7 @@ def psi_throughput(ctx: Context) -> Iterator[Measurement]:
         }
         ctx.log(f"  psi n={n}: {details}")
         yield ctx.measurement(
-            case="ecdh-psi ristretto255, 2 party processes vs openmined-psi",
+            case="ecdh-psi x25519, 2 party processes vs openmined-psi",
             params={"n": n},
             details=details,
             metric="wall",
@@ -138,7 +138,7 @@ def _pool_measurement(
     for run in runs:
         _check(run.cardinality, overlap, "cleanroom (pool)")
     yield ctx.measurement(
-        case="ecdh-psi ristretto255, one process + 2-worker pool vs openmined-psi",
+        case="ecdh-psi x25519, one process + 2-worker pool vs openmined-psi",
         params={"n": n},
         details={"items_per_s": round(2 * n / min(r.wall_s for r in runs))},
         metric="wall",
@@ -169,7 +169,7 @@ def _spu_measurement(
         "take most of an hour of this run",
     )
     yield ctx.measurement(
-        case="ecdh-psi ristretto255, 2 party processes vs SPU ECDH-PSI",
+        case="ecdh-psi x25519, 2 party processes vs SPU ECDH-PSI",
         params={"n": n},
         details={
             "peer_items_per_s": round(2 * n / answer["wall_s"]),
