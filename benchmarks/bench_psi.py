@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from collections.abc import Iterator
 from typing import Any, Final
@@ -11,7 +13,8 @@ from benchmarks.psi_processes import PsiRun, psi_items, run_psi_processes
 from benchmarks.registry import BenchmarkGap, Context, Goal, Measurement, benchmark
 from benchmarks.stats import Stats
 from protocols.party import Inbound
-from protocols.psi import ProcessRunner, PsiConfig, psi_party
+from protocols.psi import ProcessRunner, PsiConfig, _sodium, psi_party
+from protocols.psi.group import hash_to_group, psi_scalar, random_scalar
 
 OPENMINED: Final = ("openmined-psi==2.0.6",)
 SPU: Final = ("spu==0.9.5",)
@@ -111,7 +114,7 @@ def psi_throughput(ctx: Context) -> Iterator[Measurement]:
         }
         ctx.log(f"  psi n={n}: {details}")
         yield ctx.measurement(
-            case="ecdh-psi ristretto255, 2 party processes vs openmined-psi",
+            case="ecdh-psi x25519, 2 party processes vs openmined-psi",
             params={"n": n},
             details=details,
             metric="wall",
@@ -138,7 +141,7 @@ def _pool_measurement(
     for run in runs:
         _check(run.cardinality, overlap, "cleanroom (pool)")
     yield ctx.measurement(
-        case="ecdh-psi ristretto255, one process + 2-worker pool vs openmined-psi",
+        case="ecdh-psi x25519, one process + 2-worker pool vs openmined-psi",
         params={"n": n},
         details={"items_per_s": round(2 * n / min(r.wall_s for r in runs))},
         metric="wall",
@@ -169,7 +172,7 @@ def _spu_measurement(
         "take most of an hour of this run",
     )
     yield ctx.measurement(
-        case="ecdh-psi ristretto255, 2 party processes vs SPU ECDH-PSI",
+        case="ecdh-psi x25519, 2 party processes vs SPU ECDH-PSI",
         params={"n": n},
         details={
             "peer_items_per_s": round(2 * n / answer["wall_s"]),
@@ -182,4 +185,49 @@ def _spu_measurement(
         ratio_kind="speedup",
         x=("n",),
         note="SPU's wall includes its CSV input/output, as its API requires",
+    )
+
+
+@benchmark("psi_group_ops", "psi")
+def psi_group_ops(ctx: Context) -> Iterator[Measurement]:
+    """CPU per PSI key and party: X25519 + Elligator 2 vs ristretto255, same run."""
+    n = ctx.pick(quick=1_000, full=5_000)
+    encoded = [f"user-{i:010d}@example.org".encode() for i in range(n)]
+    prefix = b"bench/psi-group-ops\x00"
+    x_key, r_key = psi_scalar(os.urandom), random_scalar(os.urandom)
+    x_points = hash_to_group(prefix, encoded)
+    digests = b"".join(hashlib.sha512(prefix + e).digest() for e in encoded)
+    r_points = _sodium.from_hashes(digests)
+
+    def ristretto_hash() -> object:
+        return _sodium.from_hashes(
+            b"".join(hashlib.sha512(prefix + e).digest() for e in encoded)
+        )
+
+    timings = ctx.time_interleaved(
+        lambda: hash_to_group(prefix, encoded),
+        lambda: _sodium.x25519_many(x_key, x_points),
+        ristretto_hash,
+        lambda: _sodium.multiply_points(r_key, r_points),
+    )
+    per = [t.cpu.median / n * 1e6 for t in timings]
+    x_hash, x_mult, r_hash, r_mult = per
+    details = {
+        "x25519_hash_us": round(x_hash, 1),
+        "x25519_mult_us": round(x_mult, 1),
+        "ristretto_hash_us": round(r_hash, 1),
+        "ristretto_mult_us": round(r_mult, 1),
+    }
+    ctx.log(f"  psi group ops per element: {details}")
+    yield ctx.measurement(
+        case="one PSI key, one party: hash + 2 multiplications (CPU)",
+        params={"n": n},
+        details=details,
+        metric="cpu_per_key",
+        measured=Stats.of([x_hash + 2 * x_mult], "us"),
+        baseline=Stats.of([r_hash + 2 * r_mult], "us"),
+        baseline_name="ristretto255 from_hash + 2 scalarmult (libsodium)",
+        ratio_kind="speedup",
+        note="per-element CPU medians over batches of n; X25519 clamps, Elligator 2 "
+        "(RFC 9380) computed with gmpy2",
     )

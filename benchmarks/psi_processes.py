@@ -8,6 +8,7 @@ two nodes would. Used by ``bench_psi``.
 from __future__ import annotations
 
 import queue
+import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from protocols.party import Inbound
-from protocols.psi import PsiConfig, psi_party
+from protocols.psi import ProcessRunner, PsiConfig, psi_party
+from protocols.psi.group import SERIAL
 
 
 def psi_items(start: int, stop: int) -> list[str]:
@@ -38,13 +40,21 @@ class PsiRun:
 
 
 def _child(
-    conn: Connection, config: dict[str, Any], name: str, span: tuple[int, int]
+    conn: Connection,
+    config: dict[str, Any],
+    name: str,
+    span: tuple[int, int],
+    workers: int,
 ) -> None:
     keys = psi_items(*span)
+    pool = ProcessRunner(workers) if workers > 1 else None
+    if pool is not None:
+        pool.map(len, [b"warm", b"up"])
     conn.send("ready")
     conn.recv()
     cpu0 = time.process_time()
-    party = psi_party(PsiConfig.create(**config), name, keys)
+    busy0 = _children_cpu()
+    party = psi_party(PsiConfig.create(**config), name, keys, runner=pool or SERIAL)
     for m in party.start():
         conn.send((m.recipient, m.stage, m.payload))
     while not party.finished:
@@ -52,7 +62,16 @@ def _child(
         for m in party.receive(Inbound(sender, stage, payload)):
             conn.send((m.recipient, m.stage, m.payload))
     card = party.output().cardinality if party.is_receiver else -1
-    conn.send(("@done", time.process_time() - cpu0, card))
+    cpu = time.process_time() - cpu0
+    if pool is not None:
+        pool.close()  # the workers' CPU time is counted once they have exited
+        cpu += _children_cpu() - busy0
+    conn.send(("@done", cpu, card))
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_psi_processes(
@@ -61,8 +80,13 @@ def run_psi_processes(
     *,
     output: str = "intersection",
     receivers: tuple[str, ...] = ("a",),
+    workers: int = 1,
 ) -> PsiRun:
-    """PSI of n x n keys sharing ``overlap``, parties "a" and "b" in two processes."""
+    """PSI of n x n keys sharing ``overlap``, parties "a" and "b" in two processes.
+
+    ``workers`` > 1 gives each party a pool of that many processes for its group
+    operations (the node setting ``jobtypes.psi.workers``); CPU then counts them.
+    """
     config = {
         "session_id": f"bench-{n}",
         "parties": ("a", "b"),
@@ -76,7 +100,7 @@ def run_psi_processes(
     procs: list[BaseProcess] = []
     for name, span in spans.items():
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_child, args=(child, config, name, span), daemon=True)
+        proc = ctx.Process(target=_child, args=(child, config, name, span, workers))
         proc.start()
         conns[name], procs = parent, [*procs, proc]
     for conn in conns.values():

@@ -13,12 +13,12 @@ from cleanroom.errors import ConfigError, ProtocolAbort, ProtocolError
 from protocols.party import SYSTEM_RANDOM, Inbound, NodeParty, Outbound, RandomSource
 from protocols.psi import _sodium
 from protocols.psi.config import OutputMode, PsiConfig
-from protocols.psi.group import SERIAL, BatchRunner, random_permutation, random_scalar
+from protocols.psi.group import SERIAL, BatchRunner, psi_scalar, random_permutation
 from protocols.psi.messages import Chunk, ChunkStream, decode_chunk
 from protocols.psi.normalize import NormalizedKeys, normalize_keys
 
 TAG_BYTES: Final = 16
-_HASH_DOMAIN: Final = b"cleanroom/psi/v1/hash-to-group\x00"
+HASH_DOMAIN: Final = b"cleanroom/psi/v2/x25519-hash-to-group\x00"
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ class PsiPartyBase(NodeParty):
             )
         self._random = random
         self._runner = runner
-        self._scalar = random_scalar(random)
-        self._prefix = _HASH_DOMAIN + config.digest
+        self._scalar = psi_scalar(random)
+        self._prefix = HASH_DOMAIN + config.digest
         # position j of everything this party sends holds key _order[j]
         self._order = random_permutation(len(self._keys), random)
         self._streams: dict[tuple[str, str, int], ChunkStream] = {}

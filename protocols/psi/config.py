@@ -18,7 +18,7 @@ MAX_ITEMS_LIMIT: Final = 2**28
 DEFAULT_MAX_ITEMS: Final = 2**24
 DEFAULT_CHUNK_ITEMS: Final = 2**15
 """32,768 elements: 1 MiB of points per message, well under any relay's limit."""
-_DIGEST_DOMAIN: Final = b"cleanroom/psi/v1/config\x00"
+_DIGEST_DOMAIN: Final = b"cleanroom/psi/v2/config\x00"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Hash-to-ristretto255, secret scalars, shuffles and the optional process pool."""
+"""PSI's group (X25519 u-coordinates), secret scalars, shuffles and the process pool.
+
+``random_scalar`` (ristretto255, mod l) also serves the OPRF; ``psi_scalar``,
+``hash_to_group``, ``blind_keys`` and ``multiply_all`` are PSI's X25519 group.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ A = TypeVar("A")
 R = TypeVar("R")
 
 _SCALAR_DOMAIN: Final = b"cleanroom/psi/v1/scalar\x00"
+_FIELD_BYTES: Final = 48
+_P: Final = _sodium.FIELD_PRIME
 
 
 class BatchRunner(Protocol):
@@ -80,29 +86,42 @@ def random_scalar(random: RandomSource) -> bytes:
             return scalar
 
 
-def hash_to_group(prefix: bytes, encoded: Sequence[bytes]) -> bytes:
-    """Packed ristretto255 elements H(prefix || x): SHA-512 then the one-way map.
+def psi_scalar(random: RandomSource) -> bytes:
+    """A fresh X25519 secret: 32 CSPRNG bytes, clamped by libsodium at every use.
 
+    Clamping (clear bits 0-2 and 255, set bit 254) makes it 8 * k' with k' of 251
+    uniform bits: a multiple of the cofactor, so any small-order component of a
+    received point is killed, and every clamped scalar commutes with every other.
+    """
+    return random(_sodium.SCALAR_BYTES)
+
+
+def hash_to_group(prefix: bytes, encoded: Sequence[bytes]) -> bytes:
+    """Packed Curve25519 u-coordinates of H(prefix || x): SHA-512, then Elligator 2.
+
+    The first 48 bytes of SHA-512(prefix || x), read big-endian mod p (RFC 9380's
+    hash_to_field length for this field: bias < 2^-128), go through RFC 9380's
+    Elligator 2 map onto Curve25519 (:func:`protocols.psi._sodium.elligator2_u`).
     ``prefix`` carries the domain and the job's configuration digest, so the same
     key hashes to unrelated elements in different jobs.
     """
     base = hashlib.sha512(prefix)
-    digests = bytearray()
+    field = []
     for item in encoded:
         h = base.copy()
         h.update(item)
-        digests += h.digest()
-    return _sodium.from_hashes(bytes(digests))
+        field.append(int.from_bytes(h.digest()[:_FIELD_BYTES], "big") % _P)
+    return _sodium.elligator2_u(field)
 
 
 def _hash_and_multiply(job: tuple[bytes, bytes, Sequence[bytes]]) -> bytes:
     scalar, prefix, encoded = job
-    return _sodium.multiply_points(scalar, hash_to_group(prefix, encoded))
+    return _sodium.x25519_many(scalar, hash_to_group(prefix, encoded))
 
 
 def _multiply(job: tuple[bytes, bytes]) -> bytes:
     scalar, points = job
-    return _sodium.multiply_points(scalar, points)
+    return _sodium.x25519_many(scalar, points)
 
 
 def split(count: int, parts: int) -> list[tuple[int, int]]:
@@ -115,7 +134,7 @@ def split(count: int, parts: int) -> list[tuple[int, int]]:
 def blind_keys(
     runner: BatchRunner, scalar: bytes, prefix: bytes, encoded: Sequence[bytes]
 ) -> bytes:
-    """Packed k * H(x) for every encoded key, spread over the runner's workers."""
+    """Packed X25519(k, H(x)) for every encoded key, over the runner's workers."""
     jobs = [
         (scalar, prefix, encoded[a:b]) for a, b in split(len(encoded), runner.workers)
     ]
@@ -123,7 +142,7 @@ def blind_keys(
 
 
 def multiply_all(runner: BatchRunner, scalar: bytes, points: bytes) -> bytes:
-    """Packed k * P for packed points from another party (ProtocolError if invalid)."""
+    """Packed X25519(k, u) for another party's points (ProtocolError if invalid)."""
     count = len(points) // POINT_BYTES
     jobs = [
         (scalar, points[a * POINT_BYTES : b * POINT_BYTES])

@@ -34,7 +34,8 @@ RESULT: Final = "psi/result"
 STAGES: Final = (BLIND, RELAY, REBLIND, FINAL, RESULT)
 WIDTH: Final = {BLIND: 32, RELAY: 32, REBLIND: 16, FINAL: 16, RESULT: 4}
 
-WIRE_VERSION: Final = 1
+WIRE_VERSION: Final = 2
+"""2: X25519 u-coordinates (1 was ristretto255); a v1 peer is refused."""
 HEADER_BYTES: Final = 36
 CHUNK_HEADER_BYTES: Final = 15
 _MAGIC: Final = b"PI"

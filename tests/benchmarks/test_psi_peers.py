@@ -44,3 +44,11 @@ def test_two_process_psi_finds_the_overlap() -> None:
         "user-0000000000@example.org",
         "user-0000000001@example.org",
     ]
+
+
+def test_two_process_psi_with_worker_pools_counts_their_cpu() -> None:
+    serial = run_psi_processes(2_000, 500)
+    pooled = run_psi_processes(2_000, 500, workers=2)
+    assert pooled.cardinality == serial.cardinality == 500
+    # the pool's workers do the group operations: their CPU must be counted
+    assert pooled.cpu_s > 0.5 * serial.cpu_s

@@ -11,7 +11,7 @@ from cleanroom.errors import ProtocolError
 from protocols.oprf.core import hash_to_group as oprf_h1
 from protocols.party import Inbound
 from protocols.psi import PsiConfig, psi_party
-from protocols.psi.base import PsiPartyBase
+from protocols.psi.base import HASH_DOMAIN, PsiPartyBase
 from protocols.psi.group import hash_to_group
 from protocols.psi.messages import BLIND, REBLIND, encode_chunks
 from protocols.psi.simulate import drive
@@ -142,10 +142,6 @@ def test_transcript_carries_no_key_and_no_recomputable_hash(n: int, mode: str) -
             oprf_h1([raw]),
             oprf_h1([encoded]),
         ]
-        needles.append(
-            hash_to_group(
-                b"cleanroom/psi/v1/hash-to-group\x00" + config.digest, [encoded]
-            )
-        )
+        needles.append(hash_to_group(HASH_DOMAIN + config.digest, [encoded]))
         for needle in needles:
             assert needle not in blob
