@@ -73,9 +73,7 @@ def vertical_spu_epoch(ctx: Context) -> Iterator[Measurement]:
     order = np.concatenate(batches(SEED, 0, rows, BATCH))
     data = ctx.workdir / "vertical-spu.npz"
     data.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        data, xg=x[:, :GUEST_FEATURES], xh=x[:, GUEST_FEATURES:], y=y, order=order
-    )
+    np.savez(data, xg=x[:, :GUEST_FEATURES], xh=x[:, GUEST_FEATURES:], y=y, order=order)
     plain_model: list[Any] = []
 
     def plain(_: object) -> None:
@@ -147,7 +145,9 @@ def _ours(
     return ctx.measurement(
         case="this project's vertical LR epoch (packed Paillier 3072, one process)",
         params={**params, "protocol": "paillier-3072"},
-        details={f"vs_spu_{p.lower()}": round(wall / s, 2) for p, s in spu_walls.items()},
+        details={
+            f"vs_spu_{p.lower()}": round(wall / s, 2) for p, s in spu_walls.items()
+        },
         metric="wall",
         measured=measured.wall,
         baseline=baseline,

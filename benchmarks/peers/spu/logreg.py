@@ -34,7 +34,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     sorted_scores = scores[order]
     # average ranks over ties
     _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    for s, c in zip(start, counts):
+    for s, c in zip(start, counts, strict=True):
         if c > 1:
             ranks[order[s : s + c]] = s + (c + 1) / 2.0
     truth = labels.astype(bool)
