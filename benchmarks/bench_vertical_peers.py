@@ -218,8 +218,10 @@ def run_vertical(
     from cleanroom.testing import InProcessFederation
 
     timeout = 3600.0 + len(guest) / 10
+    # One process holds every party here: a long step of one starves the others'
+    # heartbeats, so contact is judged over minutes, not the default seconds.
     with InProcessFederation(
-        {GUEST: guest, HOST: host}, id_column=ID, directory=workdir
+        {GUEST: guest, HOST: host}, id_column=ID, directory=workdir, node_timeout=600
     ) as fed:
         started = time.perf_counter()
         view = fed.run(spec, timeout=timeout)
