@@ -255,7 +255,7 @@ def centralised(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 def vertical_auc_100k(ctx: Context) -> Iterator[Measurement]:
     """vertical_logreg + vertical_predict AUC vs centralised scikit-learn."""
     rows = ctx.pick(quick=400, full=100_000)
-    epochs = ctx.pick(quick=2, full=3)
+    epochs = 2
     batch_size = ctx.pick(quick=64, full=None)
     x, y = synthetic(rows)
     guest, host = split_frames(x, y)
