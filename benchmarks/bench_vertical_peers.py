@@ -183,7 +183,8 @@ def train_spec(rows: int, *, epochs: int, batch_size: int | None) -> str:
         f"inputs: [{{node: {GUEST}, dataset: {GUEST}}}, "
         f"{{node: {HOST}, dataset: {HOST}}}]",
         "purpose: benchmark",
-        f"deadline_seconds: {max(600, rows // 20)}",
+        # Per epoch; nodes refuse more than an hour (their default limit).
+        f"deadline_seconds: {min(3600, max(600, rows // 20))}",
         "params:",
         f"  guest: {GUEST}",
         f"  label: {LABEL}",
