@@ -37,6 +37,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_pir",
     "benchmarks.bench_differencing",
     "benchmarks.bench_vertical",
+    "benchmarks.bench_vertical_peers",
     "benchmarks.bench_datasets",
     "benchmarks.bench_netns",
 )

@@ -91,6 +91,7 @@ def write_node_config(
     policy_file: Path,
     plugins: Sequence[str] = (),
     jobtype_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    id_column: str = "",
 ) -> Path:
     node_dir = workdir / "nodes" / name
     node_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +110,7 @@ def write_node_config(
         f"ca = {_toml_str(ca / 'ca.crt')}\n\n"
         f"[datasets.{dataset.stem}]\n"
         f"path = {_toml_str(dataset)}\n"
+        + (f"id_column = {_toml_str(id_column)}\n" if id_column else "")
         + "".join(
             _toml_table(f"jobtypes.{job_type}", table)
             for job_type, table in sorted((jobtype_settings or {}).items())
@@ -144,10 +146,13 @@ def up(
     netns: bool = False,
     progress: Callable[[str], None] = lambda _: None,
     node_settings: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    id_columns: Mapping[str, str] | None = None,
 ) -> Federation:
     """Start a coordinator and the nodes; return once every node is connected.
 
-    ``node_settings`` maps a node to its ``[jobtypes.<name>]`` tables.
+    ``node_settings`` maps a node to its ``[jobtypes.<name>]`` tables;
+    ``id_columns`` a node to its dataset's identifier column (for PSI and
+    vertical jobs).
     ``netns`` (root only): each party in its own network namespace
     (``cleanroom.netns``), the coordinator listening on its namespace's address.
     """
@@ -248,6 +253,7 @@ def up(
                 policy_file,
                 plugins,
                 (node_settings or {}).get(name),
+                (id_columns or {}).get(name, ""),
             )
             progress(f"starting node {name} with dataset '{path.stem}'")
             processes[f"node:{name}"] = _spawn(

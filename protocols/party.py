@@ -67,6 +67,10 @@ class Progress:
 
     ``heard``/``expected`` count the parties the current stage has heard from and
     waits for in total; ``done``/``total`` count work items (rows, ciphertexts).
+    ``note`` is a short free text for the party's own user (e.g. the analyst
+    party's last loss). It travels like every other field: a node's progress goes
+    to the coordinator, so a node party puts there only what the coordinator may
+    see.
     """
 
     stage: str = ""
@@ -77,6 +81,7 @@ class Progress:
     done: int = 0
     total: int = 0
     unit: str = ""
+    note: str = ""
 
     def describe(self) -> str:
         parts = []
@@ -91,6 +96,8 @@ class Progress:
             parts.append(f"{self.heard} of {self.expected} parties heard from")
         if self.total:
             parts.append(f"{self.done} of {self.total} {self.unit or 'items'}")
+        if self.note:
+            parts.append(self.note)
         return ", ".join(parts) or "running"
 
     def to_json(self) -> dict[str, Any]:
@@ -103,6 +110,7 @@ class Progress:
             "done": self.done,
             "total": self.total,
             "unit": self.unit,
+            "note": self.note,
         }
 
     @classmethod
@@ -130,6 +138,7 @@ class Progress:
             done=integer("done"),
             total=integer("total"),
             unit=str(raw.get("unit", ""))[:40],
+            note=str(raw.get("note", ""))[:200],
         )
 
 

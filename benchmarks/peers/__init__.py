@@ -53,10 +53,16 @@ def peer_python(
 
 
 def run_peer(
-    peer: str, python: Path, job: dict[str, Any], *, timeout: float = 3600
+    peer: str,
+    python: Path,
+    job: dict[str, Any],
+    *,
+    timeout: float = 3600,
+    script: str = "driver.py",
 ) -> dict[str, Any]:
-    """Run the peer's driver on ``job`` and return its JSON answer."""
-    driver = PEERS_DIR / peer / "driver.py"
+    """Run the peer's driver (or another ``script`` of it) on ``job`` and return
+    its JSON answer."""
+    driver = PEERS_DIR / peer / script
     try:
         done = subprocess.run(
             [str(python), str(driver)],

@@ -26,6 +26,7 @@ from cleanroom.demo.vertical import (
     train_spec,
 )
 from cleanroom.jobtypes.vertical.curve import curve_png
+from cleanroom.serde import JobView
 from cleanroom.testing import InProcessFederation, wait_until
 
 LEGACY = {"allow_legacy_2048": True}
@@ -43,8 +44,17 @@ def data() -> VerticalSplit:
 
 
 @pytest.fixture(scope="module")
+def progress_seen() -> list[tuple[str, str]]:
+    """(the job's progress as the coordinator shows it, the analyst's own party's
+    progress) at every poll while the training job ran, as ``--wait`` prints them."""
+    return []
+
+
+@pytest.fixture(scope="module")
 def trained(
-    data: VerticalSplit, tmp_path_factory: pytest.TempPathFactory
+    data: VerticalSplit,
+    tmp_path_factory: pytest.TempPathFactory,
+    progress_seen: list[tuple[str, str]],
 ) -> Iterator[tuple[InProcessFederation, str, dict[str, Any]]]:
     root = tmp_path_factory.mktemp("vertical")
     with InProcessFederation(
@@ -54,10 +64,18 @@ def trained(
         directory=root,
         store_url=f"sqlite:///{root}/coordinator.db",
     ) as fed:
-        view = fed.run(train_spec(data, key_bits=2048), timeout=600)
+        client = fed.client
+        job = client.submit(train_spec(data, key_bits=2048)).job.job_id
+
+        def seen(view: JobView) -> None:
+            if not view.job.state.terminal:
+                mine = client.session(job).progress().describe()
+                progress_seen.append((str(view.job.progress), mine))
+
+        view = client.wait(job, timeout=600, poll=0.01, on_update=seen)
         assert view.job.state.value == "succeeded", view.job.reason
-        result = fed.client.result(view.job.job_id)["result"]
-        yield fed, view.job.job_id, result
+        result = client.result(job)["result"]
+        yield fed, job, result
 
 
 def _part(fed: InProcessFederation, node: str, job: str) -> dict[str, Any]:
@@ -82,6 +100,26 @@ def test_the_analyst_gets_card_curve_and_metrics_not_weights(trained) -> None:
     )
     text = json.dumps(result)
     assert "weights" not in text and "intercept" not in text
+
+
+def test_the_analyst_sees_epoch_and_losses_while_training_the_relay_does_not(
+    trained, progress_seen
+) -> None:
+    _, _, result = trained
+    notes = {
+        f"epoch {p['epoch']} of at most 12: training loss {p['train_loss']:.4f}, "
+        f"validation loss {p['validation_loss']:.4f}"
+        for p in result["training_curve"]
+    }
+    shown = {mine for _, mine in progress_seen if "loss" in mine}
+    assert shown, progress_seen[-5:]
+    assert all(any(m.endswith(n) for n in notes) for m in shown), shown
+    # The coordinator's own account: the epoch and the guest's batch, no loss.
+    assert any(
+        "of 12" in job and "bank:" in job and "batches" in job
+        for job, _ in progress_seen
+    )
+    assert not any("loss" in job for job, _ in progress_seen)
 
 
 def test_split_model_auc_is_within_001_of_centralised_sklearn(trained, data) -> None:

@@ -20,6 +20,7 @@ from cleanroom.localdb import LocalDatabase
 from protocols.party import ANALYST, COORDINATOR, Inbound, NodeParty, Outbound
 
 Tamper = Callable[[Outbound], Outbound]
+Observer = Callable[[str, Outbound], None]
 
 
 class _Datasets:
@@ -109,13 +110,19 @@ def node_parties(
     return parties
 
 
-def run(parties: Mapping[str, NodeParty], tamper: Tamper = lambda o: o) -> None:
-    """Deliver every node-to-node message until every party has finished."""
+def run(
+    parties: Mapping[str, NodeParty],
+    tamper: Tamper = lambda o: o,
+    observe: Observer = lambda sender, o: None,
+) -> None:
+    """Deliver every node-to-node message until every party has finished;
+    ``observe`` sees every message sent (to the coordinator and analyst too)."""
     queue: deque[tuple[str, Outbound]] = deque()
     for name, party in parties.items():
         queue.extend((name, o) for o in party.start())
     while queue:
         sender, out = queue.popleft()
+        observe(sender, out)
         if out.recipient in (COORDINATOR, ANALYST):
             continue
         out = tamper(out)

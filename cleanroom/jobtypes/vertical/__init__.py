@@ -57,10 +57,12 @@ What each party learns, per iteration and in total (semi-honest parties):
   the batch order, the
   stopping decision and the best epoch; which of its ids every input shares.
 - The coordinator: that the job runs, the epoch count, message sizes and
-  timing, salted commitments; no features, labels, scores, gradients or ids.
+  timing, salted commitments; no features, labels, scores, gradients, losses or
+  ids (the guest's progress report to it holds the epoch and batch only).
 - The analyst: the model card (columns, hyper-parameters, a coarse bucket of the
-  aligned size), the training curve and metrics computed by the guest; never
-  weights (they stay split on the nodes).
+  aligned size), the training curve and metrics computed by the guest (each
+  epoch's training and validation loss also while the job runs, sealed to it:
+  the same values as the curve); never weights (they stay split on the nodes).
 - Operator + analyst: the same as the analyst plus traffic sizes.
 - Operator + one holder: the holder's own view above; envelopes are sealed node
   to node, so the relay adds only sizes and timing.

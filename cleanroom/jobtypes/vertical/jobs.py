@@ -24,11 +24,16 @@ from cleanroom.jobtypes.hooks import (
 from cleanroom.jobtypes.vertical import params as vparams
 from cleanroom.jobtypes.vertical.curve import curve_png
 from cleanroom.jobtypes.vertical.params import PredictParams, TrainParams
-from cleanroom.jobtypes.vertical.release import VerticalAnalyst, VerticalCoordinator
+from cleanroom.jobtypes.vertical.release import (
+    TrainingAnalyst,
+    VerticalAnalyst,
+    VerticalCoordinator,
+)
 from cleanroom.jobtypes.vertical.scoring import SCORES, GuestScorer, HostScorer
 from cleanroom.jobtypes.vertical.service import VerticalService
 from cleanroom.jobtypes.vertical.training import (
     EPOCH_MARK,
+    PROGRESS,
     REPORT,
     GuestTrainer,
     HostTrainer,
@@ -97,7 +102,8 @@ class VerticalLogRegJob(JobType[TrainParams]):
         )
 
     def analyst_party(self, ctx: AnalystContext) -> AnalystParty:
-        guest = self.params(ctx.spec).guest
+        params = self.params(ctx.spec)
+        guest = params.guest
 
         def shape(statements: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
             report = statements[guest]
@@ -113,7 +119,14 @@ class VerticalLogRegJob(JobType[TrainParams]):
                 "metrics": report["metrics"],
             }
 
-        return VerticalAnalyst(ctx, REPORT, shape)
+        return TrainingAnalyst(
+            ctx,
+            REPORT,
+            shape,
+            guest=guest,
+            progress_stage=PROGRESS,
+            epochs=params.epochs,
+        )
 
 
 class VerticalPredictJob(JobType[PredictParams]):

@@ -17,6 +17,8 @@ from cleanroom.jobtypes.sealing import COMMITMENT, CommitmentCollector, ReportsA
 from cleanroom.jobtypes.vertical import codec
 from protocols.party import CoordinatorParty, Inbound, Outbound, Progress
 
+LOSSES = 2  # training and validation loss, in that order
+
 
 class VerticalCoordinator(CoordinatorParty):
     def __init__(
@@ -79,3 +81,54 @@ class VerticalAnalyst(ReportsAnalyst):
             **self._shape(statements),
             "reports": [reports[n].to_json() for n in sorted(reports)],
         }
+
+
+class TrainingAnalyst(VerticalAnalyst):
+    """The analyst's party of ``vertical_logreg``: the reports, and meanwhile the
+    guest's per-epoch losses as progress; the released curve must repeat them."""
+
+    def __init__(
+        self,
+        ctx: AnalystContext,
+        stage: str,
+        shape: Callable[[Mapping[str, Mapping[str, Any]]], Mapping[str, Any]],
+        *,
+        guest: str,
+        progress_stage: str,
+        epochs: int,
+    ) -> None:
+        super().__init__(ctx, stage, shape)
+        self._guest, self._progress_stage, self._epochs = guest, progress_stage, epochs
+        self.losses: list[tuple[float, float]] = []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        if message.stage != self._progress_stage:
+            return super().receive(message)
+        if message.sender != self._guest:
+            raise ProtocolError(f"'{message.sender}' may not report losses")
+        header, body = codec.unpack(message.payload, message.stage)
+        codec.expect(header, e=len(self.losses))
+        if len(self.losses) >= self._epochs:
+            raise ProtocolError(f"{message.stage}: more epochs than the spec allows")
+        train, validation = codec.read_floats(body, LOSSES, message.stage)
+        self.losses.append((float(train), float(validation)))
+        return []
+
+    def progress(self) -> Progress:
+        if not self.losses or self._opener.reports:
+            return super().progress()
+        train, validation = self.losses[-1]
+        return Progress(
+            stage=self._progress_stage,
+            note=f"epoch {len(self.losses)} of at most {self._epochs}: training "
+            f"loss {train:.4f}, validation loss {validation:.4f}",
+        )
+
+    def finalize(self, result: Mapping[str, Any]) -> Mapping[str, Any]:
+        reading = super().finalize(result)
+        curve = [
+            (p["train_loss"], p["validation_loss"]) for p in reading["training_curve"]
+        ]
+        if curve != self.losses:
+            raise ProtocolError("the released curve is not the losses the guest sent")
+        return reading

@@ -15,6 +15,9 @@ and the hosts (feature holders). Stages, all node to node through the relay
     host -> guest   vlr/epoch_fwd  u_h on every aligned row      (e)
     guest -> host   vlr/control    continue, or stop at the best epoch (e)
     guest -> coord  vlr/epoch      the epoch number only
+    guest -> analyst vlr/progress  the epoch's training and validation loss
+                                   (sealed; the same values as the released
+                                   curve, shown while the job runs)
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from protocols.paillier import (
     public_key_to_bytes,
 )
 from protocols.party import (
+    ANALYST,
     COORDINATOR,
     Inbound,
     NodeParty,
@@ -68,6 +72,7 @@ from protocols.vertical.gradient import encode_features
 KEY, FORWARD, RESIDUAL = "vlr/key", "vlr/forward", "vlr/residual"
 MASKED, UNMASKED, EPOCH_FWD = "vlr/masked", "vlr/unmasked", "vlr/epoch_fwd"
 CONTROL, EPOCH_MARK, REPORT = "vlr/control", "vlr/epoch", "vlr/report"
+PROGRESS = "vlr/progress"
 Array = npt.NDArray[np.float64]
 _SEED_BYTES: Final = 32
 
@@ -376,6 +381,7 @@ class GuestTrainer(_Node):
         control = codec.pack({"e": self._epoch, "stop": stop, "best": self._best[1]})
         out = [Outbound(h, CONTROL, control) for h in self._hosts]
         out.append(Outbound(COORDINATOR, EPOCH_MARK, codec.pack({"e": self._epoch})))
+        out.append(self._loss_note(point))
         if stop:
             return out + self._finish()
         self._epoch += 1
@@ -390,6 +396,13 @@ class GuestTrainer(_Node):
                 **next(iter(self._ckks_layouts.values())).to_json(),
             }
         return {"scheme": "packed Paillier", "key_bits": self._params.key_bits}
+
+    def _loss_note(self, point: Mapping[str, float]) -> Outbound:
+        """The epoch's losses, sealed to the analyst (fixed size: the relay learns
+        nothing from it but that an epoch ended, which the epoch mark says)."""
+        losses = np.array([point["train_loss"], point["validation_loss"]])
+        body = codec.pack({"e": self._epoch}, codec.floats(losses))
+        return Outbound(ANALYST, PROGRESS, body)
 
     def _finish(self) -> list[Outbound]:
         params = self._params
