@@ -1,7 +1,8 @@
 """``vertical_logreg`` then ``vertical_predict`` over gRPC, driven through the CLI:
 a bank (label + 10 columns) and a telecom (20 columns) as real node processes,
-the job's default 3072-bit Paillier key, 1 epoch on breast_cancer split by
-columns. The scores must match the model reassembled here from the two parts the
+the packed-Paillier gradient with its default 3072-bit key (the CKKS default
+has its own gRPC test, test_vertical_federation.py), 1 epoch on breast_cancer
+split by columns. The scores must match the model reassembled here from the two parts the
 nodes keep on disk."""
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ def test_vertical_logreg_and_predict_over_grpc(tmp_path: Path) -> None:
     )
     try:
         fed = str(workdir / "federation.json")
-        trained = _submit(tmp_path, "train", train_spec(data, epochs=1), fed)
+        spec = train_spec(data, epochs=1) + "\n  gradient: paillier"
+        trained = _submit(tmp_path, "train", spec, fed)
         result = trained["result"]["result"]
         card = result["model_card"]
-        assert card["key_bits"] == 3072 and card["epochs_run"] == 1
+        assert card["gradient"] == "paillier" and card["epochs_run"] == 1
+        assert card["encryption"]["key_bits"] == 3072
         assert result["metrics"]["validation_auc"] > 0.9
         job = trained["job_id"]
 
