@@ -17,7 +17,7 @@ job's params default to.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -128,55 +128,50 @@ def vertical_spu_epoch(ctx: Context) -> Iterator[Measurement]:
             )
     except BenchmarkGap as gap:
         ctx.gap("SPU secret-shared LR epoch", str(gap))
-    yield _ours_ckks(ctx, x, y, params, baseline.wall, spu_walls)
-    yield _ours(ctx, x, y, params, baseline.wall, spu_walls)
-
-
-def _ours_ckks(
-    ctx: Context,
-    x: np.ndarray,
-    y: np.ndarray,
-    params: dict[str, Any],
-    baseline: Stats,
-    spu_walls: dict[str, float],
-) -> Measurement:
+    xg, xh = x[:, :GUEST_FEATURES], x[:, GUEST_FEATURES:]
     keys = ckks.GuestKeys()
     host = ckks.HostContext(keys.public_context())
-    xg, xh = x[:, :GUEST_FEATURES], x[:, GUEST_FEATURES:]
-    measured = ctx.time(lambda _: ckks_epoch(keys, host, xg, xh, y), repeat=3, warmup=0)
-    wall = measured.wall.median
-    return ctx.measurement(
-        case="this project's vertical LR epoch (CKKS gradient, default; one process)",
-        params={**params, "protocol": "ckks"},
-        details={
-            f"vs_spu_{p.lower()}": round(wall / s, 4) for p, s in spu_walls.items()
-        },
-        metric="wall",
-        measured=measured.wall,
-        baseline=baseline,
-        baseline_name="plaintext numpy, same batches",
-        x=("rows",),
-        note="vs_spu_*: our wall over SPU's, same rows and batches, same run",
+    yield _ours(
+        ctx,
+        "CKKS gradient, default",
+        "ckks",
+        lambda: ckks_epoch(keys, host, xg, xh, y),
+        3,
+        params,
+        baseline.wall,
+        spu_walls,
+    )
+    paillier = generate_keypair()
+    yield _ours(
+        ctx,
+        "packed Paillier 3072",
+        "paillier-3072",
+        lambda: encrypted_epoch(paillier, xg, xh, y),
+        1,
+        params,
+        baseline.wall,
+        spu_walls,
     )
 
 
 def _ours(
     ctx: Context,
-    x: np.ndarray,
-    y: np.ndarray,
+    label: str,
+    protocol: str,
+    epoch: Callable[[], object],
+    repeat: int,
     params: dict[str, Any],
     baseline: Stats,
     spu_walls: dict[str, float],
 ) -> Measurement:
-    keys = generate_keypair()
-    xg, xh = x[:, :GUEST_FEATURES], x[:, GUEST_FEATURES:]
-    measured = ctx.time(lambda _: encrypted_epoch(keys, xg, xh, y), repeat=1, warmup=0)
+    """One encrypted epoch of this project's protocol on the same rows and batches."""
+    measured = ctx.time(lambda _: epoch(), repeat=repeat, warmup=0)
     wall = measured.wall.median
     return ctx.measurement(
-        case="this project's vertical LR epoch (packed Paillier 3072, one process)",
-        params={**params, "protocol": "paillier-3072"},
+        case=f"this project's vertical LR epoch ({label}; one process)",
+        params={**params, "protocol": protocol},
         details={
-            f"vs_spu_{p.lower()}": round(wall / s, 2) for p, s in spu_walls.items()
+            f"vs_spu_{p.lower()}": round(wall / s, 4) for p, s in spu_walls.items()
         },
         metric="wall",
         measured=measured.wall,

@@ -235,7 +235,7 @@ class _SecureVectorNode(NodeParty):
         self._rows = len(ctx.data)
         self._client = SecAggClient(
             ctx.node,
-            _config(ctx.job_id, ctx.parties, int(params["length"])),
+            vector_config(ctx.job_id, ctx.parties, int(params["length"])),
             vector,
             signing_key=ctx.signing_key,
             peer_signing_keys=identity_keys(ctx.peer_signing_keys),
@@ -256,11 +256,13 @@ class _SecureVectorNode(NodeParty):
         return NodeUsage(rows_touched=self._rows)
 
 
-class _SecureVectorCoordinator(CoordinatorParty):
-    def __init__(self, ctx: CoordinatorContext) -> None:
-        self._length = int(ctx.spec.params["length"])
+class SecureVectorCoordinator(CoordinatorParty):
+    """SecAgg+ over ``length`` values (default: the spec's); releases a digest."""
+
+    def __init__(self, ctx: CoordinatorContext, length: int | None = None) -> None:
+        self._length = int(ctx.spec.params["length"]) if length is None else length
         self._server = SecAggServer(
-            _config(ctx.job_id, ctx.parties, self._length),
+            vector_config(ctx.job_id, ctx.parties, self._length),
             identity_keys(ctx.signing_keys),
         )
 
@@ -293,7 +295,7 @@ class _SecureVectorCoordinator(CoordinatorParty):
         }
 
 
-def _config(session: str, parties: tuple[str, ...], length: int) -> SecAggConfig:
+def vector_config(session: str, parties: tuple[str, ...], length: int) -> SecAggConfig:
     return SecAggConfig.create(
         session_id=session, parties=parties, vector_length=length
     )
@@ -307,4 +309,4 @@ class SecureVectorJob(PlainVectorJob):
         return _SecureVectorNode(ctx)
 
     def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
-        return _SecureVectorCoordinator(ctx)
+        return SecureVectorCoordinator(ctx)

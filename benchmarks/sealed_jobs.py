@@ -23,7 +23,12 @@ from typing import Any, Final
 
 import numpy as np
 
-from benchmarks.plain_jobs import SecureVectorJob, plain_vector
+from benchmarks.plain_jobs import (
+    SecureVectorCoordinator,
+    SecureVectorJob,
+    plain_vector,
+    vector_config,
+)
 from cleanroom.errors import ProtocolError
 from cleanroom.jobspec import JobSpec
 from cleanroom.jobtypes.base import AnalystContext, CoordinatorContext, NodeContext
@@ -35,10 +40,9 @@ from protocols.party import (
     NodeParty,
     NodeUsage,
     Outbound,
-    Progress,
 )
 from protocols.sealed_sum import SealedSum
-from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
+from protocols.secagg import SecAggClient
 from protocols.secagg.keys import identity_keys
 
 STAGE_SEED: Final = "bench_sealed.seed"
@@ -47,10 +51,6 @@ ATTACHMENT: Final = "sum"
 
 def _session(job_id: str) -> str:
     return f"{job_id}/bench_sealed"
-
-
-def _config(job_id: str, parties: tuple[str, ...], length: int) -> SecAggConfig:
-    return SecAggConfig.create(session_id=job_id, parties=parties, vector_length=length)
 
 
 def _leader(parties: tuple[str, ...]) -> str:
@@ -80,7 +80,7 @@ class _SealedVectorNode(NodeParty):
         seal = SealedSum(seed, _session(ctx.job_id), self._length)
         self._client = SecAggClient(
             ctx.node,
-            _config(ctx.job_id, ctx.parties, seal.sealed_length),
+            vector_config(ctx.job_id, ctx.parties, seal.sealed_length),
             seal.seal(ctx.node, self._vector),
             signing_key=ctx.signing_key,
             peer_signing_keys=identity_keys(ctx.peer_signing_keys),
@@ -109,40 +109,17 @@ class _SealedVectorNode(NodeParty):
         return NodeUsage(rows_touched=len(self._ctx.data))
 
 
-class _DeliveringCoordinator(CoordinatorParty):
-    """SecAgg+ over ``sealed_length`` values; the sum goes to the analyst as an
-    attachment (still sealed, or plain for the unsealed baseline)."""
+class _DeliveringCoordinator(SecureVectorCoordinator):
+    """The secure-vector sum (over ``sealed_length`` values when sealed) goes to
+    the analyst as an attachment, still sealed or plain for the baseline."""
 
-    def __init__(self, ctx: CoordinatorContext, length: int) -> None:
-        self._length = length
-        self._server = SecAggServer(
-            _config(ctx.job_id, ctx.parties, length), identity_keys(ctx.signing_keys)
-        )
-
-    def start(self) -> list[Outbound]:
-        return self._server.start()
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        if message.stage == STAGE_SEED:
-            return []  # the leader's copies to the others pass through sealed
-        return self._server.receive(message)
-
-    def dropped(self, parties: frozenset[str]) -> list[Outbound]:
-        return self._server.dropped(parties)
-
-    @property
-    def finished(self) -> bool:
-        return self._server.finished
-
-    def waiting_for(self) -> frozenset[str]:
-        return self._server.waiting_for()
-
-    def progress(self) -> Progress:
-        return self._server.progress()
+    _sum: bytes | None = None
 
     def _raw(self) -> bytes:
-        total = np.asarray(self._server.sum_vector(), dtype=np.uint64)
-        return total.astype("<u8").tobytes()
+        if self._sum is None:  # once: the digest and the attachment share it
+            total = np.asarray(self._server.sum_vector(), dtype=np.uint64)
+            self._sum = total.astype("<u8").tobytes()
+        return self._sum
 
     def result(self) -> Mapping[str, Any]:
         return {
@@ -220,7 +197,7 @@ class DeliveredVectorJob(SecureVectorJob):
         return True
 
     def coordinator_party(self, ctx: CoordinatorContext) -> CoordinatorParty:
-        return _DeliveringCoordinator(ctx, int(ctx.spec.params["length"]))
+        return _DeliveringCoordinator(ctx)
 
     def analyst_party(self, ctx: AnalystContext) -> AnalystParty:
         return _VectorReader(ctx, sealed=False)

@@ -157,11 +157,16 @@ def multiply_points(scalar: bytes, points: bytes) -> bytes:
         raise ValueError("a 32-byte scalar and packed 32-byte points are required")
     if _high_bit_set(points):
         raise ProtocolError("a received group element is malformed or the identity")
+    return _scalarmult_many(_lib().crypto_scalarmult_ristretto255, scalar, points)
+
+
+def _scalarmult_many(fn: Any, scalar: bytes, points: bytes) -> bytes:
+    """``fn(out, scalar, point)`` for each packed point, in one buffer; a failure
+    of any (libsodium's non-zero return) refuses the batch without saying which."""
     size = len(points)
     out = _ffi.new("unsigned char[]", size)
     src = _ffi.from_buffer(points)
     key = _ffi.from_buffer(scalar)
-    fn = _lib().crypto_scalarmult_ristretto255
     failed = 0
     for offset in range(0, size, POINT_BYTES):
         failed |= fn(out + offset, key, src + offset)
@@ -201,17 +206,7 @@ def x25519_many(scalar: bytes, points: bytes) -> bytes:
     if len(scalar) != SCALAR_BYTES or len(points) % POINT_BYTES:
         raise ValueError("a 32-byte scalar and packed 32-byte points are required")
     _check_u_coordinates(points)
-    size = len(points)
-    out = _ffi.new("unsigned char[]", size)
-    src = _ffi.from_buffer(points)
-    key = _ffi.from_buffer(scalar)
-    fn = _lib().crypto_scalarmult
-    failed = 0
-    for offset in range(0, size, POINT_BYTES):
-        failed |= fn(out + offset, key, src + offset)
-    if failed:
-        raise ProtocolError("a received group element is malformed or the identity")
-    return bytes(_ffi.buffer(out))
+    return _scalarmult_many(_lib().crypto_scalarmult, scalar, points)
 
 
 def elligator2_u(field_elements: Sequence[int]) -> bytes:
