@@ -308,19 +308,8 @@ def _measure(ctx: Context, keys: KeyPair, rows: int, repeat: int) -> Measurement
     def secure(_: object) -> None:
         sent.update(encrypted_epoch(keys, xg, xh, y))
 
-    def plain(_: object) -> None:
-        train_plaintext(
-            np.hstack([xg, xh]),
-            y,
-            seed=SEED,
-            epochs=1,
-            batch_size=BATCH,
-            learning_rate=0.3,
-            l2=0.0,
-        )
-
     measured = ctx.time(secure, repeat=repeat, warmup=0)
-    baseline = ctx.time(plain, repeat=max(3, repeat), warmup=1)
+    baseline = ctx.time(lambda _: _plain(xg, xh, y), repeat=max(3, repeat), warmup=1)
     measurement = ctx.measurement(
         case="vertical LR epoch (guest + 1 host, one process)",
         params={"rows": rows, "features": "10+20", "key_bits": keys.public.bits},
