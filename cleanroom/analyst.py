@@ -159,6 +159,8 @@ class AnalystSession:
             if self.party is None or self._channel is None:
                 raise errors.ProtocolError("a message arrived before the job started")
             message = self._channel.open(work)
+            if message is None:
+                return  # a resend of a message already applied
             self.transcript.append(message)
             self._emit(self.party.receive(message))
         elif isinstance(work, wire.StopJob):

@@ -4,6 +4,7 @@ opened and checked (signature, header, order) before the protocol sees it."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from cleanroom import errors, wire
@@ -38,6 +39,7 @@ class PartyChannel:
         self._bundles = dict(bundles)
         self._seq: dict[str, int] = {}
         self._guard = ReplayGuard()
+        self._accepted: dict[str, set[bytes]] = {}
 
     def wrap(self, out: Outbound) -> wire.ProtocolMessage:
         seq = self._seq.get(out.recipient, 0)
@@ -61,7 +63,14 @@ class PartyChannel:
             self._job_id, self._me, out.recipient, out.stage, body
         )
 
-    def open(self, msg: wire.ProtocolMessage) -> Inbound:
+    def open(self, msg: wire.ProtocolMessage) -> Inbound | None:
+        """The checked message, or None for a byte-identical copy of one already
+        accepted (a sender resending after its acknowledgement was lost).
+
+        Any other envelope at or below the last accepted seq of its sender (a
+        replay of something else, or a reordering) raises EnvelopeError; a copy
+        never reaches the party twice.
+        """
         if msg.recipient != self._me:
             raise errors.EnvelopeError("message is addressed to another party")
         if msg.sender == COORDINATOR:
@@ -70,6 +79,10 @@ class PartyChannel:
         bundle = self._bundles.get(msg.sender)
         if bundle is None:
             raise errors.EnvelopeError(f"'{msg.sender}' is not a party of this job")
+        digest = hashlib.sha256(msg.body).digest()
+        accepted = self._accepted.setdefault(msg.sender, set())
+        if digest in accepted:
+            return None
         header, payload = open_envelope(
             msg.body,
             recipient=self._me,
@@ -83,4 +96,5 @@ class PartyChannel:
         ):
             raise errors.EnvelopeError("envelope header does not match the message")
         self._guard.check(header)
+        accepted.add(digest)
         return Inbound(msg.sender, msg.stage, payload)

@@ -180,7 +180,9 @@ class JobRunner:
                 why = item.reason or f"the job was {item.state}"
                 return JobOutcome(job.job_id, ending, party.usage(), why)
             if isinstance(item, wire.ProtocolMessage):
-                self._emit(job, party.receive(job.channel.open(item)))
+                inbound = job.channel.open(item)
+                if inbound is not None:  # None: a resend already received
+                    self._emit(job, party.receive(inbound))
             elif isinstance(item, _Event):
                 self._emit(job, party.local_event(item.event))
             elif isinstance(item, _Tick):

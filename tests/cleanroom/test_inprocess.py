@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from cleanroom import errors, testing, wire
 from cleanroom.local import default_policy
-from cleanroom.testing import InProcessFederation, wait_until
+from cleanroom.testing import InProcessFederation, MemoryCoordinatorLink, wait_until
 from node.state import JobStatus
+from protocols.party import COORDINATOR
 
 NODES = ("h1", "h2", "h3")
 
@@ -271,3 +274,43 @@ def test_pushes_stored_before_a_restart_but_not_yet_processed_are_not_lost(
         assert [r["round"] for r in rounds] == list(range(8))
         for r in rounds:
             assert r["sum"] == _round_sum(frames, list(nodes), r["round"], 4)
+
+
+class _AckLosingLink(MemoryCoordinatorLink):
+    """Delivers every envelope meant for another party, then reports the call
+    broken once, as a cut link that lost the acknowledgement would: the node
+    pushes the same bytes again and the coordinator relays both copies."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.duplicated = 0
+
+    def push(self, msg: wire.ProtocolMessage) -> None:
+        super().push(msg)
+        if msg.recipient != COORDINATOR and not getattr(self, "_again", False):
+            self.duplicated += 1
+            self._again = True
+            raise errors.TransportError("acknowledgement lost")
+        self._again = False
+
+
+def test_envelopes_resent_after_lost_acknowledgements_leave_the_exact_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    links: list[_AckLosingLink] = []
+
+    def factory(*args: Any, **kwargs: Any) -> _AckLosingLink:
+        links.append(_AckLosingLink(*args, **kwargs))
+        return links[-1]
+
+    monkeypatch.setattr(testing, "MemoryCoordinatorLink", factory)
+    frames = _frames()
+    with InProcessFederation(frames) as fed:
+        view = fed.run(_spec("secure_stats", params=STATS))
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(view.job.job_id)["result"]
+    assert sum(link.duplicated for link in links) > 0
+    pooled = pd.concat(frames.values())
+    (cell,) = result["groups"].values()
+    assert cell["count"] == len(pooled)
+    assert cell["mean"]["age"] == pytest.approx(pooled.age.mean(), rel=1e-9)
