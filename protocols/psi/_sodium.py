@@ -5,8 +5,11 @@ Debian's ``libsodium23``) through cffi's ABI mode. Nothing here hashes inputs,
 blinds, validates protocol state or hides timing beyond what libsodium does: use
 :mod:`protocols.psi.group` and :mod:`protocols.oprf` instead.
 
-ristretto255 serves the OPRF (RFC 9497); X25519 (u-coordinates on Curve25519,
-clamped scalars) serves ECDH-PSI, where it is ~1.5x cheaper per multiplication.
+ristretto255 serves the OPRF (RFC 9497). ECDH-PSI works on X25519 (u-coordinates
+on Curve25519, clamped scalars), ~1.5x cheaper per multiplication; its
+multiplications run on OpenSSL's ladder (:mod:`protocols.psi._x25519`, cheaper
+still), and :func:`x25519_many` here is libsodium's, kept as the cross-check and
+benchmark baseline.
 libsodium 1.0.18 has no Elligator 2 onto Curve25519's u-line (its
 ``ed25519_from_uniform`` costs ~30 us, half an X25519, and then needs an
 Edwards-to-Montgomery conversion), so RFC 9380's map is computed here with gmpy2
@@ -175,7 +178,7 @@ def _scalarmult_many(fn: Any, scalar: bytes, points: bytes) -> bytes:
     return bytes(_ffi.buffer(out))
 
 
-def _check_u_coordinates(points: bytes) -> None:
+def check_u_coordinates(points: bytes) -> None:
     """Refuse any non-canonical u (bit 255 set, or u >= p): one encoding per point.
 
     X25519 itself ignores bit 255 and reduces u mod p, so without this check one
@@ -205,7 +208,7 @@ def x25519_many(scalar: bytes, points: bytes) -> bytes:
     """
     if len(scalar) != SCALAR_BYTES or len(points) % POINT_BYTES:
         raise ValueError("a 32-byte scalar and packed 32-byte points are required")
-    _check_u_coordinates(points)
+    check_u_coordinates(points)
     return _scalarmult_many(_lib().crypto_scalarmult, scalar, points)
 
 

@@ -16,7 +16,7 @@ from typing import Final, Protocol, TypeVar
 import numpy as np
 
 from protocols.party import RandomSource
-from protocols.psi import _sodium
+from protocols.psi import _sodium, _x25519
 from protocols.psi._sodium import POINT_BYTES
 
 A = TypeVar("A")
@@ -116,12 +116,12 @@ def hash_to_group(prefix: bytes, encoded: Sequence[bytes]) -> bytes:
 
 def _hash_and_multiply(job: tuple[bytes, bytes, Sequence[bytes]]) -> bytes:
     scalar, prefix, encoded = job
-    return _sodium.x25519_many(scalar, hash_to_group(prefix, encoded))
+    return _x25519.x25519_many(scalar, hash_to_group(prefix, encoded))
 
 
 def _multiply(job: tuple[bytes, bytes]) -> bytes:
     scalar, points = job
-    return _sodium.x25519_many(scalar, points)
+    return _x25519.x25519_many(scalar, points)
 
 
 def split(count: int, parts: int) -> list[tuple[int, int]]:
