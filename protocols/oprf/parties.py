@@ -10,7 +10,7 @@ absent keys: it never sees which keys, results or tags the buyer looks at.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Final, Literal
@@ -292,11 +292,12 @@ class VerifyBuyer(_LookupBuyer):
         if self._config.all_fields:
             column = table.all_tags
             assert column is not None
-            return [table.has_tag(column, tags[per["*"]]) for per in self._claims]
-        return [
-            {f: table.has_tag(table.field_tags[f], tags[x]) for f, x in per.items()}
-            for per in self._claims
-        ]
+            return table.has_tags(column, [tags[per["*"]] for per in self._claims])
+        found: dict[str, Iterator[bool]] = {}
+        for name, column in table.field_tags.items():
+            probes = [tags[per[name]] for per in self._claims if name in per]
+            found[name] = iter(table.has_tags(column, probes))
+        return [{f: next(found[f]) for f in per} for per in self._claims]
 
 
 class PirBuyer(_LookupBuyer):

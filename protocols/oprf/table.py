@@ -145,6 +145,17 @@ class OprfTable:
         """Binary search in a sorted tag column."""
         return _find(tags, tag) is not None
 
+    def has_tags(self, tags: np.ndarray, probes: Sequence[bytes]) -> list[bool]:
+        """:meth:`has_tag` for each probe, as one vectorised binary search."""
+        if not probes:
+            return []
+        wanted = np.array(probes, dtype=f"S{TAG_BYTES}")
+        if tags.size == 0:
+            return [False] * len(probes)
+        found = np.searchsorted(tags, wanted)
+        hit = tags[np.minimum(found, tags.size - 1)] == wanted
+        return [bool(h) for h in hit & (found < tags.size)]
+
     def record(self, output: bytes) -> dict[str, str] | None:
         """Decrypt the PIR record for an OPRF output, or None if no record has it."""
         index = _find(self.pir_tags, derive_tag(output))

@@ -86,6 +86,32 @@ def test_verify_per_field_equals_plaintext(
     assert holder.usage().units == {"oprf_evaluations": 2 * len(claims)}
 
 
+def test_verify_claims_of_some_fields_only(
+    holder_key: OprfKey, table: OprfTable
+) -> None:
+    claims, truth = claims_with_truth()
+    for i, (claim, expected) in enumerate(zip(claims, truth, strict=True)):
+        dropped = FIELDS[i % 2] if i % 3 else None
+        if dropped is not None:
+            del claim[dropped], expected[dropped]
+    config = LookupConfig(
+        "v1b", "holder", "buyer", "verify", table.header, 2 * len(claims)
+    )
+    buyer = VerifyBuyer(config, "buyer", table, claims)
+    run(config, buyer, holder_key, table)
+    assert buyer.results() == truth
+
+
+def test_has_tags_matches_has_tag(table: OprfTable) -> None:
+    column = table.all_tags
+    assert column is not None
+    probes = [bytes(column[0]).ljust(16, b"\0"), b"\xff" * 16, b"\0" * 16]
+    probes += [bytes(t).ljust(16, b"\0") for t in column[-3:]]
+    assert table.has_tags(column, probes) == [table.has_tag(column, p) for p in probes]
+    assert table.has_tags(column, []) == []
+    assert table.has_tags(column[:0], probes) == [False] * len(probes)
+
+
 def test_verify_all_fields_bit(holder_key: OprfKey, table: OprfTable) -> None:
     claims, truth = claims_with_truth()
     config = LookupConfig(
