@@ -1,8 +1,9 @@
 """Runs each PSI party in its own OS process, relayed through pipes like a coordinator.
 
-The parent only relays (and counts bytes); each child builds its party from a key
-range, so the two parties compute at once on the machine's two cores, exactly as
-two nodes would. Used by ``bench_psi``.
+The parent only relays (and counts bytes), with one mailbox per party like the
+coordinator's relay, so a message for one party never waits behind another's;
+each child builds its party from a key range, so the two parties compute at once
+on the machine's two cores, exactly as two nodes would. Used by ``bench_psi``.
 """
 
 from __future__ import annotations
@@ -115,14 +116,27 @@ def run_psi_processes(
             if item[0] == "@done":
                 return
 
-    readers = [
-        threading.Thread(target=pump, args=kv, daemon=True) for kv in conns.items()
+    # One sender thread per recipient: a send blocks until that party reads it (a
+    # pipe holds 64 KiB), so a single forwarding loop would hold every message
+    # for the other party behind a busy one, leaving that other party idle.
+    outboxes: dict[str, queue.Queue[tuple[str, str, bytes] | None]] = {
+        name: queue.Queue() for name in conns
+    }
+
+    def deliver(name: str, conn: Connection) -> None:
+        while (item := outboxes[name].get()) is not None:
+            conn.send(item)
+
+    threads = [
+        threading.Thread(target=f, args=kv, daemon=True)
+        for f in (pump, deliver)
+        for kv in conns.items()
     ]
     start = time.perf_counter()
     for conn in conns.values():
         conn.send("go")
-    for reader in readers:
-        reader.start()
+    for thread in threads:
+        thread.start()
     done: dict[str, tuple[float, int]] = {}
     sent = messages = largest = 0
     while len(done) < len(conns):
@@ -136,8 +150,10 @@ def run_psi_processes(
             messages + 1,
             max(largest, len(payload)),
         )
-        conns[recipient].send((sender, stage, payload))
+        outboxes[recipient].put((sender, stage, payload))
     wall = time.perf_counter() - start
+    for outbox in outboxes.values():
+        outbox.put(None)
     for child_proc in procs:
         child_proc.join()
     return PsiRun(
