@@ -31,13 +31,6 @@ _DERIVE_DST: Final = b"DeriveKeyPair" + CONTEXT
 _KEY_ID_DOMAIN: Final = b"cleanroom/oprf/v1/key-id\x00"
 OUTPUT_BYTES: Final = 64
 MAX_INPUT_BYTES: Final = 2**16 - 1
-_JOBS_PER_WORKER: Final = 4
-"""Each batch is cut into this many jobs per pool worker: a worker that other load
-on the machine slows down then holds up less of the batch than half of it."""
-
-
-def _parts(count: int, runner: BatchRunner) -> list[tuple[int, int]]:
-    return split(count, runner.workers * _JOBS_PER_WORKER)
 
 
 def expand_message_xmd(message: bytes, dst: bytes, length: int = 64) -> bytes:
@@ -136,7 +129,7 @@ def blind_with(
     """Blind with a given scalar (known-answer tests); inputs must be distinct."""
     if len(set(inputs)) != len(inputs):
         raise ProtocolError("an OPRF batch must not repeat an input")
-    jobs = [(scalar, inputs[a:b]) for a, b in _parts(len(inputs), runner)]
+    jobs = [(scalar, inputs[a:b]) for a, b in split(len(inputs), runner.workers)]
     return Blinded(scalar, b"".join(runner.map(_blind_part, jobs)))
 
 
@@ -152,7 +145,7 @@ def evaluate(key: OprfKey, elements: bytes, runner: BatchRunner = SERIAL) -> byt
     count = len(elements) // POINT_BYTES
     jobs = [
         (key.scalar, elements[a * POINT_BYTES : b * POINT_BYTES])
-        for a, b in _parts(count, runner)
+        for a, b in split(count, runner.workers)
     ]
     return b"".join(runner.map(_evaluate_part, jobs))
 
@@ -188,7 +181,7 @@ def finalize(
     inverse = _sodium.invert_scalar(blinded.blind)
     jobs = [
         (inverse, inputs[a:b], evaluated[a * POINT_BYTES : b * POINT_BYTES])
-        for a, b in _parts(len(inputs), runner)
+        for a, b in split(len(inputs), runner.workers)
     ]
     return [y for part in runner.map(_finalize_part, jobs) for y in part]
 
@@ -206,5 +199,7 @@ def evaluate_direct(
     key: OprfKey, inputs: Sequence[bytes], runner: BatchRunner = SERIAL
 ) -> list[bytes]:
     """Server-side F_k(x) without blinding: how the holder builds its table."""
-    jobs = [(key.scalar, inputs[a:b]) for a, b in _parts(len(inputs), runner)]
+    jobs = [
+        (key.scalar, inputs[a:b]) for a, b in split(len(inputs), runner.workers * 4)
+    ]
     return [y for part in runner.map(_direct_part, jobs) for y in part]
