@@ -1,4 +1,4 @@
-"""Private set intersection: ECDH-PSI on Curve25519 (X25519, libsodium), 2..n parties.
+"""Private set intersection: ECDH-PSI on Curve25519 (X25519, OpenSSL), 2..n parties.
 
 Construction. Each party normalises its keys (:mod:`protocols.psi.normalize`),
 removes duplicates and maps each key x to H(x): 48 bytes of SHA-512(domain ||
@@ -24,7 +24,8 @@ no step needs to tell apart. (2) Cofactor: Curve25519 has order 8 * l. Clamped
 scalars are multiples of 8, so the first X25519 clears H(x)'s cofactor (the tags are
 those of RFC 9380's encode_to_curve output 8 * H(x), scalars a'), and a small-order
 component a malicious peer adds to a point is annihilated;
-a low-order input gives the all-zero u, which libsodium refuses and we abort on.
+a low-order input gives the all-zero u, which OpenSSL (like libsodium) refuses
+and we abort on.
 (3) Twist: a peer may send a u that lies on the quadratic twist; X25519 is
 defined there too, and Curve25519's twist has order 4 * l' with l' a 253-bit prime,
 so k * T for points T of the peer's choice reveals no more of k than on the curve
@@ -55,7 +56,8 @@ Assumptions. Decisional Diffie-Hellman in the prime-order subgroup of Curve25519
 SHA-512 modelled as a random oracle and Elligator 2 as RFC 9380's nonuniform
 encoding (the map reaches about half the points: a known, benign bias, the same
 as any ``_NU_`` suite; ECDH-PSI needs only that nobody knows a discrete log of
-H(x)); libsodium >= 1.0.18's constant-time X25519. The map runs on gmpy2
+H(x)); the constant-time X25519 of the OpenSSL that ``cryptography`` bundles
+(checked equal to libsodium's in the tests). The map runs on gmpy2
 integers (not constant-time) over the party's own hashed keys in its own process.
 Non-colluding parties in the ring (an aggregator colluding with its receiver learns
 the receiver's intersection with each single set). Malicious parties: the protocol
