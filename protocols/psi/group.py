@@ -50,7 +50,7 @@ class SerialRunner:
 
 
 class ProcessRunner:
-    """A process pool for the scalar multiplications (libsodium holds the GIL).
+    """A process pool for the scalar multiplications (X25519 calls hold the GIL).
 
     Secret scalars travel to the workers over the pool's pipes: they are the same
     party's processes on the same host. ``spawn`` is the default start method so a
@@ -87,7 +87,7 @@ def random_scalar(random: RandomSource) -> bytes:
 
 
 def psi_scalar(random: RandomSource) -> bytes:
-    """A fresh X25519 secret: 32 CSPRNG bytes, clamped by libsodium at every use.
+    """A fresh X25519 secret: 32 CSPRNG bytes, clamped by X25519 at every use.
 
     Clamping (clear bits 0-2 and 255, set bit 254) makes it 8 * k' with k' of 251
     uniform bits: a multiple of the cofactor, so any small-order component of a
