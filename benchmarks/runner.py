@@ -36,6 +36,7 @@ SUITE_MODULES: Final = (
     "benchmarks.bench_psi",
     "benchmarks.bench_pir",
     "benchmarks.bench_differencing",
+    "benchmarks.bench_differencing_node",
     "benchmarks.bench_vertical",
     "benchmarks.bench_vertical_peers",
     "benchmarks.bench_datasets",

@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+import numpy.typing as npt
+import pandas as pd
+
 from cleanroom import errors, jobtypes, wire
 from cleanroom.audit.log import AuditLog
 from cleanroom.jobspec import parse_spec
@@ -30,7 +33,7 @@ from cleanroom.requests import graph_seed
 from node import services as node_services
 from node.admission import Admission
 from node.config import NodeConfig
-from node.datasets import DatasetRegistry
+from node.datasets import DatasetRegistry, LoadedDataset
 from node.differencing import ReleaseGuard, ReleaseScope
 from node.link import CoordinatorLink, GrpcCoordinatorLink, LinkFactory
 from node.meters import Meters
@@ -83,6 +86,7 @@ class NodeAgent:
                 "differencing.refused", job_id=job_id, data=data
             ),
         )
+        self._arrange_datasets()
         self._link_factory = link_factory or self._grpc_link
         self._link: CoordinatorLink | None = None
         self._coordinator_bundle: KeyBundle | None = None
@@ -136,6 +140,24 @@ class NodeAgent:
             running=lambda: len(self.runner.active()),
         )
         self._audit_policy_version()
+
+    def _arrange_datasets(self) -> None:
+        """Keep every in-memory dataset that has a differencing record in the
+        record's bucket order (``ReleaseGuard.arrange``): its checks then read
+        each mask once, in order, with no reordering."""
+
+        def arrange(dataset: LoadedDataset) -> tuple[pd.DataFrame, npt.NDArray[Any]]:
+            kept = self.release_guard.arrange(
+                dataset=dataset.config.name,
+                dataset_hash=dataset.content_hash,
+                frame=dataset.kept_frame,
+                id_column=dataset.info.id_column,
+            )
+            return kept.frame, kept.order
+
+        for name in self.datasets.names():
+            if self.policy.for_dataset(name).differencing:
+                self.datasets.arrange(name, arrange)
 
     def _grpc_link(self) -> CoordinatorLink:
         return GrpcCoordinatorLink(
@@ -302,6 +324,14 @@ class NodeAgent:
             # Rows an engine serves are queried there, or loaded for job types
             # that read rows.
             in_place = job_type.queries_table and dataset.in_engine
+            # Rows in the differencing record's order only where nothing the job
+            # sends depends on the order; every other job type gets file order.
+            kept = job_type.row_order_free and dataset.arranged
+            rows = (
+                dataset.columns_frame()
+                if in_place
+                else (dataset.kept_frame if kept else dataset.frame)
+            )
 
             def guard(survivors: frozenset[str]) -> None:
                 if len(survivors) < min_inputs:
@@ -330,12 +360,13 @@ class NodeAgent:
                     job_id=start.job_id,
                     dataset=mine.dataset,
                     dataset_hash=dataset.content_hash,
-                    frame=dataset.frame,
+                    frame=rows,
                     id_column=dataset.info.id_column,
                     scope=ReleaseScope(local.analyst, local.organisation),
                     min_group_size=policy.min_group_size,
                     capacity=policy.differencing_capacity,
                     partitions=partitions,
+                    arranged=kept,
                 )
 
             return job_type.node_party(
@@ -344,7 +375,7 @@ class NodeAgent:
                     spec=spec,
                     node=self.config.name,
                     dataset=mine.dataset,
-                    data=dataset.columns_frame() if in_place else dataset.frame,
+                    data=rows,
                     table=dataset.table,
                     dataset_hash=dataset.content_hash,
                     min_group_size=self.policy.for_dataset(mine.dataset).min_group_size,

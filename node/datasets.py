@@ -6,9 +6,11 @@ use, so data that changes or vanishes is refused."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from cleanroom.catalog import ColumnInfo, DatasetInfo, row_bucket
@@ -24,7 +26,10 @@ class LoadedDataset:
     """A dataset as loaded: its rows stay here; only ``info`` leaves the node.
 
     ``table`` answers a job type's queries (``tables.Table``) where the rows
-    live; ``frame`` is the in-memory rows (loaded on demand from an engine).
+    live; ``frame`` is the in-memory rows in file order (loaded on demand from an
+    engine). Once ``DatasetRegistry.arrange`` has run, the node keeps its rows in
+    another order only (``kept_frame``; file row ``order[i]`` is kept row i), and
+    ``frame`` rebuilds the file order for each caller.
     """
 
     config: DatasetConfig
@@ -34,6 +39,8 @@ class LoadedDataset:
     table: Table
     loaded_frame: pd.DataFrame | None = None
     stamp: files.Stamp = ()
+    order: npt.NDArray[np.intp] | None = None
+    _file_order: npt.NDArray[np.intp] | None = None
 
     @property
     def in_engine(self) -> bool:
@@ -41,9 +48,24 @@ class LoadedDataset:
         return self.loaded_frame is None
 
     @property
+    def arranged(self) -> bool:
+        """True when the rows are kept in an order other than the file's."""
+        return self.order is not None
+
+    @property
+    def kept_frame(self) -> pd.DataFrame:
+        """The in-memory rows in the order the node keeps them, without a copy:
+        only for consumers whose output does not depend on row order."""
+        if self.loaded_frame is None:
+            raise DatasetError(f"dataset '{self.config.name}' is not held in memory")
+        return self.loaded_frame
+
+    @property
     def frame(self) -> pd.DataFrame:
         if self.loaded_frame is not None:
-            return self.loaded_frame
+            if self._file_order is None:
+                return self.loaded_frame
+            return self.loaded_frame.iloc[self._file_order].reset_index(drop=True)
         engine = self.table
         assert isinstance(engine, files.FileTable | DatabaseTable)
         frame: pd.DataFrame = engine.frame()
@@ -195,6 +217,31 @@ class DatasetRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._loaded)
+
+    def arrange(
+        self,
+        name: str,
+        arrange: Callable[[LoadedDataset], tuple[pd.DataFrame, npt.NDArray[np.intp]]],
+    ) -> None:
+        """Keep an in-memory dataset's rows in the order ``arrange`` returns (the
+        rows reordered, and ``order``: kept row i is file row ``order[i]``) in
+        place of the file order; the file-order frame is let go."""
+        with self._lock:
+            loaded = self._loaded[name]
+            if loaded.in_engine or loaded.arranged:
+                return
+            kept, order = arrange(loaded)
+            if len(kept) != loaded.rows or order.shape != (loaded.rows,):
+                raise DatasetError(f"dataset '{name}': an arrangement lost rows")
+            file_order = np.empty_like(order)
+            file_order[order] = np.arange(order.size, dtype=order.dtype)
+            self._loaded[name] = replace(
+                loaded,
+                table=FrameTable(kept),
+                loaded_frame=kept,
+                order=order,
+                _file_order=file_order,
+            )
 
     def fresh(self, name: str) -> LoadedDataset:
         """The dataset, after checking its file is still the one that was loaded."""

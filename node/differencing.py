@@ -9,7 +9,13 @@ refused (never evicted: evicting a cell re-opens differencing against it).
 
 The row set of a cell is the set of the dataset's identifier values (its
 ``id_column``), or of row positions when it has none (then a changed file moves
-the identities, and the holder should name an id column)."""
+the identities, and the holder should name an id column).
+
+``arrange`` gives the node its in-memory rows sorted by differencing bucket, once
+per load, in place of the file order: a cell's sketch is then one packed pass over
+its mask, with no reordering (docs/policy.md, "Cost"). The node hands rows in that
+order only to job types that declare themselves ``row_order_free``: an output that
+followed the order would show which rows share a bucket."""
 
 from __future__ import annotations
 
@@ -75,15 +81,32 @@ class _Index:
     order: npt.NDArray[np.intp]
 
     def sketch(
-        self, labels: npt.NDArray[np.signedinteger[Any]], count: int
+        self,
+        labels: npt.NDArray[np.signedinteger[Any]],
+        count: int,
+        *,
+        arranged: bool,
     ) -> list[CellSketch]:
+        """Sketches of the cells ``labels`` (file order, or bucket order when
+        ``arranged``) mark."""
         if labels.shape != (self.rows.rows,) or labels.dtype.kind not in "iu":
             raise ConfigError(f"the cell labels must be {self.rows.rows} integers")
-        if count == 1:  # one cell (a count): the packed fast path on its mask
-            # The one per-row cost left: the frame is in file order, the index in
-            # bucket order (docs/policy.md, "Cost").
+        if arranged:
+            if count == 1:  # one cell (a count): one packed pass over its mask
+                return [self.arranged.cell(labels == 0)]
+            return self.arranged.cells(labels, count)
+        if count == 1:
+            # File order: the mask is reordered to the index's bucket order first.
             return [self.arranged.cell((labels == 0)[self.order])]
         return self.rows.cells(labels, count)
+
+
+@dataclass(frozen=True)
+class Arrangement:
+    """A dataset's rows in bucket order: arranged row i is file row ``order[i]``."""
+
+    frame: pd.DataFrame
+    order: npt.NDArray[np.intp]
 
 
 class ReleaseGuard:
@@ -117,16 +140,27 @@ class ReleaseGuard:
         min_group_size: int,
         capacity: int,
         partitions: Sequence[CellPartition],
+        arranged: bool = False,
     ) -> list[bool]:
         """Which cells may be released; records the allowed ones, all or nothing.
-        QuotaExceeded when a record is full."""
+        QuotaExceeded when a record is full.
+
+        ``arranged``: ``frame`` and the labels are in the order ``arrange`` gave
+        for this ``dataset_hash`` (else they are in file order)."""
         with self._lock:
             key = self._key(dataset)
-            index = self._index(dataset, dataset_hash, frame, id_column, key)
+            if arranged:
+                index = self._indexes.get(dataset)
+                if index is None or index.dataset_hash != dataset_hash:
+                    raise ConfigError(
+                        f"dataset {dataset!r} was not arranged for this version"
+                    )
+            else:
+                index = self._index(dataset, dataset_hash, frame, id_column, key)
             sketches = [
                 sketch
                 for labels, count in partitions
-                for sketch in index.sketch(np.asarray(labels), count)
+                for sketch in index.sketch(np.asarray(labels), count, arranged=arranged)
             ]
             records = [
                 self._record(dataset, name, key, min_group_size, capacity)
@@ -135,22 +169,13 @@ class ReleaseGuard:
             before = [len(r) for r in records]
             try:
                 allowed = admit(sketches, records, min_group_size=min_group_size)
-                with self._db.transaction() as db:
-                    for record, size in zip(records, before, strict=True):
-                        # Only the cells this check added: a release costs its
-                        # own cells' bytes, however long the record is.
-                        db.execute(
-                            "INSERT OR IGNORE INTO differencing_records VALUES "
-                            "(?, ?, ?, ?)",
-                            (dataset, record.scope, record.group_size, record.capacity),
-                        )
-                        db.executemany(
-                            "INSERT INTO differencing_cells VALUES (?, ?, ?, ?)",
-                            [
-                                (dataset, record.scope, size + i, blob)
-                                for i, blob in enumerate(record.cell_bytes(size))
-                            ],
-                        )
+                grown = [
+                    (record, size)
+                    for record, size in zip(records, before, strict=True)
+                    if len(record) > size
+                ]
+                if grown:  # nothing new recorded: nothing to write
+                    self._store(dataset, grown)
             except BaseException:
                 for record in records:  # reload from the database next time
                     self._records.pop((dataset, record.scope), None)
@@ -162,6 +187,36 @@ class ReleaseGuard:
                 {"dataset": dataset, "cells": len(allowed), "refused": refused},
             )
         return allowed
+
+    def _store(self, dataset: str, grown: Sequence[tuple[ReleaseRecord, int]]) -> None:
+        """Append the cells each record gained since it held ``size``, in one
+        synced transaction: a release costs its own cells' bytes, however long
+        the record is."""
+        with self._db.transaction() as db:
+            for record, size in grown:
+                if size == 0:  # a new record: its row, once
+                    db.execute(
+                        "INSERT OR IGNORE INTO differencing_records VALUES "
+                        "(?, ?, ?, ?)",
+                        (dataset, record.scope, record.group_size, record.capacity),
+                    )
+                db.executemany(
+                    "INSERT INTO differencing_cells VALUES (?, ?, ?, ?)",
+                    [
+                        (dataset, record.scope, size + i, blob)
+                        for i, blob in enumerate(record.cell_bytes(size))
+                    ],
+                )
+
+    def arrange(
+        self, *, dataset: str, dataset_hash: str, frame: pd.DataFrame, id_column: str
+    ) -> Arrangement:
+        """``frame`` (file order) sorted by differencing bucket, for ``check`` with
+        ``arranged=True``; the index of this version is built here, once."""
+        with self._lock:
+            key = self._key(dataset)
+            index = self._index(dataset, dataset_hash, frame, id_column, key)
+        return Arrangement(frame.iloc[index.order].reset_index(drop=True), index.order)
 
     def _key(self, dataset: str) -> DifferencingKey:
         cached = self._keys.get(dataset)

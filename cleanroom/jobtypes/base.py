@@ -230,12 +230,18 @@ class JobType(ABC, Generic[P]):
     """Whether the coordinator may resume a running job after a restart by
     replaying its party's journal (the party must be deterministic)."""
     default_deadline: ClassVar[float] = DEFAULT_DEADLINE_S
+    """Seconds a stage may wait for a party before that party counts as dropped."""
     queries_table: ClassVar[bool] = False
     """True when the node party reads its dataset only through
     ``tables.table_of(ctx)``: a dataset an engine serves (a database, DuckDB) is
     then aggregated where it lives and ``NodeContext.data`` is left empty. False:
     the node loads the columns the job uses into ``data`` first."""
-    """Seconds a stage may wait for a party before that party counts as dropped."""
+    row_order_free: ClassVar[bool] = False
+    """True when nothing the node party sends depends on the order of the rows in
+    ``NodeContext.data`` (an exact count does not; a float sum's last bits, a
+    trained model or a sandbox's output do). The node may then hand it the rows
+    in the order it keeps them for its differencing record, which must not reach
+    any analyst (docs/policy.md, "Cost"); other job types get file order."""
     _CACHE_SIZE: ClassVar[int] = 256
 
     def __init__(self) -> None:

@@ -93,7 +93,7 @@ class CountNode(NodeParty):
             noise = {"noise_std": noisy.std}
         elif ctx.table is None or isinstance(ctx.table, FrameTable):
             mask = predicates.apply(params.where, ctx.data)
-            count = int(mask.sum())
+            count = int(np.count_nonzero(mask))
             released = (
                 count >= ctx.min_group_size
                 # int8 labels 0 / -1 straight from the mask: no 8-byte copy.
@@ -196,6 +196,7 @@ class CountJob(JobType[CountParams]):
     name = "count"
     summary = "rows per input, optionally filtered; small counts are suppressed"
     queries_table = True
+    row_order_free = True  # an exact integer count, whatever the row order
 
     def parse_params(self, spec: JobSpec) -> CountParams:
         extra = sorted(set(spec.params) - {"where", "dp"})

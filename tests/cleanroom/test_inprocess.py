@@ -314,3 +314,43 @@ def test_envelopes_resent_after_lost_acknowledgements_leave_the_exact_result(
     (cell,) = result["groups"].values()
     assert cell["count"] == len(pooled)
     assert cell["mean"]["age"] == pytest.approx(pooled.age.mean(), rel=1e-9)
+
+
+def test_only_row_order_free_job_types_see_the_rows_in_bucket_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node keeps a differencing dataset in its record's bucket order; a count
+    (row-order free) reads that order, a secure_stats job the file's, and both
+    give the exact answers."""
+    from cleanroom import jobtypes
+
+    seen: dict[str, list[list[str]]] = {"count": [], "secure_stats": []}
+    for name in seen:
+        job = type(jobtypes.get(name))
+        original = job.node_party
+
+        def spy(
+            self: Any, ctx: Any, _original: Any = original, _name: str = name
+        ) -> Any:
+            seen[_name].append(list(ctx.data["pid"]))
+            return _original(self, ctx)
+
+        monkeypatch.setattr(job, "node_party", spy)
+    frames = _frames()
+    with InProcessFederation(frames, id_column="pid") as fed:
+        for agent in fed.agents.values():
+            dataset = agent.datasets.fresh(agent.config.name)
+            assert dataset.arranged
+            assert list(dataset.frame["pid"]) == list(frames[agent.config.name]["pid"])
+        view = fed.run(_spec("count"))
+        assert view.job.state.value == "succeeded", view.job.reason
+        result = fed.client.result(view.job.job_id)["result"]
+        assert result["total"] == sum(len(f) for f in frames.values())
+        view = fed.run(_spec("secure_stats", params=STATS))
+        assert view.job.state.value == "succeeded", view.job.reason
+    files = sorted(list(f["pid"]) for f in frames.values())
+    assert sorted(seen["secure_stats"]) == files  # file order, row for row
+    assert len(seen["count"]) == 3
+    for kept in seen["count"]:
+        original = next(f for f in files if set(f) == set(kept))
+        assert kept != original  # the same rows, in the record's order

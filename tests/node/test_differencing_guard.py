@@ -98,3 +98,54 @@ def test_narrow_labels_decide_as_wide_ones_and_bad_labels_are_refused(
     for bad in (labels[:-1], labels.astype(np.float64)):
         with pytest.raises(ConfigError, match="cell labels"):
             run([(bad, 1)])
+
+
+def test_an_arranged_dataset_decides_as_its_file_order(tmp_path: Path) -> None:
+    """Checks on rows kept in bucket order (``arrange``) give the decisions the
+    file-order path gives for the same cells, for one cell and for many."""
+    rows = frame()
+    filed = ReleaseGuard(LocalDatabase(tmp_path / "filed.db"))
+    kept = ReleaseGuard(LocalDatabase(tmp_path / "kept.db"))
+    arrangement = kept.arrange(
+        dataset="d", dataset_hash="h", frame=rows, id_column="pid"
+    )
+    order = arrangement.order
+    assert sorted(order.tolist()) == list(range(ROWS))
+    assert order.tolist() != list(range(ROWS))  # really another order
+    assert arrangement.frame["pid"].tolist() == rows["pid"].iloc[order].tolist()
+
+    def run(guard: ReleaseGuard, labels: np.ndarray, count: int, arranged: bool,
+            table: pd.DataFrame) -> list[bool]:  # fmt: skip
+        return guard.check(
+            job_id="j", dataset="d", dataset_hash="h", frame=table, id_column="pid",
+            scope=ReleaseScope("alice", "lab"), min_group_size=5, capacity=100,
+            partitions=[(labels, count)], arranged=arranged,
+        )  # fmt: skip
+
+    decisions = []
+    for upto in (100, 99, 120, 118, 60):
+        labels = cell(upto)[0]
+        decisions.append(
+            (
+                run(filed, labels, 1, False, rows),
+                run(kept, labels[order], 1, True, arrangement.frame),
+            )
+        )
+    assert [a for a, _ in decisions] == [b for _, b in decisions]
+    assert [a for a, _ in decisions] == [[True], [False], [True], [False], [True]]
+    # Several cells at once (a histogram's bins), labels in the kept order.
+    bins = (np.arange(ROWS) // 40).astype(np.int64)  # 5 cells of 40 rows
+    near = bins.copy()
+    near[0] = -1  # the first cell one row short
+    assert run(filed, bins, 5, False, rows) == run(kept, bins[order], 5, True,
+                                                   arrangement.frame)  # fmt: skip
+    assert run(filed, near, 5, False, rows) == [False, True, True, True, True]
+    assert run(kept, near[order], 5, True, arrangement.frame) == [
+        False, True, True, True, True,
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="not arranged"):
+        kept.check(
+            job_id="j", dataset="d", dataset_hash="other", frame=rows,
+            id_column="pid", scope=ReleaseScope("alice", "lab"), min_group_size=5,
+            capacity=100, partitions=[cell(10)], arranged=True,
+        )  # fmt: skip
