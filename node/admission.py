@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cleanroom import errors, jobtypes, wire
@@ -203,6 +203,10 @@ class Admission:
             return
         decision = self._refine(spec, request, self._policy.evaluate(request, now=now))
         reasons = "; ".join(decision.reasons)
+        if decision.outcome == Outcome.HOLD:
+            # Recorded held, with its reasons, in one write: the holder may decide
+            # as soon as the job is visible, and nothing here may overwrite that.
+            record = replace(record, reason=reasons)
         with self._state.db.transaction():
             self._state.record(record)
             self._audit.append(
@@ -223,7 +227,6 @@ class Admission:
         if decision.outcome == Outcome.DENY:
             self.decide(req.job_id, False, reasons)
         elif decision.outcome == Outcome.HOLD:
-            self._state.set_status(req.job_id, JobStatus.PENDING, reasons)
             log.info("job %s held for the holder's decision: %s", req.job_id, reasons)
         else:
             self.approve(req.job_id, request, decided_by="policy", reason=reasons)
