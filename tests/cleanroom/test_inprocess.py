@@ -102,6 +102,34 @@ def test_a_held_job_runs_once_the_holder_approves() -> None:
         assert events.count("node.approved") == len(NODES)
 
 
+def test_a_holder_deciding_the_moment_a_held_job_is_recorded_is_not_overwritten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The holder may approve as soon as a held job is visible in the node's
+    state; the node's own handling of the request must not then put it back to
+    pending (it did: the held status was written again after the job was
+    recorded, and the job waited for an approval already given)."""
+    from node.state import NodeState
+
+    policy = default_policy("analyst")
+    policy["default"]["approval"] = "manual"
+    original = NodeState.record
+    decided: list[object] = []
+
+    def record_then_decide(self: NodeState, job: Any) -> None:
+        original(self, job)
+        if job.status == JobStatus.PENDING:
+            decided.append(self)
+            self.holder_decide(job.job_id, True, "at once")
+
+    monkeypatch.setattr(NodeState, "record", record_then_decide)
+    with InProcessFederation(_frames(), policy=policy) as fed:
+        job = fed.client.submit(_spec("count")).job.job_id
+        wait_until(lambda: fed.client.status(job).job.state.terminal, timeout=20)
+        assert fed.client.status(job).job.state.value == "succeeded"
+    assert len(decided) == len(NODES)
+
+
 def _has(agent: object, job: str) -> bool:
     try:
         agent.state.get(job)  # type: ignore[attr-defined]
