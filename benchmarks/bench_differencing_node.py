@@ -4,20 +4,19 @@ measured on two real node processes over mTLS gRPC in the same jobs."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Final
 
 import numpy as np
 import yaml
 
 from benchmarks.bench_differencing import MIN_GROUP_SIZE, make_frame
-from benchmarks.federation import process_cpu_seconds
+from benchmarks.federation import LocalFederation, process_cpu_seconds
 from benchmarks.registry import Context, Goal, Measurement, benchmark
 from benchmarks.stats import Stats
 from cleanroom import local
 from cleanroom.client import Client
 from cleanroom.errors import CleanroomError
-from cleanroom.model import JobState
 
 GOAL: Final = Goal(
     "<=",
@@ -49,15 +48,6 @@ def _spec(where: list[dict[str, Any]]) -> str:
         },
         sort_keys=False,
     )
-
-
-def _run(client: Client, where: list[dict[str, Any]]) -> Mapping[str, Any]:
-    job_id = client.submit(_spec(where)).job.job_id
-    view = client.wait(job_id, timeout=600, poll=0.01)
-    if view.job.state != JobState.SUCCEEDED:
-        raise CleanroomError(f"count job {job_id} ended {view.job.state}")
-    result: Mapping[str, Any] = client.result(job_id)["result"]
-    return result
 
 
 @benchmark("differencing_node", "privacy")
@@ -99,16 +89,15 @@ def differencing_node(ctx: Context) -> Iterator[Measurement]:
     )
     try:
         with Client.from_federation(fed_dir / "federation.json") as client:
-            yield from _measure(ctx, client, fed.processes, frame, cells, batches,
-                                per_batch)  # fmt: skip
+            running = LocalFederation(fed, client, [GUARDED, OPEN])
+            yield from _measure(ctx, running, frame, cells, batches, per_batch)
     finally:
         local.down(fed_dir)
 
 
 def _measure(
     ctx: Context,
-    client: Client,
-    processes: Mapping[str, int],
+    fed: LocalFederation,
     frame: Any,
     cells: int,
     batches: int,
@@ -119,11 +108,11 @@ def _measure(
     started = time.perf_counter()
     for i in range(cells):
         limit = float(incomes[(i + 1) * rows // (cells + 2)])
-        _run(client, [{"column": "income", "op": "<", "value": limit}])
+        fed.run(_spec([{"column": "income", "op": "<", "value": limit}]))
     ctx.log(
         f"  {cells} earlier cells released in {time.perf_counter() - started:.0f} s"
     )
-    pids = {name: processes[f"node:{name}"] for name in (GUARDED, OPEN)}
+    pids = {name: fed.fed.processes[f"node:{name}"] for name in (GUARDED, OPEN)}
     cpu0 = {n: process_cpu_seconds([p]) for n, p in pids.items()}
     time.sleep(_IDLE_S)
     idle = {n: (process_cpu_seconds([p]) - cpu0[n]) / _IDLE_S for n, p in pids.items()}
@@ -140,13 +129,11 @@ def _measure(
         for _ in range(per_batch):
             job += 1
             limit = float(incomes[rows // 1_000 + job * step])
-            result = _run(
-                client,
-                [
-                    {"column": "diagnosis", "op": "!=", "value": "X"},
-                    {"column": "income", "op": ">=", "value": limit},
-                ],
-            )
+            where: list[dict[str, Any]] = [
+                {"column": "diagnosis", "op": "!=", "value": "X"},
+                {"column": "income", "op": ">=", "value": limit},
+            ]
+            result = fed.run(_spec(where)).result
             if any(c["suppressed"] for c in result["counts"]):
                 raise CleanroomError("a fresh cell was refused: it measured no record")
         wall = time.perf_counter() - wall

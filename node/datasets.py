@@ -28,8 +28,8 @@ class LoadedDataset:
     ``table`` answers a job type's queries (``tables.Table``) where the rows
     live; ``frame`` is the in-memory rows in file order (loaded on demand from an
     engine). Once ``DatasetRegistry.arrange`` has run, the node keeps its rows in
-    another order only (``kept_frame``; file row ``order[i]`` is kept row i), and
-    ``frame`` rebuilds the file order for each caller.
+    another order only (``kept_frame``; kept row ``file_order[j]`` is file row j),
+    and ``frame`` rebuilds the file order for each caller.
     """
 
     config: DatasetConfig
@@ -39,8 +39,7 @@ class LoadedDataset:
     table: Table
     loaded_frame: pd.DataFrame | None = None
     stamp: files.Stamp = ()
-    order: npt.NDArray[np.intp] | None = None
-    _file_order: npt.NDArray[np.intp] | None = None
+    file_order: npt.NDArray[np.intp] | None = None
 
     @property
     def in_engine(self) -> bool:
@@ -50,7 +49,7 @@ class LoadedDataset:
     @property
     def arranged(self) -> bool:
         """True when the rows are kept in an order other than the file's."""
-        return self.order is not None
+        return self.file_order is not None
 
     @property
     def kept_frame(self) -> pd.DataFrame:
@@ -63,9 +62,9 @@ class LoadedDataset:
     @property
     def frame(self) -> pd.DataFrame:
         if self.loaded_frame is not None:
-            if self._file_order is None:
+            if self.file_order is None:
                 return self.loaded_frame
-            return self.loaded_frame.iloc[self._file_order].reset_index(drop=True)
+            return self.loaded_frame.iloc[self.file_order].reset_index(drop=True)
         engine = self.table
         assert isinstance(engine, files.FileTable | DatabaseTable)
         frame: pd.DataFrame = engine.frame()
@@ -239,8 +238,7 @@ class DatasetRegistry:
                 loaded,
                 table=FrameTable(kept),
                 loaded_frame=kept,
-                order=order,
-                _file_order=file_order,
+                file_order=file_order,
             )
 
     def fresh(self, name: str) -> LoadedDataset:

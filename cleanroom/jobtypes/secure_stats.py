@@ -98,6 +98,9 @@ class SecureStatsJob(JobType[StatsParams]):
     )
     min_inputs = MIN_PARTIES
     queries_table = True
+    # Sums are math.fsum (exactly rounded), counts and histograms integers:
+    # nothing it sends depends on row order.
+    row_order_free = True
 
     def validate(self, spec: JobSpec, catalog: Mapping[JobInput, DatasetInfo]) -> None:
         # Against the schemas first: "no such column" says more than what follows.

@@ -345,14 +345,18 @@ def test_envelopes_resent_after_lost_acknowledgements_leave_the_exact_result(
 
 
 def test_only_row_order_free_job_types_see_the_rows_in_bucket_order(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, test_job_types: tuple[str, ...]
 ) -> None:
-    """A node keeps a differencing dataset in its record's bucket order; a count
-    (row-order free) reads that order, a secure_stats job the file's, and both
-    give the exact answers."""
+    """A node keeps a differencing dataset in its record's bucket order; count and
+    secure_stats (row-order free) read that order, a job type that is not
+    (``rounds_sum``) the file's, row for row, and all give the exact answers."""
     from cleanroom import jobtypes
 
-    seen: dict[str, list[list[str]]] = {"count": [], "secure_stats": []}
+    seen: dict[str, list[list[str]]] = {
+        "count": [],
+        "secure_stats": [],
+        "rounds_sum": [],
+    }
     for name in seen:
         job = type(jobtypes.get(name))
         original = job.node_party
@@ -365,7 +369,8 @@ def test_only_row_order_free_job_types_see_the_rows_in_bucket_order(
 
         monkeypatch.setattr(job, "node_party", spy)
     frames = _frames()
-    with InProcessFederation(frames, id_column="pid") as fed:
+    pooled = pd.concat(frames.values())
+    with InProcessFederation(frames, id_column="pid", plugins=test_job_types) as fed:
         for agent in fed.agents.values():
             dataset = agent.datasets.fresh(agent.config.name)
             assert dataset.arranged
@@ -373,12 +378,19 @@ def test_only_row_order_free_job_types_see_the_rows_in_bucket_order(
         view = fed.run(_spec("count"))
         assert view.job.state.value == "succeeded", view.job.reason
         result = fed.client.result(view.job.job_id)["result"]
-        assert result["total"] == sum(len(f) for f in frames.values())
+        assert result["total"] == len(pooled)
         view = fed.run(_spec("secure_stats", params=STATS))
         assert view.job.state.value == "succeeded", view.job.reason
+        (cell,) = fed.client.result(view.job.job_id)["result"]["groups"].values()
+        assert cell["count"] == len(pooled)
+        assert cell["mean"]["age"] == pytest.approx(pooled.age.mean(), rel=1e-9)
+        params = {"rounds": 1, "column": "age", "length": 4}
+        view = fed.run(_spec("rounds_sum", params=params))
+        assert view.job.state.value == "succeeded", view.job.reason
     files = sorted(list(f["pid"]) for f in frames.values())
-    assert sorted(seen["secure_stats"]) == files  # file order, row for row
-    assert len(seen["count"]) == 3
-    for kept in seen["count"]:
-        original = next(f for f in files if set(f) == set(kept))
-        assert kept != original  # the same rows, in the record's order
+    assert sorted(seen["rounds_sum"]) == files  # file order, row for row
+    for name in ("count", "secure_stats"):
+        assert len(seen[name]) == 3
+        for kept in seen[name]:
+            original = next(f for f in files if set(f) == set(kept))
+            assert kept != original  # the same rows, in the record's order
