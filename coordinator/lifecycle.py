@@ -235,15 +235,33 @@ def resume(state: CoordinatorState, job: JobRecord) -> None:
 
 
 def node_returned(
-    state: CoordinatorState, node: str, running: frozenset[str], fresh: bool
+    state: CoordinatorState,
+    node: str,
+    running: frozenset[str],
+    fresh: bool,
+    delivered: int = 0,
 ) -> None:
     """A node (re)registered. A fresh node process lost its queued work and the
     protocol state of every job it was running; a node that kept running (the
-    coordinator restarted, or the connection broke) keeps the jobs it names."""
+    coordinator restarted, or the connection broke) keeps the jobs it names, and
+    the jobs whose start is still queued for it past ``delivered`` (the last
+    item it handled): it has not seen them yet and will start them next."""
     if fresh:
         state.mailboxes.restarted(node)
+        coming: set[str] = set()
+    else:
+        coming = {
+            item.work.job_id
+            for item in state.mailboxes.pending_items(node)
+            if item.seq > delivered and isinstance(item.work, wire.StartJob)
+        }
     for run in state.runs():
-        if node in run.parties and run.is_member(node) and run.job_id not in running:
+        if (
+            node in run.parties
+            and run.is_member(node)
+            and run.job_id not in running
+            and run.job_id not in coming
+        ):
             run.drop(frozenset({node}), "restarted and lost its part of the job")
     for job in state.store.jobs_in_states([JobState.AWAITING_APPROVAL]):
         spec = parse_spec(job.spec_yaml)

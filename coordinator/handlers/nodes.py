@@ -55,6 +55,7 @@ def register(
         node.name,
         frozenset(reg.running_jobs),
         fresh=reg.delivered_seq == 0,
+        delivered=reg.delivered_seq,
     )
     return wire.RegisterReply(state.node_timeout / 3, state.bundle.to_bytes())
 

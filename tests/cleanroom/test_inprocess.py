@@ -130,6 +130,41 @@ def test_a_holder_deciding_the_moment_a_held_job_is_recorded_is_not_overwritten(
     assert len(decided) == len(NODES)
 
 
+def test_a_node_reconnecting_before_it_has_seen_a_start_is_not_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node whose connection broke after the coordinator queued a job's start
+    for it, but before the node pulled it, reconnects naming no running job: it
+    has not lost the job (the start is still queued) and must not be dropped as
+    if it had restarted (it was: secure_stats then failed below its threshold)."""
+    control = {"mode": "pass"}
+    real_pull = MemoryCoordinatorLink.pull
+
+    def pull(self: MemoryCoordinatorLink, req: wire.PullRequest) -> wire.WorkBatch:
+        if self._node.name == "h1" and control["mode"] == "break":
+            control["mode"] = "pass"
+            raise errors.TransportError("the connection broke")
+        batch = real_pull(self, req)
+        held = self._node.name == "h1" and control["mode"] != "pass"
+        if held and any(isinstance(i.work, wire.StartJob) for i in batch.items):
+            time.sleep(0.02)
+            return wire.WorkBatch()  # not delivered: pulled again, unacknowledged
+        return batch
+
+    monkeypatch.setattr(MemoryCoordinatorLink, "pull", pull)
+    frames = _frames()
+    with InProcessFederation(frames) as fed:
+        control["mode"] = "hold"
+        job = fed.client.submit(_spec("secure_stats", params=STATS)).job.job_id
+        wait_until(lambda: fed.client.status(job).job.state.value == "running")
+        control["mode"] = "break"
+        wait_until(lambda: control["mode"] == "pass")
+        view = fed.client.wait(job, timeout=30, poll=0.01)
+        assert view.job.state.value == "succeeded", view.job.reason
+        (cell,) = fed.client.result(job)["result"]["groups"].values()
+        assert cell["count"] == sum(len(f) for f in frames.values())
+
+
 def _has(agent: object, job: str) -> bool:
     try:
         agent.state.get(job)  # type: ignore[attr-defined]
