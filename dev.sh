@@ -76,7 +76,14 @@ case "${1:-}" in
   test)
     setup_python
     setup_services
-    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${@:2}"
+    # One worker per core, at most 4; a file's tests stay on one worker so its
+    # module-scoped federations are started once. CLEANROOM_TEST_WORKERS=1 runs
+    # everything in this process.
+    workers=${CLEANROOM_TEST_WORKERS:-$(nproc 2> /dev/null || echo 1)}
+    [ "$workers" -gt 4 ] && workers=4
+    parallel=()
+    [ "$workers" -gt 1 ] && parallel=(-n "$workers" --dist loadfile)
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${parallel[@]}" "${@:2}"
     ;;
   bench)
     setup_python

@@ -233,9 +233,10 @@ def fedavg_secagg_round(ctx: Context) -> Iterator[Measurement]:
 
     Secure: every node's ``round_vector`` (local epoch, metrics, encoding), sealed
     with the job seed (``SealedSum``: mask plus 10 checksums, each node its own),
-    one SecAgg+ session (fresh mask keys and self-mask seeds, signed adverts,
-    Shamir shares, AES-CTR masks; the share-bundle keys and identities a node
-    keeps for the whole job, as ``FedNode`` does) driven message by message, then
+    one SecAgg+ session (fresh mask keys and self-mask seeds, Shamir shares,
+    AES-CTR masks; the share-bundle keys, their certificates and the identities a
+    node keeps for the whole job, and the job's key scope, as ``FedNode`` does)
+    driven message by message, then
     every node opens and checks the sum. Plain: the same vectors, each serialised
     to the coordinator, summed, the sum serialised back. Goal (issue 18): at most
     1.2x, stated for 5 nodes at no particular size. CPU of all parties together
@@ -290,7 +291,8 @@ def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measur
     # Long-lived, as a node's: its identity key and its job's share-bundle keys.
     identities = make_identities(names)
     public = {n: k.public_key() for n, k in identities.items()}
-    channels = {n: ChannelKeys(os.urandom) for n in names}
+    scope = "bench/fedavg"
+    channels = {n: ChannelKeys(os.urandom, scope) for n in names}
 
     def vectors() -> dict[str, Any]:
         index = next(counter)
@@ -314,6 +316,7 @@ def _secagg_round(ctx: Context, rows: int, features: int, hidden: int) -> Measur
             parties=names,
             vector_length=length + DEFAULT_CHECKS,
             modulus_bits=64,
+            key_scope=scope,
         )
         clients = {
             n: SecAggClient(n, config, inputs[n], signing_key=identities[n],

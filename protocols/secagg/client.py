@@ -54,7 +54,9 @@ class SecAggClient(NodeParty):
     change it during the session. The client fails closed: after refusing one
     message it refuses everything that follows. A job running many sessions may
     pass one ``keys.ChannelKeys`` to all of them (its share-bundle key pair and
-    agreements are then reused; see there why that stays sound).
+    agreements are then reused; see there why that stays sound); a configuration
+    with a ``key_scope`` requires one of that scope, and then no signature is made
+    or checked per session (``keys``' module docstring says what replaces it).
     """
 
     def __init__(
@@ -71,6 +73,13 @@ class SecAggClient(NodeParty):
     ) -> None:
         if name not in config.parties:
             raise ConfigError(f"{name!r} is not a party of session {config.session_id}")
+        if config.key_scope is not None and (
+            channel is None or channel.scope != config.key_scope
+        ):
+            raise ConfigError(
+                f"session {config.session_id} authenticates keys under scope "
+                f"{config.key_scope!r}; the client needs channel keys of that scope"
+            )
         self.name = name
         self._approve_survivors = approve_survivors
         self._channel = channel
@@ -106,9 +115,17 @@ class SecAggClient(NodeParty):
             raise ProtocolError(f"{self.name} has already started")
         self._started = True
         self._secrets = keys.SessionKeys.generate(self._random, self._channel)
-        self._advert = self._secrets.advertise(
-            self.name, self._signing_key, self._config.digest
-        )
+        if self._config.key_scope is not None and self._channel is not None:
+            self._advert = KeyAdvertisement(
+                self.name,
+                self._channel.c_pk,
+                keys.public_key(self._secrets.s_sk),
+                self._channel.certificate(self.name, self._signing_key),
+            )
+        else:
+            self._advert = self._secrets.advertise(
+                self.name, self._signing_key, self._config.digest
+            )
         self._expect = SHARE_KEYS
         return [self._send(ADVERTISE_KEYS, self._advert.encode(self._config.digest))]
 
@@ -161,8 +178,13 @@ class SecAggClient(NodeParty):
         public_keys = [k for a in adverts.values() for k in (a.c_pk, a.s_pk)]
         if len(set(public_keys)) != len(public_keys):
             raise ProtocolError("a public key appears more than once in the key set")
+        scoped = self._channel if self._config.key_scope is not None else None
         for party, advert in adverts.items():
-            if party != self.name:
+            if party == self.name:
+                continue
+            if scoped is not None:
+                scoped.check_certificate(advert, self._identities[party])
+            else:
                 keys.verify_advertisement(advert, self._identities[party], digest)
         # Everything is validated; only now does any secret-dependent work start.
         secrets = self._require_secrets()
@@ -183,9 +205,11 @@ class SecAggClient(NodeParty):
             seal_key, open_key = keys.bundle_keys(shared, digest, self.name, party)
             i = self._graph.share_index(self.name, party) - 1
             plaintext = b_shares[i].to_bytes() + s_shares[i].to_bytes()
-            bundles.append(
-                (party, keys.seal_bundle(seal_key, digest, self.name, party, plaintext))
-            )
+            sealed = keys.seal_bundle(
+                seal_key, digest, self.name, party, plaintext,
+                (self._require_advert().s_pk, advert.s_pk),
+            )  # fmt: skip
+            bundles.append((party, sealed))
             self._open_keys[party] = open_key
         self._peer_adverts = {p: a for p, a in adverts.items() if p != self.name}
         self._expect = MASKED_INPUT
@@ -204,8 +228,9 @@ class SecAggClient(NodeParty):
             )
         for sender, ciphertext in forwarded:
             plaintext = keys.open_bundle(
-                self._open_keys[sender], digest, sender, self.name, ciphertext
-            )
+                self._open_keys[sender], digest, sender, self.name, ciphertext,
+                (self._peer_adverts[sender].s_pk, self._require_advert().s_pk),
+            )  # fmt: skip
             self._held[sender] = self._checked_shares(sender, plaintext)
         secrets = self._require_secrets()
         add: list[bytes] = [secrets.self_mask_seed]
@@ -283,6 +308,11 @@ class SecAggClient(NodeParty):
         if self._secrets is None:
             raise ProtocolError(f"{self.name} has not started")
         return self._secrets
+
+    def _require_advert(self) -> KeyAdvertisement:
+        if self._advert is None:
+            raise ProtocolError(f"{self.name} has not started")
+        return self._advert
 
     def _require_own_shares(self) -> tuple[Share, Share]:
         if self._own_shares is None:

@@ -81,6 +81,11 @@ class SecAggConfig:
     values, and the ring must hold ``n * max_input`` without wrapping."""
     graph_seed: bytes | None = field(default=None, repr=False)
     """The k-regular graph's public seed (required for it, refused otherwise)."""
+    key_scope: str | None = None
+    """Set for one of a job's series of sessions (e.g. its training rounds): keys
+    are then authenticated by channel-key certificates signed once under this
+    scope, not by a signature per session (``keys``' module docstring). Every
+    client must hold ``keys.ChannelKeys`` of this scope."""
 
     @classmethod
     def create(
@@ -95,6 +100,7 @@ class SecAggConfig:
         degree: int | None = None,
         max_input: int | None = None,
         graph_seed: bytes | None = None,
+        key_scope: str | None = None,
         corruption: float = DEFAULT_CORRUPTION,
         dropout: float = DEFAULT_DROPOUT,
     ) -> SecAggConfig:
@@ -138,6 +144,7 @@ class SecAggConfig:
             degree=degree,
             max_input=max_input,
             graph_seed=graph_seed,
+            key_scope=key_scope,
         )
 
     def __post_init__(self) -> None:
@@ -158,6 +165,13 @@ class SecAggConfig:
         if self.graph == "complete" and self.degree != n - 1:
             raise ConfigError(f"a complete graph of {n} parties has degree {n - 1}")
         self._check_graph_seed()
+        if self.key_scope is not None and not (
+            isinstance(self.key_scope, str)
+            and 0 < len(self.key_scope.encode()) <= MAX_NAME_BYTES
+        ):
+            raise ConfigError(
+                f"key_scope must be a string of 1..{MAX_NAME_BYTES} bytes"
+            )
         if (n * self.degree) % 2:
             raise ConfigError(
                 f"no {self.degree}-regular graph on {n} parties exists (n*k is odd)"
@@ -252,6 +266,9 @@ class SecAggConfig:
             # Every advert is signed over this digest: a node's signature commits
             # it to the graph, and a party holding another seed fails at once.
             h.update(b"graph_seed" + self.graph_seed)
+        if self.key_scope is not None:
+            raw = self.key_scope.encode()
+            h.update(b"key_scope" + len(raw).to_bytes(2, "big") + raw)
         return h.digest()
 
 

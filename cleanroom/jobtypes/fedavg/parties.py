@@ -12,12 +12,16 @@ training goes on (``fedavg/report``). The next round runs over the round's
 survivors. At the end every node seals its signed final report (model,
 standardisation, history) to the analyst and commits to it (``sealing``).
 
-Per round each node draws fresh SecAgg+ mask keys and self-mask seeds and signs
-its advertisement for that round; its share-bundle encryption key pair is drawn
-once per job (``protocols.secagg.keys.ChannelKeys``: never revealed, every
-round's bundle keys bound to that round's configuration), which saves one
-X25519 agreement per neighbour per round. Assumption named: the bundles of all
-of a job's rounds are as safe as that one in-memory key."""
+Per round each node draws fresh SecAgg+ mask keys and self-mask seeds; its
+share-bundle encryption key pair is drawn once per job
+(``protocols.secagg.keys.ChannelKeys``: never revealed, every round's bundle
+keys bound to that round's configuration), which saves one X25519 agreement per
+neighbour per round. Every session names the job's key scope (``key_scope``):
+a node signs its channel key once per job and each neighbour verifies that
+certificate once, and each round's fresh mask key is authenticated pairwise by
+the share bundles' associated data instead of a signature per round
+(``protocols.secagg.keys`` says why that is as strong). Assumption named: the
+bundles of all of a job's rounds are as safe as that one in-memory key."""
 
 from __future__ import annotations
 
@@ -79,6 +83,11 @@ def session(job_id: str, round_: int) -> str:
     return f"{job_id}/fedavg/r{round_}"
 
 
+def key_scope(job_id: str) -> str:
+    """The scope of a job's channel-key certificates: every round's session."""
+    return f"{job_id}/fedavg"
+
+
 def round_threshold(spec: FedSpec, parties: int) -> int:
     """SecAgg+'s threshold for a round of ``parties``: a strict majority, and never
     fewer than the plan's honest parties (the fewest whose sum may be released)."""
@@ -112,6 +121,7 @@ def secagg_config(
             modulus_bits=64,
             graph="k-regular",
             graph_seed=graph_seed,
+            key_scope=key_scope(job_id),
         )
     return SecAggConfig.create(
         session_id=session(job_id, round_),
@@ -119,6 +129,7 @@ def secagg_config(
         vector_length=length + DEFAULT_CHECKS,
         threshold=threshold,
         modulus_bits=64,
+        key_scope=key_scope(job_id),
     )
 
 
@@ -217,7 +228,7 @@ class FedNode(NodeParty):
         self._seed = seed
         # One share-bundle key pair for all of this job's sessions (fresh masks,
         # mask keys and self-masks every round: ``ChannelKeys`` says why it is sound).
-        self._channel = ChannelKeys(self._ctx.random)
+        self._channel = ChannelKeys(self._ctx.random, key_scope(self._ctx.job_id))
         return self._open_round(0, tuple(self._ctx.parties))
 
     def _open_round(self, round_: int, parties: Sequence[str]) -> list[Outbound]:
