@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from helpers.secagg import Rewrite, TamperingCoordinator, TamperingNode
 
 from cleanroom.errors import ProtocolAbort, ProtocolError
-from protocols.party import COORDINATOR, CoordinatorParty, Inbound, Outbound, Party
+from protocols.party import COORDINATOR, Inbound, Outbound, Party
 from protocols.secagg import (
     ADVERTISE_KEYS,
     MASKED_INPUT,
@@ -33,52 +34,8 @@ from protocols.secagg.messages import (
 from protocols.secagg.simulate import drive
 from protocols.shamir import Share
 
-Rewrite = Callable[[Outbound], list[Outbound]]
 MakeSession = Callable[..., tuple[SecAggConfig, dict[str, np.ndarray]]]
 BuildParties = Callable[..., tuple[SecAggServer, dict[str, SecAggClient]]]
-
-
-class TamperingCoordinator(CoordinatorParty):
-    """Test double: an honest coordinator whose outgoing messages are rewritten."""
-
-    def __init__(self, inner: SecAggServer, rewrite: Rewrite) -> None:
-        self.inner, self.rewrite = inner, rewrite
-
-    def start(self) -> list[Outbound]:
-        return self._apply(self.inner.start())
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        return self._apply(self.inner.receive(message))
-
-    def dropped(self, parties: frozenset[str]) -> list[Outbound]:
-        return self._apply(self.inner.dropped(parties))
-
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
-
-    def result(self) -> Mapping[str, Any]:
-        return self.inner.result()
-
-    def _apply(self, out: list[Outbound]) -> list[Outbound]:
-        return [rewritten for o in out for rewritten in self.rewrite(o)]
-
-
-class TamperingNode(Party):
-    """Test double: an honest client whose outgoing messages are rewritten."""
-
-    def __init__(self, inner: SecAggClient, rewrite: Rewrite) -> None:
-        self.inner, self.rewrite = inner, rewrite
-
-    def start(self) -> list[Outbound]:
-        return [r for o in self.inner.start() for r in self.rewrite(o)]
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        return [r for o in self.inner.receive(message) for r in self.rewrite(o)]
-
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
 
 
 @pytest.fixture

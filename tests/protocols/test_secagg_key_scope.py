@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from helpers.secagg import Rewrite, TamperingCoordinator
 
 from cleanroom.errors import ConfigError, ProtocolAbort, ProtocolError
 from protocols.party import CoordinatorParty, Inbound, Outbound, Party
@@ -36,7 +37,6 @@ from protocols.secagg.simulate import drive, make_identities
 
 NAMES = ("p0", "p1", "p2", "p3", "p4")
 SCOPE = "job-a/fedavg"
-Rewrite = Callable[[Outbound], list[Outbound]]
 
 
 class CountingKey:
@@ -91,32 +91,6 @@ class Job:
 
     def expected(self, survivors: tuple[str, ...]) -> list[int]:
         return [int(v) for v in sum(self.inputs[n] for n in survivors)]
-
-
-class TamperingCoordinator(CoordinatorParty):
-    """Test double: the real coordinator, its outgoing messages rewritten."""
-
-    def __init__(self, inner: SecAggServer, rewrite: Rewrite) -> None:
-        self.inner, self.rewrite = inner, rewrite
-
-    def start(self) -> list[Outbound]:
-        return self._apply(self.inner.start())
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        return self._apply(self.inner.receive(message))
-
-    def dropped(self, parties: frozenset[str]) -> list[Outbound]:
-        return self._apply(self.inner.dropped(parties))
-
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
-
-    def result(self) -> Mapping[str, Any]:
-        return self.inner.result()
-
-    def _apply(self, out: list[Outbound]) -> list[Outbound]:
-        return [r for o in out for r in self.rewrite(o)]
 
 
 class Recorder(Party):
