@@ -65,6 +65,26 @@ setup_services() {
     || echo "!! Docker setup failed; sandbox tests will skip loudly"
 }
 
+cpu_cores() {
+  # The cores this process may use: nproc, lowered to a cgroup CPU quota if one is
+  # set (a container can see more cores than it is allowed to run on).
+  local cores quota period
+  cores=$(nproc 2> /dev/null || echo 1)
+  if [ -r /sys/fs/cgroup/cpu.max ]; then
+    read -r quota period < /sys/fs/cgroup/cpu.max
+  elif [ -r /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+    quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)
+    period=$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us 2> /dev/null || echo 100000)
+  fi
+  if [[ "${quota:-max}" =~ ^[0-9]+$ ]] && [[ "${period:-0}" =~ ^[0-9]+$ ]] \
+      && [ "$period" -gt 0 ]; then
+    local allowed=$(( (quota + period - 1) / period ))
+    [ "$allowed" -lt "$cores" ] && cores=$allowed
+  fi
+  [ "$cores" -lt 1 ] && cores=1
+  echo "$cores"
+}
+
 case "${1:-}" in
   demo)
     setup_python
@@ -79,7 +99,7 @@ case "${1:-}" in
     # One worker per core, at most 4; a file's tests stay on one worker so its
     # module-scoped federations are started once. CLEANROOM_TEST_WORKERS=1 runs
     # everything in this process.
-    workers=${CLEANROOM_TEST_WORKERS:-$(nproc 2> /dev/null || echo 1)}
+    workers=${CLEANROOM_TEST_WORKERS:-$(cpu_cores)}
     [ "$workers" -gt 4 ] && workers=4
     parallel=()
     [ "$workers" -gt 1 ] && parallel=(-n "$workers" --dist loadfile)
