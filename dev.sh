@@ -100,6 +100,10 @@ case "${1:-}" in
     # module-scoped federations are started once. CLEANROOM_TEST_WORKERS=1 runs
     # everything in this process.
     workers=${CLEANROOM_TEST_WORKERS:-$(cpu_cores)}
+    if ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
+      echo "CLEANROOM_TEST_WORKERS must be a positive integer, not '$workers'" >&2
+      exit 2
+    fi
     [ "$workers" -gt 4 ] && workers=4
     parallel=()
     [ "$workers" -gt 1 ] && parallel=(-n "$workers" --dist loadfile)

@@ -236,10 +236,10 @@ def fedavg_secagg_round(ctx: Context) -> Iterator[Measurement]:
     one SecAgg+ session (fresh mask keys and self-mask seeds, Shamir shares,
     AES-CTR masks; the share-bundle keys, their certificates and the identities a
     node keeps for the whole job, and the job's key scope, as ``FedNode`` does)
-    driven message by message, then
-    every node opens and checks the sum. Plain: the same vectors, each serialised
-    to the coordinator, summed, the sum serialised back. Goal (issue 18): at most
-    1.2x, stated for 5 nodes at no particular size. CPU of all parties together
+    driven message by message, then every node opens and checks the sum. Plain:
+    the same vectors, each serialised to the coordinator, summed, the sum
+    serialised back. Goal (issue 18): at most 1.2x, stated for 5 nodes at no
+    particular size. CPU of all parties together
     (one process).
     """
     sizes = ctx.pick(

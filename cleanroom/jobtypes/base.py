@@ -240,9 +240,9 @@ class JobType(ABC, Generic[P]):
     """True when nothing the node party sends depends on the order of the rows in
     ``NodeContext.data`` (counts and exactly rounded sums do not; a plain float
     sum's last bits, a trained model or a sandbox's output do). The node may then
-    hand it the rows
-    in the order it keeps them for its differencing record, which must not reach
-    any analyst (docs/policy.md, "Cost"); other job types get file order."""
+    hand it the rows in the order it keeps them for its differencing record, which
+    must not reach any analyst (docs/policy.md, "Cost"); other job types get file
+    order."""
     _CACHE_SIZE: ClassVar[int] = 256
 
     def __init__(self) -> None:
