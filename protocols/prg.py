@@ -1,4 +1,14 @@
-"""Cryptographic mask expansion: AES-256-CTR keystreams as uint32/uint64 vectors."""
+"""Cryptographic mask expansion: AES-256-CTR keystreams as uint32/uint64 vectors.
+
+The keystream of a seed is AES-256-CTR keyed with the whole seed, counter blocks
+``0^96 || 2``, ``0^96 || 3``, ...: the blocks AES-GCM with the all-zero 96-bit
+nonce encrypts with (its first block, ``0^96 || 1``, only masks the tag). So a
+short mask (up to ``SHORT_BYTES``) is one AES-GCM encryption of zeros, whose
+ciphertext is that keystream — one C call, half the set-up cost of a CTR
+context, which dominates at that size — and a long one streams from a CTR
+context in cache-sized chunks. Both give the same words (a test checks it); the
+counter's low 32 bits cannot wrap below 64 GiB, far above any mask.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers import (
     algorithms,
     modes,
 )
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cleanroom.errors import ProtocolError
 
@@ -28,8 +39,12 @@ _DTYPES: Final[dict[int, np.dtype[np.unsignedinteger[Any]]]] = {
     64: np.dtype(np.uint64),
 }
 # Each seed keys exactly one keystream (seeds are fresh random values or HKDF outputs
-# bound to a session and a pair), so a fixed all-zero initial counter block is safe.
-_CTR_MODE: Final = modes.CTR(bytes(16))
+# bound to a session and a pair), so a fixed initial counter block is safe.
+_GCM_NONCE: Final = bytes(12)
+_CTR_MODE: Final = modes.CTR(_GCM_NONCE + (2).to_bytes(4, "big"))
+SHORT_BYTES: Final = 1 << 16
+"""Masks up to this size are drawn with one AES-GCM call (module docstring)."""
+_SHORT_ZEROS: Final = bytes(SHORT_BYTES)
 # Keystream = AES-CTR encryption of zeros; one shared read-only block of zeros is
 # reused chunk by chunk so a long mask never allocates a second buffer of its size.
 _CHUNK_BYTES: Final = 1 << 18  # 256 KiB: stays in L2 while it is written
@@ -67,6 +82,9 @@ def expand_mask_into(seed: bytes, out: MaskVector) -> None:
     This is how the protocol expands masks: into buffers it already holds.
     """
     _check_vector(out)
+    if out.nbytes <= SHORT_BYTES:
+        out[:] = _short_mask(seed, out)
+        return
     _fill_keystream(_keystream(seed), out)
 
 
@@ -113,6 +131,11 @@ def add_masks(
     at once, so no mask ever exists as a whole vector and nothing large is allocated.
     """
     _check_vector(acc)
+    if acc.nbytes <= SHORT_BYTES:
+        for seeds, op in ((add, np.add), (subtract, np.subtract)):
+            for seed in seeds:
+                op(acc, _short_mask(seed, acc), out=acc)
+        return
     step = _CHUNK_BYTES // acc.dtype.itemsize
     scratch = np.empty(min(step, acc.shape[0]), dtype=acc.dtype)
     raw = scratch.view(np.uint8).data
@@ -140,11 +163,25 @@ def _check_length(length: int) -> None:
         raise ProtocolError(f"mask length must be a non-negative int, got {length!r}")
 
 
-def _keystream(seed: bytes) -> CipherContext:
+def _check_seed(seed: bytes) -> None:
     if not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
         raise ProtocolError(f"mask seeds must be exactly {SEED_BYTES} bytes")
+
+
+def _keystream(seed: bytes) -> CipherContext:
+    _check_seed(seed)
     cipher = Cipher(algorithms.AES(bytes(seed)), _CTR_MODE)
     return cipher.encryptor()
+
+
+def _short_mask(seed: bytes, like: MaskVector) -> MaskVector:
+    """The mask for a vector of ``like``'s length and dtype, from one AES-GCM
+    encryption of zeros (its ciphertext, without the tag, is the keystream)."""
+    _check_seed(seed)
+    n = like.nbytes
+    stream = AESGCM(bytes(seed)).encrypt(_GCM_NONCE, _SHORT_ZEROS[:n], None)
+    # Little-endian words on every host; numpy converts on a big-endian one.
+    return np.frombuffer(stream, like.dtype.newbyteorder("<"), like.shape[0])
 
 
 def _fill_keystream(stream: CipherContext, out: MaskVector) -> None:

@@ -51,7 +51,6 @@ contributor did not really hold (no protocol can check a party's own data).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 from collections.abc import Iterable
@@ -80,7 +79,7 @@ _NOT_VERIFIED: Final = (
 
 def _key(seed: bytes, *parts: str) -> bytes:
     label = "\x00".join(parts).encode()
-    return hmac.new(seed, _DOMAIN + label, hashlib.sha256).digest()
+    return hmac.digest(seed, _DOMAIN + label, "sha256")
 
 
 def soundness_bits(checks: int = DEFAULT_CHECKS) -> float:

@@ -90,6 +90,43 @@ def split(
     ]
 
 
+def split_values(
+    secrets: Sequence[bytes], t: int, n: int, random: RandomSource = SYSTEM_RANDOM
+) -> list[list[int]]:
+    """Split each of ``secrets`` as ``split`` does, each with its own independent
+    polynomial, and return the bare values: ``out[x - 1][k]`` is the share of
+    ``secrets[k]`` at ``x`` (wrap it in ``Share(x, t, value)`` to combine).
+
+    One draw of randomness and no per-share objects: what a party sharing many
+    short secrets at once (one per neighbour) pays per secret is the arithmetic.
+    """
+    for secret in secrets:
+        if not isinstance(secret, bytes | bytearray) or len(secret) > MAX_SECRET_BYTES:
+            raise ProtocolError(
+                f"secrets are byte strings of at most {MAX_SECRET_BYTES}"
+            )
+    _check_int("t", t)
+    _check_int("n", n)
+    if not 2 <= t <= n <= MAX_SHARES:
+        raise ProtocolError(f"need 2 <= t <= n <= {MAX_SHARES}, got t={t}, n={n}")
+    randoms = _random_field_elements((t - 1) * len(secrets), random)
+    out: list[list[int]] = [[] for _ in range(n)]
+    xs = range(1, n + 1)
+    for k, secret in enumerate(secrets):
+        constant = int.from_bytes(_SENTINEL + bytes(secret), "big")
+        top = reversed(randoms[k * (t - 1) : (k + 1) * (t - 1)])
+        # Horner at every x at once; small x, so one reduction per share suffices
+        # for the thresholds a session uses (every 32 steps otherwise, as split).
+        ys = [next(top)] * n
+        for step, c in enumerate(top, start=1):
+            ys = [y * x + c for y, x in zip(ys, xs, strict=True)]
+            if step % 32 == 0:
+                ys = [y % PRIME for y in ys]
+        for row, y, x in zip(out, ys, xs, strict=True):
+            row.append((y * x + constant) % PRIME)
+    return out
+
+
 def combine(shares: Sequence[Share]) -> bytes:
     """Recover the secret from at least ``threshold`` shares with distinct indices.
 

@@ -47,6 +47,7 @@ _MASK_INFO: Final = b"cleanroom/secagg/v1/pair-mask\x00"
 _BUNDLE_INFO: Final = b"cleanroom/secagg/v1/share-bundle\x00"
 _BUNDLE_AD: Final = b"cleanroom/secagg/v1/share-bundle-ad\x00"
 _BUNDLE_NONCE: Final = bytes(12)
+_ROUND_INFO: Final = b"cleanroom/secagg/v1/series-round\x00"
 _CERTIFICATE_DOMAIN: Final = b"cleanroom/secagg/v1/channel-key\x00"
 
 
@@ -117,6 +118,7 @@ class ChannelKeys:
         self._agreed: dict[bytes, bytes] = {}
         self._certificate: tuple[str, bytes] | None = None
         self._certified: set[tuple[str, bytes, bytes]] = set()
+        self._peers: dict[str, bytes] = {}
 
     def certificate(self, party: str, signing_key: Ed25519PrivateKey) -> bytes:
         """``party``'s signature over (scope, party, ``c_pk``), made once."""
@@ -140,6 +142,14 @@ class ChannelKeys:
         signed = certificate_bytes(self.scope, advert.party, advert.c_pk)
         _verify(advert.signature, signed, identity, advert.party)
         self._certified.add(entry)
+        known = self._peers.get(advert.party, advert.c_pk)
+        # Two certified keys for one party in one scope: neither is used by name.
+        self._peers[advert.party] = advert.c_pk if known == advert.c_pk else b""
+
+    def certified_key(self, party: str) -> bytes | None:
+        """The channel key ``party`` certified under this scope, as checked here;
+        None if none was checked, or if the party certified two."""
+        return self._peers.get(party) or None
 
     def __repr__(self) -> str:
         return "ChannelKeys(...)"  # no secret in any log line or traceback
@@ -216,6 +226,26 @@ def pair_mask_seed(shared: bytes, digest: bytes, a: str, b: str) -> bytes:
     low, high = sorted((a, b))
     info = _MASK_INFO + encode_name(low) + encode_name(high)
     return _hkdf(shared, digest, info)
+
+
+def round_pair_keys(
+    shared: bytes, digest: bytes, party: str, peer: str
+) -> tuple[bytes, bytes]:
+    """A series round's keys for one pair, from the pair's certified ``c``
+    agreement (``series``): the pair's mask seed and its bundle key (one bundle
+    each way, told apart by ``bundle_nonce``). One HKDF call, salted with the
+    round's series digest and bound to the unordered pair, under a label no other
+    derivation uses."""
+    low, high = sorted((party, peer))
+    info = _ROUND_INFO + encode_name(low) + encode_name(high)
+    okm = _hkdf(shared, digest, info, 2 * KEY_BYTES)
+    return okm[:KEY_BYTES], okm[KEY_BYTES:]
+
+
+def bundle_nonce(sender: str, recipient: str) -> bytes:
+    """The nonce of the one bundle ``sender`` seals to ``recipient`` under their
+    round's bundle key: the two directions differ, nothing else repeats a key."""
+    return bytes(11) + (b"\x00" if sender < recipient else b"\x01")
 
 
 def adds_pair_mask(party: str, peer: str) -> bool:

@@ -31,6 +31,7 @@ from protocols.prg import MaskVector
 from protocols.secagg.client import SecAggClient
 from protocols.secagg.config import SecAggConfig
 from protocols.secagg.messages import ADVERTISE_KEYS, STAGES
+from protocols.secagg.series_wire import SERIES_INPUT, SERIES_STAGES
 from protocols.secagg.server import SecAggServer
 
 
@@ -93,7 +94,7 @@ def drive(
     """Deliver every message until the session is quiet; exceptions propagate."""
     drops = dict(drop_at or {})
     for party, stage in drops.items():
-        if party not in nodes or stage not in STAGES:
+        if party not in nodes or stage not in (*STAGES, *SERIES_STAGES):
             raise ConfigError(f"cannot drop {party!r} at stage {stage!r}")
     traffic = Traffic()
     queue: deque[tuple[str, Inbound]] = deque()
@@ -107,7 +108,8 @@ def drive(
             queue.append((message.recipient, inbound))
 
     post(COORDINATOR, coordinator.start())
-    gone = {p for p, stage in drops.items() if stage == ADVERTISE_KEYS}
+    # A party dropping at a protocol's first stage never starts.
+    gone = {p for p, stage in drops.items() if stage in (ADVERTISE_KEYS, SERIES_INPUT)}
     for name, node in nodes.items():
         if name not in gone:
             post(name, node.start())

@@ -19,10 +19,11 @@ def test_mandated_work_matches_an_instrumented_round(
     config, inputs, drops = _setup(n, d)
     work = mandated_work(config, build_graph(config), drops)
     seen = {"agreements": 0, "verifications": 0, "keystream_bytes": 0}
-    agree, verify, keystream = (
+    agree, verify, keystream, short = (
         keys.agree,
         keys.verify_advertisement,
         prg._keystream,
+        prg._short_mask,
     )
 
     def counted_agree(*args: Any) -> bytes:
@@ -40,7 +41,13 @@ def test_mandated_work_matches_an_instrumented_round(
 
     monkeypatch.setattr(keys, "agree", counted_agree)
     monkeypatch.setattr(keys, "verify_advertisement", counted_verify)
+    def counted_short(seed: bytes, like: Any) -> Any:
+        # Short masks (these are) are drawn in one call: the same keystream.
+        seen["keystream_bytes"] += d * config.element_bytes
+        return short(seed, like)
+
     monkeypatch.setattr(prg, "_keystream", counted_keystream)
+    monkeypatch.setattr(prg, "_short_mask", counted_short)
     ids = simulate.make_identities(config.parties)
     server, clients = simulate.build_session(inputs, config, identities=ids)
     simulate.drive(server, clients, drop_at=drops)

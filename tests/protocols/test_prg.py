@@ -7,36 +7,60 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cleanroom.errors import ProtocolError
-from protocols.prg import add_masks, expand_mask, expand_mask_into, masked_copy
+from protocols.prg import (
+    SHORT_BYTES,
+    add_masks,
+    expand_mask,
+    expand_mask_into,
+    masked_copy,
+)
 
 SEED = bytes(range(32))
 
 
 def test_known_answer_64() -> None:
-    # Pinned output: AES-256 keyed with 00..1f, counter blocks 0, 1, ... from zero.
+    # Pinned output: AES-256 keyed with 00..1f, counter blocks 2, 3, ... (the
+    # blocks AES-GCM with the all-zero nonce encrypts with).
     assert expand_mask(SEED, 4, 64).tolist() == [
-        15032814528976949490,
-        9256919087594533801,
-        16546147286388202992,
-        4410926500381718182,
+        13655807654754630670,
+        11065674241917167624,
+        3413870527743673298,
+        6223411483879120512,
     ]
 
 
 def test_known_answer_32() -> None:
     assert expand_mask(SEED, 4, 32).tolist() == [
-        3053490418,
-        3500099882,
-        1788539817,
-        2155294429,
+        3736452110,
+        3179490485,
+        900311048,
+        2576428056,
     ]
 
 
 def test_matches_aes_of_counter_blocks() -> None:
-    # Independent derivation: AES-ECB of the big-endian counter blocks 0..n-1.
-    blocks = b"".join(i.to_bytes(16, "big") for i in range(64))
+    # Independent derivation: AES-ECB of the big-endian counter blocks 2..n+1.
+    blocks = b"".join(i.to_bytes(16, "big") for i in range(2, 66))
     ecb = Cipher(algorithms.AES(SEED), modes.ECB()).encryptor().update(blocks)
     expected = np.frombuffer(ecb, dtype="<u8")
     assert np.array_equal(expand_mask(SEED, 128, 64), expected)
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_short_and_streamed_masks_are_one_keystream(bits: int) -> None:
+    # Up to SHORT_BYTES a mask is one AES-GCM call, above it a streamed CTR
+    # context: a vector just above must start with the words of one just below.
+    width = bits // 8
+    below = SHORT_BYTES // width
+    streamed = expand_mask(SEED, below + 1, bits)
+    assert np.array_equal(streamed[:below], expand_mask(SEED, below, bits))
+    acc = np.zeros(below + 1, dtype=streamed.dtype)
+    add_masks(acc, add=[SEED])
+    short = np.zeros(below, dtype=streamed.dtype)
+    add_masks(short, add=[SEED])
+    assert np.array_equal(acc[:below], short)
+    with pytest.raises(ProtocolError, match="exactly 32 bytes"):
+        add_masks(short, add=[SEED[:16]])  # AES-GCM would take a 16-byte key
 
 
 def test_long_masks_cross_chunk_boundaries_consistently() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cleanroom.errors import ProtocolAbort, ProtocolError
-from protocols.shamir import PRIME, SHARE_BYTES, Share, combine, split
+from protocols.shamir import PRIME, SHARE_BYTES, Share, combine, split, split_values
 
 
 @settings(max_examples=60, deadline=None)
@@ -116,3 +116,25 @@ def test_corrupted_share_does_not_recover_the_secret() -> None:
         assert combine([bad, *shares[1:]]) != secret
     except ProtocolError:
         pass  # usually caught by the encoding check
+
+
+def test_split_values_shares_each_secret_on_its_own_polynomial() -> None:
+    secrets = [os.urandom(32), b"\x00\x00ab", os.urandom(64)]
+    values = split_values(secrets, 3, 5)
+    assert len(values) == 5 and all(len(v) == 3 for v in values)
+    for k, secret in enumerate(secrets):
+        shares = [Share(x, 3, values[x - 1][k]) for x in range(1, 6)]
+        for chosen in ([0, 1, 2], [1, 3, 4], [4, 0, 2]):
+            assert combine([shares[i] for i in chosen]) == secret
+        with pytest.raises(ProtocolAbort):
+            combine(shares[:2])
+    # Independent polynomials: the same secret twice gets different shares.
+    twice = split_values([secrets[0], secrets[0]], 3, 5)
+    assert [v[0] for v in twice] != [v[1] for v in twice]
+
+
+def test_split_values_refuses_what_split_refuses() -> None:
+    with pytest.raises(ProtocolError, match="at most 64"):
+        split_values([bytes(65)], 3, 5)
+    with pytest.raises(ProtocolError, match="need 2 <= t <= n"):
+        split_values([b"a"], 1, 5)

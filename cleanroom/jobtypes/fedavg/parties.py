@@ -65,6 +65,8 @@ from protocols.sealed_sum import DEFAULT_CHECKS, SealedSum
 from protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 from protocols.secagg.config import MIN_PARTIES
 from protocols.secagg.keys import ChannelKeys, identity_keys
+from protocols.secagg.series import SeriesClient
+from protocols.secagg.series_server import SeriesServer
 
 SEED: Final = "fedavg/seed"
 SUM: Final = "fedavg/sum"
@@ -133,6 +135,13 @@ def secagg_config(
     )
 
 
+def series_round(spec: FedSpec, round_: int) -> bool:
+    """Whether round ``round_`` runs as a two-stage series round
+    (``protocols.secagg.series``): every training round on the complete graph,
+    whose parties all certified their channel keys in the standardisation."""
+    return round_ > 0 and spec.graph == "complete"
+
+
 def vector_length(spec: FedSpec, round_: int) -> int:
     layout = spec.plan.standardisation if round_ == 0 else spec.plan.round
     return layout.length
@@ -196,7 +205,7 @@ class FedNode(NodeParty):
         self._aggregator = FedAvgAggregator(spec.plan)
         self._seed: bytes | None = None
         self._round = -1
-        self._client: SecAggClient | None = None
+        self._client: SecAggClient | SeriesClient | None = None
         self._seal: SealedSum | None = None
         self._channel: ChannelKeys | None = None
         self._identities = identity_keys(ctx.peer_signing_keys)  # once per job
@@ -247,18 +256,21 @@ class FedNode(NodeParty):
         sealed = self._seal.seal(ctx.node, vector)
         self._round = round_
         self._survivors = frozenset()
-        self._client = SecAggClient(
-            ctx.node,
-            secagg_config(
-                spec, ctx.job_id, round_, sorted(parties), length, ctx.graph_seed
-            ),
-            sealed,
-            signing_key=ctx.signing_key,
-            peer_signing_keys=self._identities,
-            random=ctx.random,
-            approve_survivors=self._approve,
-            channel=self._channel,
+        config = secagg_config(
+            spec, ctx.job_id, round_, sorted(parties), length, ctx.graph_seed
         )
+        assert self._channel is not None
+        if series_round(spec, round_):
+            self._client = SeriesClient(
+                ctx.node, config, sealed, channel=self._channel, random=ctx.random,
+                approve_survivors=self._approve,
+            )  # fmt: skip
+        else:
+            self._client = SecAggClient(
+                ctx.node, config, sealed, signing_key=ctx.signing_key,
+                peer_signing_keys=self._identities, random=ctx.random,
+                approve_survivors=self._approve, channel=self._channel,
+            )  # fmt: skip
         return _prefix(round_, self._client.start())
 
     def _approve(self, survivors: frozenset[str]) -> None:
@@ -449,12 +461,16 @@ class FedCoordinator(CoordinatorParty):
         self._commitments = CommitmentCollector(ctx, FINAL)
         self._done_sent = False
 
-    def _new_server(self, round_: int, parties: tuple[str, ...]) -> SecAggServer:
+    def _new_server(
+        self, round_: int, parties: tuple[str, ...]
+    ) -> SecAggServer | SeriesServer:
         config = secagg_config(
             self._spec, self._ctx.job_id, round_, parties,
             vector_length(self._spec, round_), self._ctx.graph_seed,
         )  # fmt: skip
         self._round_parties = parties
+        if series_round(self._spec, round_):
+            return SeriesServer(config)
         return SecAggServer(config, {p: self._keys[p] for p in parties})
 
     def start(self) -> list[Outbound]:

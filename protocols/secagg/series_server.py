@@ -1,0 +1,225 @@
+"""The coordinator of a series round (``series``): relays the bundles, then
+recombines the shares that remove the survivors' masks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from cleanroom.errors import ProtocolAbort, ProtocolError
+from protocols.party import CoordinatorParty, Inbound, Outbound, Progress
+from protocols.prg import MaskVector, add_masks
+from protocols.secagg import keys
+from protocols.secagg.config import SecAggConfig
+from protocols.secagg.series import check_series_config
+from protocols.secagg.series_wire import (
+    SERIES_INPUT,
+    SERIES_UNMASK,
+    SeriesInput,
+    SeriesRequest,
+    SeriesResponse,
+    bundle_bytes,
+    series_digest,
+)
+from protocols.shamir import Share, combine
+
+
+class SeriesServer(CoordinatorParty):
+    """Sums the masked inputs and releases the survivors' sum; it reconstructs a
+    survivor's self-mask seed and the seeds of pairs with a dropped party only,
+    never the seed of a pair of survivors. ``dropped`` may be called at any time
+    and aborts once fewer than the threshold can still answer."""
+
+    def __init__(self, config: SecAggConfig) -> None:
+        check_series_config(config)
+        self._config = config
+        self._digest = series_digest(config)
+        self._bundle_size = bundle_bytes(config.n)
+        self._index = {p: i for i, p in enumerate(config.parties, start=1)}
+        self._started = False
+        self._stage: str | None = SERIES_INPUT
+        self._expected: frozenset[str] = frozenset(config.parties)
+        self._received: set[str] = set()
+        self._gone: set[str] = set()
+        self._bundles: dict[str, dict[str, bytes]] = {}
+        self._sum: MaskVector = np.zeros(config.vector_length, dtype=config.dtype)
+        self._survivors: frozenset[str] = frozenset()
+        self._dropped: frozenset[str] = frozenset()
+        self._self_mask: dict[str, list[Share]] = {}
+        self._pair: dict[tuple[str, str], list[Share]] = {}
+        self._result: MaskVector | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the sum has been unmasked."""
+        return self._result is not None
+
+    def start(self) -> list[Outbound]:
+        """Nodes speak first: the coordinator has nothing to send."""
+        if self._started:
+            raise ProtocolError("the coordinator has already started")
+        self._started = True
+        return []
+
+    def receive(self, message: Inbound) -> list[Outbound]:
+        """Accept one node's message for the current stage, advancing when complete."""
+        sender, stage = message.sender, message.stage
+        if not self._started or self._stage is None:
+            state = "finished" if self._stage is None else "not started"
+            raise ProtocolError(f"the coordinator is {state}; refusing {stage}")
+        if sender not in self._index:
+            raise ProtocolError(f"{sender!r} is not a party of this session")
+        if sender in self._gone:
+            raise ProtocolError(
+                f"{sender!r} was declared dropped; refusing its {stage}"
+            )
+        if stage != self._stage:
+            raise ProtocolError(
+                f"expected {self._stage} messages, got {stage} from {sender}"
+            )
+        if sender not in self._expected:
+            raise ProtocolError(f"{sender!r} dropped out before {stage}")
+        if sender in self._received:
+            raise ProtocolError(f"{sender!r} already sent its {stage} message")
+        if stage == SERIES_INPUT:
+            self._on_input(sender, message.payload)
+        else:
+            self._on_response(sender, message.payload)
+        self._received.add(sender)
+        return self._advance_if_complete()
+
+    def dropped(self, parties: frozenset[str]) -> list[Outbound]:
+        """Mark ``parties`` as gone; abort if the threshold can no longer be met."""
+        unknown = sorted(p for p in parties if p not in self._index)
+        if unknown:
+            raise ProtocolError(f"unknown parties reported dropped: {unknown}")
+        self._gone |= parties
+        if self._stage is None:
+            return []
+        self._check_threshold()
+        return self._advance_if_complete()
+
+    def waiting_for(self) -> frozenset[str]:
+        """The live parties the current stage still waits for."""
+        if not self._started or self._stage is None:
+            return frozenset()
+        return frozenset(self._expected - self._received - self._gone)
+
+    def progress(self) -> Progress:
+        if self._stage is None:
+            return Progress(stage="unmasked")
+        live = self._expected - self._gone
+        return Progress(
+            stage=self._stage, heard=len(self._received & live), expected=len(live)
+        )
+
+    @property
+    def survivors(self) -> frozenset[str]:
+        """The parties whose inputs are in the sum (empty before unmasking)."""
+        return self._survivors if self._result is not None else frozenset()
+
+    def sum_vector(self) -> MaskVector:
+        """The survivors' exact sum mod 2^modulus_bits; only valid once finished."""
+        if self._result is None:
+            raise ProtocolError("the sum is not available before the protocol finishes")
+        return self._result.copy()
+
+    def result(self) -> Mapping[str, Any]:
+        """The released result: survivors, dropped parties and the sum as ints."""
+        total = self.sum_vector()
+        return {
+            "survivors": sorted(self._survivors),
+            "dropped": sorted(set(self._config.parties) - self._survivors),
+            "modulus_bits": self._config.modulus_bits,
+            "sum": total.tolist(),
+        }
+
+    def _on_input(self, sender: str, payload: bytes) -> None:
+        config = self._config
+        message = SeriesInput.decode(
+            payload, self._digest, length=config.vector_length, dtype=config.dtype,
+            bundle_size=self._bundle_size,
+        )  # fmt: skip
+        others = set(config.parties) - {sender}
+        if set(message.bundles) != others:
+            raise ProtocolError(f"{sender!r} must send a bundle to every other party")
+        np.add(self._sum, message.vector, out=self._sum)
+        self._bundles[sender] = message.bundles
+
+    def _on_response(self, sender: str, payload: bytes) -> None:
+        response = SeriesResponse.decode(payload, self._digest)
+        wanted = {(o, p) for o in self._survivors for p in self._dropped}
+        if set(response.self_mask) != self._survivors or set(response.pair) != wanted:
+            raise ProtocolError(f"{sender!r} did not answer the unmask request it got")
+        t, x = self._config.threshold, self._index[sender]
+        for owner, value in response.self_mask.items():
+            self._self_mask.setdefault(owner, []).append(Share(x, t, value))
+        for pair, value in response.pair.items():
+            self._pair.setdefault(pair, []).append(Share(x, t, value))
+
+    def _advance_if_complete(self) -> list[Outbound]:
+        if self._expected - self._gone - self._received:
+            return []
+        self._check_threshold()
+        if self._stage == SERIES_INPUT:
+            return self._send_requests()
+        self._unmask()
+        return []
+
+    def _send_requests(self) -> list[Outbound]:
+        # A party that sent its input and then vanished still survives: its vector
+        # is in the sum, so its self-mask must be removed.
+        self._survivors = frozenset(self._received)
+        self._dropped = frozenset(self._config.parties) - self._survivors
+        live = self._survivors - self._gone
+        survivors, dropped = (
+            tuple(sorted(self._survivors)),
+            tuple(sorted(self._dropped)),
+        )
+        out = []
+        for party in sorted(live):
+            bundles = {s: self._bundles[s][party] for s in survivors if s != party}
+            request = SeriesRequest(survivors, dropped, bundles)
+            out.append(Outbound(party, SERIES_UNMASK, request.encode(self._digest)))
+        self._bundles.clear()
+        self._stage, self._expected, self._received = SERIES_UNMASK, live, set()
+        return out
+
+    def _unmask(self) -> None:
+        add: list[bytes] = []
+        subtract = [
+            self._recover(o, self._self_mask.get(o, []))
+            for o in sorted(self._survivors)
+        ]
+        for owner, peer in sorted(self._pair):
+            seed = self._recover(owner, self._pair[(owner, peer)])
+            # Undo what the surviving owner applied for this pair.
+            (subtract if keys.adds_pair_mask(owner, peer) else add).append(seed)
+        add_masks(self._sum, add=add, subtract=subtract)
+        self._result = self._sum
+        self._stage, self._expected, self._received = None, frozenset(), set()
+
+    def _recover(self, owner: str, shares: list[Share]) -> bytes:
+        try:
+            seed = combine(shares)
+        except ProtocolAbort as exc:
+            raise ProtocolAbort(
+                f"cannot recover the secrets of {owner!r}: {exc}"
+            ) from None
+        except ProtocolError as exc:
+            raise ProtocolError(f"the shares of {owner!r} are corrupt: {exc}") from None
+        if len(seed) != keys.KEY_BYTES:
+            raise ProtocolError(f"a recovered seed of {owner!r} has the wrong size")
+        return seed
+
+    def _check_threshold(self) -> None:
+        t, n = self._config.threshold, self._config.n
+        live = self._expected - self._gone
+        if self._stage == SERIES_UNMASK:
+            live |= self._received
+        if len(live) < t:
+            raise ProtocolAbort(
+                f"only {len(live)} of {n} parties remain; threshold is {t}"
+            )
