@@ -9,6 +9,8 @@ from protocols.secagg.messages import (
     STAGES,
     UNMASK,
 )
+from protocols.secagg.series import SeriesClient
+from protocols.secagg.series_server import SeriesServer
 from protocols.secagg.server import SecAggServer
 from protocols.secagg.simulate import run_in_process
 
@@ -21,5 +23,7 @@ __all__ = [
     "SecAggClient",
     "SecAggConfig",
     "SecAggServer",
+    "SeriesClient",
+    "SeriesServer",
     "run_in_process",
 ]

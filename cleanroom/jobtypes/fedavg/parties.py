@@ -12,16 +12,19 @@ training goes on (``fedavg/report``). The next round runs over the round's
 survivors. At the end every node seals its signed final report (model,
 standardisation, history) to the analyst and commits to it (``sealing``).
 
-Per round each node draws fresh SecAgg+ mask keys and self-mask seeds; its
-share-bundle encryption key pair is drawn once per job
-(``protocols.secagg.keys.ChannelKeys``: never revealed, every round's bundle
-keys bound to that round's configuration), which saves one X25519 agreement per
-neighbour per round. Every session names the job's key scope (``key_scope``):
-a node signs its channel key once per job and each neighbour verifies that
-certificate once, and each round's fresh mask key is authenticated pairwise by
-the share bundles' associated data instead of a signature per round
-(``protocols.secagg.keys`` says why that is as strong). Assumption named: the
-bundles of all of a job's rounds are as safe as that one in-memory key."""
+Each node's share-bundle encryption key pair is drawn once per job
+(``protocols.secagg.keys.ChannelKeys``: never revealed) and every session names
+the job's key scope (``key_scope``): a node signs its channel key once per job
+and each neighbour verifies that certificate once. The standardisation (round
+0) is a full SecAgg+ session, with fresh mask keys authenticated pairwise by the
+share bundles' associated data (``protocols.secagg.keys`` says why that is as
+strong as a signature). On the complete graph every training round is then a
+two-stage series round (``protocols.secagg.series``, ``series_round``): fresh
+self-mask seeds, per-round pair seeds from the certified agreements, every seed
+Shamir-shared, no public-key operation; on the sparse graph every round stays a
+full session (its neighbourhoods may change as nodes drop). Assumption named:
+the pair seeds and bundles of all of a job's rounds are as safe as that one
+in-memory key (no forward secrecy between rounds)."""
 
 from __future__ import annotations
 
