@@ -50,6 +50,10 @@ _SHORT_ZEROS: Final = bytes(SHORT_BYTES)
 _CHUNK_BYTES: Final = 1 << 18  # 256 KiB: stays in L2 while it is written
 _ZEROS: Final = memoryview(bytes(_CHUNK_BYTES))
 _BIG_ENDIAN_HOST: Final = sys.byteorder == "big"
+_WIRE: Final[dict[int, np.dtype[np.unsignedinteger[Any]]]] = {
+    4: np.dtype("<u4"),
+    8: np.dtype("<u8"),
+}
 
 
 def mask_dtype(modulus_bits: int) -> np.dtype[np.unsignedinteger[Any]]:
@@ -177,11 +181,15 @@ def _keystream(seed: bytes) -> CipherContext:
 def _short_mask(seed: bytes, like: MaskVector) -> MaskVector:
     """The mask for a vector of ``like``'s length and dtype, from one AES-GCM
     encryption of zeros (its ciphertext, without the tag, is the keystream)."""
-    _check_seed(seed)
+    if type(seed) is not bytes:  # exact type: the fast path
+        _check_seed(seed)
+        seed = bytes(seed)
+    elif len(seed) != SEED_BYTES:
+        _check_seed(seed)
     n = like.nbytes
-    stream = AESGCM(bytes(seed)).encrypt(_GCM_NONCE, _SHORT_ZEROS[:n], None)
+    stream = AESGCM(seed).encrypt(_GCM_NONCE, _SHORT_ZEROS[:n], None)
     # Little-endian words on every host; numpy converts on a big-endian one.
-    return np.frombuffer(stream, like.dtype.newbyteorder("<"), like.shape[0])
+    return np.frombuffer(stream, _WIRE[like.dtype.itemsize], like.shape[0])
 
 
 def _fill_keystream(stream: CipherContext, out: MaskVector) -> None:

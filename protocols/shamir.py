@@ -144,10 +144,40 @@ def combine(shares: Sequence[Share]) -> bytes:
     if len(shares) < t:
         raise ProtocolAbort(f"only {len(shares)} shares; threshold is {t}")
     points = shares[:t]
-    # Lagrange at x = 0: lambda_i = prod(x_j) / prod(x_j - x_i) over j != i. One
-    # modular inversion of the product of all denominators serves every point
-    # (Montgomery's trick) instead of one inversion per point.
-    xs = [s.index for s in points]
+    weights = _lagrange_at_zero([s.index for s in points])
+    return _decode(sum(p.value * w for p, w in zip(points, weights, strict=True)))
+
+
+def combine_values(
+    indices: Sequence[int], t: int, secrets: Sequence[Sequence[int]]
+) -> list[bytes]:
+    """Recover many secrets shared at the same points: ``secrets[k][m]`` is the
+    value of secret ``k`` at ``indices[m]``, all with threshold ``t``. The
+    Lagrange weights are computed once for all of them (what a coordinator
+    recombining every party's seeds from the same answering holders needs).
+
+    Raises as ``combine`` does.
+    """
+    _check_int("t", t)
+    if len(set(indices)) != len(indices):
+        raise ProtocolError("shares repeat an index")
+    if any(not 1 <= x <= MAX_SHARES for x in indices):
+        raise ProtocolError(f"share indices are in 1..{MAX_SHARES}")
+    if len(indices) < t:
+        raise ProtocolAbort(f"only {len(indices)} shares; threshold is {t}")
+    weights = _lagrange_at_zero(list(indices[:t]))
+    out = []
+    for values in secrets:
+        if len(values) != len(indices) or any(not 0 <= v < PRIME for v in values):
+            raise ProtocolError("share values do not match their points")
+        out.append(_decode(sum(v * w for v, w in zip(values, weights, strict=False))))
+    return out
+
+
+def _lagrange_at_zero(xs: list[int]) -> list[int]:
+    """lambda_i = prod(x_j) / prod(x_j - x_i) over j != i, mod PRIME. One modular
+    inversion of the product of all denominators serves every point
+    (Montgomery's trick) instead of one inversion per point."""
     numerators, denominators = [], []
     for i, xi in enumerate(xs):
         numerator, denominator = 1, 1
@@ -161,12 +191,15 @@ def combine(shares: Sequence[Share]) -> bytes:
     for d in denominators:
         prefix.append(prefix[-1] * d % PRIME)
     inverse = pow(prefix[-1], -1, PRIME)
-    value = 0
-    for i in range(len(points) - 1, -1, -1):
+    weights = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
         # Here inverse = 1 / (d_0 ... d_i), so 1 / d_i = inverse * (d_0 ... d_(i-1)).
-        weight = numerators[i] * inverse * prefix[i] % PRIME
+        weights[i] = numerators[i] * inverse * prefix[i] % PRIME
         inverse = inverse * denominators[i] % PRIME
-        value += points[i].value * weight
+    return weights
+
+
+def _decode(value: int) -> bytes:
     value %= PRIME
     encoded = value.to_bytes((value.bit_length() + 7) // 8, "big")
     if not encoded.startswith(_SENTINEL):

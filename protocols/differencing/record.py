@@ -268,8 +268,7 @@ class ReleaseRecord:
                 *(a[i] for a in _arrays(cells.tables)),
             )
             body = b"".join(
-                a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-                for a in parts
+                a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes() for a in parts
             )
             out.append(body + self._cell_mac(i, body))
         return out

@@ -23,7 +23,7 @@ from protocols.secagg.series_wire import (
     bundle_bytes,
     series_digest,
 )
-from protocols.shamir import Share, combine
+from protocols.shamir import combine_values
 
 
 class SeriesServer(CoordinatorParty):
@@ -47,8 +47,10 @@ class SeriesServer(CoordinatorParty):
         self._sum: MaskVector = np.zeros(config.vector_length, dtype=config.dtype)
         self._survivors: frozenset[str] = frozenset()
         self._dropped: frozenset[str] = frozenset()
-        self._self_mask: dict[str, list[Share]] = {}
-        self._pair: dict[tuple[str, str], list[Share]] = {}
+        # The answering holders' share points, and every secret's values at them.
+        self._points: list[int] = []
+        self._self_mask: dict[str, list[int]] = {}
+        self._pair: dict[tuple[str, str], list[int]] = {}
         self._result: MaskVector | None = None
 
     @property
@@ -153,11 +155,13 @@ class SeriesServer(CoordinatorParty):
         wanted = {(o, p) for o in self._survivors for p in self._dropped}
         if set(response.self_mask) != self._survivors or set(response.pair) != wanted:
             raise ProtocolError(f"{sender!r} did not answer the unmask request it got")
-        t, x = self._config.threshold, self._index[sender]
+        # Every holder answers for the same secrets, so each secret's values line
+        # up with the holders' points.
+        self._points.append(self._index[sender])
         for owner, value in response.self_mask.items():
-            self._self_mask.setdefault(owner, []).append(Share(x, t, value))
+            self._self_mask.setdefault(owner, []).append(value)
         for pair, value in response.pair.items():
-            self._pair.setdefault(pair, []).append(Share(x, t, value))
+            self._pair.setdefault(pair, []).append(value)
 
     def _advance_if_complete(self) -> list[Outbound]:
         if self._expected - self._gone - self._received:
@@ -188,31 +192,25 @@ class SeriesServer(CoordinatorParty):
         return out
 
     def _unmask(self) -> None:
+        owners = sorted(self._survivors)
+        pairs = sorted(self._pair)
+        values = [self._self_mask[o] for o in owners] + [self._pair[p] for p in pairs]
+        try:
+            seeds = combine_values(self._points, self._config.threshold, values)
+        except ProtocolAbort as exc:
+            raise ProtocolAbort(f"cannot recover the round's seeds: {exc}") from None
+        except ProtocolError as exc:
+            raise ProtocolError(f"the seed shares are corrupt: {exc}") from None
+        if any(len(seed) != keys.KEY_BYTES for seed in seeds):
+            raise ProtocolError("a recovered seed has the wrong size")
+        subtract = seeds[: len(owners)]
         add: list[bytes] = []
-        subtract = [
-            self._recover(o, self._self_mask.get(o, []))
-            for o in sorted(self._survivors)
-        ]
-        for owner, peer in sorted(self._pair):
-            seed = self._recover(owner, self._pair[(owner, peer)])
+        for (owner, peer), seed in zip(pairs, seeds[len(owners) :], strict=True):
             # Undo what the surviving owner applied for this pair.
             (subtract if keys.adds_pair_mask(owner, peer) else add).append(seed)
         add_masks(self._sum, add=add, subtract=subtract)
         self._result = self._sum
         self._stage, self._expected, self._received = None, frozenset(), set()
-
-    def _recover(self, owner: str, shares: list[Share]) -> bytes:
-        try:
-            seed = combine(shares)
-        except ProtocolAbort as exc:
-            raise ProtocolAbort(
-                f"cannot recover the secrets of {owner!r}: {exc}"
-            ) from None
-        except ProtocolError as exc:
-            raise ProtocolError(f"the shares of {owner!r} are corrupt: {exc}") from None
-        if len(seed) != keys.KEY_BYTES:
-            raise ProtocolError(f"a recovered seed of {owner!r} has the wrong size")
-        return seed
 
     def _check_threshold(self) -> None:
         t, n = self._config.threshold, self._config.n

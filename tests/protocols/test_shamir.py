@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cleanroom.errors import ProtocolAbort, ProtocolError
-from protocols.shamir import PRIME, SHARE_BYTES, Share, combine, split, split_values
+from protocols.shamir import (
+    PRIME,
+    SHARE_BYTES,
+    Share,
+    combine,
+    combine_values,
+    split,
+    split_values,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -138,3 +146,21 @@ def test_split_values_refuses_what_split_refuses() -> None:
         split_values([bytes(65)], 3, 5)
     with pytest.raises(ProtocolError, match="need 2 <= t <= n"):
         split_values([b"a"], 1, 5)
+
+
+def test_combine_values_recovers_many_secrets_at_the_same_points() -> None:
+    secrets = [os.urandom(32) for _ in range(4)]
+    values = split_values(secrets, 3, 5)
+    points = [5, 2, 4]
+    rows = [[values[x - 1][k] for x in points] for k in range(4)]
+    assert combine_values(points, 3, rows) == secrets
+    single = [Share(x, 3, values[x - 1][0]) for x in points]
+    assert combine(single) == secrets[0]
+    with pytest.raises(ProtocolAbort, match="threshold is 3"):
+        combine_values(points[:2], 3, [r[:2] for r in rows])
+    with pytest.raises(ProtocolError, match="repeat an index"):
+        combine_values([5, 5, 4], 3, rows)
+    with pytest.raises(ProtocolError, match="do not match their points"):
+        combine_values(points, 3, [rows[0][:2]])
+    with pytest.raises(ProtocolError, match="do not encode a secret"):
+        combine_values(points, 3, [[(rows[0][0] + 1) % PRIME, *rows[0][1:]]])
