@@ -168,12 +168,9 @@ class MaskedInput:
     vector: MaskVector
 
     def encode(self, digest: bytes) -> bytes:
-        """Header, u32 element count, u8 element width, then the words."""
-        width = self.vector.dtype.itemsize
-        words = self.vector.astype(self.vector.dtype.newbyteorder("<"), copy=False)
+        """Header, then the vector (``encode_vector``)."""
         start = header(MASKED_INPUT, from_coordinator=False, digest=digest)
-        meta = _u32(self.vector.size) + bytes([width])
-        return b"".join([start, meta, np.ascontiguousarray(words).data])
+        return b"".join([start, *encode_vector(self.vector)])
 
     @classmethod
     def decode(
@@ -181,16 +178,17 @@ class MaskedInput:
     ) -> MaskedInput:
         """Parse; refuses any length or width other than the configured ones."""
         reader = _Reader.open(payload, MASKED_INPUT, False, digest)
-        count, width = reader.u32(), reader.u8()
-        if count != length or width != dtype.itemsize:
-            raise ProtocolError(
-                f"masked vector has {count} x {width}-byte elements; "
-                f"expected {length} x {dtype.itemsize}"
-            )
-        raw = reader.take(count * width)
+        vector = reader.vector(length, dtype)
         reader.finish()
-        words = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-        return cls(words.astype(dtype, copy=False))
+        return cls(vector)
+
+
+def encode_vector(vector: MaskVector) -> list[bytes | memoryview]:
+    """u32 element count, u8 element width, then the raw little-endian words: as
+    parts for ``bytes.join``, so a long vector is copied once, into the payload."""
+    words = vector.astype(vector.dtype.newbyteorder("<"), copy=False)
+    meta = _u32(vector.size) + bytes([vector.dtype.itemsize])
+    return [meta, np.ascontiguousarray(words).data]
 
 
 @dataclass(frozen=True)
@@ -330,6 +328,18 @@ class _Reader:
         names = tuple(self.name() for _ in range(self.u16()))
         _check_unique(names, what)
         return names
+
+    def vector(self, length: int, dtype: np.dtype[Any]) -> MaskVector:
+        """An ``encode_vector`` vector; refuses any length or width other than
+        the configured ones."""
+        count, width = self.u32(), self.u8()
+        if count != length or width != dtype.itemsize:
+            raise ProtocolError(
+                f"masked vector has {count} x {width}-byte elements; "
+                f"expected {length} x {dtype.itemsize}"
+            )
+        words = np.frombuffer(self.take(count * width), dtype=dtype.newbyteorder("<"))
+        return words.astype(dtype, copy=False)
 
     def advertisement(self) -> KeyAdvertisement:
         party = self.name()

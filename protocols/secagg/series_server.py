@@ -3,14 +3,11 @@ recombines the shares that remove the survivors' masks."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 from cleanroom.errors import ProtocolAbort, ProtocolError
-from protocols.party import CoordinatorParty, Inbound, Outbound, Progress
-from protocols.prg import MaskVector, add_masks
+from protocols.party import Outbound
+from protocols.prg import add_masks
 from protocols.secagg import keys
 from protocols.secagg.config import SecAggConfig
 from protocols.secagg.series import check_series_config
@@ -23,10 +20,11 @@ from protocols.secagg.series_wire import (
     bundle_bytes,
     series_digest,
 )
+from protocols.secagg.staged import StagedServer
 from protocols.shamir import combine_values
 
 
-class SeriesServer(CoordinatorParty):
+class SeriesServer(StagedServer):
     """Sums the masked inputs and releases the survivors' sum; it reconstructs a
     survivor's self-mask seed and the seeds of pairs with a dropped party only,
     never the seed of a pair of survivors. ``dropped`` may be called at any time
@@ -34,109 +32,27 @@ class SeriesServer(CoordinatorParty):
 
     def __init__(self, config: SecAggConfig) -> None:
         check_series_config(config)
-        self._config = config
+        super().__init__(config, SERIES_INPUT)
         self._digest = series_digest(config)
         self._bundle_size = bundle_bytes(config.n)
         self._index = {p: i for i, p in enumerate(config.parties, start=1)}
-        self._started = False
-        self._stage: str | None = SERIES_INPUT
-        self._expected: frozenset[str] = frozenset(config.parties)
-        self._received: set[str] = set()
-        self._gone: set[str] = set()
         self._bundles: dict[str, dict[str, bytes]] = {}
-        self._sum: MaskVector = np.zeros(config.vector_length, dtype=config.dtype)
-        self._survivors: frozenset[str] = frozenset()
         self._dropped: frozenset[str] = frozenset()
         # The answering holders' share points, and every secret's values at them.
         self._points: list[int] = []
         self._self_mask: dict[str, list[int]] = {}
         self._pair: dict[tuple[str, str], list[int]] = {}
-        self._result: MaskVector | None = None
 
-    @property
-    def finished(self) -> bool:
-        """True once the sum has been unmasked."""
-        return self._result is not None
-
-    def start(self) -> list[Outbound]:
-        """Nodes speak first: the coordinator has nothing to send."""
-        if self._started:
-            raise ProtocolError("the coordinator has already started")
-        self._started = True
-        return []
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        """Accept one node's message for the current stage, advancing when complete."""
-        sender, stage = message.sender, message.stage
-        if not self._started or self._stage is None:
-            state = "finished" if self._stage is None else "not started"
-            raise ProtocolError(f"the coordinator is {state}; refusing {stage}")
-        if sender not in self._index:
-            raise ProtocolError(f"{sender!r} is not a party of this session")
-        if sender in self._gone:
-            raise ProtocolError(
-                f"{sender!r} was declared dropped; refusing its {stage}"
-            )
-        if stage != self._stage:
-            raise ProtocolError(
-                f"expected {self._stage} messages, got {stage} from {sender}"
-            )
-        if sender not in self._expected:
-            raise ProtocolError(f"{sender!r} dropped out before {stage}")
-        if sender in self._received:
-            raise ProtocolError(f"{sender!r} already sent its {stage} message")
+    def _handle(self, stage: str, sender: str, payload: bytes) -> None:
         if stage == SERIES_INPUT:
-            self._on_input(sender, message.payload)
+            self._on_input(sender, payload)
         else:
-            self._on_response(sender, message.payload)
-        self._received.add(sender)
-        return self._advance_if_complete()
-
-    def dropped(self, parties: frozenset[str]) -> list[Outbound]:
-        """Mark ``parties`` as gone; abort if the threshold can no longer be met."""
-        unknown = sorted(p for p in parties if p not in self._index)
-        if unknown:
-            raise ProtocolError(f"unknown parties reported dropped: {unknown}")
-        self._gone |= parties
-        if self._stage is None:
-            return []
-        self._check_threshold()
-        return self._advance_if_complete()
-
-    def waiting_for(self) -> frozenset[str]:
-        """The live parties the current stage still waits for."""
-        if not self._started or self._stage is None:
-            return frozenset()
-        return frozenset(self._expected - self._received - self._gone)
-
-    def progress(self) -> Progress:
-        if self._stage is None:
-            return Progress(stage="unmasked")
-        live = self._expected - self._gone
-        return Progress(
-            stage=self._stage, heard=len(self._received & live), expected=len(live)
-        )
+            self._on_response(sender, payload)
 
     @property
     def survivors(self) -> frozenset[str]:
         """The parties whose inputs are in the sum (empty before unmasking)."""
         return self._survivors if self._result is not None else frozenset()
-
-    def sum_vector(self) -> MaskVector:
-        """The survivors' exact sum mod 2^modulus_bits; only valid once finished."""
-        if self._result is None:
-            raise ProtocolError("the sum is not available before the protocol finishes")
-        return self._result.copy()
-
-    def result(self) -> Mapping[str, Any]:
-        """The released result: survivors, dropped parties and the sum as ints."""
-        total = self.sum_vector()
-        return {
-            "survivors": sorted(self._survivors),
-            "dropped": sorted(set(self._config.parties) - self._survivors),
-            "modulus_bits": self._config.modulus_bits,
-            "sum": total.tolist(),
-        }
 
     def _on_input(self, sender: str, payload: bytes) -> None:
         config = self._config
@@ -188,7 +104,7 @@ class SeriesServer(CoordinatorParty):
             request = SeriesRequest(survivors, dropped, bundles)
             out.append(Outbound(party, SERIES_UNMASK, request.encode(self._digest)))
         self._bundles.clear()
-        self._stage, self._expected, self._received = SERIES_UNMASK, live, set()
+        self._begin(SERIES_UNMASK, live)
         return out
 
     def _unmask(self) -> None:
@@ -210,7 +126,7 @@ class SeriesServer(CoordinatorParty):
             (subtract if keys.adds_pair_mask(owner, peer) else add).append(seed)
         add_masks(self._sum, add=add, subtract=subtract)
         self._result = self._sum
-        self._stage, self._expected, self._received = None, frozenset(), set()
+        self._begin(None, frozenset())
 
     def _check_threshold(self) -> None:
         t, n = self._config.threshold, self._config.n

@@ -29,6 +29,7 @@ from protocols.secagg.messages import (
     _check_unique,
     _Reader,
     encode_name,
+    encode_vector,
 )
 from protocols.shamir import PRIME, VALUE_BYTES
 
@@ -115,14 +116,9 @@ class SeriesInput:
     bundles: dict[str, bytes]
 
     def encode(self, digest: bytes) -> bytes:
-        width = self.vector.dtype.itemsize
-        words = self.vector.astype(self.vector.dtype.newbyteorder("<"), copy=False)
         start = header(SERIES_INPUT, from_coordinator=False, digest=digest)
-        meta = self.vector.size.to_bytes(4, "big") + bytes([width])
-        return b"".join(
-            [start, meta, np.ascontiguousarray(words).data,
-             _encode_bundles(self.bundles)]
-        )  # fmt: skip
+        parts = [start, *encode_vector(self.vector), _encode_bundles(self.bundles)]
+        return b"".join(parts)
 
     @classmethod
     def decode(
@@ -131,17 +127,10 @@ class SeriesInput:
     ) -> SeriesInput:  # fmt: skip
         """Parse; refuses any length or width other than the configured ones."""
         reader = _open(payload, SERIES_INPUT, False, digest)
-        count, width = reader.u32(), reader.u8()
-        if count != length or width != dtype.itemsize:
-            raise ProtocolError(
-                f"masked vector has {count} x {width}-byte elements; "
-                f"expected {length} x {dtype.itemsize}"
-            )
-        raw = reader.take(count * width)
+        vector = reader.vector(length, dtype)
         bundles = _bundles(reader, bundle_size, "share bundles")
         reader.finish()
-        words = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-        return cls(words.astype(dtype, copy=False), bundles)
+        return cls(vector, bundles)
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cleanroom.errors import ConfigError, ProtocolAbort, ProtocolError
-from protocols.party import CoordinatorParty, Inbound, Outbound, Progress
-from protocols.prg import MaskVector, add_masks
+from protocols.party import Outbound
+from protocols.prg import add_masks
 from protocols.secagg import keys
 from protocols.secagg.config import SecAggConfig
 from protocols.secagg.graph import build_graph
@@ -27,12 +26,13 @@ from protocols.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from protocols.secagg.staged import StagedServer
 from protocols.shamir import Share, combine
 
 _Handler = Callable[[str, bytes], None]
 
 
-class SecAggServer(CoordinatorParty):
+class SecAggServer(StagedServer):
     """Drives the four SecAgg+ stages and releases the sum of the survivors' inputs.
 
     It never sees an unmasked individual vector: it holds only the running sum of
@@ -48,116 +48,32 @@ class SecAggServer(CoordinatorParty):
         missing = [p for p in config.parties if p not in signing_keys]
         if missing:
             raise ConfigError(f"no identity key for parties {missing}")
-        self._config = config
+        super().__init__(config, ADVERTISE_KEYS)
         self._graph = build_graph(config)
         self._identities = dict(signing_keys)
-        self._started = False
-        self._stage: str | None = ADVERTISE_KEYS
-        self._expected: frozenset[str] = frozenset(config.parties)
-        self._received: set[str] = set()
-        self._gone: set[str] = set()
         self._adverts: dict[str, KeyAdvertisement] = {}
         # Every public key advertised so far, so a repeat is refused in O(1).
         self._advertised_keys: set[bytes] = set()
         self._key_sets: dict[str, frozenset[str]] = {}
         self._bundles: dict[str, dict[str, bytes]] = {}
         self._shared: frozenset[str] = frozenset()
-        self._sum: MaskVector = np.zeros(config.vector_length, dtype=config.dtype)
-        self._survivors: frozenset[str] = frozenset()
         self._requests: dict[str, UnmaskRequest] = {}
         self._self_mask_shares: dict[str, list[Share]] = {}
         self._mask_key_shares: dict[str, list[Share]] = {}
-        self._result: MaskVector | None = None
 
-    @property
-    def finished(self) -> bool:
-        """True once the sum has been unmasked."""
-        return self._result is not None
-
-    def start(self) -> list[Outbound]:
-        """Nodes speak first (ADVERTISE_KEYS): the coordinator has nothing to send."""
-        if self._started:
-            raise ProtocolError("the coordinator has already started")
-        self._started = True
-        return []
-
-    def receive(self, message: Inbound) -> list[Outbound]:
-        """Accept one node's message for the current stage, advancing when complete."""
-        sender, stage = message.sender, message.stage
-        if not self._started or self._stage is None:
-            state = "finished" if self._stage is None else "not started"
-            raise ProtocolError(f"the coordinator is {state}; refusing {stage}")
-        if sender not in self._graph:
-            raise ProtocolError(f"{sender!r} is not a party of this session")
-        if sender in self._gone:
-            raise ProtocolError(
-                f"{sender!r} was declared dropped; refusing its {stage}"
-            )
-        if stage != self._stage:
-            raise ProtocolError(
-                f"expected {self._stage} messages, got {stage} from {sender}"
-            )
-        if sender not in self._expected:
-            raise ProtocolError(f"{sender!r} dropped out before {stage}")
-        if sender in self._received:
-            raise ProtocolError(f"{sender!r} already sent its {stage} message")
+    def _handle(self, stage: str, sender: str, payload: bytes) -> None:
         handlers: dict[str, _Handler] = {
             ADVERTISE_KEYS: self._on_advertisement,
             SHARE_KEYS: self._on_share_bundles,
             MASKED_INPUT: self._on_masked_input,
             UNMASK: self._on_unmask_response,
         }
-        handlers[stage](sender, message.payload)
-        self._received.add(sender)
-        return self._advance_if_complete()
-
-    def dropped(self, parties: frozenset[str]) -> list[Outbound]:
-        """Mark ``parties`` as gone; abort if the threshold can no longer be met."""
-        unknown = sorted(p for p in parties if p not in self._graph)
-        if unknown:
-            raise ProtocolError(f"unknown parties reported dropped: {unknown}")
-        self._gone |= parties
-        if self._stage is None:
-            return []
-        self._check_threshold()
-        return self._advance_if_complete()
-
-    def waiting_for(self) -> frozenset[str]:
-        """The live parties the current stage still waits for."""
-        if not self._started or self._stage is None:
-            return frozenset()
-        return frozenset(self._expected - self._received - self._gone)
-
-    def progress(self) -> Progress:
-        if self._stage is None:
-            return Progress(stage="unmasked")
-        live = self._expected - self._gone
-        return Progress(
-            stage=self._stage,
-            heard=len(self._received & live),
-            expected=len(live),
-        )
+        handlers[stage](sender, payload)
 
     @property
     def survivors(self) -> frozenset[str]:
         """The parties whose inputs are in the sum (empty before unmasking)."""
         return self._survivors
-
-    def sum_vector(self) -> MaskVector:
-        """The survivors' exact sum mod 2^modulus_bits; only valid once finished."""
-        if self._result is None:
-            raise ProtocolError("the sum is not available before the protocol finishes")
-        return self._result.copy()
-
-    def result(self) -> Mapping[str, Any]:
-        """The released result: survivors, dropped parties and the sum as ints."""
-        total = self.sum_vector()
-        return {
-            "survivors": sorted(self._survivors),
-            "dropped": sorted(set(self._config.parties) - self._survivors),
-            "modulus_bits": self._config.modulus_bits,
-            "sum": total.tolist(),
-        }
 
     def _on_advertisement(self, sender: str, payload: bytes) -> None:
         advert = KeyAdvertisement.decode(payload, self._config.digest)
@@ -229,11 +145,6 @@ class SecAggServer(CoordinatorParty):
             return self._send_unmask_requests()
         self._unmask()
         return []
-
-    def _begin(self, stage: str | None, expected: frozenset[str]) -> None:
-        self._stage = stage
-        self._expected = expected
-        self._received = set()
 
     def _send_key_sets(self) -> list[Outbound]:
         advertised = frozenset(self._received - self._gone)
