@@ -68,7 +68,7 @@ BOUND_BITS: Final = 53
 """``open`` refuses any value whose signed magnitude exceeds ``2^BOUND_BITS``."""
 WIDTH: Final = 256
 """Columns of the checksum matrix layout (``v_g`` has this many entries)."""
-_DOMAIN: Final = b"cleanroom/sealed-sum/v2\x00"
+_DOMAIN: Final = b"cleanroom/sealed-sum/v3\x00"  # v3: masks from counter block 2
 _MAX_LENGTH: Final = 1 << 28
 _BOUND: Final = 1 << BOUND_BITS
 _NOT_VERIFIED: Final = (

@@ -35,7 +35,9 @@ UNMASK: Final = "secagg/unmask"
 """Coordinator -> node: survivors and dropped; node -> coordinator: their shares."""
 STAGES: Final = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK)
 
-WIRE_VERSION: Final = 1
+WIRE_VERSION: Final = 2
+"""2: masks are AES-256-CTR from counter block 2 (``protocols.prg``), so a node
+of version 1 fails at the first message instead of at the opened sum."""
 PUBLIC_KEY_BYTES: Final = 32
 SIGNATURE_BYTES: Final = 64
 AEAD_TAG_BYTES: Final = 16
