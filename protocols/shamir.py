@@ -68,34 +68,16 @@ def split(
     Share ``i`` (1-based) is the random polynomial evaluated at ``x = i``. ``t`` must
     be at least 2: with ``t = 1`` every share *is* the secret.
     """
-    if not isinstance(secret, bytes | bytearray) or len(secret) > MAX_SECRET_BYTES:
-        raise ProtocolError(f"secrets are byte strings of at most {MAX_SECRET_BYTES}")
-    _check_int("t", t)
-    _check_int("n", n)
-    if not 2 <= t <= n <= MAX_SHARES:
-        raise ProtocolError(f"need 2 <= t <= n <= {MAX_SHARES}, got t={t}, n={n}")
-    coefficients = [int.from_bytes(_SENTINEL + bytes(secret), "big")]
-    coefficients += _random_field_elements(t - 1, random)
-    # Horner's rule at every x at once. The x are small, so each step adds only
-    # log2(n) bits and the reduction mod PRIME can wait (every 32 steps at most).
-    xs = range(1, n + 1)
-    ys = [coefficients[-1]] * n
-    for step, c in enumerate(reversed(coefficients[:-1]), start=1):
-        ys = [y * x + c for y, x in zip(ys, xs, strict=True)]
-        if step % 32 == 0:
-            ys = [y % PRIME for y in ys]
-    return [
-        Share(index=x, threshold=t, value=y % PRIME)
-        for x, y in zip(xs, ys, strict=True)
-    ]
+    values = split_values([secret], t, n, random)
+    return [Share(index=x, threshold=t, value=v[0]) for x, v in enumerate(values, 1)]
 
 
 def split_values(
     secrets: Sequence[bytes], t: int, n: int, random: RandomSource = SYSTEM_RANDOM
 ) -> list[list[int]]:
-    """Split each of ``secrets`` as ``split`` does, each with its own independent
-    polynomial, and return the bare values: ``out[x - 1][k]`` is the share of
-    ``secrets[k]`` at ``x`` (wrap it in ``Share(x, t, value)`` to combine).
+    """Split each of ``secrets`` on its own random polynomial of degree ``t - 1``
+    (constant term ``0x01 || secret``) and return the bare values: ``out[x - 1][k]``
+    is the share of ``secrets[k]`` at ``x`` (``split`` wraps them in ``Share``).
 
     One draw of randomness and no per-share objects: what a party sharing many
     short secrets at once (one per neighbour) pays per secret is the arithmetic.

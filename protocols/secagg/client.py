@@ -91,7 +91,7 @@ class SecAggClient(NodeParty):
         )
         self._signing_key = signing_key
         self._random = random
-        self._vector: _Input | None = _checked_input(vector, config)
+        self._vector: _Input | None = checked_input(vector, config)
         self._expect: str | None = None
         self._started = False
         self._finished = False
@@ -338,7 +338,9 @@ def _identities_of(
     return {p: peer_signing_keys[p] for p in closed if p != name}
 
 
-def _checked_input(vector: npt.ArrayLike, config: SecAggConfig) -> _Input:
+def checked_input(vector: npt.ArrayLike, config: SecAggConfig) -> _Input:
+    """``vector`` as the session's input: 1-D, its length, unsigned, in the ring and
+    within a declared bound; ProtocolError naming what is wrong (never a value)."""
     values = np.asarray(vector)
     if values.ndim != 1 or values.size != config.vector_length:
         raise ProtocolError(

@@ -74,9 +74,9 @@ class SessionKeys:
         its bundle-encryption key stands in for a fresh ``c`` key (the ``s`` key and
         the self-mask seed are always fresh)."""
         return cls(
-            c_sk=channel.c_sk if channel is not None else _draw(random, KEY_BYTES),
-            s_sk=_draw(random, KEY_BYTES),
-            self_mask_seed=_draw(random, KEY_BYTES),
+            c_sk=channel.c_sk if channel is not None else draw(random, KEY_BYTES),
+            s_sk=draw(random, KEY_BYTES),
+            self_mask_seed=draw(random, KEY_BYTES),
             c_pk=channel.c_pk if channel is not None else b"",
         )
 
@@ -112,7 +112,7 @@ class ChannelKeys:
     def __init__(self, random: RandomSource, scope: str | None = None) -> None:
         if scope is not None and not (isinstance(scope, str) and scope):
             raise ProtocolError("a channel key scope must be a non-empty string")
-        self.c_sk = _draw(random, KEY_BYTES)
+        self.c_sk = draw(random, KEY_BYTES)
         self.c_pk = public_key(self.c_sk)
         self.scope = scope
         self._agreed: dict[bytes, bytes] = {}
@@ -325,7 +325,8 @@ def _hkdf(shared: bytes, digest: bytes, info: bytes, length: int = KEY_BYTES) ->
     return out[:length]
 
 
-def _draw(random: RandomSource, n: int) -> bytes:
+def draw(random: RandomSource, n: int) -> bytes:
+    """``n`` bytes from ``random``; ProtocolError if it returns anything else."""
     data = random(n)
     if not isinstance(data, bytes) or len(data) != n:
         raise ProtocolError("the random source returned the wrong number of bytes")

@@ -98,7 +98,7 @@ class KeyAdvertisement:
     @classmethod
     def decode(cls, payload: bytes, digest: bytes) -> KeyAdvertisement:
         """Parse and size-check an ADVERTISE_KEYS payload (signature unchecked)."""
-        reader = _Reader.open(payload, ADVERTISE_KEYS, False, digest)
+        reader = Reader.open(payload, ADVERTISE_KEYS, False, digest)
         advert = reader.advertisement()
         reader.finish()
         return advert
@@ -120,10 +120,10 @@ class KeySet:
     @classmethod
     def decode(cls, payload: bytes, digest: bytes) -> KeySet:
         """Parse; refuses a party that appears twice."""
-        reader = _Reader.open(payload, SHARE_KEYS, True, digest)
+        reader = Reader.open(payload, SHARE_KEYS, True, digest)
         adverts = tuple(reader.advertisement() for _ in range(reader.u16()))
         reader.finish()
-        _check_unique((a.party for a in adverts), "the key set")
+        check_unique((a.party for a in adverts), "the key set")
         return cls(adverts)
 
 
@@ -141,7 +141,7 @@ class ShareBundles:
     @classmethod
     def decode(cls, payload: bytes, digest: bytes) -> ShareBundles:
         """Parse; every ciphertext must have the exact bundle size."""
-        reader = _Reader.open(payload, SHARE_KEYS, False, digest)
+        reader = Reader.open(payload, SHARE_KEYS, False, digest)
         return cls(reader.ciphertexts("share bundles"))
 
 
@@ -159,7 +159,7 @@ class ForwardedShares:
     @classmethod
     def decode(cls, payload: bytes, digest: bytes) -> ForwardedShares:
         """Parse; every ciphertext must have the exact bundle size."""
-        reader = _Reader.open(payload, MASKED_INPUT, True, digest)
+        reader = Reader.open(payload, MASKED_INPUT, True, digest)
         return cls(reader.ciphertexts("forwarded shares"))
 
 
@@ -179,7 +179,7 @@ class MaskedInput:
         cls, payload: bytes, digest: bytes, *, length: int, dtype: np.dtype[Any]
     ) -> MaskedInput:
         """Parse; refuses any length or width other than the configured ones."""
-        reader = _Reader.open(payload, MASKED_INPUT, False, digest)
+        reader = Reader.open(payload, MASKED_INPUT, False, digest)
         vector = reader.vector(length, dtype)
         reader.finish()
         return cls(vector)
@@ -211,7 +211,7 @@ class UnmaskRequest:
     @classmethod
     def decode(cls, payload: bytes, digest: bytes) -> UnmaskRequest:
         """Parse; refuses a name repeated within either list."""
-        reader = _Reader.open(payload, UNMASK, True, digest)
+        reader = Reader.open(payload, UNMASK, True, digest)
         survivors = reader.names("the survivor set")
         dropped = reader.names("the dropped set")
         reader.finish()
@@ -237,14 +237,14 @@ class UnmaskResponse:
     @classmethod
     def decode(cls, payload: bytes, digest: bytes) -> UnmaskResponse:
         """Parse; refuses an owner repeated within either list."""
-        reader = _Reader.open(payload, UNMASK, False, digest)
+        reader = Reader.open(payload, UNMASK, False, digest)
         lists = []
         for what in ("self-mask shares", "mask-key shares"):
             entries = tuple(
                 (reader.name(), Share.from_bytes(reader.take(SHARE_BYTES)))
                 for _ in range(reader.u16())
             )
-            _check_unique((owner for owner, _ in entries), what)
+            check_unique((owner for owner, _ in entries), what)
             lists.append(entries)
         reader.finish()
         return cls(lists[0], lists[1])
@@ -264,7 +264,8 @@ def _u32(value: int) -> bytes:
     return value.to_bytes(4, "big")
 
 
-def _check_unique(names: Iterable[str], what: str) -> None:
+def check_unique(names: Iterable[str], what: str) -> None:
+    """ProtocolError naming the first name that repeats in ``names``."""
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -272,7 +273,7 @@ def _check_unique(names: Iterable[str], what: str) -> None:
         seen.add(name)
 
 
-class _Reader:
+class Reader:
     """Bounds-checked sequential parser; every failure is a ProtocolError."""
 
     def __init__(self, data: bytes, offset: int) -> None:
@@ -282,7 +283,7 @@ class _Reader:
     @classmethod
     def open(
         cls, payload: bytes, stage: str, from_coordinator: bool, digest: bytes
-    ) -> _Reader:
+    ) -> Reader:
         if not isinstance(payload, bytes):
             raise ProtocolError("payload must be bytes")
         if payload[:2] != _MAGIC or len(payload) < HEADER_BYTES:
@@ -328,7 +329,7 @@ class _Reader:
 
     def names(self, what: str) -> tuple[str, ...]:
         names = tuple(self.name() for _ in range(self.u16()))
-        _check_unique(names, what)
+        check_unique(names, what)
         return names
 
     def vector(self, length: int, dtype: np.dtype[Any]) -> MaskVector:
@@ -358,7 +359,7 @@ class _Reader:
             (self.name(), self.take(SHARE_CIPHERTEXT_BYTES)) for _ in range(self.u16())
         )
         self.finish()
-        _check_unique((name for name, _ in entries), what)
+        check_unique((name for name, _ in entries), what)
         return entries
 
     def finish(self) -> None:

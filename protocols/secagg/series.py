@@ -79,7 +79,7 @@ from protocols.party import (
 )
 from protocols.prg import masked_copy
 from protocols.secagg import keys
-from protocols.secagg.client import _checked_input
+from protocols.secagg.client import checked_input
 from protocols.secagg.config import SecAggConfig
 from protocols.secagg.messages import encode_name
 from protocols.secagg.series_wire import (
@@ -153,7 +153,7 @@ class SeriesClient(NodeParty):
         self._keys = {p: k for p, k in known.items() if k is not None}
         self._random = random
         self._approve = approve_survivors
-        self._vector: npt.NDArray[np.unsignedinteger] | None = _checked_input(
+        self._vector: npt.NDArray[np.unsignedinteger] | None = checked_input(
             vector, config
         )
         self._index = {p: i for i, p in enumerate(config.parties, start=1)}
@@ -174,7 +174,7 @@ class SeriesClient(NodeParty):
             raise ProtocolError(f"{self.name} has already started")
         self._started = True
         config, digest = self._config, self._digest
-        b = keys._draw(self._random, keys.KEY_BYTES)
+        b = keys.draw(self._random, keys.KEY_BYTES)
         seeds: list[bytes] = []
         add: list[bytes] = [b]
         subtract: list[bytes] = []
@@ -240,9 +240,7 @@ class SeriesClient(NodeParty):
                 f"the coordinator reports {sorted(survivors & dropped)} as both "
                 "dropped and surviving"
             )
-        if survivors | dropped != set(config.parties) or len(survivors) + len(
-            dropped
-        ) != len(config.parties):
+        if survivors | dropped != set(config.parties):
             raise ProtocolError("the coordinator does not account for every party")
         if self.name not in survivors:
             raise ProtocolError(f"{self.name} sent its input but is reported dropped")
@@ -269,14 +267,15 @@ class SeriesClient(NodeParty):
                     f"the share bundle from {sender!r} failed authentication"
                 ) from None
             held[sender] = decode_values(plaintext)
-        order = {p: i for i, p in enumerate(config.parties)}
+        index = self._index
         pair: dict[tuple[str, str], int] = {}
         for owner in survivors:
             values = held[owner]
             for peer in dropped:
-                # The owner's bundle lists its peers' seeds in party order.
-                k = order[peer] - (1 if order[peer] > order[owner] else 0)
-                pair[(owner, peer)] = values[1 + k]
+                # The owner's bundle holds its self-mask share, then its peers'
+                # seeds in party order (1-based positions, the owner's own skipped).
+                k = index[peer] - (1 if index[peer] > index[owner] else 0)
+                pair[(owner, peer)] = values[k]
         response = SeriesResponse({o: held[o][0] for o in survivors}, pair)
         self._finished = True
         return [Outbound(COORDINATOR, SERIES_UNMASK, response.encode(digest))]

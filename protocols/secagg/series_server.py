@@ -38,6 +38,7 @@ class SeriesServer(StagedServer):
         self._index = {p: i for i, p in enumerate(config.parties, start=1)}
         self._bundles: dict[str, dict[str, bytes]] = {}
         self._dropped: frozenset[str] = frozenset()
+        self._wanted: set[tuple[str, str]] = set()  # the pairs every holder answers
         # The answering holders' share points, and every secret's values at them.
         self._points: list[int] = []
         self._self_mask: dict[str, list[int]] = {}
@@ -68,8 +69,10 @@ class SeriesServer(StagedServer):
 
     def _on_response(self, sender: str, payload: bytes) -> None:
         response = SeriesResponse.decode(payload, self._digest)
-        wanted = {(o, p) for o in self._survivors for p in self._dropped}
-        if set(response.self_mask) != self._survivors or set(response.pair) != wanted:
+        if (
+            set(response.self_mask) != self._survivors
+            or set(response.pair) != self._wanted
+        ):
             raise ProtocolError(f"{sender!r} did not answer the unmask request it got")
         # Every holder answers for the same secrets, so each secret's values line
         # up with the holders' points.
@@ -93,6 +96,7 @@ class SeriesServer(StagedServer):
         # is in the sum, so its self-mask must be removed.
         self._survivors = frozenset(self._received)
         self._dropped = frozenset(self._config.parties) - self._survivors
+        self._wanted = {(o, p) for o in self._survivors for p in self._dropped}
         live = self._survivors - self._gone
         survivors, dropped = (
             tuple(sorted(self._survivors)),

@@ -26,8 +26,8 @@ from protocols.secagg.config import SecAggConfig
 from protocols.secagg.messages import (
     AEAD_TAG_BYTES,
     HEADER_BYTES,
-    _check_unique,
-    _Reader,
+    Reader,
+    check_unique,
     encode_name,
     encode_vector,
 )
@@ -66,7 +66,7 @@ def header(stage: str, *, from_coordinator: bool, digest: bytes) -> bytes:
     return _MAGIC + bytes([WIRE_VERSION, kind]) + digest
 
 
-def _open(payload: bytes, stage: str, from_coordinator: bool, digest: bytes) -> _Reader:
+def _open(payload: bytes, stage: str, from_coordinator: bool, digest: bytes) -> Reader:
     if not isinstance(payload, bytes) or len(payload) < HEADER_BYTES:
         raise ProtocolError("not a SecAgg series message")
     if payload[:HEADER_BYTES] != header(
@@ -75,7 +75,7 @@ def _open(payload: bytes, stage: str, from_coordinator: bool, digest: bytes) -> 
         raise ProtocolError(
             f"payload is not a {stage} message of this round in this direction"
         )
-    return _Reader(payload, HEADER_BYTES)
+    return Reader(payload, HEADER_BYTES)
 
 
 def encode_values(values: list[int]) -> bytes:
@@ -96,9 +96,9 @@ def decode_values(raw: bytes) -> list[int]:
     return values
 
 
-def _bundles(reader: _Reader, size: int, what: str) -> dict[str, bytes]:
+def _bundles(reader: Reader, size: int, what: str) -> dict[str, bytes]:
     entries = [(reader.name(), reader.take(size)) for _ in range(reader.u16())]
-    _check_unique((name for name, _ in entries), what)
+    check_unique((name for name, _ in entries), what)
     return dict(entries)
 
 
