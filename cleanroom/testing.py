@@ -331,7 +331,11 @@ class InProcessFederation:
 
     def witness(self) -> None:
         """Every node witnesses the coordinator's log now (as they do after each
-        job and every few seconds), one after the other."""
+        job and every few seconds), one after the other. First every node takes
+        and acknowledges what is queued for it (a finished job's stop notice, which
+        the node records), so the heads exchanged cover every entry so far."""
+        state = self.state
+        wait_until(lambda: all(state.mailboxes.pending(n) == 0 for n in self.agents))
         for agent in self.agents.values():
             agent.witness.run()
 

@@ -429,3 +429,30 @@ def test_only_row_order_free_job_types_see_the_rows_in_bucket_order(
         for kept in seen[name]:
             original = next(f for f in files if set(f) == set(kept))
             assert kept != original  # the same rows, in the record's order
+
+
+def test_witnessing_covers_a_stop_notice_a_node_records_late(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A node records a finished job's end ("job.ended") when the stop notice
+    # reaches it, after the coordinator already reports the job succeeded. The
+    # federation's witnessing must wait for that, or the entry is covered by no
+    # co-signed head and the ledgers fail offline verification (a CI flake).
+    from cleanroom.audit.ledgers import verify_ledgers
+    from node.agent import NodeAgent
+
+    handle = NodeAgent._on_stop
+
+    def slow_stop(self: NodeAgent, stop: wire.StopJob) -> None:
+        time.sleep(0.3)
+        handle(self, stop)
+
+    monkeypatch.setattr(NodeAgent, "_on_stop", slow_stop)
+    with InProcessFederation(_frames()) as fed:
+        view = fed.run(_spec("count"))
+        assert view.job.state.value == "succeeded", view.job.reason
+        fed.witness()
+        for agent in fed.agents.values():
+            assert [e.kind for e in agent.audit.entries()][-1] == "job.ended"
+        reports = verify_ledgers(fed.export_logs(tmp_path), ca_pem=fed.ca_pem)
+        assert all(r.unwitnessed is None for r in reports)
